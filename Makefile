@@ -1,0 +1,49 @@
+# hpcagent: the two commands are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install lint test test-unit slurm-up slurm-down demo bench clean help
+
+help:
+	@echo "make demo    install, then run an example task end to end on the embedded server"
+	@echo "make test    install, start the local one-host Slurm, run lint and every test"
+	@echo "make lint    ruff + mypy --strict"
+	@echo "make bench   run the benchmarks and print their figures"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]' uv
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check hpcagent tests benchmarks
+	$(VENV)/bin/ruff format --check hpcagent tests benchmarks
+	$(VENV)/bin/mypy hpcagent
+
+slurm-up:
+	bash tests/slurm/cluster.sh up
+
+slurm-down:
+	bash tests/slurm/cluster.sh down
+
+test-unit: install
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test: install lint slurm-up
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) examples/demo.py
+
+bench: install
+	for b in benchmarks/*_bench.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

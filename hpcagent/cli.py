@@ -1,0 +1,119 @@
+"""Command-line entry points: ``hpcagent`` and ``hpcagent-slurm``.
+
+This is the only module that exits the process. Commands live in ``hpcagent.commands.*`` and
+raise :class:`~hpcagent.errors.HpcAgentError` subclasses; :func:`run` turns those into one
+clear line on stderr and the error's exit code (see ``hpcagent.errors``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import click
+
+from hpcagent import __version__
+from hpcagent.errors import HpcAgentError
+
+#: (module, attribute) of each command of the ``hpcagent`` group. A missing module is skipped,
+#: so a partial checkout still runs; registration spot for new command modules:
+COMMANDS: list[tuple[str, str]] = [
+    ("hpcagent.commands.config_cmd", "config_group"),
+    ("hpcagent.commands.config_cmd", "init_cmd"),
+    ("hpcagent.commands.server", "server_cmd"),
+    ("hpcagent.commands.task", "task_group"),
+    ("hpcagent.commands.task", "queue_group"),
+    ("hpcagent.commands.execute", "execute_cmd"),
+    ("hpcagent.commands.daemon", "daemon_cmd"),
+]
+
+#: The ``hpcagent-slurm`` command.
+SLURM_COMMAND = ("hpcagent.commands.slurm", "slurm_cmd")
+
+
+def _setup_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hpcagent")
+@click.option(
+    "--config-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="clearml.conf-style HOCON file (default: $CLEARML_CONFIG_FILE, else ~/clearml.conf).",
+)
+@click.option("--debug", is_flag=True, help="Verbose logging.")
+@click.pass_context
+def main_group(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+    """hpcagent: run ClearML-style queued ML tasks on Slurm clusters.
+
+    \b
+    Typical use:
+      hpcagent server                      # embedded ClearML-compatible server
+      hpcagent task create ... ; hpcagent task enqueue ID --queue default
+      hpcagent-slurm --template-files t.sbatch --queue default
+      hpcagent execute --id TASK           # inside a Slurm job (rendered by hpcagent-slurm)
+    """
+    _setup_logging(debug or os.environ.get("CLEARML_SLURM_GLUE_DEBUG") == "1")
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+    ctx.obj["debug"] = debug
+
+
+def _register(group: click.Group, entries: Sequence[tuple[str, str]]) -> None:
+    for module_name, attr in entries:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        command = getattr(module, attr, None)
+        if isinstance(command, click.Command):
+            group.add_command(command)
+
+
+_register(main_group, COMMANDS)
+
+
+def run(command: Callable[..., object], args: Sequence[str] | None = None) -> int:
+    """Run a click command; map hpcagent errors to one stderr line and an exit code."""
+    try:
+        command.main(args=list(args) if args is not None else None, standalone_mode=False)  # type: ignore[attr-defined]
+    except HpcAgentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console script ``hpcagent``."""
+    sys.exit(run(main_group, args))
+
+
+def slurm_main(args: Sequence[str] | None = None) -> None:
+    """Console script ``hpcagent-slurm``."""
+    module = importlib.import_module(SLURM_COMMAND[0])
+    command = getattr(module, SLURM_COMMAND[1])
+    sys.exit(run(command, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Typed, frozen views of the merged configuration.
+
+The rest of hpcagent reads these objects, never the raw tree, except for template lookups
+(``${CONFIG.<path>}``), which go through :meth:`Settings.get`. Conversions are strict: a value
+of the wrong type raises :class:`~hpcagent.errors.ConfigError` naming the key and where it was
+set, instead of failing later in some unrelated place.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcagent.config.loader import Layered, masked, unflatten
+from hpcagent.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class _Reader:
+    """Typed access to flat values with error messages that name the key and its source."""
+
+    def __init__(self, layered: Layered) -> None:
+        self._values = layered.values
+        self._sources = layered.sources
+
+    def _fail(self, key: str, expected: str) -> ConfigError:
+        source = self._sources.get(key, "default")
+        return ConfigError(
+            f"config key {key} = {self._values.get(key)!r} (from {source}): expected {expected}"
+        )
+
+    def get_str(self, key: str, default: str = "") -> str:
+        value = self._values.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, (dict, list)):
+            raise self._fail(key, "a string")
+        return str(value)
+
+    def get_int(self, key: str, default: int) -> int:
+        value = self._values.get(key, default)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise self._fail(key, "an integer") from None
+
+    def get_float(self, key: str, default: float) -> float:
+        value = self._values.get(key, default)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise self._fail(key, "a number") from None
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self._values.get(key, default)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise self._fail(key, "true or false")
+
+    def get_list(self, key: str) -> list[str]:
+        value = self._values.get(key, [])
+        if value in (None, ""):
+            return []
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise self._fail(key, "a list")
+        return [str(v) for v in value]
+
+    def get_path(self, key: str) -> Path | None:
+        text = self.get_str(key)
+        return Path(text).expanduser() if text else None
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How to reach the API server."""
+
+    api_server: str
+    web_server: str
+    files_server: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    timeout_s: float
+    retries: int
+    max_req_size: int
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the executor and the local daemon need (clearml.conf's ``agent`` section)."""
+
+    worker_id: str
+    worker_name: str
+    git_user: str
+    git_pass: str = field(repr=False)
+    force_git_ssh_protocol: bool
+    python_binary: str
+    package_manager_type: str
+    package_manager_extra_args: list[str]
+    venvs_dir: Path
+    venvs_cache_path: Path | None
+    venvs_cache_max_entries: int
+    venvs_cache_free_space_threshold_gb: float
+    vcs_cache_path: Path | None
+    default_docker_image: str
+    default_docker_arguments: list[str]
+    extra_setup_script: str
+    task_ping_interval_s: float
+    abort_poll_interval_s: float
+    metrics_interval_s: float
+    uptime: list[str]
+    downtime: list[str]
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The submitter's own settings (``slurm`` section)."""
+
+    state_dir: Path
+    poll_interval_s: float
+    max_poll_interval_s: float
+    max_commands_per_minute: int
+    pre_setup: str
+    post_setup: str
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The embedded server's settings (``server`` section)."""
+
+    data_dir: Path
+    host: str
+    port: int
+    max_body_mb: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one hpcagent process."""
+
+    api: ApiSettings
+    agent: AgentSettings
+    slurm: SlurmSettings
+    server: ServerSettings
+    layered: Layered = field(repr=False)
+
+    def get(self, path: str, default: Any = None) -> Any:
+        """Any value of the merged tree by dotted path (a leaf, or a sub-tree as a dict)."""
+        values = self.layered.values
+        if path in values:
+            return values[path]
+        prefix = path + "."
+        sub = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+        return unflatten(sub) if sub else default
+
+    def source_of(self, path: str) -> str:
+        """Which layer set a leaf: ``default``, ``file:<path>``, ``env:<NAME>`` or ``cli``."""
+        return self.layered.sources.get(path, "unset")
+
+    def as_dict(self, *, mask_secrets: bool = True) -> dict[str, Any]:
+        """The merged tree as nested dicts (secrets masked unless asked otherwise)."""
+        values = masked(self.layered.values) if mask_secrets else self.layered.values
+        return unflatten(values)
+
+    def flat(self, *, mask_secrets: bool = True) -> Mapping[str, Any]:
+        """The merged leaves by dotted path (secrets masked unless asked otherwise)."""
+        return masked(self.layered.values) if mask_secrets else dict(self.layered.values)
+
+
+def build_settings(layered: Layered) -> Settings:
+    """Convert merged values into typed settings, validating each one."""
+    r = _Reader(layered)
+    api_server = r.get_str("api.api_server").rstrip("/")
+    if not api_server.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"config key api.api_server = {api_server!r} (from "
+            f"{layered.sources.get('api.api_server', 'default')}): expected an http(s):// URL"
+        )
+    api = ApiSettings(
+        api_server=api_server,
+        web_server=r.get_str("api.web_server") or _derive(api_server, "8080", "app."),
+        files_server=r.get_str("api.files_server") or _derive(api_server, "8081", "files."),
+        access_key=r.get_str("api.credentials.access_key"),
+        secret_key=r.get_str("api.credentials.secret_key"),
+        timeout_s=r.get_float("api.http.timeout_sec", 30.0),
+        retries=r.get_int("api.http.retries", 8),
+        max_req_size=r.get_int("api.http.max_req_size", 15 * 1024 * 1024),
+    )
+    manager = r.get_str("agent.package_manager.type", "uv").lower()
+    if manager not in {"uv", "pip"}:
+        raise ConfigError(
+            f"config key agent.package_manager.type = {manager!r}: expected 'uv' or 'pip'"
+        )
+    agent = AgentSettings(
+        worker_id=r.get_str("agent.worker_id"),
+        worker_name=r.get_str("agent.worker_name") or socket.gethostname(),
+        git_user=r.get_str("agent.git_user"),
+        git_pass=r.get_str("agent.git_pass"),
+        force_git_ssh_protocol=r.get_bool("agent.force_git_ssh_protocol", False),
+        python_binary=r.get_str("agent.python_binary"),
+        package_manager_type=manager,
+        package_manager_extra_args=r.get_list("agent.package_manager.extra_args"),
+        venvs_dir=r.get_path("agent.venvs_dir") or Path("~/.hpcagent/venvs-builds").expanduser(),
+        venvs_cache_path=r.get_path("agent.venvs_cache.path"),
+        venvs_cache_max_entries=r.get_int("agent.venvs_cache.max_entries", 10),
+        venvs_cache_free_space_threshold_gb=r.get_float(
+            "agent.venvs_cache.free_space_threshold_gb", 2.0
+        ),
+        vcs_cache_path=(
+            r.get_path("agent.vcs_cache.path")
+            if r.get_bool("agent.vcs_cache.enabled", True)
+            else None
+        ),
+        default_docker_image=r.get_str("agent.default_docker.image"),
+        default_docker_arguments=r.get_list("agent.default_docker.arguments"),
+        extra_setup_script=r.get_str("agent.extra_setup_script"),
+        task_ping_interval_s=r.get_float("agent.task_ping_interval_sec", 60.0),
+        abort_poll_interval_s=min(r.get_float("agent.abort_poll_interval_sec", 2.0), 5.0),
+        metrics_interval_s=r.get_float("agent.metrics_interval_sec", 10.0),
+        uptime=r.get_list("agent.uptime"),
+        downtime=r.get_list("agent.downtime"),
+    )
+    slurm = SlurmSettings(
+        state_dir=r.get_path("slurm.state_dir") or Path("~/.hpcagent/slurm").expanduser(),
+        poll_interval_s=r.get_float("slurm.poll_interval_sec", 5.0),
+        max_poll_interval_s=r.get_float("slurm.max_poll_interval_sec", 60.0),
+        max_commands_per_minute=r.get_int("slurm.max_commands_per_minute", 60),
+        pre_setup=r.get_str("slurm.pre_setup"),
+        post_setup=r.get_str("slurm.post_setup"),
+    )
+    server = ServerSettings(
+        data_dir=r.get_path("server.data_dir") or Path("~/.hpcagent/server").expanduser(),
+        host=r.get_str("server.host", "127.0.0.1"),
+        port=r.get_int("server.port", 8008),
+        max_body_mb=r.get_float("server.max_body_mb", 15.0),
+    )
+    return Settings(api=api, agent=agent, slurm=slurm, server=server, layered=layered)
+
+
+def _derive(api_server: str, port: str, host_prefix: str) -> str:
+    """Web/files hosts from the API host, as clearml.conf does (port 8008 → 8080/8081)."""
+    if ":8008" in api_server:
+        return api_server.replace(":8008", f":{port}")
+    if "://api." in api_server:
+        return api_server.replace("://api.", f"://{host_prefix}")
+    return api_server

@@ -1,0 +1,147 @@
+"""The one exception tree of hpcagent.
+
+Every error that hpcagent raises on purpose derives from :class:`HpcAgentError` and
+carries an ``exit_code``. Library code never calls ``sys.exit``: ``hpcagent.cli`` turns
+these exceptions into one clear line on stderr and the matching exit status.
+
+Exit codes (stable, documented in README):
+
+====  =========================================
+1     generic hpcagent error
+2     usage error (bad flags or arguments)
+3     configuration error
+4     API error (the server answered with an error)
+5     connection error (the server could not be reached)
+6     scheduler error (sbatch/squeue/sacct/scancel)
+7     template error
+8     executor error (repo, environment, container, run)
+9     server error (embedded server could not start)
+====  =========================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HpcAgentError(Exception):
+    """Base of every error hpcagent raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class UsageError(HpcAgentError):
+    """The user called a command with arguments that cannot work together."""
+
+    exit_code = 2
+
+
+class ConfigError(HpcAgentError):
+    """A configuration file or value is malformed or missing."""
+
+    exit_code = 3
+
+
+class ApiError(HpcAgentError):
+    """The server answered a call with an error envelope.
+
+    Attributes mirror ClearML's response meta: ``result_code`` (the HTTP status),
+    ``subcode`` (``result_subcode``), ``message`` (``result_msg``) and ``endpoint``.
+    """
+
+    exit_code = 4
+
+    def __init__(
+        self,
+        endpoint: str,
+        result_code: int,
+        subcode: int = 0,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.result_code = result_code
+        self.subcode = subcode
+        self.message = message
+        self.data = data or {}
+        super().__init__(f"{endpoint}: {result_code}/{subcode} {message}".rstrip())
+
+
+class AuthError(ApiError):
+    """Credentials are missing or were rejected (HTTP 401)."""
+
+
+class ServerUnreachable(HpcAgentError):
+    """The API server could not be reached, even after retries."""
+
+    exit_code = 5
+
+
+class SchedulerError(HpcAgentError):
+    """A scheduler command failed.
+
+    ``stderr`` holds what the command printed, so callers can report it verbatim.
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, stderr: str = "", returncode: int | None = None) -> None:
+        self.stderr = stderr
+        self.returncode = returncode
+        super().__init__(message)
+
+
+class SubmitError(SchedulerError):
+    """sbatch rejected a job (bad partition, account, GRES, directive, ...)."""
+
+
+class TransientSchedulerError(SchedulerError):
+    """The scheduler did not answer in time or was temporarily unavailable; retrying may help."""
+
+
+class SubmitLimitError(SubmitError):
+    """sbatch refused because a per-user/association job limit was reached; retry later."""
+
+
+class TemplateError(HpcAgentError):
+    """A template could not be rendered (missing value, unsafe value, syntax error)."""
+
+    exit_code = 7
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        template: str = "",
+        line: int | None = None,
+        placeholder: str = "",
+    ) -> None:
+        self.template = template
+        self.line = line
+        self.placeholder = placeholder
+        where = template + (f":{line}" if line is not None else "")
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ExecutorError(HpcAgentError):
+    """Preparing or running a task on the compute node failed."""
+
+    exit_code = 8
+
+
+class RepositoryError(ExecutorError):
+    """Cloning, checking out or applying the diff of the task's repository failed."""
+
+
+class EnvironmentSetupError(ExecutorError):
+    """Creating the task's Python environment failed."""
+
+
+class ContainerError(ExecutorError):
+    """A container runtime is missing, an image could not be pulled, or the container failed."""
+
+
+class ServerError(HpcAgentError):
+    """The embedded server could not start or serve."""
+
+    exit_code = 9
