@@ -1,0 +1,428 @@
+"""The ClearML REST client: one session, authentication, retries, the response envelope.
+
+Contract (see ``reference/clearml-api.md`` §1):
+
+* A call is ``{method} {host}[/v{version}]/{service}.{action}`` with a JSON body (GET bodies are
+  allowed by the protocol; POST is the default here because every server reads it).
+* The reply is the envelope ``{"meta": {...}, "data": {...}}``. :meth:`ApiClient.send` returns
+  ``data`` (``{}`` when the server sent ``null``) or raises :class:`~hpcagent.errors.ApiError`
+  (:class:`~hpcagent.errors.AuthError` for 401) built from ``meta``.
+* ``auth.login`` uses HTTP Basic auth with the key pair and yields a JWT; every other call sends
+  ``Authorization: Bearer <token>``. The token is renewed before it expires (its ``exp`` claim is
+  read without verifying the signature) and once after a 401, after which the call is repeated.
+* Connection errors, timeouts, HTTP 429 and 5xx are retried with jittered exponential backoff;
+  any other 4xx fails at once. When the retry budget is spent the call raises
+  :class:`~hpcagent.errors.ServerUnreachable` naming the host.
+* Secrets and the Authorization header are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import jwt
+import orjson
+import requests
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from hpcagent import __version__
+from hpcagent.errors import ApiError, AuthError, ConfigError, ServerUnreachable
+
+if TYPE_CHECKING:
+    from hpcagent.api.events import EventsService
+    from hpcagent.api.projects import ProjectsService
+    from hpcagent.api.queues import QueuesService
+    from hpcagent.api.tasks import TasksService
+    from hpcagent.api.workers import WorkersService
+
+log = logging.getLogger(__name__)
+
+#: Largest json-lines request sent to ``events.*`` (the agent's packet size).
+EVENTS_MAX_REQ_SIZE = 1024 * 1024
+#: ClearML's default ``api.http.max_req_size``.
+DEFAULT_MAX_REQ_SIZE = 15 * 1024 * 1024
+#: Renew the token when it has less than this left (the agent's threshold), but never later than
+#: half-way through its lifetime, so that short-lived tokens do not cause a login per call.
+TOKEN_REFRESH_THRESHOLD_S = 12 * 3600.0
+
+JSON = "application/json"
+JSON_LINES = "application/json-lines"
+
+
+class _ApiSection(Protocol):
+    @property
+    def api_server(self) -> str: ...
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def max_req_size(self) -> int: ...
+
+
+class _AgentSection(Protocol):
+    @property
+    def worker_id(self) -> str: ...
+    @property
+    def worker_name(self) -> str: ...
+
+
+class ApiSettings(Protocol):
+    """What :meth:`ApiClient.from_settings` reads from ``hpcagent.config.Settings``."""
+
+    @property
+    def api(self) -> _ApiSection: ...
+    @property
+    def agent(self) -> _AgentSection: ...
+
+
+class _Transient(Exception):
+    """A failure worth retrying: no answer, or HTTP 429/5xx (``response`` is set then)."""
+
+    def __init__(self, reason: str, response: requests.Response | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+
+
+def _is_transient_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class ApiClient:
+    """A ClearML REST client bound to one server and one key pair.
+
+    ``timeout_s`` is the read timeout of every request (the connect timeout is the smaller of it
+    and 10 s); ``retries`` is how many times a transient failure is retried (so a call makes at
+    most ``retries + 1`` attempts); the wait between attempts grows exponentially from
+    ``backoff_s`` with full jitter, capped at ``backoff_max_s``. ``worker`` goes into the
+    ``X-ClearML-Worker`` header (hostname when empty). Thread-safe: the executor shares one
+    client between its log, ping and abort-poll threads.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        worker: str = "",
+        max_req_size: int = DEFAULT_MAX_REQ_SIZE,
+        method: str = "post",
+        token: str | None = None,
+    ) -> None:
+        if not host:
+            raise ConfigError("no API server configured (api.api_server / CLEARML_API_HOST)")
+        self.host = host.rstrip("/")
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self.timeout = (min(10.0, timeout_s), timeout_s)
+        self.retries = max(0, retries)
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.worker = worker or socket.gethostname()
+        self.max_req_size = max_req_size
+        self.method = method.lower()
+        self._session = requests.Session()
+        self._session.headers.update(
+            {
+                "X-ClearML-Worker": self.worker,
+                "X-ClearML-Agent": f"hpcagent-{__version__}",
+                "User-Agent": f"hpcagent/{__version__}",
+            }
+        )
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._token_refresh_at = 0.0
+        if token:
+            self._set_token(token)
+        #: Number of HTTP requests sent (all attempts, logins included); handy for tests/benchmarks.
+        self.requests_sent = 0
+        self._services: dict[str, Any] = {}
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings, **overrides: Any) -> ApiClient:
+        """Build a client from ``hpcagent.config.Settings`` (``api.*`` and the worker id)."""
+        api = settings.api
+        kwargs: dict[str, Any] = {
+            "timeout_s": api.timeout_s,
+            "retries": api.retries,
+            "max_req_size": api.max_req_size,
+            "worker": settings.agent.worker_id or settings.agent.worker_name,
+        }
+        kwargs.update(overrides)
+        return cls(api.api_server, api.access_key, api.secret_key, **kwargs)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never show the keys
+        return f"ApiClient(host={self.host!r}, worker={self.worker!r})"
+
+    # -- service helpers ---------------------------------------------------------------------
+
+    def _service(self, name: str) -> Any:
+        svc = self._services.get(name)
+        if svc is None:
+            from hpcagent.api import events, projects, queues, tasks, workers
+
+            factories: dict[str, Any] = {
+                "tasks": tasks.TasksService,
+                "queues": queues.QueuesService,
+                "workers": workers.WorkersService,
+                "events": events.EventsService,
+                "projects": projects.ProjectsService,
+            }
+            svc = self._services[name] = factories[name](self)
+        return svc
+
+    @property
+    def tasks(self) -> TasksService:
+        svc: TasksService = self._service("tasks")
+        return svc
+
+    @property
+    def queues(self) -> QueuesService:
+        svc: QueuesService = self._service("queues")
+        return svc
+
+    @property
+    def workers(self) -> WorkersService:
+        svc: WorkersService = self._service("workers")
+        return svc
+
+    @property
+    def events(self) -> EventsService:
+        svc: EventsService = self._service("events")
+        return svc
+
+    @property
+    def projects(self) -> ProjectsService:
+        svc: ProjectsService = self._service("projects")
+        return svc
+
+    # -- public calls ------------------------------------------------------------------------
+
+    def send(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        method: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        """Call ``endpoint`` (``"service.action"``) with a JSON ``body``; return envelope data."""
+        payload = orjson.dumps(dict(body or {}))
+        return self._call(endpoint, payload, JSON, method or self.method, version)
+
+    def send_lines(
+        self,
+        endpoint: str,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        max_bytes: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """POST ``items`` as application/json-lines, split into requests of at most ``max_bytes``.
+
+        ``max_bytes`` defaults to 1 MiB for ``events.*`` and to ``max_req_size`` otherwise. An
+        item that alone exceeds the limit is sent in a request of its own. Returns the ``data``
+        of each request, in order (empty list when there were no items).
+        """
+        if max_bytes is None:
+            max_bytes = EVENTS_MAX_REQ_SIZE if endpoint.startswith("events.") else self.max_req_size
+        results: list[dict[str, Any]] = []
+        for chunk in split_lines((orjson.dumps(dict(item)) for item in items), max_bytes):
+            results.append(self._call(endpoint, chunk, JSON_LINES, "post", None))
+        return results
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _url(self, endpoint: str, version: str | None) -> str:
+        return f"{self.host}/v{version}/{endpoint}" if version else f"{self.host}/{endpoint}"
+
+    def _call(
+        self, endpoint: str, payload: bytes, content_type: str, method: str, version: str | None
+    ) -> dict[str, Any]:
+        url = self._url(endpoint, version)
+        headers = {"Content-Type": content_type, "Authorization": self._bearer()}
+        resp = self._request(method, url, payload, headers)
+        if resp.status_code == 401:
+            # The token may have been revoked or the server restarted with a new secret:
+            # log in once more and repeat the call once (what both ClearML clients do).
+            log.debug("%s answered 401; logging in again", endpoint)
+            headers["Authorization"] = self._bearer(force_login=True)
+            resp = self._request(method, url, payload, headers)
+        return parse_envelope(endpoint, resp)
+
+    def _bearer(self, *, force_login: bool = False) -> str:
+        with self._lock:
+            if force_login or self._token is None or time.time() >= self._token_refresh_at:
+                self._login()
+            return f"Bearer {self._token}"
+
+    def _login(self) -> None:
+        """Get a new token with Basic auth; the caller holds ``self._lock``."""
+        if not self._access_key or not self._secret_key:
+            raise AuthError("auth.login", 401, 20, "missing credentials (api.credentials)")
+        basic = base64.b64encode(f"{self._access_key}:{self._secret_key}".encode()).decode()
+        headers = {"Content-Type": JSON, "Authorization": f"Basic {basic}"}
+        resp = self._request("post", f"{self.host}/auth.login", b"{}", headers)
+        data = parse_envelope("auth.login", resp)
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            raise ApiError("auth.login", 200, 0, "server sent no token: api_server misconfigured?")
+        self._set_token(token)
+        log.debug("logged in to %s", self.host)
+
+    def _set_token(self, token: str) -> None:
+        self._token = token
+        self._token_refresh_at = token_refresh_time(token)
+
+    def _request(
+        self, method: str, url: str, payload: bytes, headers: Mapping[str, str]
+    ) -> requests.Response:
+        """Send one call, retrying transient failures; a non-transient answer is returned."""
+
+        def attempt() -> requests.Response:
+            self.requests_sent += 1
+            try:
+                resp = self._session.request(
+                    method, url, data=payload, headers=dict(headers), timeout=self.timeout
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise _Transient(f"{type(exc).__name__}: {_short(exc)}") from exc
+            if _is_transient_status(resp.status_code):
+                raise _Transient(f"HTTP {resp.status_code}", resp)
+            return resp
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Transient),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_random_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
+            before_sleep=lambda rs: log.warning(
+                "%s: %s; retrying (attempt %d of %d)",
+                url.rsplit("/", 1)[-1],
+                rs.outcome.exception() if rs.outcome else "?",
+                rs.attempt_number + 1,
+                self.retries + 1,
+            ),
+        )
+        try:
+            return retrying(attempt)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            reason = last.reason if isinstance(last, _Transient) else str(last)
+            raise ServerUnreachable(
+                f"API server {self.host} unreachable after {self.retries + 1} attempts "
+                f"({url.rsplit('/', 1)[-1]}: {reason})"
+            ) from last
+
+
+def _short(exc: BaseException) -> str:
+    """The innermost reason of a requests error, without the long urllib3 repr."""
+    text = str(exc)
+    markers = ("Failed to establish a new connection: ", "Read timed out", "Connection aborted")
+    for marker in markers:
+        if marker in text:
+            idx = text.index(marker)
+            return text[idx : idx + 120].rstrip("')\"")
+    return text[:160]
+
+
+def token_refresh_time(token: str, now: float | None = None) -> float:
+    """When to renew ``token``: ``exp`` minus the threshold, at most half-way through its life.
+
+    The token is decoded without verifying its signature (the client cannot, and needs only the
+    claims). A token without ``exp`` never needs renewal; one that cannot be decoded is renewed
+    after an hour.
+    """
+    now = time.time() if now is None else now
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return now + 3600.0
+    exp = claims.get("exp")
+    if not isinstance(exp, (int, float)):
+        return float("inf")
+    iat = claims.get("iat")
+    threshold = TOKEN_REFRESH_THRESHOLD_S
+    if isinstance(iat, (int, float)) and exp > iat:
+        threshold = min(threshold, (exp - iat) / 2)
+    return float(exp) - threshold
+
+
+def parse_envelope(endpoint: str, resp: requests.Response) -> dict[str, Any]:
+    """Return the ``data`` dict of a ClearML reply, or raise ApiError/AuthError from ``meta``."""
+    status = resp.status_code
+    try:
+        doc = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        doc = None
+    meta = doc.get("meta") if isinstance(doc, dict) else None
+    if not isinstance(meta, dict):
+        snippet = resp.text[:200].strip().replace("\n", " ")
+        cls = AuthError if status == 401 else ApiError
+        raise cls(endpoint, status, 0, f"not a ClearML API reply (HTTP {status}): {snippet}")
+    assert isinstance(doc, dict)
+    code = meta.get("result_code", status)
+    code = code if isinstance(code, int) else status
+    if code != 200 or status >= 400:
+        code = status if status >= 400 else code
+        subcode = meta.get("result_subcode") or 0
+        message = str(meta.get("result_msg") or "")
+        err_data = doc.get("data") if isinstance(doc.get("data"), dict) else None
+        cls = AuthError if code == 401 else ApiError
+        raise cls(endpoint, code, int(subcode), message, err_data)
+    data = doc.get("data")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ApiError(endpoint, status, 0, f"reply data is a {type(data).__name__}, not an object")
+    return data
+
+
+def split_lines(lines: Iterable[bytes], max_bytes: int) -> Iterable[bytes]:
+    """Group serialized JSON ``lines`` into newline-joined bodies of at most ``max_bytes``.
+
+    Order is kept. A single line longer than ``max_bytes`` forms a body of its own.
+    """
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        extra = len(line) + (1 if chunk else 0)
+        if chunk and size + extra > max_bytes:
+            yield b"\n".join(chunk)
+            chunk, size = [], 0
+            extra = len(line)
+        chunk.append(line)
+        size += extra
+    if chunk:
+        yield b"\n".join(chunk)
