@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from hpcagent.api.queues import QueuesService
     from hpcagent.api.tasks import TasksService
     from hpcagent.api.workers import WorkersService
+    from hpcagent.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +60,6 @@ TOKEN_REFRESH_THRESHOLD_S = 12 * 3600.0
 
 JSON = "application/json"
 JSON_LINES = "application/json-lines"
-
-
-class _ApiSection(Protocol):
-    @property
-    def api_server(self) -> str: ...
-    @property
-    def access_key(self) -> str: ...
-    @property
-    def secret_key(self) -> str: ...
-    @property
-    def timeout_s(self) -> float: ...
-    @property
-    def retries(self) -> int: ...
-    @property
-    def max_req_size(self) -> int: ...
-
-
-class _AgentSection(Protocol):
-    @property
-    def worker_id(self) -> str: ...
-    @property
-    def worker_name(self) -> str: ...
-
-
-class ApiSettings(Protocol):
-    """What :meth:`ApiClient.from_settings` reads from ``hpcagent.config.Settings``."""
-
-    @property
-    def api(self) -> _ApiSection: ...
-    @property
-    def agent(self) -> _AgentSection: ...
 
 
 class _Transient(Exception):
@@ -163,7 +133,7 @@ class ApiClient:
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: ApiSettings, **overrides: Any) -> ApiClient:
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ApiClient:
         """Build a client from ``hpcagent.config.Settings`` (``api.*`` and the worker id)."""
         api = settings.api
         kwargs: dict[str, Any] = {

@@ -1,0 +1,512 @@
+"""``hpcagent task …`` and ``hpcagent queue …``: create, enqueue, inspect and control tasks.
+
+Every command talks to the API server of the effective configuration (``--config-file`` of
+the top-level group, ``CLEARML_API_*``) through :class:`hpcagent.api.ApiClient`. Output is a
+readable table or summary by default and JSON with ``--json``. Errors are raised as
+:class:`~hpcagent.errors.HpcAgentError` subclasses (one line on stderr, non-zero exit status).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpcagent.api import ApiClient
+from hpcagent.api.tasks import TASK_STATUSES
+from hpcagent.config import Settings, load_settings
+from hpcagent.errors import ApiError, UsageError
+
+_CLIENT_KEY = "hpcagent.api_client"
+#: Statuses in which a task may still produce log lines.
+_LIVE_STATUSES = {"queued", "in_progress"}
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+def get_client(ctx: click.Context) -> ApiClient:
+    """The API client of this invocation, created once from the context's settings.
+
+    The top-level group puts ``{"config_file": ...}`` (or a ``Settings``) in ``ctx.obj``; an
+    ``ApiClient`` stored under ``ctx.obj["client"]`` is used as it is (embedding, tests).
+    """
+    root = ctx.find_root()
+    cached = root.meta.get(_CLIENT_KEY)
+    if isinstance(cached, ApiClient):
+        return cached
+    obj = ctx.find_object(dict) or {}
+    client = obj.get("client")
+    if not isinstance(client, ApiClient):
+        settings = ctx.find_object(Settings) or obj.get("settings")
+        if not isinstance(settings, Settings):
+            settings = load_settings(config_file=obj.get("config_file"))
+        client = ApiClient.from_settings(settings)
+    root.meta[_CLIENT_KEY] = client
+    return client
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print ``rows`` as left-aligned columns under ``headers``."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _short_time(value: Any) -> str:
+    """An ISO timestamp without sub-seconds and time zone, for tables."""
+    text = str(value or "")
+    return text[:19]
+
+
+def _clip(text: Any, width: int = 50) -> str:
+    s = " ".join(str(text or "").split())
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{k: v}`` (values may contain ``=``); bad items are usage errors."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} expects key=value, got {item!r}")
+        pairs[key.strip()] = val
+    return pairs
+
+
+def _param_items(section: str, pairs: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {
+        k: {"section": section, "name": k, "value": v, "type": "str", "description": ""}
+        for k, v in pairs.items()
+    }
+
+
+def _queue_names(client: ApiClient) -> dict[str, str]:
+    return {str(q.get("id")): str(q.get("name", "")) for q in client.queues.get_all()}
+
+
+# -- task ----------------------------------------------------------------------------------------
+
+
+@click.group("task")
+def task_group() -> None:
+    """Create, enqueue, inspect and control tasks on the API server."""
+
+
+@task_group.command("create")
+@click.option("--project", required=True, help="Project name (created when missing).")
+@click.option("--name", required=True, help="Task name (at least 3 characters).")
+@click.option(
+    "--script",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A local script; its text is stored in the task (no repository).",
+)
+@click.option("--repo", help="Git repository URL to clone.")
+@click.option("--branch", help="Branch to check out (with --repo).")
+@click.option("--commit", help="Commit to check out (with --repo).")
+@click.option("--entry-point", help="Script inside the repository (with --repo), e.g. train.py.")
+@click.option("--working-dir", default=".", show_default=True, help="Folder to run from.")
+@click.option(
+    "--requirements",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A requirements.txt to install.",
+)
+@click.option("--packages", help='Packages to install, space separated: "numpy==2.0 pandas".')
+@click.option("--args", "args", multiple=True, help="Script argument k=v (hyperparams Args).")
+@click.option("--container", help="Container image to run the task in.")
+@click.option("--container-args", default="", help="Extra container arguments (one string).")
+@click.option("--user-property", multiple=True, help="User property k=v (hyperparams properties).")
+@click.option("--binary", default="python3", show_default=True, help="Interpreter to run with.")
+@click.option("--type", "task_type", default="training", show_default=True, help="Task type.")
+@click.option("--enqueue", "queue", help="Enqueue the new task in this queue (name or id).")
+@json_option
+@click.pass_context
+def create_cmd(
+    ctx: click.Context,
+    project: str,
+    name: str,
+    script: Path | None,
+    repo: str | None,
+    branch: str | None,
+    commit: str | None,
+    entry_point: str | None,
+    working_dir: str,
+    requirements: Path | None,
+    packages: str | None,
+    args: tuple[str, ...],
+    container: str | None,
+    container_args: str,
+    user_property: tuple[str, ...],
+    binary: str,
+    task_type: str,
+    queue: str | None,
+    as_json: bool,
+) -> None:
+    """Create a task from a local script or a git repository; print its id."""
+    if (script is None) == (repo is None):
+        raise UsageError("give exactly one of --script FILE or --repo URL")
+    if branch and commit:
+        raise UsageError("give --branch or --commit, not both")
+    if requirements and packages:
+        raise UsageError("give --requirements or --packages, not both")
+    if len(name) < 3:
+        raise UsageError("--name must have at least 3 characters")
+    script_section: dict[str, Any] = {"binary": binary, "working_dir": working_dir}
+    if script is not None:
+        if branch or commit:
+            raise UsageError("--branch/--commit need --repo")
+        script_section.update(
+            repository="",
+            entry_point=entry_point or script.name,
+            diff=script.read_text(encoding="utf-8"),
+        )
+    else:
+        if not entry_point:
+            raise UsageError("--repo needs --entry-point")
+        script_section.update(
+            repository=repo, branch=branch or "", version_num=commit or "", entry_point=entry_point
+        )
+    if requirements is not None:
+        script_section["requirements"] = {"pip": requirements.read_text(encoding="utf-8")}
+    elif packages:
+        script_section["requirements"] = {"pip": "\n".join(packages.split()) + "\n"}
+    hyperparams: dict[str, Any] = {}
+    if args:
+        hyperparams["Args"] = _param_items("Args", _parse_pairs(args, "--args"))
+    if user_property:
+        props = _parse_pairs(user_property, "--user-property")
+        hyperparams["properties"] = _param_items("properties", props)
+
+    client = get_client(ctx)
+    project_id = client.projects.get_or_create(project)
+    task_id = client.tasks.create(name, project_id, type=task_type, comment="created by hpcagent")
+    fields: dict[str, Any] = {"script": script_section}
+    if hyperparams:
+        fields["hyperparams"] = hyperparams
+    if container:
+        fields["container"] = {
+            "image": container,
+            "arguments": container_args,
+            "setup_shell_script": "",
+        }
+    client.tasks.edit(task_id, **fields)
+    queue_id = None
+    if queue:
+        queue_id = str(client.queues.resolve(queue)["id"])
+        client.tasks.enqueue(task_id, queue_id, status_reason="enqueued by hpcagent task create")
+    if as_json:
+        _emit_json({"id": task_id, "project": project_id, "queue": queue_id})
+    else:
+        click.echo(task_id)
+
+
+@task_group.command("enqueue")
+@click.argument("task_id")
+@click.option("--queue", "-q", required=True, help="Queue name or id.")
+@json_option
+@click.pass_context
+def enqueue_cmd(ctx: click.Context, task_id: str, queue: str, as_json: bool) -> None:
+    """Put task TASK_ID into a queue."""
+    client = get_client(ctx)
+    q = client.queues.resolve(queue)
+    reply = client.tasks.enqueue(task_id, str(q["id"]), status_reason="enqueued by hpcagent")
+    if as_json:
+        _emit_json({"id": task_id, "queue": q["id"], "queue_name": q.get("name"), **reply})
+    else:
+        click.echo(f"task {task_id} queued in {q.get('name') or q['id']}")
+
+
+@task_group.command("list")
+@click.option("--status", type=click.Choice(TASK_STATUSES), help="Only tasks with this status.")
+@click.option("--queue", "-q", help="Only tasks whose execution queue is this (name or id).")
+@click.option("--project", help="Only tasks of this project (name).")
+@click.option("--limit", default=50, show_default=True, help="Show at most this many (newest).")
+@json_option
+@click.pass_context
+def list_cmd(
+    ctx: click.Context,
+    status: str | None,
+    queue: str | None,
+    project: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List tasks, newest first."""
+    client = get_client(ctx)
+    filters: dict[str, Any] = {
+        "only_fields": [
+            "id",
+            "name",
+            "status",
+            "status_message",
+            "project",
+            "execution.queue",
+            "last_update",
+            "created",
+        ]
+    }
+    if status:
+        filters["status"] = [status]
+    if project:
+        proj = client.projects.by_name(project)
+        if proj is None:
+            raise UsageError(f"no project named {project!r}")
+        filters["project"] = [proj["id"]]
+    tasks = client.tasks.get_all(**filters)
+    names = _queue_names(client)
+    if queue:
+        qid = str(client.queues.resolve(queue)["id"])
+        tasks = [t for t in tasks if (t.get("execution") or {}).get("queue") == qid]
+    if status:  # servers may ignore unknown filters; filter again here
+        tasks = [t for t in tasks if t.get("status") == status]
+    tasks.sort(key=lambda t: str(t.get("last_update") or t.get("created") or ""), reverse=True)
+    tasks = tasks[: max(0, limit)]
+    if as_json:
+        _emit_json(tasks)
+        return
+    rows = [
+        [
+            t.get("id"),
+            _clip(t.get("name"), 30),
+            t.get("status"),
+            names.get(str((t.get("execution") or {}).get("queue") or ""), ""),
+            _short_time(t.get("last_update") or t.get("created")),
+            _clip(t.get("status_message"), 40),
+        ]
+        for t in tasks
+    ]
+    _table(["ID", "NAME", "STATUS", "QUEUE", "UPDATED", "MESSAGE"], rows)
+
+
+@task_group.command("show")
+@click.argument("task_id")
+@json_option
+@click.pass_context
+def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show one task: status, code, requirements, container, parameters."""
+    client = get_client(ctx)
+    task = client.tasks.get_by_id(task_id)
+    if as_json:
+        _emit_json(task)
+        return
+    script = task.get("script") or {}
+    execution = task.get("execution") or {}
+    container = task.get("container") or {}
+    queue_id = execution.get("queue") or ""
+    queue_name = _queue_names(client).get(str(queue_id), "") if queue_id else ""
+    pip = ((script.get("requirements") or {}).get("pip") or "").strip()
+    lines: list[tuple[str, Any]] = [
+        ("id", task.get("id")),
+        ("name", task.get("name")),
+        ("project", task.get("project")),
+        ("type", task.get("type")),
+        ("status", task.get("status")),
+        ("status_reason", task.get("status_reason")),
+        ("status_message", task.get("status_message")),
+        ("queue", f"{queue_name} ({queue_id})" if queue_name else queue_id),
+        ("created", task.get("created")),
+        ("started", task.get("started")),
+        ("completed", task.get("completed")),
+        ("last_update", task.get("last_update")),
+        ("last_worker", task.get("last_worker")),
+        ("repository", script.get("repository")),
+        ("branch", script.get("branch")),
+        ("commit", script.get("version_num")),
+        ("entry_point", script.get("entry_point")),
+        ("working_dir", script.get("working_dir")),
+        ("binary", script.get("binary")),
+        ("script text", f"{len(script.get('diff') or '')} chars" if script.get("diff") else ""),
+        ("requirements", ", ".join(pip.splitlines()) if pip else ""),
+        ("container", " ".join(filter(None, [container.get("image"), container.get("arguments")]))),
+    ]
+    for section, params in sorted((task.get("hyperparams") or {}).items()):
+        for key, item in sorted((params or {}).items()):
+            value = item.get("value") if isinstance(item, dict) else item
+            lines.append((f"{section}/{key}", value))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        if value not in (None, ""):
+            click.echo(f"{key:<{width}}  {value}")
+
+
+def _iter_log(client: ApiClient, task_id: str, state: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Log events of ``task_id`` newer than ``state`` (updated in place), oldest first."""
+    batch = 500
+    while True:
+        body: dict[str, Any] = {"batch_size": batch, "navigate_earlier": False}
+        if state.get("last_ts") is not None:
+            body["from_timestamp"] = state["last_ts"]
+        data = client.events.get_task_log(task_id, **body)
+        events = sorted(
+            (e for e in data.get("events") or [] if isinstance(e, dict)),
+            key=lambda e: int(e.get("timestamp") or 0),
+        )
+        new = 0
+        for event in events:
+            ts = int(event.get("timestamp") or 0)
+            key = (ts, str(event.get("msg", "")))
+            last = state.get("last_ts")
+            if last is not None and (ts < last or (ts == last and key in state["seen"])):
+                continue
+            if last is None or ts > last:
+                state["last_ts"], state["seen"] = ts, set()
+            state["seen"].add(key)
+            new += 1
+            yield event
+        if new == 0 or len(events) < batch:
+            return
+
+
+@task_group.command("log")
+@click.argument("task_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the task ends.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between polls.")
+@json_option
+@click.pass_context
+def log_cmd(ctx: click.Context, task_id: str, follow: bool, interval: float, as_json: bool) -> None:
+    """Print the console log of a task (JSON: one event object per line)."""
+    client = get_client(ctx)
+    client.tasks.get_status(task_id)  # a clear error for an unknown task
+    state: dict[str, Any] = {"last_ts": None, "seen": set()}
+    while True:
+        for event in _iter_log(client, task_id, state):
+            if as_json:
+                click.echo(json.dumps(event, sort_keys=True, default=str))
+            else:
+                click.echo(str(event.get("msg", "")).rstrip("\n"))
+        if not follow:
+            return
+        if client.tasks.get_status(task_id).get("status") not in _LIVE_STATUSES:
+            for event in _iter_log(client, task_id, state):  # lines sent just before the end
+                click.echo(str(event.get("msg", "")).rstrip("\n"))
+            return
+        time.sleep(interval)
+
+
+@task_group.command("abort")
+@click.argument("task_id")
+@json_option
+@click.pass_context
+def abort_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Abort a task: a queued task stops at once, a running one is asked to stop."""
+    client = get_client(ctx)
+    client.tasks.stop(task_id, status_reason="aborted by user (hpcagent task abort)")
+    status = client.tasks.get_status(task_id)
+    if as_json:
+        _emit_json(status)
+    elif status.get("status") == "stopped":
+        click.echo(f"task {task_id} stopped")
+    else:
+        click.echo(
+            f"task {task_id}: stop requested ({status.get('status')}, "
+            f"{status.get('status_message') or 'no message'})"
+        )
+
+
+@task_group.command("clone")
+@click.argument("task_id")
+@click.option("--name", help="Name of the new task (default: the server's).")
+@click.option("--args", "args", multiple=True, help="Override script argument k=v.")
+@click.option("--enqueue", "queue", help="Enqueue the clone in this queue (name or id).")
+@json_option
+@click.pass_context
+def clone_cmd(
+    ctx: click.Context,
+    task_id: str,
+    name: str | None,
+    args: tuple[str, ...],
+    queue: str | None,
+    as_json: bool,
+) -> None:
+    """Clone a task, optionally changing arguments and enqueuing it; print the new id."""
+    overrides = _parse_pairs(args, "--args")
+    client = get_client(ctx)
+    new_id = client.tasks.clone(task_id, new_task_name=name)
+    if overrides:
+        # hyperparams are replaced whole by tasks.edit: read, merge, write back (as the SDK does)
+        hyper = dict(client.tasks.get_by_id(new_id).get("hyperparams") or {})
+        hyper["Args"] = {**(hyper.get("Args") or {}), **_param_items("Args", overrides)}
+        client.tasks.edit(new_id, hyperparams=hyper)
+    queue_id = None
+    if queue:
+        queue_id = str(client.queues.resolve(queue)["id"])
+        client.tasks.enqueue(new_id, queue_id, status_reason="enqueued by hpcagent task clone")
+    if as_json:
+        _emit_json({"id": new_id, "parent": task_id, "queue": queue_id})
+    else:
+        click.echo(new_id)
+
+
+@task_group.command("reset")
+@click.argument("task_id")
+@click.option("--force", is_flag=True, help="Reset even a queued or running task.")
+@json_option
+@click.pass_context
+def reset_cmd(ctx: click.Context, task_id: str, force: bool, as_json: bool) -> None:
+    """Reset a task to ``created`` (clears its queue, run times and runtime info)."""
+    client = get_client(ctx)
+    client.tasks.reset(task_id, force=force)
+    status = client.tasks.get_status(task_id)
+    if as_json:
+        _emit_json(status)
+    else:
+        click.echo(f"task {task_id} is {status.get('status')}")
+
+
+# -- queue ---------------------------------------------------------------------------------------
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """Create and list queues."""
+
+
+@queue_group.command("create")
+@click.argument("name")
+@json_option
+@click.pass_context
+def queue_create_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Create queue NAME; print its id."""
+    client = get_client(ctx)
+    try:
+        existing = client.queues.by_name(name)
+    except ApiError as exc:
+        if exc.subcode != 701:
+            raise
+    else:
+        raise UsageError(f"queue {name!r} already exists (id {existing['id']})")
+    queue_id = client.queues.create(name)
+    if as_json:
+        _emit_json({"id": queue_id, "name": name})
+    else:
+        click.echo(queue_id)
+
+
+@queue_group.command("list")
+@json_option
+@click.pass_context
+def queue_list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List queues with the number of pending tasks."""
+    client = get_client(ctx)
+    queues = client.queues.get_all()
+    rows = []
+    for q in sorted(queues, key=lambda q: str(q.get("name", "")).lower()):
+        entries = q.get("entries")
+        if isinstance(entries, list):
+            pending = len(entries)
+        else:
+            pending = client.queues.get_num_entries(str(q["id"]))
+        rows.append({"id": q.get("id"), "name": q.get("name"), "pending": pending})
+    if as_json:
+        _emit_json(rows)
+    else:
+        _table(["ID", "NAME", "PENDING"], [[r["id"], r["name"], r["pending"]] for r in rows])
