@@ -1,0 +1,259 @@
+"""The Starlette application of the embedded server: routing, envelope, auth, dispatch.
+
+Wire protocol (ClearML, see docs/server.md): ``/{service}.{action}`` with an optional
+``/vX.Y/`` prefix; GET, POST and PUT are all accepted and the body is read on GET too; the
+query string is merged into the JSON body; every reply is the ``{"meta": ..., "data": ...}``
+envelope with HTTP status == ``meta.result_code``. Client mistakes never produce a 5xx (the
+ClearML SDK retries those forever); an unexpected bug answers 500.
+
+Handlers are plain synchronous functions ``(ctx, body) -> data`` that run in the event loop, so
+the single SQLite connection is used serially and each request is atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hpcagent.server.auth import API_VERSION, Authenticator
+from hpcagent.server.fields import (
+    BODY_TOO_LARGE,
+    UNKNOWN_ENDPOINT,
+    VALIDATION,
+    ApiFault,
+    opt_int,
+)
+from hpcagent.server.store import Store
+
+log = logging.getLogger("hpcagent.server")
+
+_PATH_RE = re.compile(r"^/?(v(?P<ver>\d+\.?\d+)/)?(?P<ep>[A-Za-z_]\w+\.[A-Za-z_]\w+)/?$")
+DEFAULT_MAX_BODY = 15 * 1024 * 1024
+
+# Endpoints whose body is not a JSON object (json-lines or a JSON list); they parse ctx.raw.
+RAW_BODY_ENDPOINTS = frozenset({"events.add_batch"})
+# Endpoints that need no Bearer token.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "debug.ping"})
+
+
+@dataclass
+class Ctx:
+    """What a handler gets besides the body."""
+
+    store: Store
+    endpoint: str
+    identity: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""
+    content_type: str = ""
+    worker_header: str = ""
+
+    @property
+    def user(self) -> str:
+        return str(self.identity.get("user", ""))
+
+    @property
+    def company(self) -> str:
+        return str(self.identity.get("company", ""))
+
+
+Handler = Callable[[Ctx, dict[str, Any]], dict[str, Any]]
+
+
+def all_routes() -> dict[str, Handler]:
+    """Every implemented endpoint, by ``service.action`` name."""
+    from hpcagent.server.routes import events, projects, queues, task_status, tasks, workers
+
+    table: dict[str, Handler] = {}
+    for module in (projects, tasks, task_status, queues, workers, events):
+        table.update(module.ROUTES)
+    table["debug.ping"] = lambda ctx, body: {"msg": "hpcagent embedded server"}
+    table["auth.login"] = lambda ctx, body: {}  # answered by ServerApp._dispatch itself
+    return table
+
+
+def _envelope(
+    endpoint: str,
+    requested: str,
+    code: int,
+    subcode: int,
+    msg: str,
+    data: dict[str, Any] | None,
+    error_data: dict[str, Any] | None = None,
+    error_stack: str | None = None,
+) -> Response:
+    rid = uuid.uuid4().hex
+    body = {
+        "meta": {
+            "id": rid,
+            "trx": rid,
+            "endpoint": {
+                "name": endpoint,
+                "requested_version": requested,
+                "actual_version": API_VERSION,
+            },
+            "result_code": code,
+            "result_subcode": subcode,
+            "result_msg": msg,
+            "error_stack": error_stack,
+            "error_data": error_data or {},
+        },
+        "data": data if data is not None else {},
+    }
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+        status_code=code,
+        media_type="application/json",
+    )
+
+
+class ServerApp:
+    """Holds the store, the authenticator and the route table; ``asgi`` is the Starlette app."""
+
+    def __init__(
+        self,
+        store: Store,
+        auth: Authenticator,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        debug_errors: bool = False,
+    ) -> None:
+        self.store = store
+        self.auth = auth
+        self.max_body = max_body
+        self.debug_errors = debug_errors
+        self.routes = all_routes()
+        self.asgi = Starlette(
+            routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT"])],
+            lifespan=self._lifespan,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Graceful shutdown: every request committed already; checkpoint and close.
+        self.store.close()
+        log.info("database closed")
+
+    async def _read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise ApiFault(BODY_TOO_LARGE, f"Request body too large (limit {self.max_body} bytes)")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiFault(
+                    BODY_TOO_LARGE, f"Request body too large (limit {self.max_body} bytes)"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _endpoint(self, request: Request) -> Response:
+        match = _PATH_RE.match(request.url.path)
+        if match is None:
+            log.debug("unknown path %s", request.url.path)
+            return _envelope(
+                "",
+                API_VERSION,
+                *UNKNOWN_ENDPOINT,
+                f"Invalid endpoint path {request.url.path}",
+                None,
+            )
+        endpoint = match.group("ep")
+        requested = match.group("ver") or API_VERSION
+        handler = self.routes.get(endpoint)
+        if handler is None:
+            log.debug("unknown endpoint %s", endpoint)
+            return _envelope(
+                endpoint,
+                requested,
+                *UNKNOWN_ENDPOINT,
+                f"Unable to find endpoint for name {endpoint} and version {requested}",
+                None,
+            )
+        try:
+            raw = await self._read_body(request)
+            return self._dispatch(request, endpoint, requested, handler, raw)
+        except ApiFault as fault:
+            return _envelope(
+                endpoint,
+                requested,
+                fault.code,
+                fault.subcode,
+                fault.message,
+                None,
+                fault.error_data,
+            )
+
+    def _dispatch(
+        self, request: Request, endpoint: str, requested: str, handler: Handler, raw: bytes
+    ) -> Response:
+        headers = request.headers
+        ctx = Ctx(
+            store=self.store,
+            endpoint=endpoint,
+            raw=raw,
+            content_type=headers.get("content-type", ""),
+            worker_header=headers.get("x-clearml-worker") or headers.get("x-trains-worker") or "",
+        )
+        try:
+            body = self._parse_body(endpoint, raw, request)
+            if endpoint == "auth.login":
+                token = self.auth.login(
+                    headers.get("authorization"), opt_int(body, "expiration_sec")
+                )
+                return _envelope(endpoint, requested, 200, 0, "OK", {"token": token})
+            if endpoint not in PUBLIC_ENDPOINTS:
+                ctx.identity = self.auth.verify(headers.get("authorization"))
+            data = handler(ctx, body)
+        except ApiFault as fault:
+            return _envelope(
+                endpoint,
+                requested,
+                fault.code,
+                fault.subcode,
+                fault.message,
+                None,
+                fault.error_data,
+            )
+        except Exception as exc:  # a bug of ours: log it, answer 500 (never > 500)
+            log.exception("internal error in %s", endpoint)
+            stack = traceback.format_exc() if self.debug_errors else None
+            return _envelope(
+                endpoint, requested, 500, 0, f"Internal server error: {exc!r}", None, None, stack
+            )
+        return _envelope(endpoint, requested, 200, 0, "OK", data)
+
+    @staticmethod
+    def _parse_body(endpoint: str, raw: bytes, request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if endpoint not in RAW_BODY_ENDPOINTS and raw.strip():
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ApiFault(VALIDATION, f"Malformed JSON body: {exc}") from exc
+            if not isinstance(parsed, dict):
+                raise ApiFault(VALIDATION, "Malformed request: the JSON body must be an object")
+            body = parsed
+        if request.query_params:
+            for key, value in request.query_params.multi_items():
+                body[key] = value
+        return body
+
+
+def create_app(store: Store, auth: Authenticator, *, max_body: int = DEFAULT_MAX_BODY) -> ServerApp:
+    """Build the server application around an open store and an authenticator."""
+    return ServerApp(store, auth, max_body=max_body)

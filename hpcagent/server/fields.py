@@ -1,0 +1,198 @@
+"""Request-body validation helpers and the API fault type of the embedded server.
+
+Handlers receive the merged request body as a plain ``dict`` and read it only through the
+helpers below, so that a wrong type always becomes a ClearML-style ``400/12`` validation error
+that names the field (never a 500). Unknown fields are simply never read, which is how the
+server ignores the spurious ``"method": "get"`` key the SDK sends.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from typing import Any
+
+# ClearML result codes/subcodes used by the server (apiserver/apierrors/errors.conf).
+VALIDATION = (400, 12)
+INVALID_TASK_ID = (400, 101)
+INVALID_TASK_STATUS = (400, 110)
+INVALID_PROJECT_ID = (400, 401)
+INVALID_QUEUE_ID = (400, 701)
+QUEUE_NOT_EMPTY = (400, 702)
+NO_DEFAULT_QUEUE = (400, 707)
+INVALID_WORKER_ID = (400, 1001)
+MISSING_CREDENTIALS = (401, 20)
+INVALID_CREDENTIALS = (401, 22)
+INVALID_TOKEN = (401, 30)
+UNKNOWN_ENDPOINT = (404, 0)
+BODY_TOO_LARGE = (413, 0)
+
+
+class ApiFault(Exception):
+    """An error reply: HTTP status == ``code``, ``result_subcode`` == ``subcode``."""
+
+    def __init__(
+        self,
+        code_sub: tuple[int, int],
+        message: str,
+        error_data: dict[str, Any] | None = None,
+    ) -> None:
+        self.code, self.subcode = code_sub
+        self.message = message
+        self.error_data = error_data or {}
+        super().__init__(f"{self.code}/{self.subcode} {message}")
+
+
+def new_id() -> str:
+    """A 32-character uuid4 hex id, like the real server's."""
+    return uuid.uuid4().hex
+
+
+def now_iso() -> str:
+    """The current UTC time as an ISO-8601 string with milliseconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def iso_to_epoch(value: str | None) -> float:
+    """Seconds since the epoch for an ISO-8601 string (0.0 for None or garbage)."""
+    if not value:
+        return 0.0
+    try:
+        return _dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _bad(field: str, expected: str, value: Any) -> ApiFault:
+    return ApiFault(
+        VALIDATION,
+        f"Validation error: field '{field}' must be {expected}, got {type(value).__name__}",
+        {"field": field},
+    )
+
+
+def req_str(body: dict[str, Any], field: str) -> str:
+    """A required non-empty string field."""
+    value = body.get(field)
+    if value is None or value == "":
+        raise ApiFault(
+            VALIDATION, f"Validation error: missing required field '{field}'", {"field": field}
+        )
+    if not isinstance(value, str):
+        raise _bad(field, "a string", value)
+    return value
+
+
+def opt_str(body: dict[str, Any], field: str, default: str | None = None) -> str | None:
+    """An optional string field (None when absent or null)."""
+    value = body.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise _bad(field, "a string", value)
+    return value
+
+
+def opt_bool(body: dict[str, Any], field: str, default: bool = False) -> bool:
+    """An optional boolean; also accepts "true"/"false" strings from query strings."""
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise _bad(field, "a boolean", value)
+
+
+def opt_int(body: dict[str, Any], field: str, default: int | None = None) -> int | None:
+    """An optional integer; numeric strings (query strings) are accepted."""
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise _bad(field, "an integer", value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise _bad(field, "an integer", value)
+
+
+def opt_dict(body: dict[str, Any], field: str) -> dict[str, Any] | None:
+    """An optional JSON object field."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(field, "an object", value)
+    return value
+
+
+def opt_list(body: dict[str, Any], field: str) -> list[Any] | None:
+    """An optional JSON array field."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _bad(field, "an array", value)
+    return value
+
+
+def opt_str_list(body: dict[str, Any], field: str) -> list[str] | None:
+    """An optional list of strings; a single string is taken as a one-element list."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(field, "an array of strings", value)
+    return list(value)
+
+
+def project_fields(doc: dict[str, Any], only_fields: list[str] | None) -> dict[str, Any]:
+    """Keep only the dotted paths of ``only_fields`` (plus ``id``), like a Mongo projection."""
+    if not only_fields:
+        return doc
+    out: dict[str, Any] = {}
+    if "id" in doc:
+        out["id"] = doc["id"]
+    for path in only_fields:
+        parts = path.split(".")
+        src: Any = doc
+        for part in parts:
+            if not isinstance(src, dict) or part not in src:
+                src = _MISSING
+                break
+            src = src[part]
+        if src is _MISSING:
+            continue
+        dst = out
+        for part in parts[:-1]:
+            nxt = dst.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                dst[part] = nxt
+            dst = nxt
+        dst[parts[-1]] = src
+    return out
+
+
+_MISSING = object()
+
+
+def match_tags(have: list[str], wanted: list[str] | None) -> bool:
+    """ClearML tag filter: plain names must be present (any of them), ``-name`` must be absent."""
+    if not wanted:
+        return True
+    include = [t for t in wanted if not t.startswith("-")]
+    exclude = [t[1:] for t in wanted if t.startswith("-")]
+    if any(t in have for t in exclude):
+        return False
+    return not include or any(t in have for t in include)

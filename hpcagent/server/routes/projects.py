@@ -1,0 +1,84 @@
+"""``projects.*``: get_all (name regex, ids, only_fields), create, get_by_id."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from hpcagent.server.fields import (
+    VALIDATION,
+    ApiFault,
+    match_tags,
+    new_id,
+    now_iso,
+    opt_bool,
+    opt_str,
+    opt_str_list,
+    project_fields,
+    req_str,
+)
+
+if TYPE_CHECKING:
+    from hpcagent.server.app import Ctx, Handler
+
+
+def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    ids = opt_str_list(body, "id")
+    pattern = opt_str(body, "name")
+    try:
+        name_re = re.compile(pattern, re.IGNORECASE) if pattern else None
+    except re.error as exc:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: field 'name' is not a valid regex: {exc}",
+            {"field": "name"},
+        ) from exc
+    system_tags = opt_str_list(body, "system_tags")
+    search_hidden = opt_bool(body, "search_hidden")
+    only_fields = opt_str_list(body, "only_fields")
+    out = []
+    for project in ctx.store.all_projects(ids):
+        st = project.get("system_tags") or []
+        if not search_hidden and "hidden" in st and ids is None:
+            continue
+        if name_re is not None and not name_re.search(project.get("name") or ""):
+            continue
+        if not match_tags(st, system_tags):
+            continue
+        out.append(project_fields(project, only_fields))
+    return {"projects": out}
+
+
+def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    name = req_str(body, "name").strip()
+    if ctx.store.project_by_name(name) is not None:
+        raise ApiFault(VALIDATION, f"Project with this name already exists: {name}", {"name": name})
+    now = now_iso()
+    doc = {
+        "id": new_id(),
+        "name": name,
+        "basename": name.rsplit("/", 1)[-1],
+        "description": opt_str(body, "description") or "",
+        "tags": opt_str_list(body, "tags") or [],
+        "system_tags": opt_str_list(body, "system_tags") or [],
+        "default_output_destination": opt_str(body, "default_output_destination"),
+        "user": ctx.user,
+        "company": ctx.company,
+        "created": now,
+        "last_update": now,
+    }
+    with ctx.store.write():
+        ctx.store.put_project(doc)
+    return {"id": doc["id"]}
+
+
+def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    return {"project": ctx.store.get_project(req_str(body, "project"))}
+
+
+ROUTES: dict[str, Handler] = {
+    "projects.get_all": get_all,
+    "projects.get_all_ex": get_all,
+    "projects.create": create,
+    "projects.get_by_id": get_by_id,
+}

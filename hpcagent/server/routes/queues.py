@@ -1,0 +1,183 @@
+"""``queues.*``: get_all, get_by_id, get_default, create, delete, get_next_task (atomic pop),
+add_task, remove_task, get_num_entries.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from hpcagent.server.fields import (
+    NO_DEFAULT_QUEUE,
+    QUEUE_NOT_EMPTY,
+    VALIDATION,
+    ApiFault,
+    match_tags,
+    new_id,
+    now_iso,
+    opt_bool,
+    opt_str,
+    opt_str_list,
+    project_fields,
+    req_str,
+)
+
+if TYPE_CHECKING:
+    from hpcagent.server.app import Ctx, Handler
+
+
+def _with_entries(ctx: Ctx, queue: dict[str, Any]) -> dict[str, Any]:
+    doc = dict(queue)
+    doc["entries"] = ctx.store.entries(queue["id"])
+    return doc
+
+
+def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    ids = opt_str_list(body, "id")
+    pattern = opt_str(body, "name")
+    try:
+        name_re = re.compile(pattern, re.IGNORECASE) if pattern else None
+    except re.error as exc:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: field 'name' is not a valid regex: {exc}",
+            {"field": "name"},
+        ) from exc
+    tags = opt_str_list(body, "tags")
+    system_tags = opt_str_list(body, "system_tags")
+    search_hidden = opt_bool(body, "search_hidden")
+    only_fields = opt_str_list(body, "only_fields")
+    out = []
+    for queue in ctx.store.all_queues(ids):
+        st = queue.get("system_tags") or []
+        if not search_hidden and "hidden" in st and ids is None:
+            continue
+        if name_re is not None and not name_re.search(queue.get("name") or ""):
+            continue
+        if not match_tags(st, system_tags) or not match_tags(queue.get("tags") or [], tags):
+            continue
+        want_entries = not only_fields or any(f.split(".")[0] == "entries" for f in only_fields)
+        doc = _with_entries(ctx, queue) if want_entries else queue
+        out.append(project_fields(doc, only_fields))
+    return {"queues": out}
+
+
+def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    return {"queue": _with_entries(ctx, ctx.store.get_queue(req_str(body, "queue")))}
+
+
+def get_default(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    for queue in ctx.store.all_queues():
+        if "default" in (queue.get("system_tags") or []):
+            return {"id": queue["id"], "name": queue["name"]}
+    raise ApiFault(NO_DEFAULT_QUEUE, "No default queue defined")
+
+
+def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    name = req_str(body, "name").strip()
+    if ctx.store.queue_by_name(name) is not None:
+        raise ApiFault(VALIDATION, f"Queue with this name already exists: {name}", {"name": name})
+    now = now_iso()
+    doc: dict[str, Any] = {
+        "id": new_id(),
+        "name": name,
+        "display_name": opt_str(body, "display_name"),
+        "created": now,
+        "last_update": now,
+        "tags": opt_str_list(body, "tags") or [],
+        "system_tags": opt_str_list(body, "system_tags") or [],
+        "user": ctx.user,
+        "company": ctx.company,
+        "metadata": {},
+    }
+    with ctx.store.write():
+        ctx.store.put_queue(doc)
+    return {"id": doc["id"]}
+
+
+def delete(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    queue_id = req_str(body, "queue")
+    with ctx.store.write():
+        ctx.store.get_queue(queue_id)
+        if ctx.store.num_entries(queue_id) and not opt_bool(body, "force"):
+            raise ApiFault(QUEUE_NOT_EMPTY, "Queue is not empty (use force)", {"id": queue_id})
+        ctx.store.delete_queue(queue_id)
+    return {"deleted": 1}
+
+
+def get_next_task(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Atomically pop the oldest entry: ``{entry: {task, added}}`` or ``{}`` when empty.
+
+    The pop does not change the task's status (like clearml-server). Entries whose task has
+    been deleted are dropped and skipped.
+    """
+    queue_id = req_str(body, "queue")
+    with ctx.store.write():
+        ctx.store.get_queue(queue_id)
+        while True:
+            popped = ctx.store.pop_entry(queue_id)
+            if popped is None:
+                return {}
+            task_id, added = popped
+            if ctx.store.task_exists(task_id):
+                break
+    reply: dict[str, Any] = {"entry": {"task": task_id, "added": added}}
+    if opt_bool(body, "get_task_info"):
+        task = ctx.store.get_task(task_id)
+        reply["task_info"] = {"company": task.get("company"), "user": task.get("user")}
+    return reply
+
+
+def add_task(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    queue_id = req_str(body, "queue")
+    task_id = req_str(body, "task")
+    with ctx.store.write():
+        ctx.store.get_queue(queue_id)
+        ctx.store.get_task(task_id)
+        ctx.store.add_entry(queue_id, task_id, now_iso())
+    return {"added": 1}
+
+
+def remove_task(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    queue_id = req_str(body, "queue")
+    task_id = req_str(body, "task")
+    with ctx.store.write():
+        ctx.store.get_queue(queue_id)
+        removed = ctx.store.remove_entries(task_id, queue_id)
+    return {"removed": removed}
+
+
+def get_num_entries(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    queue_id = req_str(body, "queue")
+    ctx.store.get_queue(queue_id)
+    return {"num": ctx.store.num_entries(queue_id)}
+
+
+def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    queue_id = req_str(body, "queue")
+    with ctx.store.write():
+        queue = ctx.store.get_queue(queue_id)
+        fields: dict[str, Any] = {}
+        for field in ("name", "tags", "system_tags"):
+            if field in body:
+                value = opt_str(body, field) if field == "name" else opt_str_list(body, field)
+                queue[field] = value
+                fields[field] = value
+        queue["last_update"] = now_iso()
+        ctx.store.put_queue(queue)
+    return {"updated": 1, "fields": fields}
+
+
+ROUTES: dict[str, Handler] = {
+    "queues.get_all": get_all,
+    "queues.get_all_ex": get_all,
+    "queues.get_by_id": get_by_id,
+    "queues.get_default": get_default,
+    "queues.create": create,
+    "queues.delete": delete,
+    "queues.update": update,
+    "queues.get_next_task": get_next_task,
+    "queues.add_task": add_task,
+    "queues.remove_task": remove_task,
+    "queues.get_num_entries": get_num_entries,
+}

@@ -1,0 +1,419 @@
+"""``tasks.*`` document endpoints: create, read, query, edit, clone, hyperparams, delete.
+
+Status-changing endpoints (started/stopped/enqueue/stop/reset/...) live in ``task_status``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hpcagent.server.fields import (
+    INVALID_TASK_STATUS,
+    VALIDATION,
+    ApiFault,
+    match_tags,
+    new_id,
+    now_iso,
+    opt_bool,
+    opt_dict,
+    opt_int,
+    opt_list,
+    opt_str,
+    opt_str_list,
+    project_fields,
+    req_str,
+)
+from hpcagent.server.statemachine import CREATED, IN_PROGRESS, PUBLISHED, PUBLISHING
+
+if TYPE_CHECKING:
+    from hpcagent.server.app import Ctx, Handler
+
+# tasks.edit merge rules: embedded documents are shallow-merged, maps are replaced whole.
+MERGED_FIELDS = ("script", "execution", "output", "models")
+REPLACED_FIELDS = ("hyperparams", "configuration", "runtime", "container")
+PLAIN_FIELDS = ("name", "type", "comment", "parent", "project", "tags", "system_tags")
+_FIELD_TYPES: dict[str, type] = {
+    "script": dict,
+    "execution": dict,
+    "output": dict,
+    "models": dict,
+    "hyperparams": dict,
+    "configuration": dict,
+    "runtime": dict,
+    "container": dict,
+    "name": str,
+    "type": str,
+    "comment": str,
+    "parent": str,
+    "project": str,
+    "tags": list,
+    "system_tags": list,
+}
+
+
+def _regex(body: dict[str, Any], field: str) -> re.Pattern[str] | None:
+    pattern = opt_str(body, field)
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: field '{field}' is not a valid regex: {exc}",
+            {"field": field},
+        ) from exc
+
+
+def _checked(body: dict[str, Any], field: str) -> Any:
+    value = body.get(field)
+    expected = _FIELD_TYPES[field]
+    if value is not None and not isinstance(value, expected):
+        names: dict[type, str] = {dict: "an object", str: "a string", list: "an array"}
+        name = names[expected]
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: field '{field}' must be {name}, got {type(value).__name__}",
+            {"field": field},
+        )
+    return value
+
+
+def new_task_doc(ctx: Ctx, name: str, now: str) -> dict[str, Any]:
+    """A fresh task document with every field the clients read."""
+    return {
+        "id": new_id(),
+        "name": name,
+        "type": "training",
+        "status": CREATED,
+        "status_reason": "",
+        "status_message": "",
+        "status_changed": now,
+        "comment": "",
+        "project": None,
+        "user": ctx.user,
+        "company": ctx.company,
+        "parent": None,
+        "created": now,
+        "started": None,
+        "completed": None,
+        "last_update": now,
+        "last_change": now,
+        "last_worker": None,
+        "last_worker_report": None,
+        "last_iteration": 0,
+        "tags": [],
+        "system_tags": [],
+        "script": {},
+        "execution": {"queue": None, "parameters": {}, "artifacts": []},
+        "hyperparams": {},
+        "configuration": {},
+        "container": {},
+        "runtime": {},
+        "output": {},
+        "models": {"input": [], "output": []},
+        "last_metrics": {},
+    }
+
+
+def _apply_fields(ctx: Ctx, task: dict[str, Any], body: dict[str, Any]) -> list[str]:
+    """Apply editable fields of ``body`` to ``task`` with the edit merge rules."""
+    changed: list[str] = []
+    for field in PLAIN_FIELDS + MERGED_FIELDS + REPLACED_FIELDS:
+        if field not in body:
+            continue
+        value = _checked(body, field)
+        if field == "project" and value:
+            ctx.store.get_project(value)
+        if field in MERGED_FIELDS and isinstance(value, dict):
+            merged = dict(task.get(field) or {})
+            merged.update(value)
+            task[field] = merged
+        else:
+            task[field] = copy.deepcopy(value)
+        changed.append(field)
+    return changed
+
+
+def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    name = req_str(body, "name")
+    now = now_iso()
+    task = new_task_doc(ctx, name, now)
+    _apply_fields(ctx, task, body)
+    task["type"] = task.get("type") or "training"
+    ctx.store.put_task(task)
+    return {"id": task["id"]}
+
+
+def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    task = ctx.store.get_task(req_str(body, "task"))
+    return {"task": project_fields(task, opt_str_list(body, "only_fields"))}
+
+
+def _sort_key(order: str) -> tuple[str, bool]:
+    return (order[1:], True) if order.startswith("-") else (order.lstrip("+"), False)
+
+
+def _field_key(key: str) -> Callable[[dict[str, Any]], str]:
+    def get(task: dict[str, Any]) -> str:
+        return str(task.get(key) or "")
+
+    return get
+
+
+def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    ids = opt_str_list(body, "id")
+    projects = opt_str_list(body, "project")
+    statuses = opt_str_list(body, "status")
+    name_re = _regex(body, "name")
+    system_tags = opt_str_list(body, "system_tags")
+    tags = opt_str_list(body, "tags")
+    types = opt_str_list(body, "type")
+    parents = opt_str_list(body, "parent")
+    users = opt_str_list(body, "user")
+    search_hidden = opt_bool(body, "search_hidden")
+    only_fields = opt_str_list(body, "only_fields")
+    order_by = opt_str_list(body, "order_by") or []
+    page = opt_int(body, "page")
+    page_size = opt_int(body, "page_size") or opt_int(body, "size")
+    tasks = ctx.store.query_tasks(ids, projects, statuses)
+    out = []
+    for task in tasks:
+        st = task.get("system_tags") or []
+        if not search_hidden and "hidden" in st and ids is None:
+            continue
+        if name_re is not None and not name_re.search(task.get("name") or ""):
+            continue
+        if not match_tags(st, system_tags) or not match_tags(task.get("tags") or [], tags):
+            continue
+        if types is not None and task.get("type") not in types:
+            continue
+        if parents is not None and task.get("parent") not in parents:
+            continue
+        if users is not None and task.get("user") not in users:
+            continue
+        out.append(task)
+    for order in reversed(order_by):
+        key, reverse = _sort_key(order)
+        out.sort(key=_field_key(key), reverse=reverse)
+    if page_size is not None and page_size > 0:
+        start = (page or 0) * page_size
+        out = out[start : start + page_size]
+    return {"tasks": [project_fields(t, only_fields) for t in out]}
+
+
+def edit(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    task = ctx.store.get_task(req_str(body, "task"))
+    force = opt_bool(body, "force")
+    if task.get("status") != CREATED and not force:
+        raise ApiFault(
+            INVALID_TASK_STATUS,
+            f"Invalid task status: edit needs a created task (is {task.get('status')})",
+            {"id": task["id"], "status": task.get("status")},
+        )
+    now = now_iso()
+    with ctx.store.write():
+        changed = _apply_fields(ctx, task, body)
+        task["last_update"] = now
+        task["last_change"] = now
+        ctx.store.put_task(task)
+    fields = {f: task.get(f) for f in changed}
+    fields["last_update"] = now
+    return {"updated": 1, "fields": fields}
+
+
+def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Fields that may change in any status: name, comment, tags, status_message, ..."""
+    task = ctx.store.get_task(req_str(body, "task"))
+    now = now_iso()
+    fields: dict[str, Any] = {}
+    with ctx.store.write():
+        for field in ("name", "comment", "tags", "system_tags", "project"):
+            if field in body:
+                value = _checked(body, field)
+                if field == "project" and value:
+                    ctx.store.get_project(value)
+                task[field] = value
+                fields[field] = value
+        for field in ("status_message", "status_reason"):
+            value = opt_str(body, field)
+            if value is not None:
+                task[field] = value
+                fields[field] = value
+        task["last_update"] = now
+        fields["last_update"] = now
+        ctx.store.put_task(task)
+    return {"updated": 1, "fields": fields}
+
+
+def set_requirements(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    task = ctx.store.get_task(req_str(body, "task"))
+    requirements = opt_dict(body, "requirements")
+    if requirements is None:
+        raise ApiFault(
+            VALIDATION,
+            "Validation error: missing required field 'requirements'",
+            {"field": "requirements"},
+        )
+    if task.get("status") in (PUBLISHED, PUBLISHING) and not opt_bool(body, "force"):
+        raise ApiFault(
+            INVALID_TASK_STATUS, "Invalid task status: task is published", {"id": task["id"]}
+        )
+    now = now_iso()
+    with ctx.store.write():
+        script = dict(task.get("script") or {})
+        script["requirements"] = requirements
+        task["script"] = script
+        task["last_update"] = now
+        ctx.store.put_task(task)
+    return {"updated": 1, "fields": {"script.requirements": requirements, "last_update": now}}
+
+
+def clone(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    source = ctx.store.get_task(req_str(body, "task"))
+    now = now_iso()
+    task = copy.deepcopy(source)
+    fresh = new_task_doc(
+        ctx, opt_str(body, "new_task_name") or f"{source.get('name')} (Clone)", now
+    )
+    for field in (
+        "id",
+        "name",
+        "status",
+        "status_reason",
+        "status_message",
+        "status_changed",
+        "user",
+        "company",
+        "created",
+        "started",
+        "completed",
+        "last_update",
+        "last_change",
+        "last_worker",
+        "last_worker_report",
+        "last_iteration",
+        "runtime",
+        "last_metrics",
+    ):
+        task[field] = fresh[field]
+    task["parent"] = opt_str(body, "new_task_parent") or source["id"]
+    task["execution"] = dict(task.get("execution") or {})
+    task["execution"]["queue"] = None
+    execution_overrides = opt_dict(body, "execution_overrides")
+    if execution_overrides:
+        task["execution"].update(execution_overrides)
+    for src_field, dst_field in (
+        ("new_task_comment", "comment"),
+        ("new_task_tags", "tags"),
+        ("new_task_system_tags", "system_tags"),
+        ("new_task_project", "project"),
+        ("new_task_hyperparams", "hyperparams"),
+        ("new_task_configuration", "configuration"),
+        ("new_task_container", "container"),
+        ("new_task_input_models", None),
+    ):
+        if dst_field is not None and body.get(src_field) is not None:
+            task[dst_field] = body[src_field]
+    if task.get("project"):
+        ctx.store.get_project(str(task["project"]))
+    task["system_tags"] = [t for t in task.get("system_tags") or [] if t != "archived"]
+    with ctx.store.write():
+        ctx.store.put_task(task)
+    return {"id": task["id"], "new_project": {}}
+
+
+def _param_items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    items = opt_list(body, "hyperparams") or []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ApiFault(
+                VALIDATION,
+                "Validation error: field 'hyperparams' must be an array of "
+                "{section, name, value, ...} objects",
+                {"field": "hyperparams"},
+            )
+    return items
+
+
+def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Upsert hyperparam items; ``replace_hyperparams`` none|section|all."""
+    task = ctx.store.get_task(req_str(body, "task"))
+    items = _param_items(body)
+    replace = opt_str(body, "replace_hyperparams", "none")
+    hyperparams: dict[str, Any] = copy.deepcopy(task.get("hyperparams") or {})
+    if replace == "all":
+        hyperparams = {}
+    elif replace == "section":
+        for item in items:
+            hyperparams.pop(str(item.get("section") or "General"), None)
+    for item in items:
+        section = str(item.get("section") or "General")
+        entry = {
+            "section": section,
+            "name": item["name"],
+            "value": "" if item.get("value") is None else str(item["value"]),
+            "type": item.get("type") or "",
+            "description": item.get("description") or "",
+        }
+        hyperparams.setdefault(section, {})[item["name"]] = entry
+    now = now_iso()
+    with ctx.store.write():
+        task["hyperparams"] = hyperparams
+        task["last_update"] = now
+        task["last_change"] = now
+        ctx.store.put_task(task)
+    return {"updated": 1}
+
+
+def get_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    ids = opt_str_list(body, "tasks") or []
+    params = []
+    for task_id in ids:
+        task = ctx.store.get_task(task_id)
+        flat = [
+            dict(item)
+            for section in (task.get("hyperparams") or {}).values()
+            if isinstance(section, dict)
+            for item in section.values()
+            if isinstance(item, dict)
+        ]
+        params.append({"task": task_id, "hyperparams": flat})
+    return {"params": params}
+
+
+def delete(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    task = ctx.store.get_task(req_str(body, "task"))
+    if task.get("status") == IN_PROGRESS and not opt_bool(body, "force"):
+        raise ApiFault(
+            INVALID_TASK_STATUS,
+            "Invalid task status: task is in progress (use force)",
+            {"id": task["id"]},
+        )
+    with ctx.store.write():
+        deleted_events = ctx.store.delete_task(task["id"])
+    return {
+        "deleted": 1,
+        "updated_children": 0,
+        "updated_models": 0,
+        "events": {"deleted": deleted_events},
+        "urls": {},
+    }
+
+
+ROUTES: dict[str, Handler] = {
+    "tasks.create": create,
+    "tasks.get_by_id": get_by_id,
+    "tasks.get_all": get_all,
+    "tasks.get_all_ex": get_all,
+    "tasks.edit": edit,
+    "tasks.update": update,
+    "tasks.set_requirements": set_requirements,
+    "tasks.clone": clone,
+    "tasks.edit_hyper_params": edit_hyper_params,
+    "tasks.get_hyper_params": get_hyper_params,
+    "tasks.delete": delete,
+}

@@ -1,0 +1,120 @@
+"""Start the embedded server: data dir, credentials, store, uvicorn.
+
+uvicorn installs the SIGINT/SIGTERM handlers: on a signal it stops accepting connections,
+lets in-flight requests finish (each commits before replying), then the app's lifespan closes
+the database (WAL checkpoint). Nothing acknowledged to a client is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import uvicorn
+
+from hpcagent.errors import ServerError
+from hpcagent.server.app import DEFAULT_MAX_BODY, ServerApp, create_app
+from hpcagent.server.auth import (
+    Authenticator,
+    Credentials,
+    clearml_conf_snippet,
+    load_or_create_credentials,
+    load_or_create_jwt_secret,
+)
+from hpcagent.server.store import Store
+
+DEFAULT_DATA_DIR = Path("~/.hpcagent/server")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8008
+
+log = logging.getLogger("hpcagent.server")
+
+
+@dataclass
+class ServerOptions:
+    """What ``hpcagent server`` accepts."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+    access_key: str | None = None
+    secret_key: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    log_level: str = "info"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT that led to a graceful shutdown ends the process
+    with status 0 (uvicorn re-raises the signal after shutdown, which reads as a crash)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
+def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials]:
+    """Create the data dir (0700), load or make the keys and open the store."""
+    data_dir = options.data_dir.expanduser()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        creds = load_or_create_credentials(data_dir, options.access_key, options.secret_key)
+        secret = load_or_create_jwt_secret(data_dir)
+        store = Store(data_dir / "server.db")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ServerError(f"cannot prepare the server data dir {data_dir}: {exc}") from exc
+    app = create_app(store, Authenticator(creds, secret), max_body=options.max_body)
+    return app, creds
+
+
+def announce_credentials(creds: Credentials, api_server: str, out: TextIO) -> None:
+    """Print a freshly generated key pair once, with a matching clearml.conf snippet."""
+    out.write(
+        "hpcagent server: generated new API credentials (shown only this once; they are kept\n"
+        "in credentials.json in the data dir, mode 0600). Put this in your clearml.conf:\n\n"
+        + clearml_conf_snippet(api_server, creds)
+        + "\n"
+    )
+    out.flush()
+
+
+def serve(options: ServerOptions, out: TextIO | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=getattr(logging, options.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app, creds = prepare(options)
+    host = options.host if ":" not in options.host else f"[{options.host}]"
+    if creds.generated:
+        announce_credentials(creds, f"http://{host}:{options.port}", out or sys.stdout)
+    config = uvicorn.Config(
+        app.asgi,
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=30,
+    )
+    server = _Server(config)
+    log.info(
+        "hpcagent server on http://%s:%d, data in %s",
+        host,
+        options.port,
+        options.data_dir.expanduser(),
+    )
+    try:
+        server.run()
+    except OSError as exc:
+        raise ServerError(f"cannot serve on {options.host}:{options.port}: {exc}") from exc
+    if not server.started:
+        raise ServerError(f"the server did not start on {options.host}:{options.port}")

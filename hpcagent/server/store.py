@@ -1,0 +1,282 @@
+"""SQLite storage of the embedded server.
+
+One long-lived connection (WAL, ``synchronous=NORMAL``) is owned by the server process and used
+only from the event-loop thread, so every request runs its statements serially; write handlers
+additionally wrap their work in :meth:`Store.write` (``BEGIN IMMEDIATE`` ... ``COMMIT``), which
+makes each request one atomic transaction even if several processes ever opened the same file.
+A request's changes are committed before its reply is sent, so a SIGTERM loses nothing that a
+client saw acknowledged.
+
+Tasks, projects, queues and workers are stored as JSON documents (orjson) with the columns that
+filters need copied next to them. Queue entries and events are plain rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hpcagent.server.fields import (
+    INVALID_PROJECT_ID,
+    INVALID_QUEUE_ID,
+    INVALID_TASK_ID,
+    ApiFault,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS projects_name ON projects(name);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT, status TEXT NOT NULL,
+    created TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS tasks_project ON tasks(project);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS queues (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS queues_name ON queues(name);
+CREATE TABLE IF NOT EXISTS queue_entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, task TEXT NOT NULL,
+    added TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS queue_entries_queue ON queue_entries(queue, seq);
+CREATE INDEX IF NOT EXISTS queue_entries_task ON queue_entries(task);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY, last_activity REAL NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, type TEXT NOT NULL,
+    ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS events_task ON events(task, type, ts);
+"""
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise a document (orjson; non-str keys allowed)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+class Store:
+    """The server's database. Not thread-safe by design: use it from one thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see write()).
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.executescript(SCHEMA)
+        self._depth = 0
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the connection."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction (``BEGIN IMMEDIATE``); nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self.conn
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    # ---- generic documents -------------------------------------------------------------------
+
+    def _get_doc(self, table: str, doc_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(f"SELECT doc FROM {table} WHERE id=?", (doc_id,)).fetchone()  # noqa: S608
+        if row is None:
+            return None
+        doc: dict[str, Any] = orjson.loads(row[0])
+        return doc
+
+    def _all_docs(
+        self, table: str, where: str = "", args: tuple[Any, ...] = ()
+    ) -> list[dict[str, Any]]:
+        sql = f"SELECT doc FROM {table} {where} ORDER BY created"  # noqa: S608
+        return [orjson.loads(r[0]) for r in self.conn.execute(sql, args)]
+
+    # ---- tasks -------------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """The task document; ``400/101`` when there is none."""
+        doc = self._get_doc("tasks", task_id) if isinstance(task_id, str) else None
+        if doc is None:
+            raise ApiFault(INVALID_TASK_ID, f"Invalid task id: {task_id}", {"id": task_id})
+        return doc
+
+    def task_exists(self, task_id: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return row is not None
+
+    def put_task(self, doc: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tasks(id, name, project, status, created, doc) "
+            "VALUES (?,?,?,?,?,?)",
+            (
+                doc["id"],
+                doc.get("name") or "",
+                doc.get("project"),
+                doc["status"],
+                doc["created"],
+                dumps(doc),
+            ),
+        )
+
+    def delete_task(self, task_id: str) -> int:
+        self.conn.execute("DELETE FROM queue_entries WHERE task=?", (task_id,))
+        deleted = self.conn.execute("DELETE FROM events WHERE task=?", (task_id,)).rowcount
+        self.conn.execute("DELETE FROM tasks WHERE id=?", (task_id,))
+        return int(deleted)
+
+    def query_tasks(
+        self,
+        ids: list[str] | None,
+        projects: list[str] | None,
+        statuses: list[str] | None,
+    ) -> list[dict[str, Any]]:
+        """Tasks filtered in SQL by id/project/status (other filters are applied by the caller)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, values in (("id", ids), ("project", projects), ("status", statuses)):
+            if values is not None:
+                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+                args.extend(values)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._all_docs("tasks", where, tuple(args))
+
+    # ---- projects ----------------------------------------------------------------------------
+
+    def get_project(self, project_id: str) -> dict[str, Any]:
+        doc = self._get_doc("projects", project_id) if isinstance(project_id, str) else None
+        if doc is None:
+            raise ApiFault(
+                INVALID_PROJECT_ID, f"Invalid project id: {project_id}", {"id": project_id}
+            )
+        return doc
+
+    def put_project(self, doc: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO projects(id, name, created, doc) VALUES (?,?,?,?)",
+            (doc["id"], doc["name"], doc["created"], dumps(doc)),
+        )
+
+    def all_projects(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        if ids is None:
+            return self._all_docs("projects")
+        return self._all_docs("projects", f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
+
+    def project_by_name(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT doc FROM projects WHERE name=?", (name,)).fetchone()
+        return None if row is None else dict(orjson.loads(row[0]))
+
+    # ---- queues ------------------------------------------------------------------------------
+
+    def get_queue(self, queue_id: str) -> dict[str, Any]:
+        """The queue document (without entries); ``400/701`` when there is none."""
+        doc = self._get_doc("queues", queue_id) if isinstance(queue_id, str) else None
+        if doc is None:
+            raise ApiFault(INVALID_QUEUE_ID, f"Invalid queue id: {queue_id}", {"id": queue_id})
+        return doc
+
+    def put_queue(self, doc: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO queues(id, name, created, doc) VALUES (?,?,?,?)",
+            (doc["id"], doc["name"], doc["created"], dumps(doc)),
+        )
+
+    def delete_queue(self, queue_id: str) -> None:
+        self.conn.execute("DELETE FROM queue_entries WHERE queue=?", (queue_id,))
+        self.conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
+
+    def all_queues(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        if ids is None:
+            return self._all_docs("queues")
+        return self._all_docs("queues", f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
+
+    def queue_by_name(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT doc FROM queues WHERE name=? ORDER BY created LIMIT 1", (name,)
+        ).fetchone()
+        return None if row is None else dict(orjson.loads(row[0]))
+
+    def entries(self, queue_id: str) -> list[dict[str, Any]]:
+        """The queue's entries, oldest first, as ``{task, added}``."""
+        rows = self.conn.execute(
+            "SELECT task, added FROM queue_entries WHERE queue=? ORDER BY seq", (queue_id,)
+        )
+        return [{"task": t, "added": a} for t, a in rows]
+
+    def num_entries(self, queue_id: str) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM queue_entries WHERE queue=?", (queue_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def add_entry(self, queue_id: str, task_id: str, added: str) -> None:
+        self.conn.execute(
+            "INSERT INTO queue_entries(queue, task, added) VALUES (?,?,?)",
+            (queue_id, task_id, added),
+        )
+
+    def remove_entries(self, task_id: str, queue_id: str | None = None) -> int:
+        """Remove the task from one queue (or every queue); returns how many entries went."""
+        if queue_id is None:
+            cur = self.conn.execute("DELETE FROM queue_entries WHERE task=?", (task_id,))
+        else:
+            cur = self.conn.execute(
+                "DELETE FROM queue_entries WHERE task=? AND queue=?", (task_id, queue_id)
+            )
+        return int(cur.rowcount)
+
+    def pop_entry(self, queue_id: str) -> tuple[str, str] | None:
+        """Remove and return the oldest ``(task, added)`` of the queue; call inside write()."""
+        row = self.conn.execute(
+            "SELECT seq, task, added FROM queue_entries WHERE queue=? ORDER BY seq LIMIT 1",
+            (queue_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("DELETE FROM queue_entries WHERE seq=?", (row[0],))
+        return str(row[1]), str(row[2])
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def get_worker(self, worker_id: str) -> dict[str, Any] | None:
+        return self._get_doc("workers", worker_id)
+
+    def put_worker(self, doc: dict[str, Any], last_activity: float) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO workers(id, last_activity, doc) VALUES (?,?,?)",
+            (doc["id"], last_activity, dumps(doc)),
+        )
+
+    def delete_worker(self, worker_id: str) -> int:
+        return int(self.conn.execute("DELETE FROM workers WHERE id=?", (worker_id,)).rowcount)
+
+    def active_workers(self, since: float) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT doc FROM workers WHERE last_activity>=? ORDER BY id", (since,)
+        )
+        return [orjson.loads(r[0]) for r in rows]

@@ -1,0 +1,220 @@
+"""Wire protocol of the embedded server: envelope, methods, auth, errors, persistence."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from typing import Any
+
+import jwt
+import pytest
+import requests
+
+EmbeddedServer = Any  # the class lives in tests/conftest.py (fixtures hand it out)
+
+
+def _meta(reply: requests.Response) -> dict[str, Any]:
+    envelope = reply.json()
+    assert set(envelope) == {"meta", "data"}
+    meta: dict[str, Any] = envelope["meta"]
+    assert meta["result_code"] == reply.status_code
+    return meta
+
+
+def test_envelope_shape_and_empty_data_is_object(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    queue = srv.send("queues.create", {"name": "proto-empty"})["id"]
+    reply = srv.request("queues.get_next_task", {"queue": queue})
+    envelope = reply.json()
+    assert reply.status_code == 200
+    assert envelope["data"] == {}
+    meta = envelope["meta"]
+    assert len(meta["id"]) == 32
+    assert meta["trx"]
+    assert meta["endpoint"]["name"] == "queues.get_next_task"
+    assert meta["endpoint"]["requested_version"] == "2.23"
+    assert meta["endpoint"]["actual_version"]
+    assert (meta["result_subcode"], meta["result_msg"]) == (0, "OK")
+    assert meta["error_stack"] is None
+    assert meta["error_data"] == {}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT"])
+def test_every_method_reads_the_body(embedded_server_session: EmbeddedServer, method: str) -> None:
+    srv = embedded_server_session
+    name = f"proto-method-{method.lower()}"
+    reply = srv.request("projects.create", {"name": name, "method": "get"}, method=method)
+    assert reply.status_code == 200, reply.text
+    project_id = reply.json()["data"]["id"]
+    assert len(project_id) == 32
+    got = srv.request("projects.get_by_id", {"project": project_id}, method=method)
+    assert got.json()["data"]["project"]["name"] == name
+
+
+def test_version_prefix_and_query_string_merge(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    project_id = srv.send("projects.create", {"name": "proto-query"})["id"]
+    reply = srv.request(f"v2.5/projects.get_by_id?project={project_id}", method="GET")
+    assert reply.status_code == 200
+    meta = _meta(reply)
+    assert meta["endpoint"]["requested_version"] == "2.5"
+    assert reply.json()["data"]["project"]["id"] == project_id
+
+
+def test_unknown_endpoint_is_404_envelope(embedded_server_session: EmbeddedServer) -> None:
+    reply = embedded_server_session.request("nosuch.thing", {})
+    assert reply.status_code == 404
+    meta = _meta(reply)
+    assert meta["result_subcode"] == 0
+    assert meta["endpoint"]["name"] == "nosuch.thing"
+    assert reply.json()["data"] == {}
+    assert embedded_server_session.request("not-an-endpoint", {}).status_code == 404
+
+
+def test_malformed_json_is_400_12(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    reply = srv.request("tasks.create", data=b'{"name": "x",', headers={"Content-Type": "x"})
+    assert reply.status_code == 400
+    assert _meta(reply)["result_subcode"] == 12
+    not_object = srv.request("tasks.create", data=b"[1, 2]")
+    assert (not_object.status_code, _meta(not_object)["result_subcode"]) == (400, 12)
+
+
+def test_wrong_type_names_the_field(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    reply = srv.request("tasks.create", {"name": 42})
+    meta = _meta(reply)
+    assert (reply.status_code, meta["result_subcode"]) == (400, 12)
+    assert "'name'" in meta["result_msg"]
+    task = srv.send("tasks.create", {"name": "proto-types", "type": "training"})["id"]
+    reply = srv.request("tasks.edit", {"task": task, "script": "not-an-object"})
+    assert reply.status_code == 400
+    assert "'script'" in _meta(reply)["result_msg"]
+    reply = srv.request("tasks.get_all", {"only_fields": [1, 2]})
+    assert reply.status_code == 400
+    assert "'only_fields'" in _meta(reply)["result_msg"]
+    reply = srv.request("tasks.started", {"task": task, "force": "maybe"})
+    assert "'force'" in _meta(reply)["result_msg"]
+
+
+def test_missing_required_field(embedded_server_session: EmbeddedServer) -> None:
+    reply = embedded_server_session.request("tasks.get_by_id", {})
+    meta = _meta(reply)
+    assert (reply.status_code, meta["result_subcode"]) == (400, 12)
+    assert "'task'" in meta["result_msg"]
+
+
+def test_auth_login_token_claims(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    reply = requests.get(f"{srv.url}/auth.login", auth=(srv.access_key, srv.secret_key), timeout=10)
+    assert reply.status_code == 200
+    token = reply.json()["data"]["token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["api_version"] == "2.23"
+    assert claims["feature_set"] == "basic"
+    assert claims["server_version"] == "1.17.0"
+    assert {"user", "company", "role"} <= set(claims["identity"])
+    assert claims["exp"] - claims["iat"] >= 30 * 24 * 3600
+    # the token works on a protected endpoint
+    ok = requests.post(
+        f"{srv.url}/projects.get_all",
+        json={},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert ok.status_code == 200
+
+
+def test_auth_errors(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    missing = srv.request("tasks.get_all", {}, auth=False)
+    assert (missing.status_code, _meta(missing)["result_subcode"]) == (401, 20)
+    bad_token = srv.request(
+        "tasks.get_all", {}, auth=False, headers={"Authorization": "Bearer not.a.jwt"}
+    )
+    assert (bad_token.status_code, _meta(bad_token)["result_subcode"]) == (401, 30)
+    forged = jwt.encode({"identity": {"user": "x"}}, "wrong-secret-of-32-bytes-or-more!!", "HS256")
+    forged_reply = srv.request(
+        "tasks.get_all", {}, auth=False, headers={"Authorization": f"Bearer {forged}"}
+    )
+    assert (forged_reply.status_code, _meta(forged_reply)["result_subcode"]) == (401, 30)
+    wrong = requests.get(f"{srv.url}/auth.login", auth=(srv.access_key, "nope"), timeout=10)
+    assert (wrong.status_code, _meta(wrong)["result_subcode"]) == (401, 22)
+    no_creds = requests.get(f"{srv.url}/auth.login", timeout=10)
+    assert (no_creds.status_code, _meta(no_creds)["result_subcode"]) == (401, 20)
+    garbage = requests.get(
+        f"{srv.url}/auth.login", timeout=10, headers={"Authorization": "Basic !!!"}
+    )
+    assert garbage.status_code == 401
+
+
+def test_body_over_limit_is_413(make_embedded_server: Any) -> None:
+    srv = make_embedded_server("small", extra_args=["--max-body-mb", "0.01"])
+    try:
+        big = {"name": "x" * 20000}
+        reply = srv.request("projects.create", big)
+        assert reply.status_code == 413
+        assert _meta(reply)["result_code"] == 413
+        lines = b"\n".join(
+            json.dumps({"task": "t" * 32, "type": "log", "msg": "y" * 100}).encode()
+            for _ in range(200)
+        )
+        chunked = srv.request(
+            "events.add_batch",
+            data=iter([lines]),
+            headers={"Content-Type": "application/json-lines"},
+        )
+        assert chunked.status_code == 413
+        assert srv.request("projects.get_all", {}).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_credentials_file_mode_and_generated_keys(make_embedded_server: Any) -> None:
+    srv = make_embedded_server("gen", access_key="", secret_key="")
+    try:
+        creds_file = srv.data_dir / "credentials.json"
+        assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE((srv.data_dir / "jwt_secret").stat().st_mode) == 0o600
+        creds = json.loads(creds_file.read_text())
+        printed = srv.log_path.read_text()
+        assert creds["secret_key"] in printed
+        assert "api_server" in printed
+        srv.access_key, srv.secret_key = creds["access_key"], creds["secret_key"]
+        assert srv.send("projects.get_all", {})["projects"] == []
+    finally:
+        srv.stop()
+    # second start: keys are reused and not printed again
+    srv.log_path.write_text("")
+    srv.start()
+    try:
+        assert creds["secret_key"] not in srv.log_path.read_text()
+        basic = base64.b64encode(f"{srv.access_key}:{srv.secret_key}".encode()).decode()
+        reply = requests.get(
+            f"{srv.url}/auth.login", headers={"Authorization": f"Basic {basic}"}, timeout=10
+        )
+        assert reply.status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_sigterm_is_clean_and_data_survives_restart(embedded_server: EmbeddedServer) -> None:
+    srv = embedded_server
+    queue = srv.send("queues.create", {"name": "persist"})["id"]
+    ids = [
+        srv.send("tasks.create", {"name": f"persist-{i}", "type": "training"})["id"]
+        for i in range(20)
+    ]
+    for task_id in ids:
+        srv.send("tasks.enqueue", {"task": task_id, "queue": queue})
+    token = srv.token()
+    assert srv.stop() == 0
+    srv.start()
+    # a token issued before the restart is still valid (the signing secret is persisted)
+    reply = srv.request(
+        "queues.get_num_entries", {"queue": queue}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert reply.json()["data"]["num"] == len(ids)
+    popped = srv.send("queues.get_next_task", {"queue": queue})
+    assert popped["entry"]["task"] == ids[0]
