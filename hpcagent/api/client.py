@@ -297,7 +297,9 @@ class ApiClient:
             retry=retry_if_exception_type(_Transient),
             stop=stop_after_attempt(self.retries + 1),
             wait=wait_random_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
-            before_sleep=lambda rs: log.warning(
+            # The first retries are routine (a server restart); only persistent trouble warns.
+            before_sleep=lambda rs: log.log(
+                logging.DEBUG if rs.attempt_number < 3 else logging.WARNING,
                 "%s: %s; retrying (attempt %d of %d)",
                 url.rsplit("/", 1)[-1],
                 rs.outcome.exception() if rs.outcome else "?",
@@ -357,11 +359,10 @@ def parse_envelope(endpoint: str, resp: requests.Response) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         doc = None
     meta = doc.get("meta") if isinstance(doc, dict) else None
-    if not isinstance(meta, dict):
+    if not isinstance(doc, dict) or not isinstance(meta, dict):
         snippet = resp.text[:200].strip().replace("\n", " ")
         cls = AuthError if status == 401 else ApiError
         raise cls(endpoint, status, 0, f"not a ClearML API reply (HTTP {status}): {snippet}")
-    assert isinstance(doc, dict)
     code = meta.get("result_code", status)
     code = code if isinstance(code, int) else status
     if code != 200 or status >= 400:
