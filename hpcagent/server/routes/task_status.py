@@ -51,7 +51,8 @@ def _status_call(new_status: str) -> Handler:
         now = now_iso()
         with ctx.store.write():
             task = ctx.store.get_task(task_id)
-            check_transition(task, target, force)
+            # completed+publish: the task passes through completed, then completed -> published
+            check_transition(task, new_status, force)
             fields = set_status(task, target, now, reason=reason, message=message)
             ctx.store.put_task(task)
         reply: dict[str, Any] = {"updated": 1, "fields": fields}
