@@ -1,0 +1,95 @@
+"""``hpcagent execute --id TASK``: run one task here (inside a Slurm job or by hand)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from hpcagent.api import ApiClient
+from hpcagent.config import load_settings
+from hpcagent.errors import UsageError
+from hpcagent.executor.main import ExecuteOptions, Executor
+from hpcagent.executor.options import ExecutorConfig
+from hpcagent.executor.task_info import worker_id
+
+
+@click.command("execute")
+@click.option("--id", "task_id", required=True, help="Id of the task to run.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run even when the task is no longer queued/handed to this job (aborted, reset, done).",
+)
+@click.option("--clone", is_flag=True, help="Run a fresh clone of the task instead of the task.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also append the task's output and the executor's messages to this file.",
+)
+@click.option(
+    "--disable-monitoring",
+    is_flag=True,
+    help="Do not report machine/GPU metrics (logs, abort polling and statuses still work).",
+)
+@click.option(
+    "--container",
+    default=None,
+    metavar="IMAGE",
+    help="Reserved: run inside this container image (not implemented yet).",
+)
+@click.pass_context
+def execute_cmd(
+    ctx: click.Context,
+    task_id: str,
+    force: bool,
+    clone: bool,
+    log_file: Path | None,
+    disable_monitoring: bool,
+    container: str | None,
+) -> None:
+    """Run task TASK on this machine and keep the server informed until it ends.
+
+    \b
+    Steps: fetch the task; run it only if it is queued or handed to this job (--force
+    overrides); mark it started; clone its repository at its commit through the per-user
+    cache and apply its diff (or write its stored script); run the setup scripts; build or
+    reuse a cached venv from its requirements (uv, else pip); run the entry point with the
+    task's Args as --name value options; stream the output as task log events (buffered on
+    disk while the server is unreachable); poll for abort every few seconds; report machine
+    and GPU metrics; mark the task completed, failed (exit code + last lines) or stopped.
+
+    \b
+    Exit status: 0 completed or stopped by the user; the task's exit code when it failed;
+    128+N when this process got signal N (SIGTERM/SIGUSR2 are forwarded to the task);
+    10 repository/diff failure; 11 environment/setup-script failure; 8 other executor error.
+
+    \b
+    Environment: CLEARML_WORKER_ID (worker id; else <host>:slurm-<SLURM_JOB_ID> or
+    <host>:<pid>), SLURM_PROCID/RANK (only rank 0 writes statuses), the usual CLEARML_API_*.
+    """
+    if container:
+        raise UsageError("--container is not implemented yet")
+    obj = ctx.find_object(dict) or {}
+    settings = load_settings(config_file=obj.get("config_file"), cli_overrides={})
+    cfg = ExecutorConfig.from_settings(settings)
+    wid = worker_id(os.environ, cfg.worker_id)
+    client = ApiClient.from_settings(settings, worker=wid)
+    # Background threads (logs, abort poll, metrics) fail fast so they can spool and retry.
+    bg_client = ApiClient.from_settings(settings, worker=wid, retries=1, timeout_s=15.0)
+    opts = ExecuteOptions(
+        task_id=task_id,
+        worker_id=wid,
+        force=force,
+        clone=clone,
+        log_file=log_file,
+        disable_monitoring=disable_monitoring,
+    )
+    try:
+        code = Executor(cfg, client, opts, bg_client=bg_client).run()
+    finally:
+        client.close()
+        bg_client.close()
+    ctx.exit(code)

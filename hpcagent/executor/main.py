@@ -1,0 +1,506 @@
+"""Orchestration of ``hpcagent execute --id TASK``.
+
+Order: fetch the task → decide whether it still runs → mark it started and record host and
+Slurm job in its runtime → start log shipping and abort polling → workspace (repository or
+literal script, diff) → setup scripts → venv → record installed packages → run the entry point
+with monitoring → final status (completed / failed / stopped) → flush logs.
+
+Only rank 0 (``SLURM_PROCID``/``RANK`` unset or 0) writes statuses, runtime and requirements.
+The exit status of the executor: 0 when the task completed or was stopped by the user; the
+task's own exit code when it failed; ``128 + signal`` when the executor was signalled; the
+error's ``exit_code`` (see hpcagent.errors) when the executor itself failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol
+
+from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
+from hpcagent.executor import repo as repo_mod
+from hpcagent.executor.abort import AbortRequest, AbortWatcher
+from hpcagent.executor.logs import LogShipper, make_sender
+from hpcagent.executor.metrics import Monitor
+from hpcagent.executor.options import ExecutorConfig
+from hpcagent.executor.process import ChildProcess, run_streamed
+from hpcagent.executor.task_info import (
+    TaskInfo,
+    args_to_argv,
+    entry_argv,
+    final_status,
+    rank,
+    requirements_lines,
+    should_run,
+)
+from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python, spec_requirements
+
+
+class Client(Protocol):
+    """What the executor needs from ``hpcagent.api.ApiClient``."""
+
+    def send(self, endpoint: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+
+    def send_lines(self, endpoint: str, items: Any) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class ExecuteOptions:
+    """Command-line options of ``hpcagent execute``."""
+
+    task_id: str
+    worker_id: str
+    force: bool = False
+    clone: bool = False
+    log_file: Path | None = None
+    disable_monitoring: bool = False
+
+
+class Executor:
+    """Runs one task; :meth:`run` returns the executor's exit status."""
+
+    def __init__(
+        self,
+        cfg: ExecutorConfig,
+        client: Client,
+        opts: ExecuteOptions,
+        *,
+        bg_client: Client | None = None,
+        env: Mapping[str, str] | None = None,
+        echo: BinaryIO | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.bg = bg_client or client  # fewer retries: used by the background threads
+        self.opts = opts
+        self.env = dict(os.environ if env is None else env)
+        self.echo = echo if echo is not None else sys.stdout.buffer
+        self.rank = rank(self.env)
+        self.worker = opts.worker_id
+        self.task_id = opts.task_id
+        self.shipper: LogShipper | None = None
+        self.child: ChildProcess | None = None
+        self.abort: AbortRequest | None = None
+        self.signal_name = ""
+        self._signal_num = 0
+        self._log_fh: IO[str] | None = None
+        self._log_lock = threading.Lock()
+        self._workdir: Path | None = None
+
+    # -- output ------------------------------------------------------------------------------
+
+    def note(self, msg: str, level: str = "INFO") -> None:
+        """An executor message: to the job output, the log file and the task log."""
+        line = f"hpcagent: {msg}"
+        with contextlib.suppress(OSError, ValueError):
+            self.echo.write((line + "\n").encode())
+            self.echo.flush()
+        self._to_file(line)
+        if self.shipper is not None:
+            self.shipper.emit(line, level)
+
+    def _task_line(self, line: str) -> None:
+        if self.rank:
+            line = f"[rank {self.rank}] {line}"
+        self._to_file(line)
+        if self.shipper is not None:
+            self.shipper.emit(line)
+
+    def _to_file(self, line: str) -> None:
+        if self._log_fh is not None:
+            with self._log_lock:
+                self._log_fh.write(line + "\n")
+                self._log_fh.flush()
+
+    # -- status calls ------------------------------------------------------------------------
+
+    def _status(self, action: str, reason: str, message: str) -> None:
+        if self.rank != 0:
+            return
+        body = {
+            "task": self.task_id,
+            "status_reason": reason,
+            "status_message": message,
+            "force": True,
+        }
+        try:
+            self.client.send(f"tasks.{action}", body)
+        except Exception as exc:
+            self.note(f"could not set the task {action}: {exc}", "ERROR")
+
+    # -- main --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self.opts.log_file is not None:
+            self.opts.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_fh = open(self.opts.log_file, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            return self._run()
+        finally:
+            if self._log_fh is not None:
+                self._log_fh.close()
+
+    def _run(self) -> int:
+        task = self._fetch(self.task_id)
+        if self.opts.clone:
+            self.task_id = str(self.client.send("tasks.clone", {"task": self.task_id})["id"])
+            self.note(f"running clone {self.task_id} of task {task.id}")
+            task = self._fetch(self.task_id)
+        ok, why = should_run(
+            task, self.env.get("SLURM_JOB_ID", ""), self.opts.force or self.opts.clone
+        )
+        if not ok:
+            self.note(f"not running task {task.id}: {why}")
+            return 0
+        self._workdir = Path(
+            tempfile.mkdtemp(prefix=f"task-{self.task_id[:12]}-", dir=self._base_dir())
+        )
+        self.shipper = LogShipper(
+            make_sender(self.bg),
+            task=self.task_id,
+            worker=self.worker,
+            spool_dir=self._workdir / "log-spool",
+            flush_interval=self.cfg.log_flush_interval_s,
+            spool_max_bytes=self.cfg.log_spool_max_bytes,
+        ).start()
+        previous = self._install_signal_handlers()
+        watcher = AbortWatcher(
+            lambda ep, body: self.bg.send(ep, body),
+            self.task_id,
+            interval=self.cfg.abort_poll_interval_s,
+            ping_interval=self.cfg.task_ping_interval_s,
+            on_abort=self._on_abort,
+            ping=self.rank == 0,
+        )
+        try:
+            self._mark_started(task)
+            watcher.start()
+            code = self._setup_and_run(task)
+        finally:
+            watcher.stop()
+            self._restore_signal_handlers(previous)
+            delivered = self.shipper.close(self.cfg.final_flush_timeout_s)
+            self._cleanup(delivered)
+        return code
+
+    def _base_dir(self) -> Path:
+        base = self.cfg.venvs_dir
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+
+    def _fetch(self, task_id: str) -> TaskInfo:
+        data = self.client.send("tasks.get_by_id", {"task": task_id})
+        return TaskInfo.from_task(data.get("task") or {})
+
+    def _mark_started(self, task: TaskInfo) -> None:
+        self.note(f"task {self.task_id} ({task.name}) on worker {self.worker}")
+        if self.rank != 0:
+            return
+        if task.status == "queued":
+            with contextlib.suppress(Exception):  # an older server may lack new_status
+                self.client.send(
+                    "tasks.dequeue",
+                    {
+                        "task": self.task_id,
+                        "new_status": "in_progress",
+                        "status_reason": "starting",
+                    },
+                )
+        self._status("started", "worker started execution", f"Changed by hpcagent {self.worker}")
+        try:
+            data = self.client.send(
+                "tasks.get_all", {"id": [self.task_id], "only_fields": ["id", "runtime"]}
+            )
+            tasks = data.get("tasks") or [{}]
+            runtime = dict(tasks[0].get("runtime") or {})
+            runtime["_exec_agent_hostname"] = socket.gethostname()
+            runtime["hpcagent_worker"] = self.worker
+            if self.env.get("SLURM_JOB_ID"):
+                runtime["slurm_job_id"] = self.env["SLURM_JOB_ID"]
+            self.client.send(
+                "tasks.edit", {"task": self.task_id, "force": True, "runtime": runtime}
+            )
+            self.client.send(
+                "workers.status_report",
+                {"worker": self.worker, "task": self.task_id, "timestamp": int(time.time() * 1000)},
+            )
+        except Exception as exc:  # informative only: never stop the run for it
+            self.note(f"could not record the runtime: {exc}", "WARNING")
+
+    # -- abort and signals -------------------------------------------------------------------
+
+    def _on_abort(self, request: AbortRequest) -> None:
+        self.abort = request
+        self.note(f"aborting: {request.reason}", "WARNING")
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._signal_num:
+            return
+        self._signal_num = signum
+        self.signal_name = signal.Signals(signum).name
+        if self.child is not None:
+            self.child.signal_group(signum)  # forward at once; SIGKILL follows after the grace
+
+    def _stopping(self) -> bool:
+        return self.abort is not None or self._signal_num != 0
+
+    # -- setup and run -----------------------------------------------------------------------
+
+    def _setup_and_run(self, task: TaskInfo) -> int:
+        assert self._workdir is not None
+        try:
+            cwd, code_dir, repo_root = self._workspace(task)
+            self._setup_scripts(task, cwd)
+            python = self._environment(task, repo_root)
+            if self._stopping():
+                return self._finish(-1, "")
+            return self._execute(task, python, cwd, code_dir)
+        except ExecutorError as exc:
+            kind = {
+                RepositoryError: "repository setup failed",
+                EnvironmentSetupError: "environment setup failed",
+            }.get(type(exc), "executor failed")
+            self.note(f"{kind}: {exc}", "ERROR")
+            self._status("failed", kind, str(exc)[-2000:])
+            return exc.exit_code
+        except Exception as exc:  # a bug or an API failure: still leave the task failed
+            self.note(f"executor failed: {type(exc).__name__}: {exc}", "ERROR")
+            self._status("failed", "executor failed", f"{type(exc).__name__}: {exc}"[-2000:])
+            if self.child is not None and self.child.poll() is None:
+                self.child.terminate(self.cfg.kill_grace_s)
+            return ExecutorError.exit_code
+
+    def _workspace(self, task: TaskInfo) -> tuple[Path, Path, Path | None]:
+        """Returns (working dir, code dir for PYTHONPATH, repository root or None)."""
+        assert self._workdir is not None
+        script = task.script
+        if script.is_literal:
+            code_dir = self._workdir / "code"
+            repo_mod.write_literal_script(script, code_dir, self.note)
+            return code_dir, code_dir, None
+        repo_dir = self._workdir / "repo"
+        git_env = repo_mod.make_git_env(self.cfg.git_user, self.cfg.git_pass, self._workdir)
+        try:
+            repo_mod.checkout(
+                script,
+                repo_dir,
+                git_env=git_env,
+                vcs_cache=self.cfg.vcs_cache_path,
+                log=self.note,
+                force_ssh=self.cfg.force_git_ssh_protocol,
+            )
+            repo_mod.apply_diff(repo_dir, script.diff, git_env, self.note)
+        finally:
+            git_env.cleanup()
+        cwd = (repo_dir / script.working_dir).resolve()
+        if repo_dir.resolve() not in (cwd, *cwd.parents):
+            raise RepositoryError(f"working_dir {script.working_dir!r} leaves the repository")
+        return cwd, repo_dir, repo_dir
+
+    def _setup_scripts(self, task: TaskInfo, cwd: Path) -> None:
+        assert self._workdir is not None
+        for label, text in (
+            ("extra setup script (agent.extra_setup_script)", self.cfg.extra_setup_script),
+            ("task setup script (container.setup_shell_script)", task.setup_shell_script),
+        ):
+            if not text.strip() or self._stopping():
+                continue
+            path = self._workdir / f"setup-{abs(hash(label))}.sh"
+            path.write_text(text if text.endswith("\n") else text + "\n")
+            self.note(f"running the {label}")
+            code, tail = run_streamed(
+                ["bash", str(path)],
+                cwd=cwd,
+                env=self.env,
+                on_line=self._task_line,
+                echo=self.echo,
+                should_stop=self._stopping,
+                grace_s=self.cfg.kill_grace_s,
+            )
+            if code != 0 and not self._stopping():
+                raise EnvironmentSetupError(
+                    f"the {label} failed with exit code {code}: " + " | ".join(tail[-5:])
+                )
+
+    def _environment(self, task: TaskInfo, repo_root: Path | None) -> Path:
+        assert self._workdir is not None
+        reqs, source = spec_requirements(
+            task.script.requirements_pip, repo_root, requirements_lines
+        )
+        python, version = resolve_python(self.cfg.python_binary, task.script.binary)
+        spec = VenvSpec(
+            python=python,
+            python_version=version,
+            requirements=tuple(reqs),
+            manager=self.cfg.package_manager,
+            image=task.container_image,
+            system_site_packages=self.cfg.system_site_packages,
+            extra_args=tuple(self.cfg.package_manager_extra_args),
+        )
+        self.note(f"environment: Python {version}, {len(reqs)} requirements from {source}")
+        builder = VenvBuilder(
+            cache_dir=self.cfg.venvs_cache_path,
+            max_entries=self.cfg.venvs_cache_max_entries,
+            free_space_threshold_gb=self.cfg.venvs_cache_free_space_threshold_gb,
+            log=self.note,
+        )
+        venv = builder.prepare(spec, self._workdir)
+        if self.rank == 0:
+            original = task.script.requirements_pip
+            if original is None:
+                original = "\n".join(reqs)
+            try:
+                self.client.send(
+                    "tasks.set_requirements",
+                    {
+                        "task": self.task_id,
+                        "requirements": {"pip": venv.frozen, "org_pip": original},
+                    },
+                )
+            except Exception as exc:
+                self.note(f"could not record the installed packages: {exc}", "WARNING")
+        return venv.python
+
+    def child_env(self, task: TaskInfo, python: Path, code_dir: Path) -> dict[str, str]:
+        """The task's environment (see docs/executor.md; secrets only in env and a 0600 file)."""
+        assert self._workdir is not None
+        env = dict(self.env)
+        if self.cfg.enable_task_env:
+            env.update(dict(task.environment))
+        conf = self._workdir / "clearml.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                "api {\n"
+                f"  api_server: {json.dumps(self.cfg.api_server)}\n"
+                "  credentials {\n"
+                f"    access_key: {json.dumps(self.cfg.access_key)}\n"
+                f"    secret_key: {json.dumps(self.cfg.secret_key)}\n"
+                "  }\n}\n"
+            )
+        venv_bin = str(python.parent)
+        env.update(
+            {
+                "CLEARML_TASK_ID": self.task_id,
+                "CLEARML_CONFIG_FILE": str(conf),
+                "CLEARML_LOG_TASK_TO_BACKEND": "0",
+                "TRAINS_LOG_TASK_TO_BACKEND": "0",
+                "CLEARML_WORKER_ID": self.worker,
+                "CLEARML_API_HOST": self.cfg.api_server,
+                "CLEARML_API_ACCESS_KEY": self.cfg.access_key,
+                "CLEARML_API_SECRET_KEY": self.cfg.secret_key,
+                "PYTHONUNBUFFERED": "1",
+                "VIRTUAL_ENV": str(python.parent.parent),
+                "PATH": venv_bin + os.pathsep + env.get("PATH", os.defpath),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p
+                ),
+            }
+        )
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        env.pop("PYTHONHOME", None)
+        return env
+
+    def _execute(self, task: TaskInfo, python: Path, cwd: Path, code_dir: Path) -> int:
+        try:
+            argv = entry_argv(str(python), task.script)
+        except ValueError as exc:
+            raise ExecutorError(str(exc)) from exc
+        if self.cfg.args_to_cli:
+            argv += args_to_argv(task.args)
+        env = self.child_env(task, python, code_dir)
+        self._status(
+            "started", "worker starting task execution", f"Changed by hpcagent {self.worker}"
+        )
+        self.note("running: " + " ".join(argv[1:] if argv[0] == str(python) else argv))
+        self.child = ChildProcess(argv, cwd=cwd, env=env, on_line=self._task_line, echo=self.echo)
+        if self._signal_num:  # a signal arrived while the child was being started
+            self.child.signal_group(self._signal_num)
+        monitor: Monitor | None = None
+        if not self.opts.disable_monitoring:
+            monitor = Monitor(
+                lambda ep, body: self.bg.send(ep, body),
+                lambda ep, items: self.bg.send_lines(ep, items),
+                task_id=self.task_id,
+                worker=self.worker,
+                interval=self.cfg.metrics_interval_s,
+                log=self.note,
+                root_pid=self.child.pid,
+            ).start()
+        try:
+            code = self._wait(self.child)
+        finally:
+            if monitor is not None:
+                monitor.stop()
+        return self._finish(code, "\n".join(list(self.child.tail)[-10:]))
+
+    def _wait(self, child: ChildProcess) -> int:
+        while True:
+            code = child.wait(0.2)
+            if code is not None:
+                child.reap_group()
+                return code
+            if self.abort is not None:
+                self.note("stopping the task: SIGTERM, then SIGKILL after the grace period")
+                return child.terminate(self.cfg.kill_grace_s)
+            if self._signal_num:
+                return child.terminate(self.cfg.kill_grace_s, self._signal_num)
+
+    def _finish(self, code: int, tail: str) -> int:
+        if self.abort is not None and not self.abort.write_status:
+            self.note(f"task ended ({self.abort.reason}); status left as set elsewhere")
+            return 0
+        final = final_status(
+            code, aborted=self.abort is not None, signal_name=self.signal_name, tail=tail
+        )
+        if final.action == "completed":
+            self.note("Process completed successfully", "DEBUG")
+        else:
+            self.note(f"Process ended: {final.reason} (exit code {code})", "ERROR")
+        self._status(final.action, final.reason, final.message)
+        if self._signal_num:
+            return 128 + self._signal_num
+        if final.action != "failed":
+            return 0
+        return code if 0 < code < 256 else 1
+
+    def _cleanup(self, delivered: bool) -> None:
+        if self._workdir is None:
+            return
+        if not delivered:
+            sys.stderr.write(
+                f"hpcagent: some log lines could not be delivered; kept in "
+                f"{self._workdir / 'log-spool'}\n"
+            )
+            for name in ("repo", "code", "venv", "clearml.conf"):
+                path = self._workdir / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            return
+        shutil.rmtree(self._workdir, ignore_errors=True)

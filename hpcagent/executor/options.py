@@ -1,0 +1,105 @@
+"""The executor's view of the configuration.
+
+:class:`ExecutorConfig` collects every setting the executor uses, so that the rest of the
+package depends on this one small dataclass (easy to build in tests) and not on the
+shape of the full settings tree. :meth:`ExecutorConfig.from_settings` reads it from
+``hpcagent.config.Settings`` through ``Settings.get`` (dotted paths) with defaults, so a
+key missing from the packaged defaults never breaks the executor.
+
+hpcagent-specific keys (all optional)::
+
+    agent.metrics_interval_sec        10     machine/GPU report period
+    agent.abort_poll_interval_sec     2      status poll period (capped at 5 s)
+    executor.kill_grace_sec           10     SIGTERM → SIGKILL grace
+    executor.log_flush_interval_sec   2      log shipping period (capped at 2 s)
+    executor.log_spool_max_mb         256    disk bound for undelivered logs
+    executor.final_flush_timeout_sec  60     how long to try delivering logs at the end
+    executor.args_to_cli              true   render Args/* on the command line
+    agent.package_manager.extra_args  []     extra arguments for pip/uv install
+    agent.package_manager.system_site_packages  false
+    agent.enable_task_env             true   export hyperparams section "Environment"
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpcagent.config import Settings
+
+
+def _home() -> Path:
+    return Path(os.path.expanduser("~"))
+
+
+@dataclass
+class ExecutorConfig:
+    """Every setting the executor uses (see the module docstring for the keys)."""
+
+    api_server: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    worker_id: str = ""
+    git_user: str = ""
+    git_pass: str = ""
+    force_git_ssh_protocol: bool = False
+    package_manager: str = "uv"
+    package_manager_extra_args: list[str] = field(default_factory=list)
+    system_site_packages: bool = False
+    python_binary: str = ""
+    venvs_dir: Path = field(default_factory=lambda: _home() / ".clearml" / "venvs-builds")
+    venvs_cache_path: Path | None = None
+    venvs_cache_max_entries: int = 10
+    venvs_cache_free_space_threshold_gb: float = 2.0
+    vcs_cache_path: Path | None = field(default_factory=lambda: _home() / ".clearml" / "vcs-cache")
+    extra_setup_script: str = ""
+    enable_task_env: bool = True
+    args_to_cli: bool = True
+    task_ping_interval_s: float = 60.0
+    metrics_interval_s: float = 30.0
+    abort_poll_interval_s: float = 2.0
+    kill_grace_s: float = 10.0
+    log_flush_interval_s: float = 2.0
+    log_spool_max_bytes: int = 256 * 1024 * 1024
+    final_flush_timeout_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExecutorConfig:
+        """Read from ``hpcagent.config.Settings`` (typed sections plus ``get`` for extras)."""
+
+        def get(path: str, default: Any) -> Any:
+            value = settings.get(path, default)
+            return default if value is None else value
+
+        api, agent = settings.api, settings.agent
+        return cls(
+            api_server=api.api_server,
+            access_key=api.access_key,
+            secret_key=api.secret_key,
+            worker_id=agent.worker_id,
+            git_user=agent.git_user,
+            git_pass=agent.git_pass,
+            force_git_ssh_protocol=agent.force_git_ssh_protocol,
+            package_manager=agent.package_manager_type,
+            package_manager_extra_args=list(agent.package_manager_extra_args),
+            system_site_packages=bool(get("agent.package_manager.system_site_packages", False)),
+            python_binary=agent.python_binary,
+            venvs_dir=agent.venvs_dir,
+            venvs_cache_path=agent.venvs_cache_path,
+            venvs_cache_max_entries=agent.venvs_cache_max_entries,
+            venvs_cache_free_space_threshold_gb=agent.venvs_cache_free_space_threshold_gb,
+            vcs_cache_path=agent.vcs_cache_path,
+            extra_setup_script=agent.extra_setup_script,
+            enable_task_env=bool(get("agent.enable_task_env", True)),
+            args_to_cli=bool(get("executor.args_to_cli", True)),
+            task_ping_interval_s=agent.task_ping_interval_s,
+            metrics_interval_s=agent.metrics_interval_s,
+            abort_poll_interval_s=min(5.0, agent.abort_poll_interval_s),
+            kill_grace_s=float(get("executor.kill_grace_sec", 10.0)),
+            log_flush_interval_s=min(2.0, float(get("executor.log_flush_interval_sec", 2.0))),
+            log_spool_max_bytes=int(float(get("executor.log_spool_max_mb", 256)) * 1024 * 1024),
+            final_flush_timeout_s=float(get("executor.final_flush_timeout_sec", 60.0)),
+        )

@@ -1,0 +1,160 @@
+"""The task's child process: start in its own process group, stream its output, stop it.
+
+This is the one place (besides ``hpcagent.scheduler.commands``) that starts processes: the
+task itself and the setup scripts, whose output must stream into the task log while they run.
+Nothing goes through a shell unless the task's own setup script is run by ``bash`` as a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from hpcagent.executor.logs import LineSplitter
+
+LineSink = Callable[[str], None]
+
+
+class ChildProcess:
+    """A child in a new session (its own process group) whose merged output is read by a thread.
+
+    Each complete line (carriage-return redraws collapsed) goes to ``on_line``; the raw bytes
+    are echoed to ``echo`` (the job's own stdout) when given. The last ``tail_lines`` lines are
+    kept for the failure message.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        on_line: LineSink,
+        echo: BinaryIO | None = None,
+        tail_lines: int = 20,
+    ) -> None:
+        self.argv = list(argv)
+        self._on_line = on_line
+        self._echo = echo
+        self.tail: deque[str] = deque(maxlen=tail_lines)
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=str(cwd),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: signals reach the whole tree
+            bufsize=0,
+        )
+        self.pgid = self.proc.pid
+        self._reader = threading.Thread(
+            target=self._read, name="hpcagent-child-reader", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        splitter = LineSplitter()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if self._echo is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._echo.write(chunk)
+                    self._echo.flush()
+            for line in splitter.feed(chunk):
+                self._line(line)
+        for line in splitter.flush():
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        self.tail.append(line)
+        try:
+            self._on_line(line)
+        except Exception as exc:  # a broken sink must not stop reading (the child would block)
+            sys.stderr.write(f"hpcagent: log sink failed: {exc}\n")
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the exit; returns the code, or None on timeout."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the child's process group (ignored when it is gone)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signum)
+
+    def terminate(self, grace_s: float, signum: int = signal.SIGTERM) -> int:
+        """``signum`` to the group, SIGKILL after ``grace_s``; returns the exit code."""
+        self.signal_group(signum)
+        code = self.wait(grace_s)
+        if code is None:
+            self.signal_group(signal.SIGKILL)
+            code = self.proc.wait()
+        self.reap_group()
+        return code
+
+    def reap_group(self) -> None:
+        """Kill whatever is left in the process group (daemons the task forked) and finish
+        reading the output, so nothing outlives the run."""
+        self.signal_group(signal.SIGKILL)
+        self._reader.join(timeout=5.0)
+
+    def finish(self) -> int:
+        """Wait for the exit and drain the output; returns the exit code."""
+        code = self.proc.wait()
+        self.reap_group()
+        return code
+
+
+def run_streamed(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    on_line: LineSink,
+    echo: BinaryIO | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    grace_s: float = 10.0,
+) -> tuple[int, list[str]]:
+    """Run a short setup command with its output streamed; returns ``(code, last lines)``.
+
+    ``should_stop`` is checked every 0.2 s so an abort during setup ends it promptly.
+    """
+    child = ChildProcess(argv, cwd=cwd, env=env, on_line=on_line, echo=echo)
+    while True:
+        code = child.wait(0.2)
+        if code is not None:
+            child.reap_group()
+            return code, list(child.tail)
+        if should_stop():
+            return child.terminate(grace_s), list(child.tail)
+
+
+def sleep_until(deadline: float, stop: threading.Event) -> None:
+    """Sleep until ``deadline`` (monotonic) or until ``stop`` is set."""
+    stop.wait(max(0.0, deadline - time.monotonic()))

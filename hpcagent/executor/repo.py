@@ -1,0 +1,245 @@
+"""The task's workspace: a repository checkout through a per-user cache, or a literal script.
+
+Repository flow (docs/executor.md):
+
+1. the URL is normalised (``force_git_ssh_protocol``; https with credentials);
+2. a bare mirror ``<vcs_cache>/<name>.<sha256(url)[:16]>.git`` is created or fetched under a
+   file lock, so concurrent jobs on a shared filesystem fetch once at a time;
+3. a cheap local clone (hard links) of the mirror becomes the workspace;
+4. checkout: ``version_num``, else ``tag``, else ``branch``, else the default branch;
+5. ``script.diff`` is applied with ``git apply``; a diff that does not apply is an error.
+
+Credentials (``agent.git_user``/``agent.git_pass``) never appear in argv, logs or printed URLs:
+git asks for them through a ``GIT_ASKPASS`` helper that reads them from its environment, and
+every URL that is printed goes through :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from hpcagent.errors import RepositoryError, SchedulerError
+from hpcagent.executor.task_info import ScriptInfo
+from hpcagent.scheduler.commands import CommandResult, run_command
+
+#: git operations on big repositories can take long; a hung network must still end.
+GIT_TIMEOUT_S = 1800.0
+LOCK_TIMEOUT_S = 3600.0
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]*@")
+_HTTPS = re.compile(r"^https?://(?:[^/@]*@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$")
+_SCP_SSH = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>[^/].*)$")
+_SSH_URL = re.compile(r"^ssh://(?:[^@/]+@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$")
+
+Logger = Callable[[str], None]
+
+
+def redact_url(text: str) -> str:
+    """Replace any ``user:pass@`` in URLs inside ``text`` with ``***@``."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def normalise_url(url: str, *, force_ssh: bool, have_credentials: bool) -> str:
+    """Apply ``force_git_ssh_protocol`` and the https-with-credentials rule.
+
+    * ``force_ssh``: ``https://host/path`` → ``git@host:path``;
+    * otherwise, with credentials, ``git@host:path`` / ``ssh://`` → ``https://host/path``
+      (credentials only work over https; ClearML's ``translate_ssh``);
+    * embedded userinfo in https URLs is always removed (the askpass helper supplies it).
+    Local paths and ``file://`` URLs are returned unchanged.
+    """
+    if url.startswith(("/", "file://", ".")) or os.path.isdir(url):
+        return url
+    m = _HTTPS.match(url)
+    if m:
+        if force_ssh:
+            return f"git@{m.group('host')}:{m.group('path')}"
+        return re.sub(r"^(https?://)[^/@]*@", r"\1", url)
+    m = _SSH_URL.match(url) or _SCP_SSH.match(url)
+    if m and have_credentials and not force_ssh:
+        return f"https://{m.group('host')}/{m.group('path')}"
+    return url
+
+
+@dataclass
+class GitEnv:
+    """Environment for git calls: askpass helper, no prompts, no user config surprises."""
+
+    env: dict[str, str]
+    helper: Path | None = None
+
+    def cleanup(self) -> None:
+        if self.helper is not None:
+            self.helper.unlink(missing_ok=True)
+
+
+def make_git_env(user: str, password: str, temp_dir: Path) -> GitEnv:
+    """Build the env for git; with credentials, write a 0700 askpass helper into ``temp_dir``.
+
+    The helper contains no secret: it prints ``$HPCAGENT_GIT_USER`` or ``$HPCAGENT_GIT_PASS``
+    depending on git's prompt, and those variables live only in git's environment.
+    """
+    env = dict(os.environ)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    if not (user or password):
+        return GitEnv(env)
+    fd, name = tempfile.mkstemp(prefix="hpcagent-askpass-", suffix=".sh", dir=temp_dir)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(
+            "#!/bin/sh\n"
+            'case "$1" in\n'
+            '  Username*|username*) printf "%s\\n" "$HPCAGENT_GIT_USER" ;;\n'
+            '  *) printf "%s\\n" "$HPCAGENT_GIT_PASS" ;;\n'
+            "esac\n"
+        )
+    os.chmod(name, stat.S_IRWXU)
+    env.update(GIT_ASKPASS=name, HPCAGENT_GIT_USER=user, HPCAGENT_GIT_PASS=password)
+    return GitEnv(env, Path(name))
+
+
+def _git(
+    args: list[str], *, env: Mapping[str, str], cwd: Path | None = None, what: str = ""
+) -> CommandResult:
+    """Run git; raise :class:`RepositoryError` with redacted stderr when it fails."""
+    try:
+        res = run_command(["git", *args], timeout=GIT_TIMEOUT_S, env=dict(env), cwd=cwd)
+    except SchedulerError as exc:  # timeout or missing git binary
+        raise RepositoryError(f"{what or 'git ' + args[0]} failed: {redact_url(str(exc))}") from exc
+    if res.returncode != 0:
+        detail = redact_url((res.stderr or res.stdout).strip())[-1500:]
+        raise RepositoryError(
+            f"{what or 'git ' + args[0]} failed (exit {res.returncode}): {detail}"
+        )
+    return res
+
+
+def mirror_path(cache_dir: Path, url: str) -> Path:
+    """Where the bare mirror of ``url`` lives in the cache (stable per URL, credentials ignored)."""
+    clean = redact_url(url).rstrip("/")
+    name = re.sub(r"\.git$", "", clean.rsplit("/", 1)[-1].rsplit(":", 1)[-1]) or "repo"
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+    digest = hashlib.sha256(clean.encode()).hexdigest()[:16]
+    return cache_dir / f"{name}.{digest}.git"
+
+
+def update_mirror(cache_dir: Path, url: str, git_env: GitEnv, log: Logger) -> Path:
+    """Create or fetch the bare mirror of ``url`` under its file lock; return its path."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    mirror = mirror_path(cache_dir, url)
+    lock = FileLock(str(mirror) + ".lock")
+    try:
+        with lock.acquire(timeout=LOCK_TIMEOUT_S):
+            if (mirror / "HEAD").exists():
+                log(f"repository cache: fetching {redact_url(url)}")
+                _git(["remote", "set-url", "origin", url], env=git_env.env, cwd=mirror, what="git")
+                _git(
+                    [
+                        "fetch",
+                        "--prune",
+                        "--tags",
+                        "--force",
+                        "origin",
+                        "+refs/heads/*:refs/heads/*",
+                    ],
+                    env=git_env.env,
+                    cwd=mirror,
+                    what=f"fetching {redact_url(url)}",
+                )
+            else:
+                log(f"repository cache: cloning {redact_url(url)}")
+                tmp = mirror.with_name(mirror.name + f".tmp{os.getpid()}")
+                _git(
+                    ["clone", "--mirror", "--quiet", url, str(tmp)],
+                    env=git_env.env,
+                    what=f"cloning {redact_url(url)}",
+                )
+                os.replace(tmp, mirror)
+    except Timeout as exc:
+        raise RepositoryError(
+            f"timed out waiting for the repository cache lock {lock.lock_file}"
+        ) from exc
+    return mirror
+
+
+def checkout(
+    script: ScriptInfo,
+    dest: Path,
+    *,
+    git_env: GitEnv,
+    vcs_cache: Path | None,
+    log: Logger,
+    force_ssh: bool = False,
+) -> str:
+    """Clone ``script.repository`` into ``dest`` at the task's revision; return the commit sha."""
+    have_creds = "GIT_ASKPASS" in git_env.env
+    url = normalise_url(script.repository, force_ssh=force_ssh, have_credentials=have_creds)
+    source = str(update_mirror(vcs_cache, url, git_env, log)) if vcs_cache is not None else url
+    log(f"cloning {redact_url(script.repository)} into {dest}")
+    _git(
+        ["clone", "--quiet", "--no-checkout", source, str(dest)],
+        env=git_env.env,
+        what=f"cloning {redact_url(script.repository)}",
+    )
+    if script.version_num:
+        ref, what = script.version_num, f"commit {script.version_num}"
+    elif script.tag:
+        ref, what = f"refs/tags/{script.tag}", f"tag {script.tag}"
+    elif script.branch:
+        branch = script.branch.removeprefix("origin/")
+        ref, what = f"refs/remotes/origin/{branch}", f"branch {branch}"
+    else:
+        ref, what = "HEAD", "the default branch"
+    _git(
+        ["checkout", "--quiet", "--detach", ref],
+        env=git_env.env,
+        cwd=dest,
+        what=f"checking out {what}",
+    )
+    if vcs_cache is not None:
+        # The clone's origin is the cache; point it at the real remote for the user's code.
+        _git(["remote", "set-url", "origin", url], env=git_env.env, cwd=dest, what="git")
+    sha = str(_git(["rev-parse", "HEAD"], env=git_env.env, cwd=dest).stdout).strip()
+    log(f"checked out {what} ({sha[:12]})")
+    return sha
+
+
+def apply_diff(repo_dir: Path, diff: str, git_env: GitEnv, log: Logger) -> None:
+    """Apply the task's uncommitted changes; a diff that does not apply raises RepositoryError."""
+    if not diff.strip():
+        return
+    patch = repo_dir / ".git" / "hpcagent-task.diff"
+    patch.write_text(diff if diff.endswith("\n") else diff + "\n")
+    try:
+        _git(
+            ["apply", "--whitespace=nowarn", str(patch)],
+            env=git_env.env,
+            cwd=repo_dir,
+            what="applying the task's git diff",
+        )
+    finally:
+        patch.unlink(missing_ok=True)
+    log("applied the task's uncommitted changes (script.diff)")
+
+
+def write_literal_script(script: ScriptInfo, code_dir: Path, log: Logger) -> Path:
+    """Write the script text stored on a repository-less task to ``code_dir/<entry_point>``."""
+    if not script.diff.strip():
+        raise RepositoryError("the task has no repository and no script text (script.diff)")
+    entry = script.entry_point.split()[0] if script.entry_point else "script.py"
+    if entry == "-m" or os.path.isabs(entry) or ".." in Path(entry).parts:
+        raise RepositoryError(f"unsupported entry point for a script without repository: {entry}")
+    target = code_dir / entry
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(script.diff)
+    log(f"wrote the task's script to {target}")
+    return target

@@ -1,0 +1,263 @@
+"""What the executor reads from a task, and the pure rules it applies to it.
+
+Everything here is free of I/O so it can be unit-tested: parsing the task dict
+(``tasks.get_by_id`` shape, see clearml-api.md §3), the Args-to-command-line rule,
+the worker id and rank rules, the "should this task still run" decision and the
+exit-code-to-status mapping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Names an ``Args/*`` hyperparameter may have to be put on the command line.
+_ARG_NAME = re.compile(r"^-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+#: Statuses after which a task must not be (re)started without ``--force``.
+TERMINAL_STATUSES = frozenset(
+    {"stopped", "closed", "failed", "completed", "published", "publishing"}
+)
+
+
+@dataclass(frozen=True)
+class ScriptInfo:
+    """The ``script`` section of a task, normalised."""
+
+    repository: str = ""
+    branch: str = ""
+    tag: str = ""
+    version_num: str = ""
+    entry_point: str = ""
+    working_dir: str = "."
+    binary: str = "python"
+    diff: str = ""
+    requirements_pip: str | None = None
+
+    @property
+    def is_literal(self) -> bool:
+        """True when the task carries the script text itself instead of a repository."""
+        return not self.repository
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """The parts of a task the executor needs."""
+
+    id: str
+    name: str
+    status: str
+    status_message: str
+    script: ScriptInfo
+    args: tuple[tuple[str, str], ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+    container_image: str = ""
+    setup_shell_script: str = ""
+
+    @classmethod
+    def from_task(cls, task: Mapping[str, Any]) -> TaskInfo:
+        """Build from a task dict as returned by ``tasks.get_by_id`` (``data.task``)."""
+        script = task.get("script") or {}
+        reqs = script.get("requirements") or {}
+        pip_reqs = reqs.get("pip") if isinstance(reqs, Mapping) else None
+        working_dir = str(script.get("working_dir") or "")
+        entry = str(script.get("entry_point") or "")
+        if not working_dir and ":" in entry and not entry.startswith("-m"):
+            # ClearML allows "dir:script.py" when working_dir is empty.
+            working_dir, entry = entry.split(":", 1)
+        hyper = task.get("hyperparams") or {}
+        container = task.get("container") or {}
+        return cls(
+            id=str(task.get("id", "")),
+            name=str(task.get("name", "")),
+            status=str(task.get("status", "")),
+            status_message=str(task.get("status_message") or ""),
+            script=ScriptInfo(
+                repository=str(script.get("repository") or ""),
+                branch=str(script.get("branch") or ""),
+                tag=str(script.get("tag") or ""),
+                version_num=str(script.get("version_num") or ""),
+                entry_point=entry,
+                working_dir=working_dir or ".",
+                binary=str(script.get("binary") or "python"),
+                diff=str(script.get("diff") or ""),
+                requirements_pip=str(pip_reqs) if pip_reqs is not None else None,
+            ),
+            args=_section_items(hyper.get("Args")),
+            environment=_section_items(hyper.get("Environment")),
+            runtime=dict(task.get("runtime") or {}),
+            container_image=str(container.get("image") or ""),
+            setup_shell_script=str(container.get("setup_shell_script") or ""),
+        )
+
+
+def _section_items(section: Any) -> tuple[tuple[str, str], ...]:
+    """``hyperparams.<section>`` as ``(name, value)`` pairs in the task's order."""
+    if not isinstance(section, Mapping):
+        return ()
+    items: list[tuple[str, str]] = []
+    for key, item in section.items():
+        if isinstance(item, Mapping):
+            name = str(item.get("name") or key)
+            value = item.get("value")
+        else:
+            name, value = str(key), item
+        items.append((name, "" if value is None else str(value)))
+    return tuple(items)
+
+
+def args_to_argv(args: tuple[tuple[str, str], ...]) -> list[str]:
+    """Render ``Args/*`` hyperparameters as command-line arguments.
+
+    The rule (documented in docs/executor.md):
+
+    * the name gets ``--`` unless it already starts with ``-``;
+    * value ``"true"`` (any case) gives the bare flag ``--name``;
+    * value ``"false"`` (any case), an empty value or ``"None"`` gives nothing;
+    * any other value gives ``--name`` followed by the value as ONE argv item (no shell, no
+      splitting, so values cannot inject anything);
+    * names that do not look like option names (e.g. positional ``_positional``-style keys
+      with spaces) are skipped.
+    """
+    argv: list[str] = []
+    for name, value in args:
+        if not _ARG_NAME.match(name):
+            continue
+        flag = name if name.startswith("-") else f"--{name}"
+        low = value.strip().lower()
+        if low in ("false", "", "none"):
+            continue
+        if low == "true":
+            argv.append(flag)
+            continue
+        argv.extend([flag, value])
+    return argv
+
+
+def entry_argv(python: str, script: ScriptInfo) -> list[str]:
+    """The argv that starts the entry point (without the Args overrides).
+
+    ``-m pkg.mod a b`` runs a module; ``train.py --x 1`` runs a file with fixed arguments;
+    a bash binary runs the entry point with bash. Splitting uses :func:`shlex.split` on the
+    task's own entry point only; nothing is ever given to a shell.
+    """
+    parts = shlex.split(script.entry_point) if script.entry_point else []
+    if not parts:
+        raise ValueError("the task has no entry point (script.entry_point is empty)")
+    binary = os.path.basename(script.binary or "python")
+    if binary in ("bash", "sh"):
+        return [script.binary if os.path.isabs(script.binary) else binary, *parts]
+    if parts[0] == "-m":
+        return [python, "-u", *parts]
+    return [python, "-u", *parts]
+
+
+def requirements_lines(text: str | None) -> list[str]:
+    """Stripped, non-empty, non-comment requirement lines, in their original order."""
+    if not text:
+        return []
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def worker_id(env: Mapping[str, str] | None = None, configured: str = "") -> str:
+    """``CLEARML_WORKER_ID``, else the configured id, else ``<host>:slurm-<job>``, else
+    ``<host>:<pid>``."""
+    env = os.environ if env is None else env
+    if env.get("CLEARML_WORKER_ID"):
+        return env["CLEARML_WORKER_ID"]
+    if configured:
+        return configured
+    host = socket.gethostname()
+    if env.get("SLURM_JOB_ID"):
+        return f"{host}:slurm-{env['SLURM_JOB_ID']}"
+    return f"{host}:{os.getpid()}"
+
+
+def rank(env: Mapping[str, str] | None = None) -> int:
+    """The process rank: ``SLURM_PROCID``, else ``RANK``, else 0 (unparsable counts as 0)."""
+    env = os.environ if env is None else env
+    for name in ("SLURM_PROCID", "RANK"):
+        value = env.get(name)
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, str]:
+    """Decide whether the task is still meant to run here; returns ``(run, reason)``.
+
+    * ``queued`` runs (the executor dequeues it);
+    * ``in_progress`` runs when it is not being stopped and either no Slurm job is
+      recorded on it or the recorded job is ours (it was handed to this job);
+    * ``created`` (reset or dequeued meanwhile) and finished statuses do not run;
+    * ``force`` overrides everything.
+    """
+    if force:
+        return True, "forced"
+    if task.status == "queued":
+        return True, "queued"
+    if task.status == "in_progress":
+        if "stopping" in task.status_message:
+            return False, "the task is being stopped"
+        recorded = str(task.runtime.get("slurm_job_id") or "")
+        if not recorded or not slurm_job_id or recorded == slurm_job_id:
+            return True, "in progress, handed to this job"
+        return False, f"the task belongs to Slurm job {recorded}, not {slurm_job_id}"
+    if task.status == "created":
+        return False, "the task was reset or dequeued (status created)"
+    return False, f"the task is {task.status or 'in an unknown state'}"
+
+
+@dataclass(frozen=True)
+class FinalStatus:
+    """The status call to make when the run ends."""
+
+    action: str  # "completed" | "failed" | "stopped"
+    reason: str
+    message: str
+
+
+def final_status(
+    returncode: int,
+    *,
+    aborted: bool = False,
+    signal_name: str = "",
+    tail: str = "",
+) -> FinalStatus:
+    """Map how the run ended to a status call (clearml-api.md §4.4).
+
+    Abort by the user wins over the exit code; then a signal received by the executor
+    (Slurm time limit, preemption, scancel); then exit 0 → completed, -2/254 → stopped,
+    anything else → failed with the code and the last log lines.
+    """
+    if aborted:
+        return FinalStatus("stopped", "task was stopped by tasks.stop", "aborted by user")
+    if signal_name:
+        return FinalStatus(
+            "stopped",
+            f"terminated by signal {signal_name}",
+            f"terminated by signal {signal_name} (Slurm time limit, preemption or scancel);"
+            f" exit code {returncode}",
+        )
+    if returncode == 0:
+        return FinalStatus("completed", "worker execution done", "")
+    if returncode in (-2, 254):
+        return FinalStatus("stopped", "user abort", "interrupted")
+    message = f"exit code {returncode}"
+    if tail:
+        message += "; last lines:\n" + tail
+    return FinalStatus("failed", f"worker execution exit code {returncode}", message[-2000:])

@@ -1,0 +1,97 @@
+"""Abort decisions, the abort watcher thread, and metrics sampling without NVML."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from hpcagent.executor.abort import AbortRequest, AbortWatcher, judge
+from hpcagent.executor.metrics import GpuProbe, Monitor, Sampler, machine_scalars
+
+
+def test_judge() -> None:
+    assert judge("in_progress", "", 0) is None
+    stop = judge("in_progress", "stopping", 0)
+    assert stop is not None
+    assert stop.write_status
+    ext = judge("stopped", "", 0)
+    assert ext is not None
+    assert not ext.write_status
+    assert judge("created", "", 3) is None
+    assert judge("created", "", 4) is not None
+
+
+def test_watcher_aborts_on_stopping_and_ignores_errors() -> None:
+    answers: list[Any] = [
+        ConnectionError("down"),
+        {"tasks": [{"status": "in_progress", "status_message": ""}]},
+        {"tasks": [{"status": "in_progress", "status_message": "stopping"}]},
+    ]
+    calls: list[str] = []
+
+    def send(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        calls.append(endpoint)
+        if endpoint == "tasks.ping":
+            return {}
+        answer = answers.pop(0) if answers else {"tasks": []}
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer)
+
+    got = threading.Event()
+    seen: list[AbortRequest] = []
+
+    def on_abort(req: AbortRequest) -> None:
+        seen.append(req)
+        got.set()
+
+    watcher = AbortWatcher(send, "t", interval=0.05, ping_interval=0.0, on_abort=on_abort).start()
+    assert got.wait(5.0)
+    watcher.stop()
+    assert seen[0].write_status
+    assert "stopped by user" in seen[0].reason
+    assert "tasks.ping" in calls
+
+
+def test_sampler_reports_clearml_keys_and_process_tree() -> None:
+    import os
+
+    s = Sampler(root_pid=os.getpid())
+    stats = s.sample()
+    for key in ("cpu_usage", "memory_used", "memory_free", "process_memory_gb"):
+        assert key in stats
+    assert stats["process_memory_gb"] > 0
+    scalars = machine_scalars(stats)
+    assert scalars["memory_used_gb"] > 0
+    assert "process_memory_gb" in scalars
+
+
+def test_monitor_without_nvml_logs_once_and_sends_no_gpu_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails like a node without NVML
+    gpu = GpuProbe("0")
+    assert not gpu.available
+    notes: list[str] = []
+    sent: list[tuple[str, Any]] = []
+    mon = Monitor(
+        lambda ep, body: sent.append((ep, body)),
+        lambda ep, items: sent.append((ep, list(items))),
+        task_id="t",
+        worker="w",
+        interval=1.0,
+        log=notes.append,
+        gpu=gpu,
+    )
+    mon.report_once()
+    assert len([n for n in notes if "NVML" in n]) == 1
+    endpoints = [ep for ep, _ in sent]
+    assert endpoints == ["workers.status_report", "events.add_batch"]
+    status_body = sent[0][1]
+    assert "cpu_usage" in status_body["machine_stats"]
+    assert not any(k.startswith("gpu") for k in status_body["machine_stats"])
+    events = sent[1][1]
+    assert {e["metric"] for e in events} == {":monitor:machine"}
+    assert all(e["type"] == "training_stats_scalar" for e in events)
