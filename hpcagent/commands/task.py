@@ -256,6 +256,8 @@ def list_cmd(
     }
     if status:
         filters["status"] = [status]
+    if not queue:  # the queue is filtered here, so page on the server only without it
+        filters.update(order_by=["-last_update"], page=0, page_size=max(1, limit))
     if project:
         proj = client.projects.by_name(project)
         if proj is None:
@@ -377,19 +379,22 @@ def log_cmd(ctx: click.Context, task_id: str, follow: bool, interval: float, as_
     client = get_client(ctx)
     client.tasks.get_status(task_id)  # a clear error for an unknown task
     state: dict[str, Any] = {"last_ts": None, "seen": set()}
-    while True:
+
+    def emit_new() -> None:
         for event in _iter_log(client, task_id, state):
             if as_json:
                 click.echo(json.dumps(event, sort_keys=True, default=str))
             else:
                 click.echo(str(event.get("msg", "")).rstrip("\n"))
-        if not follow:
+
+    emit_new()
+    while follow:
+        live = client.tasks.get_status(task_id).get("status") in _LIVE_STATUSES
+        if live:
+            time.sleep(interval)
+        emit_new()  # once more after the end: lines sent just before the final status
+        if not live:
             return
-        if client.tasks.get_status(task_id).get("status") not in _LIVE_STATUSES:
-            for event in _iter_log(client, task_id, state):  # lines sent just before the end
-                click.echo(str(event.get("msg", "")).rstrip("\n"))
-            return
-        time.sleep(interval)
 
 
 @task_group.command("abort")
@@ -448,7 +453,7 @@ def clone_cmd(
 
 @task_group.command("reset")
 @click.argument("task_id")
-@click.option("--force", is_flag=True, help="Reset even a queued or running task.")
+@click.option("--force", is_flag=True, help="Ask the server to reset even a finished task.")
 @json_option
 @click.pass_context
 def reset_cmd(ctx: click.Context, task_id: str, force: bool, as_json: bool) -> None:
