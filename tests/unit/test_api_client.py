@@ -376,3 +376,24 @@ def test_build_log_events_timestamps() -> None:
     assert events[1]["msg"] == "b" * 40_000 + "\nc"
     assert {e["level"] for e in events} == {"error"}
     assert all(e["type"] == "log" and e["task"] == "t1" and e["worker"] == "w" for e in events)
+
+
+def test_threads_share_one_login(stub: Stub) -> None:
+    client = client_for(stub)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                client.send("tasks.ping", {"task": "t"})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert stub.logins == 1
+    assert len(stub.calls("tasks.ping")) == 40

@@ -197,10 +197,14 @@ def test_log_and_follow(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
     ok(cli("queue", "create", "lq"))
-    tid = ok(
-        cli("task", "create", "--project", "p", "--name", "logger", "--script", str(script))
-    ).strip()
-    ok(cli("task", "enqueue", tid, "--queue", "lq"))
+    created = ok(
+        cli(
+            "task", "create", "--project", "p", "--name", "logger", "--script", str(script),
+            "--enqueue", "lq", "--json",
+        )
+    )  # fmt: skip
+    tid = json.loads(created)["id"]
+    assert json.loads(ok(cli("task", "show", tid, "--json")))["status"] == "queued"
     api.events.add_log(tid, [f"line {i}" for i in range(5)], "w")
     assert ok(cli("task", "log", tid)).splitlines() == [f"line {i}" for i in range(5)]
     events = [json.loads(x) for x in ok(cli("task", "log", tid, "--json")).splitlines()]
