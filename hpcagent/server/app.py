@@ -174,6 +174,8 @@ class ServerApp:
             )
         endpoint = match.group("ep")
         requested = match.group("ver") or API_VERSION
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", request.method, request.url.path)
         handler = self.routes.get(endpoint)
         if handler is None:
             log.debug("unknown endpoint %s", endpoint)
