@@ -38,14 +38,14 @@ from tenacity import (
 )
 
 from hpcagent import __version__
+from hpcagent.api.events import EventsService
+from hpcagent.api.projects import ProjectsService
+from hpcagent.api.queues import QueuesService
+from hpcagent.api.tasks import TasksService
+from hpcagent.api.workers import WorkersService
 from hpcagent.errors import ApiError, AuthError, ConfigError, ServerUnreachable
 
 if TYPE_CHECKING:
-    from hpcagent.api.events import EventsService
-    from hpcagent.api.projects import ProjectsService
-    from hpcagent.api.queues import QueuesService
-    from hpcagent.api.tasks import TasksService
-    from hpcagent.api.workers import WorkersService
     from hpcagent.config import Settings
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,12 @@ class ApiClient:
             self._set_token(token)
         #: Number of HTTP requests sent (all attempts, logins included); handy for tests/benchmarks.
         self.requests_sent = 0
-        self._services: dict[str, Any] = {}
+        # Thin helpers per service; ``send`` stays the primary API.
+        self.tasks = TasksService(self)
+        self.queues = QueuesService(self)
+        self.workers = WorkersService(self)
+        self.events = EventsService(self)
+        self.projects = ProjectsService(self)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -156,48 +161,6 @@ class ApiClient:
 
     def __repr__(self) -> str:  # never show the keys
         return f"ApiClient(host={self.host!r}, worker={self.worker!r})"
-
-    # -- service helpers ---------------------------------------------------------------------
-
-    def _service(self, name: str) -> Any:
-        svc = self._services.get(name)
-        if svc is None:
-            from hpcagent.api import events, projects, queues, tasks, workers
-
-            factories: dict[str, Any] = {
-                "tasks": tasks.TasksService,
-                "queues": queues.QueuesService,
-                "workers": workers.WorkersService,
-                "events": events.EventsService,
-                "projects": projects.ProjectsService,
-            }
-            svc = self._services[name] = factories[name](self)
-        return svc
-
-    @property
-    def tasks(self) -> TasksService:
-        svc: TasksService = self._service("tasks")
-        return svc
-
-    @property
-    def queues(self) -> QueuesService:
-        svc: QueuesService = self._service("queues")
-        return svc
-
-    @property
-    def workers(self) -> WorkersService:
-        svc: WorkersService = self._service("workers")
-        return svc
-
-    @property
-    def events(self) -> EventsService:
-        svc: EventsService = self._service("events")
-        return svc
-
-    @property
-    def projects(self) -> ProjectsService:
-        svc: ProjectsService = self._service("projects")
-        return svc
 
     # -- public calls ------------------------------------------------------------------------
 
