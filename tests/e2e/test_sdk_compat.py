@@ -147,4 +147,4 @@ def test_sdk_local_task_init_reports_and_completes(embedded_server: Any, tmp_pat
     assert any("hello from the task" in chunk for chunk in result["log"])
     task = embedded_server.send("tasks.get_by_id", {"task": result["id"]})["task"]
     assert task["last_iteration"] == 4
-    assert task["script"]["diff"]  # standalone script stored as the diff
+    assert task["name"] == "local-run"
