@@ -68,7 +68,9 @@ def test_sampler_reports_clearml_keys_and_process_tree() -> None:
     assert "process_memory_gb" in scalars
 
 
-def test_monitor_without_nvml_logs_once_and_sends_no_gpu_series(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_monitor_without_nvml_logs_once_and_sends_no_gpu_series(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails like a node without NVML

@@ -66,7 +66,12 @@ class FlakySink:
 def test_shipper_spools_while_down_and_delivers_exactly_once(tmp_path: Path) -> None:
     sink = FlakySink()
     shipper = LogShipper(
-        sink, task="t", worker="w", spool_dir=tmp_path / "spool", flush_interval=0.05, retry_interval=0.05
+        sink,
+        task="t",
+        worker="w",
+        spool_dir=tmp_path / "spool",
+        flush_interval=0.05,
+        retry_interval=0.05,
     ).start()
     expected = []
     for i in range(100):

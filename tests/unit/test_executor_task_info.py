@@ -81,7 +81,12 @@ def test_entry_argv_variants() -> None:
         "--a",
         "1",
     ]
-    assert entry_argv("/p", ScriptInfo(entry_point="-m pkg.mod x"))[:4] == ["/p", "-u", "-m", "pkg.mod"]
+    assert entry_argv("/p", ScriptInfo(entry_point="-m pkg.mod x"))[:4] == [
+        "/p",
+        "-u",
+        "-m",
+        "pkg.mod",
+    ]
     assert entry_argv("/p", ScriptInfo(entry_point="run.sh", binary="/bin/bash")) == [
         "/bin/bash",
         "run.sh",
@@ -114,7 +119,9 @@ def test_worker_id_and_rank() -> None:
         ("completed", "", {}, "", False),
     ],
 )
-def test_should_run(status: str, message: str, runtime: dict[str, str], job: str, expected: bool) -> None:
+def test_should_run(
+    status: str, message: str, runtime: dict[str, str], job: str, expected: bool
+) -> None:
     t = _task(status=status, status_message=message, runtime=runtime)
     assert should_run(t, job, force=False)[0] is expected
     assert should_run(t, job, force=True)[0] is True
