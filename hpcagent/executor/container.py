@@ -59,7 +59,7 @@ DEFAULT_PASSTHROUGH = (
     "LANG",
     "LC_ALL",
 )
-_SECRET_NAME = re.compile(r"(SECRET|PASSW|PASSWD|TOKEN|_KEY$|^KEY$|CREDENTIAL|_AUTH)", re.I)
+_SECRET_NAME = re.compile(r"(SECRET|PASS|TOKEN|_KEY$|^KEY$|CREDENTIAL|_AUTH|PRIVATE)", re.I)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERSION = re.compile(r"^(apptainer|singularity-ce|singularity)\s+version\s+(\S+)", re.I)
 VERSION_TIMEOUT_S = 30.0
@@ -314,9 +314,7 @@ def passthrough_env(
     """The host variables forwarded into a clean environment (sorted by name)."""
     patterns = (*DEFAULT_PASSTHROUGH, *extra_patterns)
     return {
-        k: host_env[k]
-        for k in sorted(host_env)
-        if any(fnmatch.fnmatchcase(k, p) for p in patterns)
+        k: host_env[k] for k in sorted(host_env) if any(fnmatch.fnmatchcase(k, p) for p in patterns)
     }
 
 

@@ -1,0 +1,164 @@
+"""The seed's template form ``[srun] singularity exec ${CLEARML_AGENT_EXECUTE}``.
+
+ClearML's Slurm glue renders ``${CLEARML_AGENT_EXECUTE}`` as ``IMAGE <agent> execute --id T``,
+so the agent itself runs inside the image and the image must contain it. hpcagent prefers
+the executor on the host, driving the container (docs/containers.md), and supports both:
+
+* ``mode: host`` (default): in singularity mode the submitter renders the same
+  ``IMAGE hpcagent execute --id T`` and puts :func:`shim_pre_setup` into
+  ``${CLEARML_PRE_SETUP}``. That line puts a shim folder first on PATH; its ``singularity``
+  and ``apptainer`` shims recognise exactly one call shape, ``exec [FLAGS] IMAGE hpcagent
+  execute ...``, and turn it into ``hpcagent execute ...`` on the host, with the image and the
+  flags in ``HPCAGENT_CONTAINER_*`` variables (read back by :func:`request_from_env`). Every
+  other call goes to the real binary unchanged. PATH survives ``srun``, so ``srun singularity
+  exec ...`` works too, and the executor then runs inside the step.
+* ``mode: inside``: no shim; the real binary runs hpcagent in the image (which must contain
+  it); the executor sees ``APPTAINER_CONTAINER`` and runs the task without nesting.
+
+Templates without the ``singularity exec`` prefix get ``hpcagent execute --id T --container
+IMAGE`` directly (:func:`render_agent_execute`).
+
+The submitter must not import the executor; it can run ``python -m
+hpcagent.executor.container_shim install DIR`` once (or call these pure functions if the
+lead allows that import).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hpcagent.executor.container import ContainerRequest, split_arguments
+
+ENV_IMAGE = "HPCAGENT_CONTAINER_IMAGE"
+ENV_ARGS = "HPCAGENT_CONTAINER_ARGS"
+ENV_BINARY = "HPCAGENT_CONTAINER_BINARY"
+#: Optional override of the host executor command (shlex); default: this Python's ``-m hpcagent``.
+ENV_EXECUTOR = "HPCAGENT_SHIM_EXECUTOR"
+SHIM_NAMES = ("singularity", "apptainer")
+_WRAPPED = re.compile(r"\b(singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE\}")
+
+
+def template_wraps_agent_execute(template_text: str) -> bool:
+    """True when a line runs ``singularity|apptainer exec ... ${CLEARML_AGENT_EXECUTE}``."""
+    return bool(_WRAPPED.search(template_text))
+
+
+def render_agent_execute(
+    task_id: str,
+    image: str,
+    *,
+    wrapped: bool,
+    hpcagent: str = "hpcagent",
+    extra: Sequence[str] = (),
+) -> str:
+    """The shell text for ``${CLEARML_AGENT_EXECUTE}`` in singularity mode (every word quoted).
+
+    ``wrapped`` (see :func:`template_wraps_agent_execute`): ``IMAGE hpcagent execute --id T``;
+    otherwise ``hpcagent execute --id T --container IMAGE``.
+    """
+    run = [hpcagent, "execute", "--id", task_id, *extra]
+    words = [image, *run] if wrapped else [*run, "--container", image]
+    return shlex.join(words)
+
+
+def shim_pre_setup(shim_dir: Path | str) -> str:
+    """The line for ``${CLEARML_PRE_SETUP}`` that activates the shims (mode host)."""
+    return f'export PATH={shlex.quote(str(shim_dir))}:"$PATH"'
+
+
+def install_shims(directory: Path, python: str = sys.executable) -> Path:
+    """Write the ``singularity``/``apptainer`` shims into ``directory`` (idempotent, atomic).
+
+    ``python`` must be an interpreter that imports hpcagent on the compute nodes (the
+    submitter's own venv on a shared filesystem is the usual choice).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    body = (
+        "#!/bin/sh\n"
+        "# hpcagent shim (docs/containers.md): 'exec [FLAGS] IMAGE hpcagent execute ...' runs\n"
+        "# the executor on the host; any other call goes to the real binary.\n"
+        f"exec {shlex.quote(python)} -m hpcagent.executor.container_shim shim "
+        f'"$(basename "$0")" {shlex.quote(str(directory))} "$@"\n'
+    )
+    for name in SHIM_NAMES:
+        tmp = directory / f".{name}.{os.getpid()}"
+        tmp.write_text(body)
+        tmp.chmod(0o755)
+        os.replace(tmp, directory / name)
+    return directory
+
+
+def find_real_binary(name: str, shim_dir: Path, path_var: str) -> str | None:
+    """``name`` on PATH, skipping the shim folder."""
+    skip = os.path.realpath(shim_dir)
+    rest = [p for p in path_var.split(os.pathsep) if p and os.path.realpath(p) != skip]
+    return shutil.which(name, path=os.pathsep.join(rest))
+
+
+def split_wrapped_call(args: Sequence[str]) -> tuple[str, list[str], list[str]] | None:
+    """For ``exec [FLAGS] IMAGE hpcagent execute REST``: ``(IMAGE, FLAGS, ["execute", *REST])``;
+    None for any other call."""
+    if len(args) < 4 or args[0] != "exec":
+        return None
+    for i in range(2, len(args) - 1):
+        if os.path.basename(args[i]) == "hpcagent" and args[i + 1] == "execute":
+            return args[i - 1], list(args[1 : i - 1]), list(args[i + 1 :])
+    return None
+
+
+def request_from_env(env: Mapping[str, str] | None = None) -> tuple[ContainerRequest, str] | None:
+    """What the shim handed over: ``(request, runtime binary)``; None when not started by it.
+
+    The executor calls this at start and, when it returns a request, runs the task in that
+    image with that binary (overriding ``agent.container.binary``).
+    """
+    env = os.environ if env is None else env
+    image = env.get(ENV_IMAGE, "").strip()
+    if not image:
+        return None
+    return ContainerRequest(image, split_arguments(env.get(ENV_ARGS, ""))), env.get(ENV_BINARY, "")
+
+
+def shim_exec(name: str, shim_dir: Path, args: Sequence[str]) -> int:
+    """Replace this process: the host executor for a wrapped call, else the real binary."""
+    env = dict(os.environ)
+    real = find_real_binary(name, shim_dir, env.get("PATH", ""))
+    wrapped = split_wrapped_call(args)
+    if wrapped is not None:
+        image, flags, rest = wrapped
+        env[ENV_IMAGE] = image
+        env[ENV_ARGS] = shlex.join(flags)
+        env[ENV_BINARY] = real or ""
+        executor = shlex.split(env.get(ENV_EXECUTOR, "")) or [sys.executable, "-m", "hpcagent"]
+        # Replaces the shim (no extra process): signals from srun/Slurm reach the executor.
+        os.execvpe(executor[0], [*executor, *rest], env)  # noqa: S606 - argv list, no shell
+    if real is None:
+        print(f"hpcagent shim: {name} not found on PATH (outside {shim_dir})", file=sys.stderr)
+        return 127
+    os.execve(real, [real, *args], env)  # noqa: S606 - the real runtime, argv unchanged
+    return 127  # not reached
+
+
+def _main(argv: Sequence[str]) -> int:
+    usage = (
+        "usage: python -m hpcagent.executor.container_shim install DIR [PYTHON]\n"
+        "       python -m hpcagent.executor.container_shim shim NAME DIR [ARGS...]"
+    )
+    if len(argv) >= 2 and argv[0] == "install":
+        python = argv[2] if len(argv) > 2 else sys.executable
+        print(install_shims(Path(argv[1]), python))
+        return 0
+    if len(argv) >= 3 and argv[0] == "shim":
+        return shim_exec(argv[1], Path(argv[2]), argv[3:])
+    print(usage, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
