@@ -1,0 +1,359 @@
+"""Containers end to end: the Singularity path through a STAND-IN, Docker mode, real Apptainer.
+
+* The Singularity path runs through ``tests/fakes/apptainer-standin``, a TEST STAND-IN for
+  ``apptainer`` over bubblewrap (Debian has no Apptainer), on a sandbox folder: a Debian
+  bookworm root filesystem with python3 made by debootstrap (cached in
+  /var/cache/hpcagent-test, or $HPCAGENT_TEST_ROOTFS).
+* Docker mode runs with a local image imported from the same root filesystem
+  (``hpcagent-test-base``); no registry is reachable on the test machines.
+* ``-m apptainer`` runs the real binary where there is one.
+
+Each run goes through the executor's own process runner (hpcagent.executor.process), as the
+executor runs it: a venv built with the image's Python, the task's output streamed, secrets
+kept out of every process's argv, and an abort that leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from filelock import FileLock
+
+from hpcagent.executor.container import (
+    ContainerRequest,
+    ContainerSession,
+    ContainerSettings,
+    PreparedCommand,
+    resolve_runtime,
+)
+from hpcagent.executor.container_docker import (
+    DockerSession,
+    abort_container,
+    container_name,
+    ensure_docker_image,
+)
+from hpcagent.executor.process import ChildProcess, run_streamed
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN = REPO / "tests" / "fakes" / "apptainer-standin"
+CACHE = Path(os.environ.get("HPCAGENT_TEST_CACHE", "/var/cache/hpcagent-test"))
+ROOTFS = Path(os.environ.get("HPCAGENT_TEST_ROOTFS", str(CACHE / "bookworm-py")))
+DOCKER_IMAGE = "hpcagent-test-base"
+SECRET = "topsecret-" + uuid.uuid4().hex
+SECRET_HASH = hashlib.sha256(SECRET.encode()).hexdigest()[:16]
+
+TASK = r"""
+import hashlib, os, platform, sys, time
+from pathlib import Path
+print("python", platform.python_version(), sys.prefix, flush=True)
+print("task", os.environ.get("CLEARML_TASK_ID"), "slurm", os.environ.get("SLURM_JOB_ID"))
+secret = os.environ.get("CLEARML_API_SECRET_KEY", "").encode()
+print("secret", hashlib.sha256(secret).hexdigest()[:16] if secret else "missing")
+print("modulepath", os.environ.get("MODULEPATH", "unset"))
+print("data", Path("/data/input.txt").read_text().strip())
+try:
+    Path("/data/x").write_text("x")
+    print("data-writable")
+except OSError:
+    print("data-readonly")
+Path("result.txt").write_text("done by " + platform.python_version())
+print("ready", flush=True)
+for _ in range(600):  # wait for the test to have looked at every argv
+    if Path("go").exists():
+        break
+    time.sleep(0.1)
+print("bye")
+"""
+
+
+def _have_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _apt_install(*packages: str) -> None:
+    if not _have_root() or not shutil.which("apt-get"):
+        return
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", *packages],
+        check=False,
+        capture_output=True,
+        timeout=900,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    """A bookworm root filesystem with python3 and venv (debootstrap, ~1 min, cached)."""
+    if (ROOTFS / "usr" / "bin" / "python3").exists():
+        return ROOTFS
+    if not shutil.which("debootstrap"):
+        _apt_install("debootstrap")
+    if not _have_root() or not shutil.which("debootstrap"):
+        pytest.skip("needs root and debootstrap to make the test root filesystem")
+    ROOTFS.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ROOTFS) + ".lock", timeout=1800):
+        if not (ROOTFS / "usr" / "bin" / "python3").exists():
+            tmp = ROOTFS.with_name(ROOTFS.name + f".tmp{os.getpid()}")
+            res = subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv",
+                    "bookworm",
+                    str(tmp),
+                    "http://deb.debian.org/debian",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=False,
+            )
+            if res.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                pytest.skip(f"debootstrap failed (no Debian mirror?): {res.stderr[-500:]}")
+            os.replace(tmp, ROOTFS)
+    return ROOTFS
+
+
+@pytest.fixture(scope="session")
+def bwrap() -> str:
+    if not shutil.which("bwrap"):
+        _apt_install("bubblewrap")
+    found = shutil.which("bwrap")
+    if not found:
+        pytest.skip("bubblewrap (bwrap) is missing and cannot be installed: no stand-in runtime")
+    probe = subprocess.run(
+        ["bwrap", "--bind", "/", "/", "--", "true"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"bwrap cannot create namespaces here: {probe.stderr.decode()[-300:]}")
+    return found
+
+
+def _docker_answers() -> bool:
+    res = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=60)
+    return res.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_image(rootfs: Path) -> Iterator[str]:
+    """The local ``hpcagent-test-base`` image (docker import of the root filesystem)."""
+    if not shutil.which("docker"):
+        _apt_install("docker.io")
+    if not shutil.which("docker"):
+        pytest.skip("docker is not installed and cannot be installed")
+    if not _docker_answers() and _have_root() and shutil.which("dockerd"):
+        with open("/tmp/hpcagent-dockerd.log", "ab") as log:
+            subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+        for _ in range(60):
+            if _docker_answers():
+                break
+            time.sleep(1)
+    if not _docker_answers():
+        pytest.skip("the Docker daemon is not running and cannot be started here")
+    have = subprocess.run(["docker", "image", "inspect", DOCKER_IMAGE], capture_output=True)
+    if have.returncode != 0:
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "-", DOCKER_IMAGE], stdin=tar.stdout, check=True)
+        tar.wait()
+    return DOCKER_IMAGE
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> dict[str, Path]:
+    out = {n: tmp_path / n for n in ("workspace", "venvs", "data")}
+    for p in out.values():
+        p.mkdir()
+    (out["data"] / "input.txt").write_text("hello from the data bind\n")
+    (out["workspace"] / "task.py").write_text(TASK)
+    return out
+
+
+HOST_ENV = {
+    **os.environ,
+    "SLURM_JOB_ID": "777",
+    "SLURM_JOB_NODELIST": "n[1-2,4]",
+    "MODULEPATH": "/site/modules",
+}
+TASK_ENV = {"CLEARML_TASK_ID": "t-e2e", "CLEARML_API_SECRET_KEY": SECRET}
+
+
+def _settings(work: dict[str, Path]) -> ContainerSettings:
+    return ContainerSettings(
+        binary=str(STANDIN),
+        cache_dir=work["venvs"].parent / "images",
+        binds=(f"{work['data']}:/data:ro",),
+    )
+
+
+def _run_task(session: ContainerSession | DockerSession, work: dict[str, Path]) -> list[str]:
+    """Build a venv with the image's Python, then run the task in it; check every argv."""
+    venv = work["venvs"] / "image-venv"
+    kw = {"main": False} if isinstance(session, DockerSession) else {}
+    setup = session.wrap(
+        [*session.python_argv(), "-m", "venv", "--without-pip", str(venv)],
+        cwd=work["workspace"],
+        **kw,
+    )
+    code, tail = run_streamed(setup.argv, cwd=setup.cwd, env=setup.env, on_line=lambda _: None)
+    assert code == 0, tail
+    prep = session.wrap(
+        [str(venv / "bin" / "python"), "task.py"], cwd=work["workspace"], task_env=TASK_ENV
+    )
+    lines: list[str] = []
+    child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_line=lines.append)
+    try:
+        deadline = time.monotonic() + 120
+        while "ready" not in lines and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "ready" in lines, lines
+        leaked = [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if SECRET in " ".join(p.info["cmdline"] or [])
+        ]
+        assert leaked == [], "the secret appeared in a process's argv"
+        (work["workspace"] / "go").write_text("")
+        assert child.finish() == 0, lines
+    finally:
+        child.terminate(2.0)
+    return lines
+
+
+def _check_task_output(lines: list[str], work: dict[str, Path], image_python: str) -> None:
+    assert lines[0].startswith(f"python {image_python} {work['venvs'] / 'image-venv'}")
+    assert "task t-e2e slurm 777" in lines
+    assert f"secret {SECRET_HASH}" in lines
+    assert "modulepath unset" in lines  # --cleanenv: site noise stays outside
+    assert "data hello from the data bind" in lines
+    assert "data-readonly" in lines
+    assert (work["workspace"] / "result.txt").read_text() == f"done by {image_python}"
+
+
+def _marker_procs(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def _abort_and_check(prep: PreparedCommand, marker: str, docker: bool) -> None:
+    """Start a task that forks sleepers inside the container, abort it the way the executor
+    does (abort commands, then SIGTERM/SIGKILL to the process group), and look for leftovers."""
+    child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_line=lambda _: None)
+    deadline = time.monotonic() + 60
+    while len(_marker_procs(marker)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_marker_procs(marker)) >= 3, "the task's processes did not start"
+    if docker:
+        abort_container(prep)
+    child.terminate(grace_s=3.0)
+    deadline = time.monotonic() + 20
+    while _marker_procs(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _marker_procs(marker) == [], "processes outlived the abort"
+
+
+def _sleepers(marker: str) -> list[str]:
+    # Three processes inside: a shell, two sleepers (one in the background), all with the marker.
+    return ["sh", "-c", f"sleep {marker} & sleep {marker}; wait", marker]
+
+
+# -- the Singularity path, through the stand-in --------------------------------------------
+
+
+def _standin_session(work: dict[str, Path], rootfs: Path) -> ContainerSession:
+    session = ContainerSession(
+        runtime=resolve_runtime(str(STANDIN)),
+        image_path=str(rootfs),
+        request=ContainerRequest(str(rootfs), ("--writable-tmpfs",)),
+        settings=_settings(work),
+        host_env=HOST_ENV,
+    )
+    session.add_bind(work["workspace"])
+    session.add_bind(work["venvs"])
+    return session
+
+
+def test_standin_task_runs_in_sandbox(work: dict[str, Path], rootfs: Path, bwrap: str) -> None:
+    """Apptainer STAND-IN (bubblewrap): venv from the image's Python, binds, clean env, secret."""
+    session = _standin_session(work, rootfs)
+    image_python = session.python_version(work["workspace"])
+    lines = _run_task(session, work)
+    _check_task_output(lines, work, image_python)
+
+
+def test_standin_abort_leaves_no_process(work: dict[str, Path], rootfs: Path, bwrap: str) -> None:
+    session = _standin_session(work, rootfs)
+    marker = f"{300 + uuid.uuid4().int % 1000}.{os.getpid()}"
+    _abort_and_check(session.wrap(_sleepers(marker), cwd=work["workspace"]), marker, docker=False)
+
+
+# -- Docker mode ---------------------------------------------------------------------------
+
+
+def _docker_session(work: dict[str, Path], image: str, task_id: str) -> DockerSession:
+    session = DockerSession(
+        docker=shutil.which("docker") or "docker",
+        image=image,
+        request=ContainerRequest(image, ()),
+        settings=_settings(work),
+        task_id=task_id,
+        host_env=HOST_ENV,
+    )
+    session.add_bind(work["workspace"])
+    session.add_bind(work["venvs"])
+    return session
+
+
+@pytest.mark.docker
+def test_docker_task_runs(work: dict[str, Path], docker_image: str) -> None:
+    session = _docker_session(work, docker_image, "e2e-" + uuid.uuid4().hex[:8])
+    assert session.cache_key().startswith("sha256:")
+    image_python = session.python_version(work["workspace"])
+    lines = _run_task(session, work)
+    _check_task_output(lines, work, image_python)
+
+
+@pytest.mark.docker
+def test_docker_abort_leaves_no_container(work: dict[str, Path], docker_image: str) -> None:
+    task_id = "abort-" + uuid.uuid4().hex[:8]
+    session = _docker_session(work, docker_image, task_id)
+    ensure_docker_image(session.docker, docker_image)
+    marker = f"{300 + uuid.uuid4().int % 1000}.{os.getpid()}"
+    _abort_and_check(session.wrap(_sleepers(marker), cwd=work["workspace"]), marker, docker=True)
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name={container_name(task_id)}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert left.stdout.strip() == ""
+
+
+# -- real Apptainer/Singularity ------------------------------------------------------------
+
+
+@pytest.mark.apptainer
+def test_real_apptainer_runs_task(work: dict[str, Path], rootfs: Path) -> None:
+    real = shutil.which("apptainer") or shutil.which("singularity")
+    if real is None:
+        pytest.skip("no apptainer/singularity binary on this machine (Debian has no package)")
+    session = _standin_session(work, rootfs)
+    session.runtime = resolve_runtime(real)
+    session.request = ContainerRequest(str(rootfs), ())
+    image_python = session.python_version(work["workspace"])
+    _check_task_output(_run_task(session, work), work, image_python)
