@@ -23,13 +23,14 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
 import requests
 from tenacity import (
+    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception_type,
@@ -259,7 +260,10 @@ class ApiClient:
         retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
             stop=stop_after_attempt(self.retries + 1),
-            wait=wait_random_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
+            wait=_RetryAfterOr(
+                wait_random_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
+                self.backoff_max_s,
+            ),
             # The first retries are routine (a server restart); only persistent trouble warns.
             before_sleep=lambda rs: log.log(
                 logging.DEBUG if rs.attempt_number < 3 else logging.WARNING,
@@ -279,6 +283,23 @@ class ApiClient:
                 f"API server {self.host} unreachable after {self.retries + 1} attempts "
                 f"({url.rsplit('/', 1)[-1]}: {reason})"
             ) from last
+
+
+class _RetryAfterOr:
+    """Wait as a 429/503 reply's ``Retry-After`` (seconds, capped) asks, else as ``fallback``."""
+
+    def __init__(self, fallback: Callable[[RetryCallState], float], cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        resp = exc.response if isinstance(exc, _Transient) else None
+        header = resp.headers.get("Retry-After", "") if resp is not None else ""
+        try:
+            return max(0.0, min(float(header), self.cap))
+        except ValueError:  # absent, or an HTTP date: use the jittered backoff
+            return self.fallback(state)
 
 
 def _short(exc: BaseException) -> str:

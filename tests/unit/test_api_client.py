@@ -397,3 +397,24 @@ def test_threads_share_one_login(stub: Stub) -> None:
     assert errors == []
     assert stub.logins == 1
     assert len(stub.calls("tasks.ping")) == 40
+
+
+def test_retry_after_header_drives_the_wait() -> None:
+    import requests
+    from tenacity import RetryCallState, Retrying
+
+    from hpcagent.api.client import _RetryAfterOr, _Transient
+
+    def state_with(headers: dict[str, str]) -> RetryCallState:
+        resp = requests.Response()
+        resp.status_code = 429
+        resp.headers.update(headers)
+        state = RetryCallState(Retrying(), None, (), {})
+        state.set_exception((_Transient, _Transient("HTTP 429", resp), None))
+        return state
+
+    wait = _RetryAfterOr(lambda _s: 1.5, cap=10.0)
+    assert wait(state_with({"Retry-After": "3"})) == 3.0
+    assert wait(state_with({"Retry-After": "999"})) == 10.0
+    assert wait(state_with({})) == 1.5
+    assert wait(state_with({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 1.5
