@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-unit slurm-up slurm-down demo bench clean help
+.PHONY: install lint test test-unit slurm-up slurm-down demo bench clean help cluster-up cluster-down cluster-test
 
 help:
 	@echo "make demo    install, then run an example task end to end on the embedded server"
@@ -47,3 +47,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+
+# docker compose Slurm test cluster (docker/slurm-cluster, docs/cluster.md)
+cluster-up: install
+	PYTHON="$(CURDIR)/$(PY)" bash docker/slurm-cluster/cluster.sh up
+
+cluster-down:
+	bash docker/slurm-cluster/cluster.sh down
+
+cluster-test: install
+	$(PY) tests/cluster/run_cluster_test.py

@@ -74,9 +74,9 @@ role_init() {
     fi
     chmod 600 "$SECRETS"/*
     # The shared file system: homes, task workspaces, the venv cache.
-    mkdir -p "$SHARED/home" "$USER_HOME" "$SHARED/venvs-cache" "$SHARED/workspaces"
+    mkdir -p "$SHARED/home" "$USER_HOME/.hpcagent/slurm-logs" "$SHARED/venvs-cache" "$SHARED/workspaces"
     chmod 755 "$SHARED" "$SHARED/home"
-    chown "$CLUSTER_USER:$CLUSTER_USER" "$USER_HOME" "$SHARED/venvs-cache" "$SHARED/workspaces"
+    chown -R "$CLUSTER_USER:$CLUSTER_USER" "$USER_HOME" "$SHARED/venvs-cache" "$SHARED/workspaces"
     write_clearml_conf
     log "done"
 }

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Drive the docker compose test cluster (used by `make cluster-up|cluster-down|cluster-test`).
+#
+#   cluster.sh up        start dockerd if needed, make the base image if no registry has it,
+#                        build the wheelhouse from the checkout and the image, start everything
+#                        and wait until every service is healthy
+#   cluster.sh down      stop and remove the containers, the network and the volumes
+#                        (KEEP_VOLUMES=1 keeps the volumes: database, shared home, server data)
+#   cluster.sh status    the services and sinfo
+#   cluster.sh logs [S]  logs of all services or of service S
+#   cluster.sh shell     a login shell as the cluster user on the login node (submitter)
+#   cluster.sh creds     the API server URL and key pair, as shell assignments for the host
+#
+# Environment: PYTHON (host Python for the wheelhouse), HPCAGENT_CLUSTER_PORT (server port on
+# 127.0.0.1, default 18008), HPCAGENT_CLUSTER_TEMPLATES (folder of sbatch templates mounted on the
+# login node), HPCAGENT_QUEUES / HPCAGENT_TEMPLATES (queues and their templates for the submitter),
+# COMPOSE_PROJECT_NAME (default hpcagent-cluster).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-hpcagent-cluster}"
+export HPCAGENT_CLUSTER_PORT="${HPCAGENT_CLUSTER_PORT:-18008}"
+SERVICES=(mariadb slurmdbd slurmctld c1 c2 server submitter)
+
+log() { echo "cluster: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+ensure_docker() {
+    if ! command -v docker >/dev/null 2>&1 \
+        || { ! command -v dockerd >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; }; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            log "installing Debian's docker.io"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io >/dev/null
+        else
+            die "the Docker engine is missing: install docker.io (Debian) or Docker CE"
+        fi
+    fi
+    docker info >/dev/null 2>&1 && return 0
+    # No systemd on the test machines: start the engine in the background ourselves.
+    [ "$(id -u)" = 0 ] || die "the Docker engine is not running and we are not root to start it"
+    log "starting dockerd (log: /var/log/hpcagent-dockerd.log)"
+    setsid dockerd >/var/log/hpcagent-dockerd.log 2>&1 </dev/null &
+    local i
+    for ((i = 0; i < 60; i++)); do
+        docker info >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    die "dockerd did not start, see /var/log/hpcagent-dockerd.log"
+}
+
+# `docker compose` (v2 plugin) where present, else Debian's docker-compose (1.29).
+COMPOSE=()
+ensure_compose() {
+    if docker compose version >/dev/null 2>&1; then
+        COMPOSE=(docker compose)
+    else
+        if ! command -v docker-compose >/dev/null 2>&1; then
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+                log "installing docker compose"
+                DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose-v2 >/dev/null 2>&1 \
+                    || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null
+            fi
+        fi
+        if docker compose version >/dev/null 2>&1; then
+            COMPOSE=(docker compose)
+        elif command -v docker-compose >/dev/null 2>&1; then
+            COMPOSE=(docker-compose)
+        else
+            die "docker compose is missing: install docker-compose-v2 or docker-compose"
+        fi
+    fi
+    COMPOSE+=(--project-directory "$HERE" -f "$HERE/docker-compose.yml")
+}
+
+compose() { "${COMPOSE[@]}" "$@"; }
+
+container_of() { compose ps -q "$1" 2>/dev/null | head -1; }
+
+health_of() {
+    local id
+    id=$(container_of "$1")
+    [ -n "$id" ] || { echo missing; return; }
+    docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"
+}
+
+wait_healthy() {
+    local deadline=$((SECONDS + ${1:-300})) s bad
+    while :; do
+        bad=""
+        for s in "${SERVICES[@]}"; do
+            case $(health_of "$s") in
+            healthy) ;;
+            unhealthy | exited | dead | missing) bad+=" $s(failed)" ;;
+            *) bad+=" $s" ;;
+            esac
+        done
+        [ -z "$bad" ] && return 0
+        if [[ $bad == *"(failed)"* ]] || [ $SECONDS -ge $deadline ]; then
+            compose ps >&2 || true
+            die "not healthy:$bad (see: $0 logs SERVICE)"
+        fi
+        sleep 2
+    done
+}
+
+cmd_up() {
+    ensure_docker
+    ensure_compose
+    bash "$HERE/base-image.sh"
+    log "building the wheelhouse from the checkout"
+    PYTHON="${PYTHON:-python3}" bash "$HERE/build-wheelhouse.sh" 2> >(grep -v 'is ignored: it is neither' >&2)
+    log "building the image"
+    compose build -q init >/dev/null
+    log "starting the cluster"
+    compose up -d >/dev/null
+    wait_healthy 300
+    compose ps
+    docker exec "$(container_of slurmctld)" sinfo
+    eval "$(cmd_creds)"
+    log "up: server $CLEARML_API_HOST (credentials: $0 creds)"
+}
+
+cmd_down() {
+    ensure_compose
+    local vol=(-v)
+    [ "${KEEP_VOLUMES:-0}" = 1 ] && vol=()
+    compose down "${vol[@]}" --remove-orphans
+    local left
+    left=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+    [ -z "$left" ] || die "containers left: $left"
+    log "down: no container of $COMPOSE_PROJECT_NAME is left"
+}
+
+cmd_creds() {
+    ensure_compose >/dev/null
+    local id
+    id=$(container_of server)
+    [ -n "$id" ] || die "the cluster is not up"
+    echo "CLEARML_API_HOST=http://127.0.0.1:$HPCAGENT_CLUSTER_PORT"
+    docker exec "$id" cat /cluster/secrets/api.env \
+        | sed -e 's/^HPCAGENT_SERVER_ACCESS_KEY=/CLEARML_API_ACCESS_KEY=/' \
+              -e 's/^HPCAGENT_SERVER_SECRET_KEY=/CLEARML_API_SECRET_KEY=/'
+}
+
+main() {
+    local cmd=${1:-}
+    shift || true
+    case $cmd in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) ensure_compose; compose ps; docker exec "$(container_of slurmctld)" sinfo ;;
+    logs) ensure_compose; compose logs --no-color --tail="${TAIL:-200}" "$@" ;;
+    shell) ensure_compose; docker exec -it -u "${CLUSTER_USER:-hpcuser}" -w "/shared/home/${CLUSTER_USER:-hpcuser}" "$(container_of submitter)" bash -l ;;
+    creds) cmd_creds ;;
+    *) echo "usage: $0 up|down|status|logs [SERVICE]|shell|creds" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,263 @@
+"""End-to-end check of the docker compose Slurm cluster (``make cluster-test``).
+
+Run from the host against a cluster started by ``make cluster-up``: tasks are created and
+enqueued through the server's REST API the way a user would, hpcagent-slurm (login node)
+submits them to Slurm, ``hpcagent execute`` runs them on c1 and c2, and every outcome is read
+back through the API (plus ``sacct`` on the controller for the Slurm side):
+
+1. two single-node tasks that each take a whole node run at the same time, one on c1 and one on
+   c2 (``runtime._exec_agent_hostname`` of the tasks);
+2. a two-node task (``hyperparams.properties.num_nodes = 2`` through the template's
+   ``${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}``) whose ``srun hostname`` prints
+   both nodes into the task's log, and whose Slurm job ran on c1 and c2;
+3. an abort of a running task: the task ends ``stopped`` and its Slurm job is gone;
+4. a failing task: it ends ``failed`` with the script's exit code in its log or status.
+
+Exit status 0 when every check passed, 1 otherwise; one line per check on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpcagent.api import ApiClient
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SH = REPO / "docker" / "slurm-cluster" / "cluster.sh"
+FINAL = {"completed", "failed", "stopped", "published", "closed"}
+
+SCRIPT_SPREAD = textwrap.dedent(
+    """\
+    import os, socket, time
+    print("hello from", socket.gethostname(), "job", os.environ.get("SLURM_JOB_ID"), flush=True)
+    time.sleep(25)
+    print("done on", socket.gethostname(), flush=True)
+    """
+)
+SCRIPT_TWO_NODES = textwrap.dedent(
+    """\
+    import os, subprocess
+    print("nodes:", os.environ.get("SLURM_JOB_NODELIST"), "nnodes:", os.environ.get("SLURM_NNODES"))
+    nnodes = os.environ["SLURM_NNODES"]
+    argv = ["srun", "--overlap", "-N", nnodes, "--ntasks-per-node=1", "hostname"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    for line in sorted(out.split()):
+        print("srun ran on", line, flush=True)
+    """
+)
+SCRIPT_ABORT = textwrap.dedent(
+    """\
+    import time
+    for i in range(600):
+        print("still running", i, flush=True)
+        time.sleep(1)
+    """
+)
+SCRIPT_FAIL = textwrap.dedent(
+    """\
+    import sys
+    print("about to fail on purpose", flush=True)
+    sys.exit(3)
+    """
+)
+
+
+class Check:
+    """Collects the outcome of each check and prints one line for each."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def __call__(self, ok: bool, what: str, detail: str = "") -> bool:
+        print(
+            f"{'PASS' if ok else 'FAIL'}  {what}" + (f"  ({detail})" if detail else ""), flush=True
+        )
+        if not ok:
+            self.failures.append(what)
+        return ok
+
+
+def credentials() -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(CLUSTER_SH), "creds"], capture_output=True, text=True, check=True
+    ).stdout
+    pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def controller(*argv: str) -> str:
+    """Run a Slurm command on the slurmctld container; its stdout."""
+    cid = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={project()}",
+            "--filter",
+            "label=com.docker.compose.service=slurmctld",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not cid:
+        raise RuntimeError("no slurmctld container: is the cluster up (make cluster-up)?")
+    return subprocess.run(
+        ["docker", "exec", cid[0], *argv], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def project() -> str:
+    return os.environ.get("COMPOSE_PROJECT_NAME", "hpcagent-cluster")
+
+
+def make_task(
+    client: ApiClient, project_id: str, name: str, script: str, props: dict[str, str]
+) -> str:
+    hyper = {
+        "properties": {
+            key: {"section": "properties", "name": key, "value": value, "type": "str"}
+            for key, value in props.items()
+        }
+    }
+    return client.tasks.create(
+        name,
+        project_id,
+        script={
+            "entry_point": "task.py",
+            "working_dir": ".",
+            "binary": "python3",
+            "diff": script,
+        },
+        hyperparams=hyper,
+    )
+
+
+def wait_until(
+    client: ApiClient, task_id: str, pred: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    task: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        task = client.tasks.get_by_id(task_id)
+        if pred(task):
+            return task
+        time.sleep(2)
+    return task
+
+
+def log_text(client: ApiClient, task_id: str) -> str:
+    reply = client.events.get_task_log(task_id, batch_size=5000, navigate_earlier=False)
+    return "\n".join(str(e.get("msg", "")) for e in reply.get("events") or [])
+
+
+def describe(task: dict[str, Any]) -> str:
+    return (
+        f"status={task.get('status')} message={task.get('status_message')!r} "
+        f"reason={task.get('status_reason')!r} runtime={task.get('runtime')}"
+    )
+
+
+def sacct_nodes(job_id: str) -> tuple[str, str]:
+    out = controller("sacct", "-X", "-P", "-n", "-j", job_id, "-o", "State,NodeList")
+    line = (out.strip().splitlines() or ["|"])[0]
+    state, _, nodes = line.partition("|")
+    return state, nodes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", default=os.environ.get("HPCAGENT_QUEUES", "cluster").split()[0])
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
+    args = parser.parse_args()
+    check = Check()
+
+    creds = credentials()
+    client = ApiClient(
+        creds["CLEARML_API_HOST"], creds["CLEARML_API_ACCESS_KEY"], creds["CLEARML_API_SECRET_KEY"]
+    )
+    print(f"server {client.host}, queue {args.queue!r}", flush=True)
+    print(controller("sinfo").rstrip(), flush=True)
+    queue = client.queues.by_name(args.queue, create=True)
+    project_id = client.projects.create(f"cluster-test-{int(time.time())}")
+
+    def enqueue(name: str, script: str, props: dict[str, str]) -> str:
+        tid = make_task(client, project_id, name, script, props)
+        client.tasks.enqueue(tid, queue["id"])
+        print(f"enqueued {name}: {tid}", flush=True)
+        return tid
+
+    # -- 1. two whole-node tasks at the same time: one on c1, one on c2
+    spread = [enqueue(f"spread-{i}", SCRIPT_SPREAD, {"cpus": "2"}) for i in (1, 2)]
+    hosts = []
+    for tid in spread:
+        task = wait_until(client, tid, lambda t: t.get("status") in FINAL, args.timeout)
+        check(task.get("status") == "completed", f"whole-node task {tid} completed", describe(task))
+        host = str((task.get("runtime") or {}).get("_exec_agent_hostname", ""))
+        hosts.append(host)
+        log = log_text(client, tid)
+        check(f"done on {host}" in log, f"task {tid} log comes from its node {host!r}")
+    check(sorted(hosts) == ["c1", "c2"], "the two tasks ran on c1 and c2", f"runtime hosts {hosts}")
+
+    # -- 2. two nodes, 3. abort, 4. failure: at the same time
+    two = enqueue("two-nodes", SCRIPT_TWO_NODES, {"num_nodes": "2"})
+    abort = enqueue("abort-me", SCRIPT_ABORT, {})
+    fail = enqueue("fail-on-purpose", SCRIPT_FAIL, {})
+
+    task = wait_until(
+        client,
+        abort,
+        lambda t: t.get("status") in FINAL or "still running 3" in log_text(client, abort),
+        args.timeout,
+    )
+    check(
+        task.get("status") == "in_progress", f"task {abort} runs before the abort", describe(task)
+    )
+    abort_job = str((task.get("runtime") or {}).get("slurm_job_id", ""))
+    client.tasks.stop(abort, status_reason="aborted by cluster-test")
+    task = wait_until(client, abort, lambda t: t.get("status") in FINAL, 120)
+    check(task.get("status") == "stopped", f"aborted task {abort} is stopped", describe(task))
+    if check(bool(abort_job), f"aborted task {abort} recorded its Slurm job", describe(task)):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and controller("squeue", "-h", "-j", abort_job).strip():
+            time.sleep(2)
+        left = controller("squeue", "-h", "-j", abort_job).strip()
+        check(not left, f"Slurm job {abort_job} of the aborted task is gone", left)
+
+    task = wait_until(client, two, lambda t: t.get("status") in FINAL, args.timeout)
+    check(task.get("status") == "completed", f"two-node task {two} completed", describe(task))
+    log = log_text(client, two)
+    check(
+        "srun ran on c1" in log and "srun ran on c2" in log,
+        f"two-node task {two} ran srun on c1 and c2 (task log)",
+        " | ".join(line for line in log.splitlines() if "srun ran on" in line or "nodes:" in line),
+    )
+    job = str((task.get("runtime") or {}).get("slurm_job_id", ""))
+    if check(bool(job), f"two-node task {two} recorded its Slurm job in runtime", describe(task)):
+        state, nodes = sacct_nodes(job)
+        check(nodes == "c[1-2]", f"Slurm job {job} ran on c[1-2] (sacct)", f"{state} {nodes}")
+
+    task = wait_until(client, fail, lambda t: t.get("status") in FINAL, args.timeout)
+    check(task.get("status") == "failed", f"failing task {fail} is failed", describe(task))
+    log = log_text(client, fail)
+    check("about to fail on purpose" in log, f"failing task {fail} log has its output")
+
+    print(controller("sacct", "-X", "-o", "JobID,JobName%40,State,NodeList,ExitCode").rstrip())
+    if check.failures:
+        print(f"cluster-test: {len(check.failures)} check(s) failed", flush=True)
+        return 1
+    print("cluster-test: all checks passed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
