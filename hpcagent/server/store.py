@@ -14,6 +14,7 @@ filters need copied next to them. Queue entries and events are plain rows.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_task ON events(task, type, ts);
 """
 
+CHECKPOINT_INTERVAL_S = 0.5
+
 
 def dumps(value: Any) -> bytes:
     """Serialise a document (orjson; non-str keys allowed)."""
@@ -73,9 +76,31 @@ class Store:
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(SCHEMA)
         self._depth = 0
+        # WAL checkpoints run in a background thread (own connection; sqlite releases the GIL
+        # during I/O), so a request never pays for copying the WAL into the database file.
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            while not self._stop.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or locked: try again next round
+                    continue
+        finally:
+            conn.close()
 
     def close(self) -> None:
-        """Checkpoint the WAL and close the connection."""
+        """Stop the checkpointer, checkpoint the WAL fully and close the connection."""
+        self._stop.set()
+        self._checkpointer.join(timeout=30)
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

@@ -1,0 +1,225 @@
+"""Benchmark of the embedded server: queue pops/s and log events/s (events.add_batch).
+
+Starts a real ``hpcagent server`` subprocess (fresh temporary data dir) unless ``--url`` is
+given, then, for each client count (default 1 and 8 processes):
+
+* pops: fills one queue with ``--tasks`` tasks (tasks.create + tasks.enqueue, not timed), then
+  the clients pop it empty with ``queues.get_next_task``; figure = pops / wall time.
+* events: each client posts ``--batches`` json-lines bodies of ``--batch-size`` log events
+  (agent-like lines of ~120 bytes); figure = events acknowledged (``added``) / wall time.
+
+Every client uses one keep-alive ``http.client`` connection. Prints one line per figure.
+
+    .venv/bin/python benchmarks/server_bench.py [--clients 1 8] [--tasks 3000] [--batches 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+ACCESS_KEY = "BENCHACCESSKEY"
+SECRET_KEY = "bench-secret-key-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _session(url: str) -> requests.Session:
+    token = requests.get(f"{url}/auth.login", auth=(ACCESS_KEY, SECRET_KEY), timeout=30).json()[
+        "data"
+    ]["token"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def _call(session: requests.Session, url: str, endpoint: str, body: Any) -> dict[str, Any]:
+    reply = session.post(f"{url}/{endpoint}", json=body, timeout=120)
+    if reply.status_code != 200:
+        raise RuntimeError(f"{endpoint}: {reply.status_code} {reply.text[:300]}")
+    data: dict[str, Any] = reply.json()["data"]
+    return data
+
+
+class _Client:
+    """A minimal keep-alive HTTP client (http.client): far less client CPU per call than
+    requests, so that on a small machine the figures measure the server, not the client."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port)
+        self.headers = {
+            "Authorization": _session(url).headers["Authorization"],
+            "Content-Type": "application/json",
+        }
+
+    def post(self, endpoint: str, body: bytes, content_type: str | None = None) -> Any:
+        headers = self.headers
+        if content_type is not None:
+            headers = dict(headers, **{"Content-Type": content_type})
+        self.conn.request("POST", f"/{endpoint}", body=body, headers=headers)
+        reply = self.conn.getresponse()
+        data = reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"{endpoint}: {reply.status} {data[:300]!r}")
+        return json.loads(data)["data"]
+
+
+def _fill(url: str, queue: str, count: int) -> None:
+    session = _session(url)
+    for i in range(count):
+        task = _call(session, url, "tasks.create", {"name": f"bench-{i}", "type": "training"})
+        _call(session, url, "tasks.enqueue", {"task": task["id"], "queue": queue})
+
+
+def _popper(url: str, queue: str, start: Any, out: Any) -> None:
+    client = _Client(url)
+    body = json.dumps({"queue": queue}).encode()
+    popped = 0
+    start.wait()
+    while True:
+        data = client.post("queues.get_next_task", body)
+        if not data:
+            break
+        popped += 1
+    out.put((popped, time.perf_counter()))
+
+
+def _sender(url: str, task: str, batches: int, size: int, start: Any, out: Any) -> None:
+    client = _Client(url)
+    base = int(time.time() * 1000)
+    lines = [
+        json.dumps({"type": "log", "level": "DEBUG", "task": task, "worker": "bench:0",
+                    "msg": f"epoch 3 step {i}: loss=0.{i:05d} lr=0.001 throughput=1234.5 img/s",
+                    "timestamp": base + i})
+        for i in range(size)
+    ]  # fmt: skip
+    body = "\n".join(lines).encode()
+    added = 0
+    start.wait()
+    for _ in range(batches):
+        data = client.post("events.add_batch", body, "application/json-lines")
+        added += int(data["added"])
+    out.put((added, time.perf_counter()))
+
+
+def _run_clients(target: Any, args_for: list[tuple[Any, ...]]) -> tuple[int, float]:
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    out: Any = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, start, out)) for a in args_for]
+    for proc in procs:
+        proc.start()
+    time.sleep(1.0)  # let every client log in first
+    t0 = time.perf_counter()
+    start.set()
+    results = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"client exited with {proc.exitcode}")
+    total = sum(r[0] for r in results)
+    return total, max(r[1] for r in results) - t0
+
+
+def bench_pops(url: str, clients: int, tasks: int) -> float:
+    session = _session(url)
+    queue = _call(session, url, "queues.create", {"name": f"bench-pop-{clients}-{time.time()}"})
+    fillers = 4
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_fill, args=(url, queue["id"], tasks // fillers))
+             for _ in range(fillers)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    expected = _call(session, url, "queues.get_num_entries", {"queue": queue["id"]})["num"]
+    popped, elapsed = _run_clients(_popper, [(url, queue["id"])] * clients)
+    if popped != expected:
+        raise RuntimeError(f"popped {popped} of {expected}")
+    return popped / elapsed
+
+
+def bench_events(url: str, clients: int, batches: int, size: int) -> float:
+    session = _session(url)
+    task = _call(session, url, "tasks.create", {"name": "bench-events", "type": "training"})["id"]
+    added, elapsed = _run_clients(_sender, [(url, task, batches, size)] * clients)
+    if added != clients * batches * size:
+        raise RuntimeError(f"added {added} of {clients * batches * size}")
+    return added / elapsed
+
+
+def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=ACCESS_KEY,
+               HPCAGENT_SERVER_SECRET_KEY=SECRET_KEY)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
+         "--data-dir", str(data_dir), "--log-level", "warning"],
+        env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if requests.get(f"{url}/debug.ping", timeout=1).status_code == 200:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="use a running server (keys BENCHACCESSKEY/...)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks to pop per run")
+    parser.add_argument("--batches", type=int, default=40, help="add_batch calls per client")
+    parser.add_argument("--batch-size", type=int, default=500, help="events per add_batch")
+    args = parser.parse_args()
+    print(f"# machine: nproc={os.cpu_count()} {platform.platform()} "
+          f"python={platform.python_version()}")  # fmt: skip
+    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    with tempfile.TemporaryDirectory(prefix="hpcagent-bench-") as tmp:
+        proc = None
+        url = args.url
+        if url is None:
+            port = _free_port()
+            proc = _start_server(Path(tmp) / "data", port)
+            url = f"http://127.0.0.1:{port}"
+        try:
+            for clients in args.clients:
+                rate = bench_pops(url, clients, args.tasks)
+                print(f"pops/s          clients={clients}: {rate:10.0f}  ({args.tasks} tasks)")
+            for clients in args.clients:
+                batches = max(1, args.batches // clients) if clients > 1 else args.batches
+                rate = bench_events(url, clients, batches, args.batch_size)
+                print(f"log events/s    clients={clients}: {rate:10.0f}  "
+                      f"({clients}x{batches} batches of {args.batch_size})")  # fmt: skip
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
