@@ -105,23 +105,29 @@ def opt_bool(body: dict[str, Any], field: str, default: bool = False) -> bool:
     raise _bad(field, "a boolean", value)
 
 
+INT_LIMIT = 2**62  # SQLite integers are 64-bit; larger values are a client mistake
+
+
 def opt_int(body: dict[str, Any], field: str, default: int | None = None) -> int | None:
-    """An optional integer; numeric strings (query strings) are accepted."""
+    """An optional integer (|n| < 2**62); numeric strings (query strings) are accepted."""
     value = body.get(field)
     if value is None:
         return default
+    result: int | None = None
     if isinstance(value, bool):
-        raise _bad(field, "an integer", value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
+        result = None
+    elif isinstance(value, int):
+        result = value
+    elif isinstance(value, float) and value.is_integer():
+        result = int(value)
+    elif isinstance(value, str):
         try:
-            return int(value)
+            result = int(value)
         except ValueError:
-            pass
-    raise _bad(field, "an integer", value)
+            result = None
+    if result is None or abs(result) >= INT_LIMIT:
+        raise _bad(field, "an integer (|n| < 2**62)", value)
+    return result
 
 
 def opt_dict(body: dict[str, Any], field: str) -> dict[str, Any] | None:

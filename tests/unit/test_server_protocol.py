@@ -218,3 +218,46 @@ def test_sigterm_is_clean_and_data_survives_restart(embedded_server: EmbeddedSer
     assert reply.json()["data"]["num"] == len(ids)
     popped = srv.send("queues.get_next_task", {"queue": queue})
     assert popped["entry"]["task"] == ids[0]
+
+
+def test_client_mistakes_never_give_5xx(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    task = srv.send("tasks.create", {"name": "proto-5xx", "type": "training"})["id"]
+    queue = srv.send("queues.create", {"name": "proto-5xx"})["id"]
+    calls: list[tuple[str, Any]] = [
+        ("tasks.get_all", {"id": [1, 2]}),
+        ("tasks.get_all", {"name": "(unclosed"}),
+        ("tasks.get_all", {"page_size": 2**70}),
+        ("tasks.edit", {"task": task, "hyperparams": [1]}),
+        ("tasks.enqueue", {"task": task, "queue": 12}),
+        ("tasks.get_by_id", {"task": ["x"]}),
+        ("tasks.edit_hyper_params", {"task": task, "hyperparams": [{"section": "a"}]}),
+        ("queues.get_next_task", {"queue": None}),
+        ("queues.add_task", {"queue": queue, "task": "nope"}),
+        ("events.get_task_log", {"task": task, "from_timestamp": 2**80}),
+        ("events.get_task_events", {"task": task, "metrics": "loss"}),
+        ("workers.set_runtime_properties", {"worker": "w", "runtime_properties": [3]}),
+        ("projects.create", {"name": ""}),
+    ]
+    for endpoint, body in calls:
+        reply = srv.request(endpoint, body)
+        assert 400 <= reply.status_code < 500, (endpoint, body, reply.text)
+        assert reply.json()["meta"]["result_code"] == reply.status_code
+    huge = srv.request(
+        "events.add_batch",
+        data=json.dumps(
+            [
+                {
+                    "task": task,
+                    "type": "training_stats_scalar",
+                    "iter": 2**64 - 1,
+                    "value": 1.0,
+                    "timestamp": 2**64 - 1,
+                    "metric": "m",
+                    "variant": "v",
+                }
+            ]
+        ).encode(),
+    )
+    assert huge.status_code == 200
+    assert huge.json()["data"]["added"] == 1

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from hpcagent.server.fields import (
+    INT_LIMIT,
     VALIDATION,
     ApiFault,
     now_iso,
@@ -120,10 +121,12 @@ def add_batch(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(ev_type, str) or not ev_type:
             raise _bad_event(index, "field 'type' must be a non-empty string")
         ts = ev.get("timestamp")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 <= ts < INT_LIMIT:
             ev["timestamp"] = ts = now_ms
             line = None
         it = ev.get("iter")
+        if not isinstance(it, int) or isinstance(it, bool) or abs(it) >= INT_LIMIT:
+            it = None
         metric = ev.get("metric")
         variant = ev.get("variant")
         rows.append(
