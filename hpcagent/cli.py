@@ -86,7 +86,7 @@ _register(main_group, COMMANDS)
 def run(command: Callable[..., object], args: Sequence[str] | None = None) -> int:
     """Run a click command; map hpcagent errors to one stderr line and an exit code."""
     try:
-        command.main(args=list(args) if args is not None else None, standalone_mode=False)  # type: ignore[attr-defined]
+        rv = command.main(args=list(args) if args is not None else None, standalone_mode=False)  # type: ignore[attr-defined]
     except HpcAgentError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -100,7 +100,7 @@ def run(command: Callable[..., object], args: Sequence[str] | None = None) -> in
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0  # ctx.exit(n) in non-standalone mode returns n
 
 
 def main(args: Sequence[str] | None = None) -> None:

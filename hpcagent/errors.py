@@ -16,6 +16,8 @@ Exit codes (stable, documented in README):
 7     template error
 8     executor error (repo, environment, container, run)
 9     server error (embedded server could not start)
+10    executor: repository clone/checkout/diff failed
+11    executor: environment (venv, requirements, setup script) failed
 ====  =========================================
 """
 
@@ -132,9 +134,13 @@ class ExecutorError(HpcAgentError):
 class RepositoryError(ExecutorError):
     """Cloning, checking out or applying the diff of the task's repository failed."""
 
+    exit_code = 10
+
 
 class EnvironmentSetupError(ExecutorError):
     """Creating the task's Python environment failed."""
+
+    exit_code = 11
 
 
 class ContainerError(ExecutorError):
