@@ -20,6 +20,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-hpcagent-cluster}"
 export HPCAGENT_CLUSTER_PORT="${HPCAGENT_CLUSTER_PORT:-18008}"
+BUILD_LOG="${TMPDIR:-/tmp}/$COMPOSE_PROJECT_NAME-build.log"
 SERVICES=(mariadb slurmdbd slurmctld c1 c2 server submitter)
 
 log() { echo "cluster: $*" >&2; }
@@ -109,8 +110,11 @@ cmd_up() {
     bash "$HERE/base-image.sh"
     log "building the wheelhouse from the checkout"
     PYTHON="${PYTHON:-python3}" bash "$HERE/build-wheelhouse.sh" 2> >(grep -v 'is ignored: it is neither' >&2)
-    log "building the image"
-    compose build -q init >/dev/null
+    log "building the image (log: $BUILD_LOG)"
+    if ! compose build init >"$BUILD_LOG" 2>&1; then
+        tail -30 "$BUILD_LOG" >&2
+        die "the image build failed, see $BUILD_LOG"
+    fi
     log "starting the cluster"
     compose up -d >/dev/null
     wait_healthy 300
