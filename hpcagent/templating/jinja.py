@@ -1,0 +1,118 @@
+"""Jinja2 templates (``*.j2``): StrictUndefined, ``shquote`` and the same context.
+
+Safety: every ``{{ ... }}`` output passes through ``finalize``. Output of the quoting
+filters (``shquote``, ``sbatch_value``, ``slug``) and the trusted blocks is emitted
+as it is; any other value is emitted only when it matches the directive-safe charset
+(ids, numbers, simple names). Anything else is refused, so a task value cannot reach
+the script unquoted by accident.
+"""
+
+from __future__ import annotations
+
+import shlex
+import traceback
+from typing import Any
+
+import jinja2
+
+from hpcagent.errors import TemplateError
+from hpcagent.templating.context import RenderContext
+from hpcagent.templating.values import (
+    DIRECTIVE_SAFE,
+    UnsafeValue,
+    check_directive,
+    check_no_control,
+    slug,
+    to_text,
+)
+
+
+class _Safe(str):
+    """Text that was quoted or validated by a filter, or a trusted block."""
+
+    __slots__ = ()
+
+
+def _shquote(value: Any) -> _Safe:
+    text = to_text(value)
+    check_no_control(text)
+    return _Safe(shlex.quote(text))
+
+
+def _sbatch_value(value: Any) -> _Safe:
+    return _Safe(check_directive(to_text(value)))
+
+
+def _slug(value: Any) -> _Safe:
+    return _Safe(slug(to_text(value)))
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, _Safe):
+        return value
+    if value is None:
+        raise UnsafeValue("value is None")
+    text = to_text(value)
+    if text == "" or (DIRECTIVE_SAFE.fullmatch(text) and not text.startswith("-")):
+        return text
+    raise UnsafeValue(
+        f"value {text!r} needs an explicit filter: |shquote (shell) or |sbatch_value / |slug "
+        f"(#SBATCH lines)"
+    )
+
+
+def _line_from_traceback(exc: BaseException, name: str) -> int | None:
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == name and frame.lineno is not None:
+            line = frame.lineno
+    return line
+
+
+def render_jinja(text: str, ctx: RenderContext, template_name: str = "<template>") -> str:
+    """Render a Jinja2 template; errors become :class:`TemplateError` with the line."""
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda _name: (text, template_name, lambda: True)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - the output is a shell script, not HTML
+        keep_trailing_newline=True,
+        finalize=_finalize,
+    )
+    env.filters["shquote"] = _shquote
+    env.filters["sbatch_value"] = _sbatch_value
+    env.filters["slug"] = _slug
+    variables = ctx.jinja_vars()
+    for key in ("CLEARML_PRE_SETUP", "CLEARML_AGENT_EXECUTE", "CLEARML_POST_SETUP"):
+        variables[key] = _Safe(variables[key])
+    variables["CONFIG"] = _ConfigProxy(ctx)
+    try:
+        template = env.get_template(template_name)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"syntax error: {exc.message}", template=template_name, line=exc.lineno
+        ) from None
+    try:
+        return template.render(variables)
+    except (jinja2.UndefinedError, UnsafeValue, jinja2.TemplateError) as exc:
+        line = _line_from_traceback(exc, template_name)
+        raise TemplateError(str(exc), template=template_name, line=line) from None
+
+
+class _ConfigProxy:
+    """``CONFIG.agent.x`` / ``CONFIG['agent.x']`` in Jinja2 (StrictUndefined when missing)."""
+
+    def __init__(self, ctx: RenderContext, prefix: str = "") -> None:
+        self._ctx = ctx
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+    def __getitem__(self, name: str) -> Any:
+        path = f"{self._prefix}.{name}" if self._prefix else name
+        value = self._ctx.config(path, None)
+        if value is None:
+            raise jinja2.UndefinedError(f"CONFIG.{path} is undefined")
+        if isinstance(value, dict):
+            return _ConfigProxy(self._ctx, path)
+        return value

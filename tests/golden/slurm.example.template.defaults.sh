@@ -1,0 +1,18 @@
+#!/bin/bash
+#SBATCH --job-name=clearml_task_4f6c0a8e2b9d4c1fa7e3b5d6c8f0a1b2       # Job name DO NOT CHANGE
+#SBATCH --ntasks=1                    # Run on a single CPU
+# #SBATCH --mem=1mb                   # Job memory request
+# #SBATCH --time=00:05:00               # Time limit hrs:min:sec
+#SBATCH --output=task-4f6c0a8e2b9d4c1fa7e3b5d6c8f0a1b2-%j.log
+#SBATCH --partition debug
+#SBATCH --cpus-per-task=1
+#SBATCH --priority=5
+#SBATCH --nodes=1
+
+module load python/3.11
+
+echo whoami $(whoami)
+
+env CLEARML_CONFIG_FILE=/home/alice/.hpcagent/slurm/clearml.conf /opt/hpcagent/bin/python -m hpcagent execute --id 4f6c0a8e2b9d4c1fa7e3b5d6c8f0a1b2
+
+echo done
