@@ -8,7 +8,8 @@ given, then, for each client count (default 1 and 8 processes):
 * events: each client posts ``--batches`` json-lines bodies of ``--batch-size`` log events
   (agent-like lines of ~120 bytes); figure = events acknowledged (``added``) / wall time.
 
-Every client uses one keep-alive ``http.client`` connection. Prints one line per figure.
+Every client uses one keep-alive ``http.client`` connection (``--client requests`` uses a
+``requests.Session`` instead, as the ClearML SDK and agent do). Prints one line per figure.
 
     .venv/bin/python benchmarks/server_bench.py [--clients 1 8] [--tasks 3000] [--batches 40]
 """
@@ -35,6 +36,7 @@ import requests
 
 ACCESS_KEY = "BENCHACCESSKEY"
 SECRET_KEY = "bench-secret-key-0123456789"
+USE_REQUESTS = False
 
 
 def _free_port() -> int:
@@ -66,9 +68,11 @@ class _Client:
 
     def __init__(self, url: str) -> None:
         parsed = urlsplit(url)
+        self.url = url
         self.conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port)
+        self.session = _session(url)
         self.headers = {
-            "Authorization": _session(url).headers["Authorization"],
+            "Authorization": str(self.session.headers["Authorization"]),
             "Content-Type": "application/json",
         }
 
@@ -76,6 +80,11 @@ class _Client:
         headers = self.headers
         if content_type is not None:
             headers = dict(headers, **{"Content-Type": content_type})
+        if USE_REQUESTS:  # what the ClearML SDK/agent use: more client CPU per call
+            resp = self.session.post(f"{self.url}/{endpoint}", data=body, headers=headers)
+            if resp.status_code != 200:
+                raise RuntimeError(f"{endpoint}: {resp.status_code} {resp.text[:300]}")
+            return resp.json()["data"]
         self.conn.request("POST", f"/{endpoint}", body=body, headers=headers)
         reply = self.conn.getresponse()
         data = reply.read()
@@ -192,9 +201,12 @@ def main() -> None:
     parser.add_argument("--url", help="use a running server (keys BENCHACCESSKEY/...)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tasks", type=int, default=3000, help="tasks to pop per run")
-    parser.add_argument("--batches", type=int, default=40, help="add_batch calls per client")
+    parser.add_argument("--client", choices=["http.client", "requests"], default="http.client")
+    parser.add_argument("--batches", type=int, default=160, help="add_batch calls per client")
     parser.add_argument("--batch-size", type=int, default=500, help="events per add_batch")
     args = parser.parse_args()
+    global USE_REQUESTS
+    USE_REQUESTS = args.client == "requests"
     print(f"# machine: nproc={os.cpu_count()} {platform.platform()} "
           f"python={platform.python_version()}")  # fmt: skip
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
