@@ -40,6 +40,8 @@ from hpcagent.executor.container_shim import request_from_env
 
 Session = ContainerSession | DockerSession
 Logger = Callable[[str], None]
+#: Set by the submitter in ${CLEARML_AGENT_EXECUTE} (hpcagent.submitter.blocks).
+ENV_MODE = "HPCAGENT_CONTAINER_MODE"
 #: PATH inside an image (the host's PATH means nothing there).
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -58,8 +60,9 @@ class ContainerChoice:
 def choose_mode(
     *, container: str | None, docker: str | None, env: Mapping[str, str] | None = None
 ) -> ContainerChoice | None:
-    """``--docker [IMAGE]`` (``docker=""`` without image), ``--container IMAGE`` or the shim's
-    hand-over; None when none applies or when already inside a container."""
+    """``--docker [IMAGE]`` (``docker=""`` without image), ``--container IMAGE``, the shim's
+    hand-over, or ``HPCAGENT_CONTAINER_MODE`` from the submitter, in that order; None when none
+    applies or when already inside a container."""
     env = os.environ if env is None else env
     if docker is not None and container is not None:
         raise ContainerError("--docker and --container cannot be used together")
@@ -73,6 +76,14 @@ def choose_mode(
     if handed is not None:
         request, binary = handed
         return ContainerChoice("apptainer", request.image, request.arguments, binary)
+    # The submitter's --singularity-mode / --container-mode (image: the task's or the default).
+    mode = env.get(ENV_MODE, "").strip().lower()
+    if mode in ("singularity", "apptainer", "container"):
+        return ContainerChoice("apptainer")
+    if mode == "docker":
+        return ContainerChoice("docker")
+    if mode:
+        raise ContainerError(f"{ENV_MODE}={mode!r}: expected singularity, container or docker")
     return None
 
 

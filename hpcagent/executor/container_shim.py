@@ -8,7 +8,8 @@ the executor on the host, driving the container (docs/containers.md), and suppor
   ``IMAGE hpcagent execute --id T`` and puts :func:`shim_pre_setup` into
   ``${CLEARML_PRE_SETUP}``. That line puts a shim folder first on PATH; its ``singularity``
   and ``apptainer`` shims recognise exactly one call shape, ``exec [FLAGS] IMAGE hpcagent
-  execute ...``, and turn it into ``hpcagent execute ...`` on the host, with the image and the
+  execute ...`` (also behind ``env K=V`` and ``PYTHON -m``), and run that hpcagent command on
+  the host instead, with the image and the
   flags in ``HPCAGENT_CONTAINER_*`` variables (read back by :func:`request_from_env`). Every
   other call goes to the real binary unchanged. PATH survives ``srun``, so ``srun singularity
   exec ...`` works too, and the executor then runs inside the step.
@@ -38,8 +39,6 @@ from hpcagent.executor.container import ContainerRequest, split_arguments
 ENV_IMAGE = "HPCAGENT_CONTAINER_IMAGE"
 ENV_ARGS = "HPCAGENT_CONTAINER_ARGS"
 ENV_BINARY = "HPCAGENT_CONTAINER_BINARY"
-#: Optional override of the host executor command (shlex); default: this Python's ``-m hpcagent``.
-ENV_EXECUTOR = "HPCAGENT_SHIM_EXECUTOR"
 SHIM_NAMES = ("singularity", "apptainer")
 _WRAPPED = re.compile(r"\b(singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE\}")
 
@@ -101,14 +100,33 @@ def find_real_binary(name: str, shim_dir: Path, path_var: str) -> str | None:
     return shutil.which(name, path=os.pathsep.join(rest))
 
 
+def _is_hpcagent_execute(args: Sequence[str], i: int) -> bool:
+    return os.path.basename(args[i]) == "hpcagent" and args[i + 1] == "execute"
+
+
 def split_wrapped_call(args: Sequence[str]) -> tuple[str, list[str], list[str]] | None:
-    """For ``exec [FLAGS] IMAGE hpcagent execute REST``: ``(IMAGE, FLAGS, ["execute", *REST])``;
-    None for any other call."""
+    """For ``exec [FLAGS] IMAGE LAUNCHER... hpcagent execute REST``:
+    ``(IMAGE, FLAGS, [*LAUNCHER, "hpcagent", "execute", *REST])``; None for any other call.
+
+    The launcher is what starts hpcagent on the host, as the submitter rendered it: nothing
+    (``hpcagent execute``), ``PYTHON -m hpcagent execute``, either behind
+    ``env K=V ...``. The image is the word just before it.
+    """
     if len(args) < 4 or args[0] != "exec":
         return None
     for i in range(2, len(args) - 1):
-        if os.path.basename(args[i]) == "hpcagent" and args[i + 1] == "execute":
-            return args[i - 1], list(args[1 : i - 1]), list(args[i + 1 :])
+        if not _is_hpcagent_execute(args, i):
+            continue
+        start = i
+        if start >= 2 and args[start - 1] == "-m":
+            start -= 2  # PYTHON -m hpcagent
+        while start >= 2 and "=" in args[start - 1] and not args[start - 1].startswith("-"):
+            start -= 1  # K=V of env
+        if start >= 2 and os.path.basename(args[start - 1]) == "env":
+            start -= 1
+        if start < 2:
+            return None
+        return args[start - 1], list(args[1 : start - 1]), list(args[start:])
     return None
 
 
@@ -131,13 +149,14 @@ def shim_exec(name: str, shim_dir: Path, args: Sequence[str]) -> int:
     real = find_real_binary(name, shim_dir, env.get("PATH", ""))
     wrapped = split_wrapped_call(args)
     if wrapped is not None:
-        image, flags, rest = wrapped
+        image, flags, launcher = wrapped
         env[ENV_IMAGE] = image
         env[ENV_ARGS] = shlex.join(flags)
         env[ENV_BINARY] = real or ""
-        executor = shlex.split(env.get(ENV_EXECUTOR, "")) or [sys.executable, "-m", "hpcagent"]
+        if launcher[0] == "hpcagent" and not shutil.which("hpcagent", path=env.get("PATH")):
+            launcher = [sys.executable, "-m", *launcher]  # the shim's own Python has hpcagent
         # Replaces the shim (no extra process): signals from srun/Slurm reach the executor.
-        os.execvpe(executor[0], [*executor, *rest], env)  # noqa: S606 - argv list, no shell
+        os.execvpe(launcher[0], launcher, env)  # noqa: S606 - argv list, no shell
     if real is None:
         print(f"hpcagent shim: {name} not found on PATH (outside {shim_dir})", file=sys.stderr)
         return 127

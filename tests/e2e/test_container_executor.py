@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import psutil
 import pytest
 from test_container_e2e import bwrap, docker_image, rootfs  # noqa: F401 - fixtures
 
-from hpcagent.executor.container_shim import install_shims, render_agent_execute, shim_pre_setup
+from hpcagent.executor.container_shim import install_shims, shim_pre_setup
 from hpcagent.executor.main import ExecuteOptions
 
 pytestmark = [
@@ -170,11 +171,25 @@ def test_seed_template_form_with_shim(
     (real / "singularity").symlink_to(STANDIN)
     shims = install_shims(tmp_path / "shims", sys.executable)
     script = tmp_path / "job.sh"
+    # What the submitter renders, with the image in front for this template form
+    # (hpcagent.submitter.blocks.agent_execute_command), plus the shim line in PRE_SETUP.
+    launcher = shlex.join(
+        [
+            "env",
+            f"CLEARML_CONFIG_FILE={setup['conf']}",
+            "HPCAGENT_CONTAINER_MODE=singularity",
+            sys.executable,
+            "-m",
+            "hpcagent",
+            "execute",
+            "--id",
+            task_id,
+        ]
+    )
     script.write_text(
         "#!/bin/bash\n"
         f"{shim_pre_setup(shims)}\n"
-        "singularity exec --writable-tmpfs "
-        f"{render_agent_execute(task_id, str(rootfs), wrapped=True)}\n"
+        f"singularity exec --writable-tmpfs {shlex.quote(str(rootfs))} {launcher}\n"
     )
     env = _env(setup["conf"])
     env["PATH"] = f"{real}:{env['PATH']}"

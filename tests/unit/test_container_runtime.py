@@ -151,13 +151,26 @@ def test_template_detection_and_render() -> None:
 
 def test_split_wrapped_call() -> None:
     call = ["exec", "--nv", "-B", "/d", "img.sif", "hpcagent", "execute", "--id", "t"]
-    assert split_wrapped_call(call) == ("img.sif", ["--nv", "-B", "/d"], ["execute", "--id", "t"])
+    assert split_wrapped_call(call) == (
+        "img.sif",
+        ["--nv", "-B", "/d"],
+        ["hpcagent", "execute", "--id", "t"],
+    )
     assert split_wrapped_call(["exec", "img.sif", "/v/bin/hpcagent", "execute", "--id", "t"]) == (
         "img.sif",
         [],
-        ["execute", "--id", "t"],
+        ["/v/bin/hpcagent", "execute", "--id", "t"],
+    )
+    # the submitter's own rendering: env K=V PYTHON -m hpcagent execute ...
+    submitter = ["env", "CLEARML_CONFIG_FILE=/s/c.conf", "/v/bin/python", "-m", "hpcagent"]
+    call = ["exec", "-B", "/d", "docker://py:3", *submitter, "execute", "--id", "t"]
+    assert split_wrapped_call(call) == (
+        "docker://py:3",
+        ["-B", "/d"],
+        [*submitter, "execute", "--id", "t"],
     )
     assert split_wrapped_call(["exec", "img.sif", "python", "x.py"]) is None
+    assert split_wrapped_call(["exec", "hpcagent", "execute", "--id", "t"]) is None
     assert split_wrapped_call(["pull", "a", "b", "c"]) is None
 
 
@@ -169,15 +182,12 @@ def test_shim_end_to_end(tmp_path: Path) -> None:
     _fake_bin(real_dir, "singularity", 'echo "REAL $*"')
     shims = install_shims(tmp_path / "shims", sys.executable)
     assert os.access(shims / "singularity", os.X_OK)
-    recorder = _fake_bin(
-        tmp_path / "exe",
-        "fake-executor",
-        f'echo "EXEC $* | ${ENV_IMAGE} | ${ENV_ARGS} | ${ENV_BINARY}"',
-    )
+    # the host's hpcagent, recording what it was given
+    host_bin = tmp_path / "exe"
+    _fake_bin(host_bin, "hpcagent", f'echo "EXEC $* | ${ENV_IMAGE} | ${ENV_ARGS} | ${ENV_BINARY}"')
     env = {
         **os.environ,
-        "PATH": f"{shims}:{real_dir}:/usr/bin:/bin",
-        "HPCAGENT_SHIM_EXECUTOR": str(recorder),
+        "PATH": f"{shims}:{real_dir}:{host_bin}:/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
     }
     line = render_agent_execute("t9", "docker://py:3.11", wrapped=True)

@@ -35,6 +35,14 @@ def test_choose_mode() -> None:
     assert choose_mode(container="/i.sif", docker=None, env={"APPTAINER_CONTAINER": "/i"}) is None
     with pytest.raises(ContainerError):
         choose_mode(container="/i.sif", docker="x", env={})
+    # the submitter's --singularity-mode: the task's image (or the default), Apptainer
+    mode = {"HPCAGENT_CONTAINER_MODE": "singularity"}
+    assert choose_mode(container=None, docker=None, env=mode) == ContainerChoice("apptainer")
+    assert choose_mode(container=None, docker=None, env={**mode, **handed}) == ContainerChoice(
+        "apptainer", "docker://py:3", ("--nv",), "/usr/bin/singularity"
+    )
+    with pytest.raises(ContainerError):
+        choose_mode(container=None, docker=None, env={"HPCAGENT_CONTAINER_MODE": "lxc"})
 
 
 def test_inner_env_keeps_only_what_the_executor_set() -> None:
