@@ -43,7 +43,8 @@ from hpcagent.executor.container_docker import (
 )
 from hpcagent.executor.process import ChildProcess, run_streamed
 
-pytestmark = pytest.mark.e2e
+# The first test may make the root filesystem (debootstrap, about a minute, more on a slow mirror).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "fakes" / "apptainer-standin"
@@ -82,15 +83,21 @@ def _have_root() -> bool:
 
 
 def _apt_install(*packages: str) -> None:
+    """Install Debian packages the tests need (root only); refresh the lists once if needed."""
     if not _have_root() or not shutil.which("apt-get"):
         return
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", *packages],
-        check=False,
-        capture_output=True,
-        timeout=900,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in range(2):
+        res = subprocess.run(
+            ["apt-get", "install", "-y", "-q", *packages],
+            check=False,
+            capture_output=True,
+            timeout=900,
+            env=env,
+        )
+        if res.returncode == 0 or attempt:
+            return
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

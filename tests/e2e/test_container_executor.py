@@ -31,6 +31,7 @@ from hpcagent.executor.main import ExecuteOptions
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         "docker" not in ExecuteOptions.__dataclass_fields__,
         reason="the executor's container-mode integration (see docs/containers.md) is not in yet",
