@@ -43,12 +43,13 @@ class EmbeddedServer:
         access_key: str = SERVER_ACCESS_KEY,
         secret_key: str = SERVER_SECRET_KEY,
         extra_args: list[str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.data_dir = data_dir
         self.access_key = access_key
         self.secret_key = secret_key
         self.port = _free_port()
-        self.host = "127.0.0.1"
+        self.host = host  # "0.0.0.0" to be reachable from containers; .url stays loopback
         self.extra_args = list(extra_args or [])
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,7 +57,8 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         """Start (or restart) the server on the same port and data dir; wait until ready."""
