@@ -49,11 +49,22 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[str]:
         data = self._pending + chunk
-        parts = data.split(b"\n")
-        self._pending = parts.pop()
-        if b"\r" in self._pending:
-            self._pending = _after_last_cr(self._pending)
-        lines = [collapse_cr(p.decode("utf-8", "replace")) for p in parts]
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            complete, rest = b"", data
+        else:
+            complete, rest = data[:cut], data[cut + 1 :]
+        if b"\r" in rest:
+            rest = _after_last_cr(rest)
+        self._pending = rest
+        lines: list[str] = []
+        if cut >= 0:
+            text = complete.decode("utf-8", "replace")
+            # Fast path (C-level split) unless the chunk holds something to clean up.
+            if "\r" in text or "\x1b[0m" in text or "\b" in text:
+                lines = [collapse_cr(line) for line in text.split("\n")]
+            else:
+                lines = text.split("\n")
         if len(self._pending) > self._max:
             lines.append(self._pending.decode("utf-8", "replace"))
             self._pending = b""
@@ -82,19 +93,37 @@ def collapse_cr(line: str) -> str:
     return line.replace("\x1b[0m", "").replace("\b", "")
 
 
-def pack_events(
-    lines: Iterable[tuple[int, str, str]], task: str, worker: str
-) -> list[dict[str, Any]]:
-    """Concatenate consecutive same-level lines into log events of at most 64 KiB.
+def _cut(data: bytes, limit: int) -> list[bytes]:
+    """Cut ``data`` into pieces of at most ``limit`` bytes, at newlines where possible."""
+    pieces: list[bytes] = []
+    start, n = 0, len(data)
+    while n - start > limit:
+        cut = data.rfind(b"\n", start, start + limit)
+        if cut <= start:  # one line longer than the limit: hard cut
+            pieces.append(data[start : start + limit])
+            start += limit
+        else:
+            pieces.append(data[start:cut])
+            start = cut + 1
+    pieces.append(data[start:])
+    return pieces
 
-    ``lines`` are ``(timestamp_ms, level, text)``; each event takes the timestamp of its first
-    line, and timestamps are already strictly increasing (see :class:`LogShipper`).
+
+def pack_events(
+    entries: Iterable[tuple[int, str, str]], task: str, worker: str
+) -> list[dict[str, Any]]:
+    """Concatenate consecutive same-level text into log events of at most 64 KiB.
+
+    ``entries`` are ``(timestamp_ms, level, text)`` where ``text`` is one line or a block of
+    lines; each event takes the timestamp of its first entry, and timestamps are already
+    strictly increasing (see :class:`LogShipper`). Blocks are cut at newlines.
     """
     events: list[dict[str, Any]] = []
-    buf: list[str] = []
+    buf: list[bytes] = []
     size = 0
     first_ts = 0
     level = ""
+    limit = MAX_EVENT_BYTES - 1
 
     def close() -> None:
         if buf:
@@ -105,22 +134,20 @@ def pack_events(
                     "worker": worker,
                     "level": level,
                     "timestamp": first_ts,
-                    "msg": "\n".join(buf),
+                    "msg": b"\n".join(buf).decode("utf-8", "replace"),
                 }
             )
 
-    for ts, lvl, text in lines:
-        text_bytes = len(text.encode("utf-8", "replace")) + 1
-        if buf and (lvl != level or size + text_bytes > MAX_EVENT_BYTES):
-            close()
-            buf, size = [], 0
-        if not buf:
-            first_ts, level = ts, lvl
-        if text_bytes > MAX_EVENT_BYTES:  # one huge line: cut it
-            text = text.encode("utf-8", "replace")[: MAX_EVENT_BYTES - 1].decode("utf-8", "ignore")
-            text_bytes = MAX_EVENT_BYTES
-        buf.append(text)
-        size += text_bytes
+    for ts, lvl, text in entries:
+        for piece in _cut(text.encode("utf-8", "replace"), limit):
+            nbytes = len(piece) + 1
+            if buf and (lvl != level or size + nbytes > MAX_EVENT_BYTES):
+                close()
+                buf, size = [], 0
+            if not buf:
+                first_ts, level = ts, lvl
+            buf.append(piece)
+            size += nbytes
     close()
     return events
 
@@ -192,7 +219,7 @@ class LogShipper:
     # -- producer side -----------------------------------------------------------------------
 
     def emit(self, text: str, level: str = "DEBUG") -> None:
-        """Queue one line; never blocks on the network."""
+        """Queue one line or a block of lines; never blocks on the network."""
         now = int(time.time() * 1000)
         nbytes = len(text) + 1
         with self._lock:
@@ -200,7 +227,7 @@ class LogShipper:
             self._last_ts = ts
             self._buf.append((ts, level, text))
             self._buf_bytes += nbytes
-            self.lines_emitted += 1
+            self.lines_emitted += text.count("\n") + 1
             spill = self._buf_bytes >= self.mem_limit
             if spill:
                 seq, lines = self._take_locked()
@@ -209,9 +236,10 @@ class LogShipper:
         elif self._buf_bytes >= self.flush_bytes:
             self._wake.set()
 
-    def emit_many(self, lines: Iterable[str], level: str = "DEBUG") -> None:
-        for line in lines:
-            self.emit(line, level)
+    def emit_lines(self, lines: list[str], level: str = "DEBUG") -> None:
+        """Queue several lines as one block (one lock round, one timestamp)."""
+        if lines:
+            self.emit("\n".join(lines), level)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -110,12 +110,13 @@ class Executor:
         if self.shipper is not None:
             self.shipper.emit(line, level)
 
-    def _task_line(self, line: str) -> None:
+    def _task_lines(self, lines: list[str]) -> None:
         if self.rank:
-            line = f"[rank {self.rank}] {line}"
-        self._to_file(line)
+            lines = [f"[rank {self.rank}] {line}" for line in lines]
+        block = "\n".join(lines)
+        self._to_file(block)
         if self.shipper is not None:
-            self.shipper.emit(line)
+            self.shipper.emit(block)
 
     def _to_file(self, line: str) -> None:
         if self._log_fh is not None:
@@ -336,7 +337,7 @@ class Executor:
                 ["bash", str(path)],
                 cwd=cwd,
                 env=self.env,
-                on_line=self._task_line,
+                on_lines=self._task_lines,
                 echo=self.echo,
                 should_stop=self._stopping,
                 grace_s=self.cfg.kill_grace_s,
@@ -437,7 +438,7 @@ class Executor:
             "started", "worker starting task execution", f"Changed by hpcagent {self.worker}"
         )
         self.note("running: " + " ".join(argv[1:] if argv[0] == str(python) else argv))
-        self.child = ChildProcess(argv, cwd=cwd, env=env, on_line=self._task_line, echo=self.echo)
+        self.child = ChildProcess(argv, cwd=cwd, env=env, on_lines=self._task_lines, echo=self.echo)
         if self._signal_num:  # a signal arrived while the child was being started
             self.child.signal_group(self._signal_num)
         monitor: Monitor | None = None

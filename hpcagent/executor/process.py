@@ -8,6 +8,7 @@ Nothing goes through a shell unless the task's own setup script is run by ``bash
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -21,13 +22,15 @@ from typing import BinaryIO
 
 from hpcagent.executor.logs import LineSplitter
 
-LineSink = Callable[[str], None]
+PIPE_SIZE = 1024 * 1024
+LinesSink = Callable[[list[str]], None]
 
 
 class ChildProcess:
     """A child in a new session (its own process group) whose merged output is read by a thread.
 
-    Each complete line (carriage-return redraws collapsed) goes to ``on_line``; the raw bytes
+    The complete lines of each chunk read (carriage-return redraws collapsed) go to
+    ``on_lines`` in one call (per-line Python work is what limits throughput); the raw bytes
     are echoed to ``echo`` (the job's own stdout) when given. The last ``tail_lines`` lines are
     kept for the failure message.
     """
@@ -38,12 +41,12 @@ class ChildProcess:
         *,
         cwd: Path,
         env: Mapping[str, str],
-        on_line: LineSink,
+        on_lines: LinesSink,
         echo: BinaryIO | None = None,
         tail_lines: int = 20,
     ) -> None:
         self.argv = list(argv)
-        self._on_line = on_line
+        self._on_lines = on_lines
         self._echo = echo
         self.tail: deque[str] = deque(maxlen=tail_lines)
         self.proc = subprocess.Popen(
@@ -57,6 +60,10 @@ class ChildProcess:
             bufsize=0,
         )
         self.pgid = self.proc.pid
+        if self.proc.stdout is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+            # A bigger pipe lets the task run ahead while the reader is busy (Linux only).
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._reader = threading.Thread(
             target=self._read, name="hpcagent-child-reader", daemon=True
         )
@@ -72,7 +79,7 @@ class ChildProcess:
         splitter = LineSplitter()
         while True:
             try:
-                chunk = os.read(fd, 65536)
+                chunk = os.read(fd, PIPE_SIZE)
             except OSError:
                 break
             if not chunk:
@@ -81,15 +88,15 @@ class ChildProcess:
                 with contextlib.suppress(OSError, ValueError):
                     self._echo.write(chunk)
                     self._echo.flush()
-            for line in splitter.feed(chunk):
-                self._line(line)
-        for line in splitter.flush():
-            self._line(line)
+            self._lines(splitter.feed(chunk))
+        self._lines(splitter.flush())
 
-    def _line(self, line: str) -> None:
-        self.tail.append(line)
+    def _lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        self.tail.extend(lines[-(self.tail.maxlen or 20) :])
         try:
-            self._on_line(line)
+            self._on_lines(lines)
         except Exception as exc:  # a broken sink must not stop reading (the child would block)
             sys.stderr.write(f"hpcagent: log sink failed: {exc}\n")
 
@@ -136,7 +143,7 @@ def run_streamed(
     *,
     cwd: Path,
     env: Mapping[str, str],
-    on_line: LineSink,
+    on_lines: LinesSink,
     echo: BinaryIO | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     grace_s: float = 10.0,
@@ -145,7 +152,7 @@ def run_streamed(
 
     ``should_stop`` is checked every 0.2 s so an abort during setup ends it promptly.
     """
-    child = ChildProcess(argv, cwd=cwd, env=env, on_line=on_line, echo=echo)
+    child = ChildProcess(argv, cwd=cwd, env=env, on_lines=on_lines, echo=echo)
     while True:
         code = child.wait(0.2)
         if code is not None:
