@@ -35,6 +35,7 @@ from hpcagent.executor.container import (
     PreparedCommand,
     resolve_runtime,
 )
+from hpcagent.executor.container_cache import ensure_image
 from hpcagent.executor.container_docker import (
     DockerSession,
     abort_container,
@@ -307,6 +308,47 @@ def test_standin_abort_leaves_no_process(work: dict[str, Path], rootfs: Path, bw
     session = _standin_session(work, rootfs)
     marker = f"{300 + uuid.uuid4().int % 1000}.{os.getpid()}"
     _abort_and_check(session.wrap(_sleepers(marker), cwd=work["workspace"]), marker, docker=False)
+
+
+def test_standin_pulled_image_runs(
+    work: dict[str, Path], rootfs: Path, bwrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker:// source -> pulled once to a SIF in the cache -> run (stand-in registry/SIF)."""
+    registry = work["venvs"].parent / "registry"
+    registry.mkdir()
+    (registry / "lab_py_3.11").symlink_to(rootfs)
+    monkeypatch.setenv("APPTAINER_STANDIN_REGISTRY", str(registry))
+    monkeypatch.setenv("APPTAINER_STANDIN_UNPACK_DIR", str(work["venvs"].parent / "unpack"))
+    settings = _settings(work)
+    sif = ensure_image("docker://lab/py:3.11", settings)
+    assert sif.endswith(".sif")
+    assert Path(sif).parent == settings.cache_dir
+    session = ContainerSession(
+        runtime=resolve_runtime(str(STANDIN)),
+        image_path=sif,
+        request=ContainerRequest("docker://lab/py:3.11"),
+        settings=settings,
+        host_env=HOST_ENV,
+    )
+    session.add_bind(work["workspace"])
+    assert session.python_version(work["workspace"]) == _image_python(rootfs)
+
+
+def _image_python(rootfs: Path) -> str:
+    res = subprocess.run(
+        [
+            str(STANDIN),
+            "exec",
+            str(rootfs),
+            "python3",
+            "-c",
+            "import platform; print(platform.python_version())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return res.stdout.strip()
 
 
 # -- Docker mode ---------------------------------------------------------------------------
