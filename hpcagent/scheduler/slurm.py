@@ -1,0 +1,346 @@
+"""SlurmScheduler: sbatch / squeue / sacct / scontrol / scancel behind the Scheduler interface.
+
+Tracking costs at most two Slurm commands per :meth:`SlurmScheduler.status` call, whatever the
+number of jobs: one batched ``squeue`` for every job not yet known to be finished, and one batched
+``sacct -X`` only for the jobs that have left squeue. Finished states are cached and never asked
+again. Without accounting (``sacct`` says "accounting storage is disabled") jobs that left squeue
+are looked up once with ``scontrol show job``; a job found nowhere is UNKNOWN, never a success.
+When the controller does not answer, the last known states are returned (source ``cache``) and a
+warning is logged: a long-running submitter must not give up on its jobs because of one bad minute.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from hpcagent.errors import SchedulerError, SubmitError, SubmitLimitError, TransientSchedulerError
+from hpcagent.scheduler.base import JobStatus, Scheduler, unknown_status
+from hpcagent.scheduler.commands import CommandResult, CommandRunner, clean_slurm_env, run_command
+from hpcagent.scheduler.pacer import TokenBucket
+from hpcagent.scheduler.slurm_parse import (
+    SACCT_FORMAT,
+    SQUEUE_FORMAT,
+    SlurmRow,
+    aggregate,
+    is_limit,
+    is_transient,
+    match_rows,
+    parse_sacct,
+    parse_sbatch_output,
+    parse_scontrol,
+    parse_squeue,
+    sacct_argv,
+    split_job_id,
+    squeue_argv,
+)
+
+log = logging.getLogger(__name__)
+
+_ACCOUNTING_DISABLED = "accounting storage is disabled"
+_GONE_PATTERNS = ("invalid job id", "already completing or completed", "job has finished")
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class SlurmScheduler(Scheduler):
+    """Slurm through its command-line tools, all run via ``runner`` (the subprocess seam).
+
+    ``submit_attempts`` / ``backoff_*`` bound the retries of transient sbatch failures;
+    ``rate_limiter`` (optional) is acquired before every Slurm command, which caps the commands
+    per minute whatever the number of jobs.
+    """
+
+    def __init__(
+        self,
+        *,
+        runner: CommandRunner = run_command,
+        command_timeout_s: float = 60.0,
+        submit_attempts: int = 5,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        rate_limiter: TokenBucket | None = None,
+        sbatch_args: Sequence[str] = (),
+        user: str | None = None,
+        squeue_chunk: int = 2000,
+        cancel_chunk: int = 500,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._run_cmd = runner
+        self.command_timeout_s = command_timeout_s
+        self.submit_attempts = max(1, submit_attempts)
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.rate_limiter = rate_limiter
+        self.sbatch_args = list(sbatch_args)
+        self.user = user or getpass.getuser()
+        self.squeue_chunk = squeue_chunk
+        self.cancel_chunk = cancel_chunk
+        self._env = clean_slurm_env(env)
+        self._final: dict[str, JobStatus] = {}
+        self._last: dict[str, JobStatus] = {}
+        self._gone_noacct: set[str] = set()
+        #: None until probed; False once sacct reported that accounting is disabled.
+        self.accounting: bool | None = None
+        #: cluster name from ``sbatch --parsable`` (federation/multi-cluster), if any.
+        self.last_cluster: str | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(self, argv: Sequence[str]) -> CommandResult:
+        if self.rate_limiter is not None:
+            self.rate_limiter.acquire()
+        return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env)
+
+    def _retrying(self, attempts: int | None = None) -> Retrying:
+        return Retrying(
+            stop=stop_after_attempt(attempts or self.submit_attempts),
+            wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
+            retry=retry_if_exception_type(TransientSchedulerError),
+            reraise=True,
+        )
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, script_path: Path, *, job_name: str) -> str:
+        """``sbatch --parsable --job-name NAME [sbatch_args] SCRIPT`` with safe retries.
+
+        Before every retry the job is looked up by name, so an sbatch that timed out after the
+        controller accepted the job does not create a second job.
+        """
+        argv = ["sbatch", "--parsable", f"--job-name={job_name}", *self.sbatch_args]
+        argv.append(str(script_path))
+        for attempt in self._retrying():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    existing = self._live_ids_by_name(job_name)
+                    if existing:
+                        log.warning(
+                            "sbatch for %s failed transiently but job %s exists; adopting it",
+                            job_name,
+                            existing[-1],
+                        )
+                        return existing[-1]
+                return self._sbatch_once(argv)
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying reraises
+
+    def _sbatch_once(self, argv: Sequence[str]) -> str:
+        res = self._run(argv)
+        parsed = parse_sbatch_output(res.stdout)
+        if res.ok and parsed is not None:
+            if res.stderr.strip():
+                log.info("sbatch succeeded with messages: %s", res.stderr.strip())
+            self.last_cluster = parsed[1]
+            return parsed[0]
+        err = (res.stderr.strip() or res.stdout.strip()) or f"sbatch exited {res.returncode}"
+        if res.ok:
+            raise SubmitError(f"sbatch printed no job id: {err}", stderr=res.stderr, returncode=0)
+        if is_transient(res.stderr):
+            raise TransientSchedulerError(
+                f"sbatch: {err}", stderr=res.stderr, returncode=res.returncode
+            )
+        if is_limit(res.stderr):
+            raise SubmitLimitError(f"sbatch: {err}", stderr=res.stderr, returncode=res.returncode)
+        raise SubmitError(
+            f"sbatch rejected the job: {err}", stderr=res.stderr, returncode=res.returncode
+        )
+
+    # ------------------------------------------------------------------ find
+    def _squeue_by_name(self, name: str) -> list[SlurmRow]:
+        res = self._run(
+            [
+                "squeue",
+                "--noheader",
+                "--all",
+                "--states=all",
+                f"--name={name}",
+                f"--user={self.user}",
+                f"--Format={SQUEUE_FORMAT}",
+            ]
+        )
+        if not res.ok:
+            if is_transient(res.stderr):
+                raise TransientSchedulerError(f"squeue: {res.stderr.strip()}", stderr=res.stderr)
+            raise SchedulerError(f"squeue failed: {res.stderr.strip()}", stderr=res.stderr)
+        return [r for r in parse_squeue(res.stdout) if r.name == name]
+
+    def _live_ids_by_name(self, name: str) -> list[str]:
+        rows = [r for r in self._squeue_by_name(name) if r.state.is_active]
+        return _sorted_ids({r.base_id for r in rows})
+
+    def find_by_name(self, name: str, *, include_finished: bool = True) -> list[str]:
+        """Ids (base ids for arrays/het jobs) of this user's jobs named ``name``, oldest first:
+        squeue, plus the last 7 days of sacct when ``include_finished`` and accounting is on."""
+        rows = self._squeue_by_name(name)
+        if not include_finished:
+            rows = [r for r in rows if r.state.is_active]
+        ids = {r.base_id for r in rows}
+        if include_finished and self.accounting is not False:
+            res = self._run(
+                [
+                    "sacct",
+                    "-X",
+                    "--parsable2",
+                    "--noheader",
+                    "--starttime=now-7days",
+                    f"--user={self.user}",
+                    f"--name={name}",
+                    f"--format={SACCT_FORMAT}",
+                ]
+            )
+            if res.ok:
+                ids.update(r.base_id for r in parse_sacct(res.stdout) if r.name == name)
+            elif _ACCOUNTING_DISABLED in res.stderr.lower():
+                self._note_no_accounting()
+        return _sorted_ids(ids)
+
+    # ------------------------------------------------------------------ status
+    def status(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        wanted = list(dict.fromkeys(str(j) for j in job_ids))
+        result: dict[str, JobStatus] = {j: self._final[j] for j in wanted if j in self._final}
+        todo = [j for j in wanted if j not in result]
+        if not todo:
+            return result
+        try:
+            rows = self._squeue_rows(todo)
+        except SchedulerError as exc:
+            log.warning(
+                "squeue failed (%s); keeping the last known states of %d jobs", exc, len(todo)
+            )
+            for j in todo:
+                last = self._last.get(j)
+                result[j] = (
+                    replace(last, source="cache")
+                    if last is not None
+                    else unknown_status(j, f"controller did not answer: {exc}", "cache")
+                )
+            return result
+        missing: list[str] = []
+        for j in todo:
+            found = match_rows(j, rows)
+            if found:
+                self._remember(result, aggregate(j, found))
+            else:
+                missing.append(j)
+        if missing:
+            self._status_of_departed(missing, result)
+        return {j: result[j] for j in wanted}
+
+    def _remember(self, result: dict[str, JobStatus], st: JobStatus) -> None:
+        result[st.job_id] = st
+        self._last[st.job_id] = st
+        if st.is_terminal:
+            self._final[st.job_id] = st
+
+    def _squeue_rows(self, job_ids: Sequence[str]) -> list[SlurmRow]:
+        rows: list[SlurmRow] = []
+        for chunk in _chunks(job_ids, self.squeue_chunk):
+            res = self._run(squeue_argv(chunk))
+            if res.ok:
+                rows.extend(parse_squeue(res.stdout))
+            elif "invalid job id" in res.stderr.lower():
+                continue  # none of these ids is known to the controller any more
+            elif is_transient(res.stderr):
+                raise TransientSchedulerError(f"squeue: {res.stderr.strip()}", stderr=res.stderr)
+            else:
+                raise SchedulerError(f"squeue failed: {res.stderr.strip()}", stderr=res.stderr)
+        return rows
+
+    def _status_of_departed(self, job_ids: list[str], result: dict[str, JobStatus]) -> None:
+        """Jobs that are not (or no longer) in squeue: sacct, else scontrol, else UNKNOWN."""
+        rows: list[SlurmRow] = []
+        if self.accounting is not False:
+            try:
+                for chunk in _chunks(job_ids, self.squeue_chunk):
+                    res = self._run(sacct_argv(chunk))
+                    if res.ok:
+                        self.accounting = True
+                        rows.extend(parse_sacct(res.stdout))
+                    elif _ACCOUNTING_DISABLED in res.stderr.lower():
+                        self._note_no_accounting()
+                        break
+                    else:
+                        log.warning("sacct failed: %s", res.stderr.strip())
+                        break
+            except SchedulerError as exc:
+                log.warning("sacct failed: %s", exc)
+        if self.accounting is False:
+            rows.extend(self._scontrol_rows([j for j in job_ids if j not in self._gone_noacct]))
+        for j in job_ids:
+            found = match_rows(j, rows)
+            if found:
+                self._remember(result, aggregate(j, found))
+                continue
+            where = "squeue or sacct" if self.accounting else "squeue or scontrol (no accounting)"
+            result[j] = unknown_status(j, f"job not found in {where}")
+            self._last.setdefault(j, result[j])
+
+    def _scontrol_rows(self, job_ids: Sequence[str]) -> list[SlurmRow]:
+        rows: list[SlurmRow] = []
+        for j in job_ids:
+            try:
+                res = self._run(["scontrol", "--oneliner", "show", "job", split_job_id(j)[0]])
+            except SchedulerError as exc:
+                log.warning("scontrol failed: %s", exc)
+                break
+            if res.ok:
+                rows.extend(parse_scontrol(res.stdout))
+            else:
+                # Gone from the controller and no accounting: nothing will ever know more.
+                self._gone_noacct.add(j)
+        return rows
+
+    def _note_no_accounting(self) -> None:
+        if self.accounting is not False:
+            self.accounting = False
+            min_age = self._min_job_age()
+            log.warning(
+                "Slurm accounting is disabled: finished jobs are visible only for MinJobAge=%s "
+                "after they end; poll more often than that or their outcome is lost",
+                min_age if min_age is not None else "?",
+            )
+
+    def _min_job_age(self) -> str | None:
+        try:
+            res = self._run(["scontrol", "show", "config"])
+        except SchedulerError:
+            return None
+        for line in res.stdout.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "MinJobAge":
+                return value.strip()
+        return None
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """One ``scancel`` per chunk of ``cancel_chunk`` ids; already-finished ids are fine."""
+        ids = list(dict.fromkeys(str(j) for j in job_ids))
+        for chunk in _chunks(ids, self.cancel_chunk):
+            for attempt in self._retrying(attempts=3):
+                with attempt:
+                    self._scancel_once(chunk)
+
+    def _scancel_once(self, chunk: Sequence[str]) -> None:
+        res = self._run(["scancel", *chunk])
+        if res.ok:
+            return
+        errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        if is_transient(res.stderr):
+            raise TransientSchedulerError(f"scancel: {res.stderr.strip()}", stderr=res.stderr)
+        real = [ln for ln in errors if not any(p in ln.lower() for p in _GONE_PATTERNS)]
+        if real:
+            raise SchedulerError(f"scancel failed: {'; '.join(real)}", stderr=res.stderr)
+
+
+def _sorted_ids(ids: set[str]) -> list[str]:
+    return sorted(ids, key=lambda s: (int(s) if s.isdigit() else 0, s))
