@@ -9,7 +9,7 @@
 #   cluster.sh status    the services and sinfo
 #   cluster.sh logs [S]  logs of all services or of service S
 #   cluster.sh shell     a login shell as the cluster user on the login node (submitter)
-#   cluster.sh creds     the API server URL and key pair, as shell assignments for the host
+#   cluster.sh creds     the API server URL and key pair for the host: eval "$(cluster.sh creds)"
 #
 # Environment: PYTHON (host Python for the wheelhouse), HPCAGENT_CLUSTER_PORT (server port on
 # 127.0.0.1, default 18008), HPCAGENT_CLUSTER_TEMPLATES (folder of sbatch templates mounted on the
@@ -140,10 +140,10 @@ cmd_creds() {
     local id
     id=$(container_of server)
     [ -n "$id" ] || die "the cluster is not up"
-    echo "CLEARML_API_HOST=http://127.0.0.1:$HPCAGENT_CLUSTER_PORT"
+    echo "export CLEARML_API_HOST=http://127.0.0.1:$HPCAGENT_CLUSTER_PORT"
     docker exec "$id" cat /cluster/secrets/api.env \
-        | sed -e 's/^HPCAGENT_SERVER_ACCESS_KEY=/CLEARML_API_ACCESS_KEY=/' \
-              -e 's/^HPCAGENT_SERVER_SECRET_KEY=/CLEARML_API_SECRET_KEY=/'
+        | sed -n -e 's/^HPCAGENT_SERVER_ACCESS_KEY=/export CLEARML_API_ACCESS_KEY=/p' \
+              -e 's/^HPCAGENT_SERVER_SECRET_KEY=/export CLEARML_API_SECRET_KEY=/p'
 }
 
 main() {

@@ -89,7 +89,8 @@ def credentials() -> dict[str, str]:
     out = subprocess.run(
         ["bash", str(CLUSTER_SH), "creds"], capture_output=True, text=True, check=True
     ).stdout
-    pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
+    lines = (line.removeprefix("export ") for line in out.splitlines())
+    pairs = (line.split("=", 1) for line in lines if "=" in line)
     return {k.strip(): v.strip() for k, v in pairs}
 
 
