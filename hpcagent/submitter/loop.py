@@ -1,0 +1,345 @@
+"""The submitter loop: queues → templates → scheduler, with a ledger for exactly-once.
+
+One cycle (:meth:`Submitter.cycle`):
+
+1. **track** every submitted job with one batched ``scheduler.status`` call, then one
+   batched ``tasks.get_all`` for their tasks (in that order, so the task status is never
+   older than the job state). Pending/running jobs update the task's status message;
+   a job whose task was aborted or dequeued is cancelled; a job that ended while its task
+   is still ``queued``/``in_progress`` fails the task with Slurm's state, reason, exit
+   code and output tail (see ``track.py``).
+2. **pull** (only when working hours / force switches allow): queues in the given order
+   (first queue first), or round-robin with ``order_fairness``; never more than
+   ``max_jobs`` live tasks per queue. Each task: ledger ``pulled`` → render → script
+   (0700) → ledger ``rendered`` → submit → ledger ``submitted`` → job id on the task.
+3. **report** to the server as a worker.
+
+Restart (:meth:`Submitter.recover`, run by :meth:`start` before anything is pulled):
+``pulled``/``rendered`` rows are looked up by job name; a found job is adopted, otherwise
+the task goes back to the front of its queue. ``submitted`` rows are tracked again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcagent.api import ApiClient
+from hpcagent.errors import (
+    ApiError,
+    SubmitError,
+    SubmitLimitError,
+    TemplateError,
+    TransientSchedulerError,
+)
+from hpcagent.scheduler.base import Scheduler
+from hpcagent.submitter import taskops
+from hpcagent.submitter.blocks import build_context
+from hpcagent.submitter.ledger import PULLED, RENDERED, Ledger
+from hpcagent.submitter.outputs import write_script
+from hpcagent.submitter.track import Tracker
+from hpcagent.submitter.worktime import (
+    WorkingHours,
+    force_from_properties,
+    force_from_tags,
+    may_pull,
+)
+from hpcagent.templating import render_file
+
+log = logging.getLogger("hpcagent.submitter")
+
+
+def job_name(task_id: str) -> str:
+    """The Slurm job name of a task (how jobs are found again after a restart)."""
+    return f"clearml_task_{task_id}"
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """A queue the submitter serves, with its template."""
+
+    id: str
+    name: str
+    template: Path
+
+
+@dataclass
+class SubmitterOptions:
+    """How the submitter behaves (the CLI fills this in)."""
+
+    queues: list[QueueRef]
+    state_dir: Path
+    worker_id: str
+    max_jobs: int | None = None
+    order_fairness: bool = False
+    poll_interval_s: float = 5.0
+    container_mode: str | None = None
+    config_file: Path | None = None
+    hours: WorkingHours = field(default_factory=WorkingHours)
+    max_pulls_per_cycle: int = 500
+    limit_backoff_s: float = 60.0
+    lost_grace_s: float = 300.0
+    stop_grace_s: float = 30.0
+    hpcagent_argv: list[str] | None = None
+
+
+class Submitter:
+    """The long-running glue (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        scheduler: Scheduler,
+        ledger: Ledger,
+        options: SubmitterOptions,
+        config: Callable[..., Any],
+    ) -> None:
+        self.client = client
+        self.scheduler = scheduler
+        self.ledger = ledger
+        self.opts = options
+        self.config = config
+        self.tracker = Tracker(client, scheduler, ledger, options)
+        self._rr = 0  # round-robin start index
+        self._backoff_until = 0.0
+        self._props_supported = True
+        self.submitted_total = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Register as a worker and re-adopt what an earlier run left behind."""
+        self.client.send(
+            "workers.register",
+            {"worker": self.opts.worker_id, "queues": [q.id for q in self.opts.queues]},
+        )
+        self.recover()
+
+    def shutdown(self) -> None:
+        """Unregister (jobs keep running; a restart re-adopts them)."""
+        try:
+            self.client.send(
+                "workers.unregister",
+                {"worker": self.opts.worker_id, "queues": [q.id for q in self.opts.queues]},
+            )
+        except ApiError:
+            log.debug("unregister failed", exc_info=True)
+
+    def run(self, stop: threading.Event, max_cycles: int | None = None) -> None:
+        """Cycle until ``stop`` is set (or ``max_cycles`` cycles ran)."""
+        cycles = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.cycle()
+            except ApiError as exc:
+                log.warning("cycle failed: %s", exc)
+            cycles += 1
+            if max_cycles is not None and cycles >= max_cycles:
+                break
+            stop.wait(max(0.0, self.opts.poll_interval_s - (time.monotonic() - started)))
+
+    def cycle(self) -> int:
+        """One track → pull → report round; returns the number of tasks submitted."""
+        self.tracker.track()
+        submitted = self.pull()
+        self.report()
+        return submitted
+
+    # -- restart -----------------------------------------------------------------
+    def recover(self) -> None:
+        """Settle ``pulled``/``rendered`` rows left by a crash (adopt or requeue)."""
+        for entry in self.ledger.live():
+            if entry.state not in (PULLED, RENDERED):
+                continue
+            jobs = self.scheduler.find_by_name(job_name(entry.task_id))
+            if jobs:
+                keep, extra = jobs[0], jobs[1:]
+                if extra:  # never two live jobs for one task
+                    self.scheduler.cancel(extra)
+                self.ledger.mark_submitted(entry.task_id, keep)
+                log.info(
+                    "task %s queue %s job %s: re-adopted after restart",
+                    entry.task_id,
+                    entry.queue_name,
+                    keep,
+                )
+                continue
+            back = taskops.requeue_front(
+                self.client, entry.task_id, entry.queue_id, "submitter restarted before sbatch"
+            )
+            self.ledger.mark_finished(
+                entry.task_id, "requeued after restart" if back else "withdrawn before submit"
+            )
+            log.info(
+                "task %s queue %s: %s",
+                entry.task_id,
+                entry.queue_name,
+                "back at the front of its queue (restart)" if back else "no longer queued",
+            )
+
+    # -- pulling -----------------------------------------------------------------
+    def _switches(self) -> dict[str, bool]:
+        """Per queue id: may we pull now (hours, worker ``force``, queue tags)?"""
+        hours = self.opts.hours.working(dt.datetime.now())
+        worker_force: bool | None = None
+        if self._props_supported:
+            try:
+                data = self.client.send(
+                    "workers.get_runtime_properties", {"worker": self.opts.worker_id}
+                )
+                worker_force = force_from_properties(data.get("runtime_properties") or [])
+            except ApiError:
+                self._props_supported = False  # like the agent: unsupported is fine
+        tags: dict[str, list[str]] = {}
+        try:
+            data = self.client.send(
+                "queues.get_all",
+                {"id": [q.id for q in self.opts.queues], "only_fields": ["id", "tags"]},
+            )
+            tags = {str(q.get("id")): list(q.get("tags") or []) for q in data.get("queues") or []}
+        except ApiError:
+            log.debug("queue tags unavailable", exc_info=True)
+        return {
+            q.id: may_pull(hours, worker_force, force_from_tags(tags.get(q.id, [])))
+            for q in self.opts.queues
+        }
+
+    def _order(self) -> list[QueueRef]:
+        queues = list(self.opts.queues)
+        if self.opts.order_fairness and queues:
+            start = self._rr % len(queues)
+            queues = queues[start:] + queues[:start]
+        return queues
+
+    def pull(self) -> int:
+        """Pull and submit what the limits allow; returns the number submitted."""
+        if time.monotonic() < self._backoff_until:
+            return 0
+        allowed = self._switches()
+        live = self.ledger.live_by_queue()
+        limit = self.opts.max_jobs
+        open_queues = [q for q in self._order() if allowed.get(q.id)]
+        submitted = 0
+        pulls = 0
+        while open_queues and pulls < self.opts.max_pulls_per_cycle:
+            # Strict order drains the first open queue; fairness takes one from each in turn.
+            batch = open_queues if self.opts.order_fairness else open_queues[:1]
+            for q in list(batch):
+                if limit is not None and live.get(q.id, 0) >= limit:
+                    open_queues.remove(q)
+                    continue
+                entry = self.client.queues.get_next_task(q.id)
+                if entry is None:
+                    open_queues.remove(q)
+                    continue
+                pulls += 1
+                live[q.id] = live.get(q.id, 0) + 1
+                outcome = self.submit_task(str(entry["task"]), q)
+                if outcome == "submitted":
+                    submitted += 1
+                elif outcome in ("limit", "transient"):
+                    return submitted
+                else:
+                    live[q.id] -= 1
+            if self.opts.order_fairness:
+                self._rr += 1
+        return submitted
+
+    def submit_task(self, task_id: str, q: QueueRef) -> str:
+        """Render and submit one popped task. Returns submitted, failed, skipped, limit,
+        or transient."""
+        self.ledger.record_pulled(task_id, q.id, q.name)
+        log.info("task %s queue %s: pulled", task_id, q.name)
+        task = taskops.get_task(self.client, task_id)
+        if task is None or task.get("status") != "queued":
+            status = task.get("status") if task else "deleted"
+            self.ledger.mark_finished(task_id, f"skipped: task {status}")
+            log.info("task %s queue %s: skipped (task %s)", task_id, q.name, status)
+            return "skipped"
+        ctx = build_context(
+            task,
+            queue_name=q.name,
+            queue_id=q.id,
+            worker_id=self.opts.worker_id,
+            config=self.config,
+            config_file=self.opts.config_file,
+            container_mode=self.opts.container_mode,
+            hpcagent=self.opts.hpcagent_argv,
+        )
+        try:
+            script = render_file(q.template, ctx)
+        except TemplateError as exc:
+            taskops.fail(self.client, task_id, "template error", f"template error: {exc}")
+            self.ledger.mark_finished(task_id, f"failed: {exc}")
+            log.info("task %s queue %s: failed (template: %s)", task_id, q.name, exc)
+            return "failed"
+        path = write_script(self.opts.state_dir / "scripts" / f"{job_name(task_id)}.sh", script)
+        self.ledger.mark_rendered(task_id, path)
+        try:
+            job_id = self.scheduler.submit(path, job_name=job_name(task_id))
+        except SubmitLimitError as exc:
+            return self._back_off(task_id, q, f"submit limit: {exc.stderr.strip() or exc}", "limit")
+        except TransientSchedulerError as exc:
+            found = self.scheduler.find_by_name(job_name(task_id))
+            if not found:
+                return self._back_off(task_id, q, f"scheduler unavailable: {exc}", "transient")
+            job_id = found[0]
+        except SubmitError as exc:
+            detail = (exc.stderr or str(exc)).strip()
+            taskops.fail(self.client, task_id, "sbatch rejected", f"sbatch rejected: {detail}")
+            self.ledger.mark_finished(task_id, f"failed: sbatch: {detail}")
+            log.info("task %s queue %s: failed (sbatch: %s)", task_id, q.name, detail)
+            return "failed"
+        self.ledger.mark_submitted(task_id, job_id)
+        self.submitted_total += 1
+        log.info("task %s queue %s job %s: submitted", task_id, q.name, job_id)
+        try:
+            taskops.record_job(
+                self.client,
+                task_id,
+                job_id=job_id,
+                queue_name=q.name,
+                worker_id=self.opts.worker_id,
+            )
+            taskops.set_message(self.client, task_id, f"slurm job {job_id}: PENDING")
+        except ApiError as exc:
+            log.warning(
+                "task %s job %s: could not record the job on the task: %s", task_id, job_id, exc
+            )
+        return "submitted"
+
+    def _back_off(self, task_id: str, q: QueueRef, why: str, outcome: str) -> str:
+        back = taskops.requeue_front(self.client, task_id, q.id, why)
+        self.ledger.mark_finished(task_id, f"requeued: {why}" if back else "withdrawn")
+        self._backoff_until = time.monotonic() + self.opts.limit_backoff_s
+        log.info(
+            "task %s queue %s: back in queue (%s); pausing pulls for %.0f s",
+            task_id,
+            q.name,
+            why,
+            self.opts.limit_backoff_s,
+        )
+        return outcome
+
+    # -- reporting ---------------------------------------------------------------
+    def report(self) -> None:
+        """``workers.status_report`` with the queues it serves.
+
+        No ``task`` field: the server would take it as "this worker runs that task",
+        which is the executor's claim to make, not the submitter's.
+        """
+        body: dict[str, Any] = {
+            "worker": self.opts.worker_id,
+            "timestamp": int(time.time() * 1000),
+            "queues": [q.id for q in self.opts.queues],
+        }
+        try:
+            self.client.send("workers.status_report", body)
+        except ApiError:
+            log.debug("status report failed", exc_info=True)

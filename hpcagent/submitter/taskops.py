@@ -1,0 +1,151 @@
+"""The submitter's calls to the server about tasks and queues (all with ``force`` where
+the agent sends it, clearml-api.md §2a/§8).
+
+Every function here takes the :class:`~hpcagent.api.ApiClient` and does one visible
+thing to a task; the loop decides when.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from hpcagent.api import ApiClient
+from hpcagent.errors import ApiError
+
+log = logging.getLogger("hpcagent.submitter")
+
+#: Task statuses that mean "the task's outcome is settled" (nothing left to write).
+FINAL_STATUSES = frozenset({"completed", "failed", "stopped", "published", "closed"})
+#: Statuses that mean "the user took the task back" while its job was alive.
+WITHDRAWN_STATUSES = frozenset({"stopped", "created", "closed", "published"})
+#: Longest status message we write (the tail of an output file can be long).
+MAX_MESSAGE = 4000
+
+
+def get_task(client: ApiClient, task_id: str) -> dict[str, Any] | None:
+    """The full task dict as the templates see it (``tasks.get_all``), or None if gone."""
+    data = client.send("tasks.get_all", {"id": [task_id], "search_hidden": True})
+    tasks = data.get("tasks") or []
+    return tasks[0] if tasks and isinstance(tasks[0], dict) else None
+
+
+def get_statuses(client: ApiClient, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{task_id: {status, status_message, ...}}`` in one call per 500 ids."""
+    out: dict[str, dict[str, Any]] = {}
+    ids = list(task_ids)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        data = client.send(
+            "tasks.get_all",
+            {
+                "id": chunk,
+                "only_fields": ["id", "status", "status_message", "status_reason"],
+                "search_hidden": True,
+            },
+        )
+        for task in data.get("tasks") or []:
+            if isinstance(task, dict) and task.get("id"):
+                out[str(task["id"])] = task
+    return out
+
+
+def set_message(client: ApiClient, task_id: str, message: str) -> None:
+    """Show ``message`` as the task's status message without touching its status."""
+    client.send("tasks.update", {"task": task_id, "status_message": message[:MAX_MESSAGE]})
+
+
+def fail(client: ApiClient, task_id: str, reason: str, message: str) -> None:
+    """Mark the task failed (force) with a reason and a (possibly long) message."""
+    client.send(
+        "tasks.failed",
+        {
+            "task": task_id,
+            "force": True,
+            "status_reason": reason[:200],
+            "status_message": message[:MAX_MESSAGE],
+        },
+    )
+
+
+def requeue_front(client: ApiClient, task_id: str, queue_id: str, reason: str) -> bool:
+    """Put a popped (still ``queued``) task back at the head of its queue.
+
+    Returns False when the task is no longer queued (the user took it back meanwhile);
+    then nothing is re-added. The head position needs ``queues.move_task_to_front``
+    (clearml-server has it); a server without it leaves the task at the tail (warned).
+    """
+    statuses = get_statuses(client, [task_id])
+    if statuses.get(task_id, {}).get("status") != "queued":
+        return False
+    client.send("queues.add_task", {"queue": queue_id, "task": task_id})
+    try:
+        client.send("queues.move_task_to_front", {"queue": queue_id, "task": task_id})
+    except ApiError as exc:
+        log.warning(
+            "task %s: server cannot move it to the front of queue %s (%s); it waits at the tail",
+            task_id,
+            queue_id,
+            exc.message or exc,
+        )
+    try:
+        set_message(client, task_id, f"back in queue: {reason}")
+    except ApiError:
+        log.debug("could not set the status message of %s", task_id, exc_info=True)
+    return True
+
+
+def record_job(
+    client: ApiClient,
+    task_id: str,
+    *,
+    job_id: str,
+    queue_name: str,
+    worker_id: str,
+    nodes: str = "",
+) -> None:
+    """Write the job id (and nodes) into ``runtime`` (merged) and the ``properties`` section."""
+    data = client.send(
+        "tasks.get_all", {"id": [task_id], "only_fields": ["runtime"], "search_hidden": True}
+    )
+    tasks = data.get("tasks") or [{}]
+    runtime = dict((tasks[0] or {}).get("runtime") or {})
+    runtime.update(
+        {
+            "slurm_job_id": job_id,
+            "slurm_queue": queue_name,
+            "_exec_agent_hostname": socket.gethostname(),
+            "slurm_worker": worker_id,
+        }
+    )
+    if nodes:
+        runtime["slurm_nodes"] = nodes
+    client.send("tasks.edit", {"task": task_id, "force": True, "runtime": runtime})
+    props = [
+        {"section": "properties", "name": "slurm-job-id", "value": job_id, "type": "str"},
+        {"section": "properties", "name": "slurm-queue", "value": queue_name, "type": "str"},
+    ]
+    if nodes:
+        props.append(
+            {"section": "properties", "name": "slurm-nodes", "value": nodes, "type": "str"}
+        )
+    client.send("tasks.edit_hyper_params", {"task": task_id, "hyperparams": props})
+
+
+def add_log(client: ApiClient, task_id: str, message: str) -> None:
+    """One log line on the task (best effort)."""
+    event = {
+        "type": "log",
+        "task": task_id,
+        "timestamp": int(time.time() * 1000),
+        "level": "info",
+        "worker": "hpcagent-slurm",
+        "msg": message,
+    }
+    try:
+        client.send_lines("events.add_batch", [event])
+    except ApiError:
+        log.debug("could not log to task %s", task_id, exc_info=True)

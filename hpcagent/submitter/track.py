@@ -1,0 +1,209 @@
+"""Following submitted jobs and keeping their tasks' statuses true.
+
+Per cycle: one ``scheduler.status`` for all submitted jobs, then one ``tasks.get_all``
+for their tasks, then one ``scheduler.cancel`` for every job to cancel. The executor
+owns the task's outcome; this module writes a final status only when a job ended while
+its task was still ``queued`` or ``in_progress`` (TIMEOUT, OUT_OF_MEMORY, NODE_FAIL,
+CANCELLED by an admin, a failing pre-setup, ...), or when a job vanished for longer
+than ``lost_grace_s`` (never read as success).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcagent.api import ApiClient
+from hpcagent.errors import ApiError, SchedulerError
+from hpcagent.scheduler.base import JobState, JobStatus, Scheduler, unknown_status
+from hpcagent.submitter import taskops
+from hpcagent.submitter.ledger import SUBMITTED, Entry, Ledger
+from hpcagent.submitter.outputs import output_path, tail
+
+if TYPE_CHECKING:
+    from hpcagent.submitter.loop import SubmitterOptions
+
+log = logging.getLogger("hpcagent.submitter")
+
+
+def describe(js: JobStatus) -> str:
+    """``PENDING (Resources)``, ``RUNNING on node1``, ``TIMEOUT``."""
+    text = js.state.value
+    if js.state in (JobState.RUNNING, JobState.COMPLETING) and js.nodes:
+        return f"{text} on {js.nodes}"
+    if js.reason and js.reason not in ("None", "(null)"):
+        return f"{text} ({js.reason})"
+    return text
+
+
+class Tracker:
+    """Tracks the ledger's submitted jobs (see the module docstring)."""
+
+    def __init__(
+        self, client: ApiClient, scheduler: Scheduler, ledger: Ledger, options: SubmitterOptions
+    ) -> None:
+        self.client = client
+        self.scheduler = scheduler
+        self.ledger = ledger
+        self.opts = options
+        self._unknown_since: dict[str, float] = {}
+        self._stopping_since: dict[str, float] = {}
+        self._cancelled: set[str] = set()
+        self._nodes_recorded: set[str] = set()
+        self._last_message: dict[str, str] = {}
+        self.commands = 0  # scheduler calls made (for the benchmark)
+
+    def track(self) -> None:
+        """One tracking round over every submitted job."""
+        entries = [e for e in self.ledger.live() if e.state == SUBMITTED and e.job_id]
+        if not entries:
+            return
+        jobs = [str(e.job_id) for e in entries]
+        try:
+            statuses = self.scheduler.status(jobs)
+            self.commands += 1
+        except SchedulerError as exc:
+            log.warning("job status unavailable this cycle: %s", exc)
+            return
+        tasks = taskops.get_statuses(self.client, [e.task_id for e in entries])
+        to_cancel: list[Entry] = []
+        for entry in entries:
+            js = statuses.get(str(entry.job_id)) or unknown_status(str(entry.job_id), "not found")
+            task = tasks.get(entry.task_id)
+            try:
+                if self._follow(entry, js, task):
+                    to_cancel.append(entry)
+            except ApiError as exc:
+                log.warning("task %s job %s: server call failed: %s", entry.task_id, js.job_id, exc)
+        if to_cancel:
+            self._cancel(to_cancel, tasks)
+
+    # -- one job -----------------------------------------------------------------
+    def _follow(self, entry: Entry, js: JobStatus, task: dict[str, Any] | None) -> bool:
+        """Handle one job; True when it must be cancelled."""
+        tid, job = entry.task_id, str(entry.job_id)
+        status = str(task.get("status")) if task else "deleted"
+        if js.state.is_active:
+            self._unknown_since.pop(tid, None)
+            if task is None or status in taskops.WITHDRAWN_STATUSES:
+                return True
+            if status == "in_progress" and task.get("status_message") == "stopping":
+                first = self._stopping_since.setdefault(tid, time.monotonic())
+                return time.monotonic() - first >= self.opts.stop_grace_s
+            self._progress(entry, js, status)
+            return False
+        if js.state.is_terminal:
+            self._finish(entry, js, task)
+            return False
+        first = self._unknown_since.setdefault(tid, time.monotonic())
+        if time.monotonic() - first >= self.opts.lost_grace_s:
+            self._finish(entry, js, task, lost=True)
+        else:
+            log.debug("task %s job %s: not found yet (%s)", tid, job, js.reason)
+        return False
+
+    def _progress(self, entry: Entry, js: JobStatus, status: str) -> None:
+        tid, job = entry.task_id, str(entry.job_id)
+        text = describe(js)
+        if entry.job_state != text:
+            self.ledger.set_job_state(tid, text)
+            log.info("task %s queue %s job %s: %s", tid, entry.queue_name, job, text)
+        if js.nodes and js.state is JobState.RUNNING and tid not in self._nodes_recorded:
+            self._nodes_recorded.add(tid)
+            taskops.record_job(
+                self.client,
+                tid,
+                job_id=job,
+                queue_name=entry.queue_name,
+                worker_id=self.opts.worker_id,
+                nodes=js.nodes,
+            )
+        message = f"slurm job {job}: {text}"
+        if status == "queued" and self._last_message.get(tid) != message:
+            taskops.set_message(self.client, tid, message)
+            self._last_message[tid] = message
+
+    def _finish(
+        self, entry: Entry, js: JobStatus, task: dict[str, Any] | None, *, lost: bool = False
+    ) -> None:
+        tid, job = entry.task_id, str(entry.job_id)
+        status = str(task.get("status")) if task else "deleted"
+        state = "LOST" if lost else js.state.value
+        self._forget(tid)
+        if task is None or status in taskops.FINAL_STATUSES or status == "created":
+            self.ledger.mark_finished(tid, f"job {state}; task {status}")
+            log.info(
+                "task %s queue %s job %s: %s (task %s)", tid, entry.queue_name, job, state, status
+            )
+            return
+        if tid in self._cancelled:
+            self._cancelled.discard(tid)
+            self.client.send(
+                "tasks.stopped",
+                {"task": tid, "force": True, "status_reason": "aborted", "status_message": ""},
+            )
+            self.ledger.mark_finished(tid, f"job {state}; task stopped")
+            log.info("task %s queue %s job %s: %s, task stopped", tid, entry.queue_name, job, state)
+            return
+        message = self._failure_message(entry, js, state)
+        taskops.fail(self.client, tid, f"slurm job {job} {state}", message)
+        taskops.add_log(self.client, tid, message)
+        self.ledger.mark_finished(tid, f"failed: job {state}")
+        log.info("task %s queue %s job %s: %s, task failed", tid, entry.queue_name, job, state)
+
+    def _failure_message(self, entry: Entry, js: JobStatus, state: str) -> str:
+        parts = [f"slurm job {entry.job_id} ended {state} before the task reported a result"]
+        if js.reason and js.reason not in ("None", "(null)"):
+            parts.append(f"reason: {js.reason}")
+        if js.exit_code is not None:
+            code = f"exit code: {js.exit_code}"
+            if js.signal:
+                code += f" (signal {js.signal})"
+            parts.append(code)
+        if js.cancelled_by:
+            parts.append(f"cancelled by uid {js.cancelled_by}")
+        text = "; ".join(parts)
+        out = self._output_tail(entry)
+        if out:
+            text += "\n--- job output (tail) ---\n" + out
+        return text
+
+    def _output_tail(self, entry: Entry) -> str:
+        if not entry.script_path:
+            return ""
+        try:
+            script = Path(entry.script_path).read_text(encoding="utf-8")
+        except OSError:
+            return ""
+        path = output_path(
+            script,
+            job_id=str(entry.job_id),
+            job_name=f"clearml_task_{entry.task_id}",
+            submit_dir=Path.cwd(),
+        )
+        return tail(path)
+
+    def _forget(self, tid: str) -> None:
+        for d in (self._unknown_since, self._stopping_since, self._last_message):
+            d.pop(tid, None)
+        self._nodes_recorded.discard(tid)
+
+    def _cancel(self, entries: list[Entry], tasks: dict[str, dict[str, Any]]) -> None:
+        try:
+            self.scheduler.cancel([str(e.job_id) for e in entries])
+            self.commands += 1
+        except SchedulerError as exc:
+            log.warning("scancel failed (retried next cycle): %s", exc)
+            return
+        for e in entries:
+            status = str((tasks.get(e.task_id) or {}).get("status", "deleted"))
+            self._cancelled.add(e.task_id)
+            log.info(
+                "task %s queue %s job %s: cancelling (task %s)",
+                e.task_id,
+                e.queue_name,
+                e.job_id,
+                status if status != "in_progress" else "stopping",
+            )
