@@ -10,7 +10,8 @@ Starts a real ``hpcagent server`` subprocess on a free port (fresh temporary dat
 3. **log throughput**: the task prints ``--lines`` lines as fast as it can; figures: lines per
    second shipped (all lines confirmed on the server through events.get_task_log, divided by the
    executor's wall time from child start to end of delivery), and the task's own loop time under
-   the executor against the same script run bare with its output read by a plain pipe reader.
+   the executor against the same script run bare with its output going to a file (the executor's
+   own output goes to a file too, as in a Slurm job).
 
     .venv/bin/python benchmarks/executor_bench.py [--lines 1000000] [--warm-runs 5]
 """
@@ -101,24 +102,25 @@ def literal_task(server: Server, code: str, name: str, reqs: str = "") -> str:
     return str(server.send("tasks.create", {"name": name, "script": script})["id"])
 
 
-def execute(
-    task_id: str, conf: Path, *extra: str
-) -> tuple[float, subprocess.CompletedProcess[str]]:
+def execute(task_id: str, conf: Path, *extra: str) -> tuple[float, str]:
+    """Run the executor with its output going to a file (as in a Slurm job); returns
+    (start time, output)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
     env["CLEARML_CONFIG_FILE"] = str(conf)
-    t0 = time.time()
-    res = subprocess.run(
-        [*HPCAGENT, "execute", "--id", task_id, "--force", *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(
-            f"execute failed ({res.returncode}): {res.stdout[-2000:]}{res.stderr[-2000:]}"
+    with tempfile.TemporaryFile() as out:
+        t0 = time.time()
+        code = subprocess.call(
+            [*HPCAGENT, "execute", "--id", task_id, "--force", *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=3600,
         )
-    return t0, res
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    if code != 0:
+        raise RuntimeError(f"execute failed ({code}): {text[-3000:]}")
+    return t0, text
 
 
 def bench_warm_start(server: Server, conf: Path, runs: int) -> None:
@@ -126,13 +128,14 @@ def bench_warm_start(server: Server, conf: Path, runs: int) -> None:
     latencies = []
     for i in range(runs + 1):  # the first run fills the venv cache
         task_id = literal_task(server, code, f"warm-{i}")
-        t0, res = execute(task_id, conf, "--disable-monitoring")
-        first = next(line for line in res.stdout.splitlines() if line.startswith("FIRST "))
+        t0, out = execute(task_id, conf, "--disable-monitoring")
+        first = next(line for line in out.splitlines() if line.startswith("FIRST "))
         if i:
             latencies.append(float(first.split()[1]) - t0)
     print(
-        f"warm start (process start -> first user line): median {statistics.median(latencies):.3f} s,"
-        f" min {min(latencies):.3f} s, max {max(latencies):.3f} s over {runs} runs"
+        "warm start (process start -> first user line):"
+        f" median {statistics.median(latencies):.3f} s, min {min(latencies):.3f} s,"
+        f" max {max(latencies):.3f} s over {runs} runs"
     )
 
 
@@ -191,14 +194,18 @@ def bench_logs(server: Server, conf: Path, tmp: Path, n: int, reps: int) -> None
     script.write_text(code)
     bare = []
     for _ in range(reps):
-        res = subprocess.run([sys.executable, "-u", str(script)], capture_output=True, text=True)
+        # bare: the output goes straight to a file, as a Slurm job without the executor
+        with tempfile.TemporaryFile() as out:
+            res = subprocess.run(
+                [sys.executable, "-u", str(script)], stdout=out, stderr=subprocess.PIPE, text=True
+            )
         bare.append(float(res.stderr.split()[-1]))
     under, walls, rates = [], [], []
     for r in range(reps):
         task_id = literal_task(server, code, f"logs-{r}")
-        t0, res = execute(task_id, conf, "--disable-monitoring")
+        t0, out = execute(task_id, conf, "--disable-monitoring")
         wall = time.time() - t0
-        loop = float(next(x for x in res.stdout.splitlines() if x.startswith("LOOP ")).split()[1])
+        loop = float(next(x for x in out.splitlines() if x.startswith("LOOP ")).split()[1])
         total = 0
         data = server.send(
             "events.get_task_log", {"task": task_id, "batch_size": 10000, "navigate_earlier": False}
