@@ -225,7 +225,13 @@ class ApiClient:
     def _login(self) -> None:
         """Get a new token with Basic auth; the caller holds ``self._lock``."""
         if not self._access_key or not self._secret_key:
-            raise AuthError("auth.login", 401, 20, "missing credentials (api.credentials)")
+            raise AuthError(
+                "auth.login",
+                401,
+                20,
+                f"no credentials for {self.host}: set api.credentials in clearml.conf "
+                "(hpcagent init) or CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY",
+            )
         basic = base64.b64encode(f"{self._access_key}:{self._secret_key}".encode()).decode()
         headers = {"Content-Type": JSON, "Authorization": f"Basic {basic}"}
         resp = self._request("post", f"{self.host}/auth.login", b"{}", headers)

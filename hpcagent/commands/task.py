@@ -8,6 +8,7 @@ readable table or summary by default and JSON with ``--json``. Errors are raised
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -306,10 +307,14 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
     queue_id = execution.get("queue") or ""
     queue_name = _queue_names(client).get(str(queue_id), "") if queue_id else ""
     pip = ((script.get("requirements") or {}).get("pip") or "").strip()
+    project = str(task.get("project") or "")
+    if project:
+        with contextlib.suppress(ApiError):  # a deleted project: show the id alone
+            project = f"{client.projects.get_by_id(project).get('name')} ({project})"
     lines: list[tuple[str, Any]] = [
         ("id", task.get("id")),
         ("name", task.get("name")),
-        ("project", task.get("project")),
+        ("project", project),
         ("type", task.get("type")),
         ("status", task.get("status")),
         ("status_reason", task.get("status_reason")),
@@ -457,7 +462,7 @@ def clone_cmd(
 @json_option
 @click.pass_context
 def reset_cmd(ctx: click.Context, task_id: str, force: bool, as_json: bool) -> None:
-    """Reset a task to ``created`` (clears its queue, run times and runtime info)."""
+    """Reset a task to created (clears its queue, run times, runtime info and log)."""
     client = get_client(ctx)
     client.tasks.reset(task_id, force=force)
     status = client.tasks.get_status(task_id)

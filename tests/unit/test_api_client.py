@@ -227,7 +227,7 @@ def test_bad_credentials_is_auth_error_not_retried(stub: Stub) -> None:
 
 def test_missing_credentials() -> None:
     client = ApiClient("http://127.0.0.1:9", "", "")
-    with pytest.raises(AuthError, match="missing credentials"):
+    with pytest.raises(AuthError, match="no credentials"):
         client.send("tasks.get_all", {})
 
 

@@ -117,6 +117,7 @@ def test_create_from_script_and_show(cli: Invoke, tmp_path: Path) -> None:
     assert "Args/lr" in text
     assert "python:3.11" in text
     assert "created" in text
+    assert f"demo ({created['project']})" in text
 
 
 def test_create_from_repo_with_requirements_file(cli: Invoke, tmp_path: Path) -> None:
