@@ -215,13 +215,13 @@ def _run_task(session: ContainerSession | DockerSession, work: dict[str, Path]) 
         cwd=work["workspace"],
         **kw,
     )
-    code, tail = run_streamed(setup.argv, cwd=setup.cwd, env=setup.env, on_line=lambda _: None)
+    code, tail = run_streamed(setup.argv, cwd=setup.cwd, env=setup.env, on_lines=lambda _: None)
     assert code == 0, tail
     prep = session.wrap(
         [str(venv / "bin" / "python"), "task.py"], cwd=work["workspace"], task_env=TASK_ENV
     )
     lines: list[str] = []
-    child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_line=lines.append)
+    child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_lines=lines.extend)
     try:
         deadline = time.monotonic() + 120
         while "ready" not in lines and child.poll() is None and time.monotonic() < deadline:
@@ -261,7 +261,7 @@ def _marker_procs(marker: str) -> list[psutil.Process]:
 def _abort_and_check(prep: PreparedCommand, marker: str, docker: bool) -> None:
     """Start a task that forks sleepers inside the container, abort it the way the executor
     does (abort commands, then SIGTERM/SIGKILL to the process group), and look for leftovers."""
-    child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_line=lambda _: None)
+    child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_lines=lambda _: None)
     deadline = time.monotonic() + 60
     while len(_marker_procs(marker)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hpcagent.scheduler.commands import CommandResult
 
 from hpcagent.errors import ContainerError
 from hpcagent.executor import container_docker
@@ -28,6 +27,7 @@ from hpcagent.executor.container import (
     split_env,
 )
 from hpcagent.executor.container_docker import DockerSession, build_docker_argv, gpu_args
+from hpcagent.scheduler.commands import CommandResult
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "container"
 SECRET = "s3cr3t-value-never-in-argv"
@@ -161,7 +161,7 @@ def test_docker_session_wrap_and_abort(
 
     def fake_run(argv: list[str], **_: Any) -> CommandResult:
         calls.append(list(argv))
-        return CommandResult(argv, 1, "", "Error: No such container")
+        return CommandResult(tuple(argv), 1, "", "Error: No such container")
 
     monkeypatch.setattr(container_docker, "run_command", fake_run)
     session = DockerSession(
