@@ -458,3 +458,50 @@ def test_server_down_during_run_every_line_once(env_setup: dict[str, Any]) -> No
     assert get_task(server, task_id)["status"] == "completed"
     lines = [x for x in task_log_lines(server, task_id) if x.startswith("line ")]
     assert lines == [f"line {i}" for i in range(n)]
+
+
+def test_task_stopped_meanwhile_is_not_run_unless_forced(env_setup: dict[str, Any]) -> None:
+    s = env_setup
+    server = s["server"]
+    script = {"entry_point": "m.py", "diff": "print('RAN-IT')\n", "requirements": {"pip": ""}}
+    task_id = create_task(server, script=script)
+    server.send("tasks.stop", {"task": task_id})  # queued -> stopped (aborted while pending)
+    res = run_execute(task_id, s["conf"])
+    assert res.returncode == 0
+    assert "not running task" in res.stdout
+    assert "RAN-IT" not in res.stdout
+    assert get_task(server, task_id)["status"] == "stopped"
+    forced = run_execute(task_id, s["conf"], "--force", "--disable-monitoring")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "RAN-IT" in forced.stdout
+    assert get_task(server, task_id)["status"] == "completed"
+
+
+def test_rank_other_than_zero_writes_no_status(env_setup: dict[str, Any]) -> None:
+    s = env_setup
+    server = s["server"]
+    script = {"entry_point": "m.py", "diff": "print('RANK-LINE')\n", "requirements": {"pip": ""}}
+    task_id = create_task(server, script=script, enqueue=False)
+    server.send("tasks.started", {"task": task_id, "force": True})
+    env = executor_env(s["conf"])
+    env["SLURM_PROCID"] = "1"
+    res = subprocess.run(
+        hpcagent_argv("execute", "--id", task_id, "--disable-monitoring"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    task = get_task(server, task_id)
+    assert task["status"] == "in_progress"  # rank 1 never writes the status
+    assert "[rank 1] RANK-LINE" in task_log_lines(server, task_id)
+
+
+def test_execute_help_lists_options() -> None:
+    res = subprocess.run(
+        hpcagent_argv("execute", "--help"), capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0
+    for option in ("--id", "--force", "--clone", "--log-file", "--disable-monitoring"):
+        assert option in res.stdout
