@@ -171,6 +171,9 @@ class Tracker:
         return text
 
     def _output_tail(self, entry: Entry) -> str:
+        own = getattr(self.scheduler, "output_path", None)  # LocalScheduler knows its files
+        if callable(own):
+            return tail(Path(own(str(entry.job_id))))
         if not entry.script_path:
             return ""
         try:

@@ -1,0 +1,266 @@
+"""The submitter loop against the real embedded server and the LocalScheduler.
+
+The job's ``${CLEARML_AGENT_EXECUTE}`` runs ``fake_executor.py`` here (it marks the task
+started and completed through the API, like ``hpcagent execute`` would); the e2e tests
+under tests/slurm use the real executor.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcagent.api import ApiClient
+from hpcagent.scheduler.local import LocalScheduler
+from hpcagent.submitter.ledger import FINISHED, SUBMITTED, Ledger
+from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+
+FAKE_EXECUTOR = """
+import os, sys, time
+from hpcagent.api import ApiClient
+task = sys.argv[sys.argv.index("--id") + 1]
+c = ApiClient(os.environ["T_URL"], os.environ["T_KEY"], os.environ["T_SECRET"])
+time.sleep(float(os.environ.get("T_DELAY", "0")))
+c.send("tasks.started", {"task": task, "force": True})
+print("fake executor ran", task, flush=True)
+time.sleep(float(os.environ.get("T_SLEEP", "0")))
+c.send("tasks.completed", {"task": task, "force": True})
+"""
+
+TEMPLATE = """#!/bin/bash
+#SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
+${CLEARML_PRE_SETUP}
+echo "hello from job for" ${CLEARML_TASK.name}
+${CLEARML_AGENT_EXECUTE}
+"""
+
+NO_EXEC_TEMPLATE = """#!/bin/bash
+echo "job output line for" ${CLEARML_TASK.name}
+exit ${CLEARML_TASK.hyperparams.properties.rc.value:3}
+"""
+
+
+@pytest.fixture
+def client(embedded_server: Any) -> Iterator[ApiClient]:
+    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
+    yield c
+    c.close()
+
+
+class Rig:
+    """A submitter wired to a server, a LocalScheduler and a ledger in tmp_path."""
+
+    def __init__(self, tmp_path: Path, client: ApiClient, server: Any) -> None:
+        self.tmp = tmp_path
+        self.client = client
+        self.server = server
+        fake = tmp_path / "fake_executor.py"
+        fake.write_text(FAKE_EXECUTOR)
+        self.fake = fake
+        self.scheduler = LocalScheduler(output_dir=tmp_path / "out", max_parallel=4)
+        self.ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
+        self.pre = ""
+
+    def queue(self, name: str) -> str:
+        return str(self.client.send("queues.create", {"name": name})["id"])
+
+    def task(self, name: str, queue_id: str, **fields: Any) -> str:
+        tid = str(
+            self.client.send("tasks.create", {"name": name, "type": "training", **fields})["id"]
+        )
+        self.client.send("tasks.enqueue", {"task": tid, "queue": queue_id})
+        return tid
+
+    def template(self, text: str, name: str = "t.template") -> Path:
+        p = self.tmp / name
+        p.write_text(text)
+        return p
+
+    def submitter(self, queues: list[QueueRef], **kw: Any) -> Submitter:
+        opts = SubmitterOptions(
+            queues=queues,
+            state_dir=self.tmp / "state",
+            worker_id="test:hpcagent-slurm",
+            poll_interval_s=0.1,
+            hpcagent_argv=[sys.executable, str(self.fake)],
+            **kw,
+        )
+        srv = self.server
+        pre = f"export T_URL={srv.url} T_KEY={srv.access_key} T_SECRET={srv.secret_key}"
+        env_cfg = {"slurm.pre_setup": f"{pre}\n{self.pre}"}
+        s = Submitter(
+            self.client, self.scheduler, self.ledger, opts, lambda p, d=None: env_cfg.get(p, d)
+        )
+        s.start()
+        return s
+
+    def get(self, tid: str) -> dict[str, Any]:
+        return dict(self.client.send("tasks.get_all", {"id": [tid]})["tasks"][0])
+
+    def until_settled(self, s: Submitter, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.cycle()
+            if not self.ledger.live():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"still live: {self.ledger.live()}")
+
+
+@pytest.fixture
+def rig(tmp_path: Path, client: ApiClient, embedded_server: Any) -> Iterator[Rig]:
+    r = Rig(tmp_path, client, embedded_server)
+    yield r
+    r.ledger.close()
+
+
+def test_task_runs_to_completion(rig: Rig) -> None:
+    rig.pre = "export T_DELAY=3"  # the task stays queued while we look at it
+    qid = rig.queue("q1")
+    tid = rig.task("my task; $(touch pwned)", qid)
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    assert s.cycle() == 1
+    entry = rig.ledger.get(tid)
+    assert entry is not None
+    assert entry.state == SUBMITTED
+    assert entry.job_id
+    task = rig.get(tid)
+    assert task["runtime"]["slurm_job_id"] == entry.job_id
+    assert task["status"] == "queued"
+    assert task["status_message"].startswith(f"slurm job {entry.job_id}: ")
+    assert task["hyperparams"]["properties"]["slurm-job-id"]["value"] == entry.job_id
+    script = Path(str(entry.script_path))
+    assert script.stat().st_mode & 0o777 == 0o700
+    rig.until_settled(s)
+    assert rig.get(tid)["status"] == "completed", rig.get(tid)["status_message"]
+    out = rig.scheduler.output_path(str(entry.job_id)).read_text()
+    assert "hello from job for my task; $(touch pwned)" in out
+    assert not (Path.cwd() / "pwned").exists()
+    finished = rig.ledger.get(tid)
+    assert finished is not None
+    assert finished.state == FINISHED
+
+
+def test_job_ending_without_report_fails_task_with_tail(rig: Rig) -> None:
+    qid = rig.queue("q1")
+    tid = rig.task("no executor", qid)
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(NO_EXEC_TEMPLATE))])
+    rig.until_settled(s)
+    task = rig.get(tid)
+    assert task["status"] == "failed"
+    assert "FAILED" in task["status_reason"]
+    assert "exit code: 3" in task["status_message"]
+    assert "job output line for no executor" in task["status_message"]
+
+
+def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:
+    qid = rig.queue("q1")
+    tid = rig.task("t", qid)
+    tmpl = rig.template(
+        "#!/bin/bash\n\n#SBATCH --partition=${CLEARML_TASK.hyperparams.x.y.value}\n"
+    )
+    s = rig.submitter([QueueRef(qid, "q1", tmpl)])
+    assert s.cycle() == 0
+    task = rig.get(tid)
+    assert task["status"] == "failed"
+    assert "${CLEARML_TASK.hyperparams.x.y.value}" in task["status_message"]
+    assert f"{tmpl}:3" in task["status_message"]
+    assert rig.scheduler.find_by_name(f"clearml_task_{tid}") == []
+
+
+def test_max_jobs_per_queue(rig: Rig) -> None:
+    qid = rig.queue("q1")
+    tids = [rig.task(f"t{i}", qid) for i in range(5)]
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))], max_jobs=2)
+    assert s.cycle() == 2
+    assert rig.client.send("queues.get_num_entries", {"queue": qid})["num"] == 3
+    seen_max = 0
+    deadline = time.monotonic() + 90
+    while rig.ledger.live() or rig.client.send("queues.get_num_entries", {"queue": qid})["num"]:
+        assert time.monotonic() < deadline
+        s.cycle()
+        seen_max = max(seen_max, len(rig.ledger.live()))
+        assert len(rig.ledger.live()) <= 2
+        time.sleep(0.05)
+    assert seen_max == 2
+    assert all(rig.get(t)["status"] == "completed" for t in tids)
+
+
+def _pull_order(rig: Rig, fairness: bool) -> list[str]:
+    qids = [rig.queue(f"{'f' if fairness else 'o'}{i}") for i in range(3)]
+    names = {}
+    for i, qid in enumerate(qids):
+        for j in range(2):
+            names[rig.task(f"q{i}-t{j}", qid)] = f"q{i}"
+    tmpl = rig.template(TEMPLATE)
+    s = rig.submitter(
+        [QueueRef(q, f"q{i}", tmpl) for i, q in enumerate(qids)], order_fairness=fairness
+    )
+    s.cycle()
+    entries = sorted(rig.ledger.recent(100), key=lambda e: e.pulled_at)
+    return [names[e.task_id] for e in entries if e.task_id in names]
+
+
+def test_priority_order(rig: Rig) -> None:
+    assert _pull_order(rig, fairness=False) == ["q0", "q0", "q1", "q1", "q2", "q2"]
+
+
+def test_order_fairness(rig: Rig) -> None:
+    assert _pull_order(rig, fairness=True) == ["q0", "q1", "q2", "q0", "q1", "q2"]
+
+
+def test_abort_while_pending_cancels_job(rig: Rig) -> None:
+    rig.scheduler.max_parallel = 1
+    qid = rig.queue("q1")
+    first = rig.task("blocker", qid)
+    second = rig.task("aborted", qid)
+    tmpl = rig.template("#!/bin/bash\nsleep 30\n")
+    s = rig.submitter([QueueRef(qid, "q1", tmpl)])
+    assert s.cycle() == 2
+    s.cycle()
+    job2 = str(rig.ledger.get(second).job_id)  # type: ignore[union-attr]
+    assert rig.scheduler.status([job2])[job2].state.value == "PENDING"
+    assert "PENDING" in rig.get(second)["status_message"]
+    rig.client.send("tasks.stop", {"task": second})
+    rig.client.send("tasks.stop", {"task": first})
+    rig.until_settled(s, timeout=30)
+    assert rig.scheduler.status([job2])[job2].state.value == "CANCELLED"
+    assert rig.get(second)["status"] == "stopped"
+
+
+def test_restart_requeues_pulled_but_unsubmitted(rig: Rig) -> None:
+    qid = rig.queue("q1")
+    tid = rig.task("crashed", qid)
+    entry = rig.client.queues.get_next_task(qid)
+    assert entry is not None
+    assert entry["task"] == tid
+    rig.ledger.record_pulled(tid, qid, "q1")  # the crash came right after this
+    assert rig.client.send("queues.get_num_entries", {"queue": qid})["num"] == 0
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])  # start() recovers
+    queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
+    assert [e["task"] for e in queue["entries"]] == [tid]
+    rig.until_settled(s)
+    assert rig.get(tid)["status"] == "completed"
+
+
+def test_restart_adopts_submitted_job_by_name(rig: Rig) -> None:
+    qid = rig.queue("q1")
+    tid = rig.task("adopt me", qid)
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    rig.client.queues.get_next_task(qid)
+    rig.ledger.record_pulled(tid, qid, "q1")
+    job = rig.scheduler.submit(
+        rig.template(TEMPLATE.replace("${CLEARML_AGENT_EXECUTE}", "true"), "x.sh"),
+        job_name=f"clearml_task_{tid}",
+    )
+    s.recover()  # as after a crash right after sbatch returned
+    e = rig.ledger.get(tid)
+    assert e is not None
+    assert e.state == SUBMITTED
+    assert e.job_id == job
+    assert rig.scheduler.find_by_name(f"clearml_task_{tid}") == [job]
