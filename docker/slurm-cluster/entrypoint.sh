@@ -213,16 +213,28 @@ role_server() {
 role_submitter() {
     start_munge
     wait_for 120 slurmctld scontrol ping
-    # Templates come from /templates (the repo's docker/slurm-cluster/templates, or a site's own
-    # folder: HPCAGENT_CLUSTER_TEMPLATES); queue i uses template i.
+    # Queue i uses template i. Templates come from /templates (docker/slurm-cluster/templates, or
+    # a site's own folder: HPCAGENT_CLUSTER_TEMPLATES) and /repo-templates (the repo's templates/).
     local -a templates queues
-    read -r -a queues <<<"${HPCAGENT_QUEUES:-cluster}"
-    read -r -a templates <<<"${HPCAGENT_TEMPLATES:-/templates/cluster.sbatch}"
+    read -r -a queues <<<"${HPCAGENT_QUEUES:-cluster example}"
+    read -r -a templates <<<"${HPCAGENT_TEMPLATES:-/templates/cluster.sbatch /repo-templates/slurm.example.template}"
     cd "$USER_HOME"
-    exec runuser -u "$CLUSTER_USER" -- env HOME="$USER_HOME" USER="$CLUSTER_USER" \
-        CLEARML_CONFIG_FILE="$USER_HOME/clearml.conf" \
-        hpcagent-slurm --template-files "${templates[@]}" --queue "${queues[@]}" \
-        ${HPCAGENT_SUBMITTER_ARGS:-}
+    local -a as_user=(runuser -u "$CLUSTER_USER" -- env HOME="$USER_HOME" USER="$CLUSTER_USER"
+        LOGNAME="$CLUSTER_USER" CLEARML_CONFIG_FILE="$USER_HOME/clearml.conf")
+    # hpcagent-slurm serves existing queues only: make ours on the (empty) server first.
+    "${as_user[@]}" /opt/hpcagent/bin/python -c '
+import sys
+from hpcagent.api import ApiClient
+from hpcagent.config import load_settings
+client = ApiClient.from_settings(load_settings())
+for name in sys.argv[1:]:
+    print("queue", name, client.queues.by_name(name, create=True)["id"])
+' "${queues[@]}"
+    local -a args=() t q
+    for t in "${templates[@]}"; do args+=(--template-files "$t"); done
+    for q in "${queues[@]}"; do args+=(--queue "$q"); done
+    # shellcheck disable=SC2086  # HPCAGENT_SUBMITTER_ARGS is a list of words on purpose
+    exec "${as_user[@]}" hpcagent-slurm "${args[@]}" ${HPCAGENT_SUBMITTER_ARGS:-}
 }
 
 ROLE=${1:-help}

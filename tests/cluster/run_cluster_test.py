@@ -11,7 +11,9 @@ back through the API (plus ``sacct`` on the controller for the Slurm side):
    ``${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}``) whose ``srun hostname`` prints
    both nodes into the task's log, and whose Slurm job ran on c1 and c2;
 3. an abort of a running task: the task ends ``stopped`` and its Slurm job is gone;
-4. a failing task: it ends ``failed`` with the script's exit code in its log or status.
+4. a failing task: it ends ``failed`` with the script's exit code in its log or status;
+5. a task on the queue served by the repository's unchanged seed template
+   (``templates/slurm.example.template``, queue ``example``) completes on a compute node.
 
 Exit status 0 when every check passed, 1 otherwise; one line per check on stdout.
 """
@@ -177,7 +179,10 @@ def sacct_nodes(job_id: str) -> tuple[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queue", default=os.environ.get("HPCAGENT_QUEUES", "cluster").split()[0])
+    parser.add_argument("--queue", default="cluster", help="queue with the cluster template")
+    parser.add_argument(
+        "--example-queue", default="example", help="queue with the seed template ('' skips)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
     args = parser.parse_args()
     check = Check()
@@ -191,9 +196,9 @@ def main() -> int:
     queue = client.queues.by_name(args.queue, create=True)
     project_id = client.projects.create(f"cluster-test-{int(time.time())}")
 
-    def enqueue(name: str, script: str, props: dict[str, str]) -> str:
+    def enqueue(name: str, script: str, props: dict[str, str], qid: str = "") -> str:
         tid = make_task(client, project_id, name, script, props)
-        client.tasks.enqueue(tid, queue["id"])
+        client.tasks.enqueue(tid, qid or queue["id"])
         print(f"enqueued {name}: {tid}", flush=True)
         return tid
 
@@ -213,6 +218,10 @@ def main() -> int:
     two = enqueue("two-nodes", SCRIPT_TWO_NODES, {"num_nodes": "2"})
     abort = enqueue("abort-me", SCRIPT_ABORT, {})
     fail = enqueue("fail-on-purpose", SCRIPT_FAIL, {})
+    example = ""
+    if args.example_queue:
+        example_q = client.queues.by_name(args.example_queue)
+        example = enqueue("seed-template", SCRIPT_SPREAD.replace("25", "1"), {}, example_q["id"])
 
     task = wait_until(
         client,
@@ -251,6 +260,15 @@ def main() -> int:
     check(task.get("status") == "failed", f"failing task {fail} is failed", describe(task))
     log = log_text(client, fail)
     check("about to fail on purpose" in log, f"failing task {fail} log has its output")
+
+    if example:
+        task = wait_until(client, example, lambda t: t.get("status") in FINAL, args.timeout)
+        host = str((task.get("runtime") or {}).get("_exec_agent_hostname", ""))
+        check(
+            task.get("status") == "completed" and host in ("c1", "c2"),
+            f"task {example} on queue {args.example_queue!r} (seed template) completed on {host!r}",
+            describe(task),
+        )
 
     print(controller("sacct", "-X", "-o", "JobID,JobName%40,State,NodeList,ExitCode").rstrip())
     if check.failures:
