@@ -19,9 +19,9 @@ the executor on the host, driving the container (docs/containers.md), and suppor
 Templates without the ``singularity exec`` prefix get ``hpcagent execute --id T --container
 IMAGE`` directly (:func:`render_agent_execute`).
 
-The submitter must not import the executor; it can run ``python -m
-hpcagent.executor.container_shim install DIR`` once (or call these pure functions if the
-lead allows that import).
+The submitter must not import the executor; its pre-setup line can simply be
+``eval "$(PYTHON -m hpcagent.executor.container_shim activate)"`` (:func:`activate_line`),
+which writes the shims on the node and prints the PATH line.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ ENV_IMAGE = "HPCAGENT_CONTAINER_IMAGE"
 ENV_ARGS = "HPCAGENT_CONTAINER_ARGS"
 ENV_BINARY = "HPCAGENT_CONTAINER_BINARY"
 SHIM_NAMES = ("singularity", "apptainer")
+SHIM_MARK = b"# hpcagent shim"
 _WRAPPED = re.compile(r"\b(singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE\}")
 
 
@@ -71,6 +72,19 @@ def shim_pre_setup(shim_dir: Path | str) -> str:
     return f'export PATH={shlex.quote(str(shim_dir))}:"$PATH"'
 
 
+def default_shim_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$TMPDIR/hpcagent-shims-<uid>`` on the node (one per user; installs are atomic)."""
+    env = os.environ if env is None else env
+    return Path(env.get("TMPDIR") or "/tmp") / f"hpcagent-shims-{os.getuid()}"  # noqa: S108
+
+
+def activate_line(python: str) -> str:
+    """The ``${CLEARML_PRE_SETUP}`` line for mode host that needs nothing prepared: it writes
+    the shims on the node with ``python`` (which must import hpcagent there) and puts them
+    first on PATH. The submitter builds it from its own interpreter, without importing this."""
+    return f'eval "$({shlex.quote(python)} -m hpcagent.executor.container_shim activate)"'
+
+
 def install_shims(directory: Path, python: str = sys.executable) -> Path:
     """Write the ``singularity``/``apptainer`` shims into ``directory`` (idempotent, atomic).
 
@@ -93,11 +107,25 @@ def install_shims(directory: Path, python: str = sys.executable) -> Path:
     return directory
 
 
+def _is_shim(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return SHIM_MARK in fh.read(256)
+    except OSError:
+        return False
+
+
 def find_real_binary(name: str, shim_dir: Path, path_var: str) -> str | None:
-    """``name`` on PATH, skipping the shim folder."""
+    """``name`` on PATH, skipping the shim folder and any other hpcagent shim (two shim
+    folders on PATH would otherwise hand the call to each other forever)."""
     skip = os.path.realpath(shim_dir)
-    rest = [p for p in path_var.split(os.pathsep) if p and os.path.realpath(p) != skip]
-    return shutil.which(name, path=os.pathsep.join(rest))
+    for folder in path_var.split(os.pathsep):
+        if not folder or os.path.realpath(folder) == skip:
+            continue
+        found = shutil.which(name, path=folder)
+        if found and not _is_shim(found):
+            return found
+    return None
 
 
 def _is_hpcagent_execute(args: Sequence[str], i: int) -> bool:
@@ -166,9 +194,14 @@ def shim_exec(name: str, shim_dir: Path, args: Sequence[str]) -> int:
 
 def _main(argv: Sequence[str]) -> int:
     usage = (
-        "usage: python -m hpcagent.executor.container_shim install DIR [PYTHON]\n"
+        "usage: python -m hpcagent.executor.container_shim activate [DIR]\n"
+        "       python -m hpcagent.executor.container_shim install DIR [PYTHON]\n"
         "       python -m hpcagent.executor.container_shim shim NAME DIR [ARGS...]"
     )
+    if argv and argv[0] == "activate":
+        folder = Path(argv[1]) if len(argv) > 1 else default_shim_dir()
+        print(shim_pre_setup(install_shims(folder, sys.executable)))
+        return 0
     if len(argv) >= 2 and argv[0] == "install":
         python = argv[2] if len(argv) > 2 else sys.executable
         print(install_shims(Path(argv[1]), python))

@@ -25,6 +25,7 @@ from hpcagent.executor.container_shim import (
     ENV_ARGS,
     ENV_BINARY,
     ENV_IMAGE,
+    activate_line,
     install_shims,
     render_agent_execute,
     request_from_env,
@@ -203,6 +204,15 @@ def test_shim_end_to_end(tmp_path: Path) -> None:
         f"EXEC execute --id t9 | docker://py:3.11 | --nv -B /data | {real_dir}/singularity"
     )
     assert out[1] == "REAL pull x.sif y"
+    # the self-installing form the submitter puts into ${CLEARML_PRE_SETUP}
+    env["TMPDIR"] = str(tmp_path / "node-tmp")
+    (tmp_path / "node-tmp").mkdir()
+    script = f"{activate_line(sys.executable)}\nsingularity exec img.sif hpcagent execute --id t2\n"
+    out = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out == [f"EXEC execute --id t2 | img.sif |  | {real_dir}/singularity"]
+    assert (tmp_path / "node-tmp" / f"hpcagent-shims-{os.getuid()}" / "apptainer").exists()
     got = request_from_env(
         {ENV_IMAGE: "docker://py:3.11", ENV_ARGS: "--nv -B /data", ENV_BINARY: "/r"}
     )
