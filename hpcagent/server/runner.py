@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,36 +86,50 @@ def announce_credentials(creds: Credentials, api_server: str, out: TextIO) -> No
     out.flush()
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so a busy port is a clear ServerError (exit 9)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listening socket says so (proto 0 would leave Nagle on: ~40 ms per keep-alive request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
 def serve(options: ServerOptions, out: TextIO | None = None) -> None:
     """Run the server until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=getattr(logging, options.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app, creds = prepare(options)
-    host = options.host if ":" not in options.host else f"[{options.host}]"
-    if creds.generated:
-        announce_credentials(creds, f"http://{host}:{options.port}", out or sys.stdout)
-    config = uvicorn.Config(
-        app.asgi,
-        host=options.host,
-        port=options.port,
-        log_level=options.log_level.lower(),
-        access_log=False,
-        lifespan="on",
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=30,
-    )
-    server = _Server(config)
-    log.info(
-        "hpcagent server on http://%s:%d, data in %s",
-        host,
-        options.port,
-        options.data_dir.expanduser(),
-    )
+    sock = _bind(options.host, options.port)
     try:
-        server.run()
-    except OSError as exc:
-        raise ServerError(f"cannot serve on {options.host}:{options.port}: {exc}") from exc
+        app, creds = prepare(options)
+        host = options.host if ":" not in options.host else f"[{options.host}]"
+        if creds.generated:
+            announce_credentials(creds, f"http://{host}:{options.port}", out or sys.stdout)
+        config = uvicorn.Config(
+            app.asgi,
+            log_level=options.log_level.lower(),
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=30,
+        )
+        server = _Server(config)
+        log.info(
+            "hpcagent server on http://%s:%d, data in %s",
+            host,
+            options.port,
+            options.data_dir.expanduser(),
+        )
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:
         raise ServerError(f"the server did not start on {options.host}:{options.port}")
