@@ -76,11 +76,12 @@ def choose_mode(
     if handed is not None:
         request, binary = handed
         return ContainerChoice("apptainer", request.image, request.arguments, binary)
-    # The submitter's --singularity-mode / --container-mode (image: the task's or the default).
+    # The submitter's --singularity-mode (Apptainer) or --container-mode (Docker); the image is
+    # the task's or the default.
     mode = env.get(ENV_MODE, "").strip().lower()
-    if mode in ("singularity", "apptainer", "container"):
+    if mode in ("singularity", "apptainer"):
         return ContainerChoice("apptainer")
-    if mode == "docker":
+    if mode in ("container", "docker"):
         return ContainerChoice("docker")
     if mode:
         raise ContainerError(f"{ENV_MODE}={mode!r}: expected singularity, container or docker")

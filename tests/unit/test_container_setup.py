@@ -41,6 +41,8 @@ def test_choose_mode() -> None:
     assert choose_mode(container=None, docker=None, env={**mode, **handed}) == ContainerChoice(
         "apptainer", "docker://py:3", ("--nv",), "/usr/bin/singularity"
     )
+    docker_mode = {"HPCAGENT_CONTAINER_MODE": "container"}  # hpcagent-slurm --container-mode
+    assert choose_mode(container=None, docker=None, env=docker_mode) == ContainerChoice("docker")
     with pytest.raises(ContainerError):
         choose_mode(container=None, docker=None, env={"HPCAGENT_CONTAINER_MODE": "lxc"})
 
