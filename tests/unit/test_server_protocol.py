@@ -261,3 +261,18 @@ def test_client_mistakes_never_give_5xx(embedded_server_session: EmbeddedServer)
     )
     assert huge.status_code == 200
     assert huge.json()["data"]["added"] == 1
+
+
+def test_busy_port_is_a_clear_error(embedded_server_session: EmbeddedServer, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    srv = embedded_server_session
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcagent.commands.server", "--port", str(srv.port),
+         "--data-dir", str(tmp_path / "other"), "--access-key", "a", "--secret-key", "b"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "cannot listen" in proc.stderr
+    assert srv.send("projects.get_all", {})["projects"] is not None  # first server unaffected
