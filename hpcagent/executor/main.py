@@ -274,8 +274,14 @@ class Executor:
     def _setup_and_run(self, task: TaskInfo) -> int:
         assert self._workdir is not None
         try:
+            # An abort or a signal during setup is honoured between the steps (a running git
+            # or pip command is not interrupted; setup scripts are).
             cwd, code_dir, repo_root = self._workspace(task)
+            if self._stopping():
+                return self._finish(-1, "")
             self._setup_scripts(task, cwd)
+            if self._stopping():
+                return self._finish(-1, "")
             python = self._environment(task, repo_root)
             if self._stopping():
                 return self._finish(-1, "")

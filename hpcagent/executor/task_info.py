@@ -202,7 +202,8 @@ def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, st
 
     * ``queued`` runs (the executor dequeues it);
     * ``in_progress`` runs when it is not being stopped and either no Slurm job is
-      recorded on it or the recorded job is ours (it was handed to this job);
+      recorded on it or the recorded job is ours (it was handed to this job); a task recorded
+      for another job (or for a job while we run outside Slurm) does not run;
     * ``created`` (reset or dequeued meanwhile) and finished statuses do not run;
     * ``force`` overrides everything.
     """
@@ -214,9 +215,12 @@ def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, st
         if "stopping" in task.status_message:
             return False, "the task is being stopped"
         recorded = str(task.runtime.get("slurm_job_id") or "")
-        if not recorded or not slurm_job_id or recorded == slurm_job_id:
+        if not recorded or recorded == slurm_job_id:
             return True, "in progress, handed to this job"
-        return False, f"the task belongs to Slurm job {recorded}, not {slurm_job_id}"
+        return (
+            False,
+            f"the task belongs to Slurm job {recorded}, not {slurm_job_id or 'this process'}",
+        )
     if task.status == "created":
         return False, "the task was reset or dequeued (status created)"
     return False, f"the task is {task.status or 'in an unknown state'}"

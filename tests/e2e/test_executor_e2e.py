@@ -505,3 +505,22 @@ def test_execute_help_lists_options() -> None:
     assert res.returncode == 0
     for option in ("--id", "--force", "--clone", "--log-file", "--disable-monitoring"):
         assert option in res.stdout
+
+
+def test_abort_during_setup_script_stops(env_setup: dict[str, Any]) -> None:
+    s = env_setup
+    server = s["server"]
+    marker = s["tmp"] / "setup-started"
+    script = {"entry_point": "m.py", "diff": "print('NEVER')\n", "requirements": {"pip": ""}}
+    task_id = create_task(server, script=script, setup_shell_script=f"touch {marker}\nsleep 300\n")
+    proc = start_execute(task_id, s["conf"], log=s["tmp"] / "setup.out")
+    try:
+        wait_for(marker.exists)
+        server.send("tasks.stop", {"task": task_id})
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    assert get_task(server, task_id)["status"] == "stopped"
+    assert "NEVER" not in (s["tmp"] / "setup.out").read_text()

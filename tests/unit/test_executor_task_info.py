@@ -113,6 +113,7 @@ def test_worker_id_and_rank() -> None:
         ("in_progress", "", {}, "5", True),
         ("in_progress", "", {"slurm_job_id": "5"}, "5", True),
         ("in_progress", "", {"slurm_job_id": "4"}, "5", False),
+        ("in_progress", "", {"slurm_job_id": "4"}, "", False),
         ("in_progress", "stopping", {}, "", False),
         ("created", "", {}, "", False),
         ("stopped", "", {}, "", False),
