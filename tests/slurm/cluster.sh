@@ -151,7 +151,9 @@ EOF
 }
 
 start_slurmdbd() {
-    if ours_running slurmdbd || pgrep -x slurmdbd >/dev/null; then return 0; fi
+    # Only pid files count: other containers on this host may run their own Slurm daemons,
+    # which pgrep would see.
+    if ours_running slurmdbd; then return 0; fi
     log "starting slurmdbd"
     slurmdbd 9>&- || die "slurmdbd did not start, see $LOGS/slurmdbd.log"
     wait_for 30 "slurmdbd pid file" test -s "$RUN/slurmdbd.pid" || die "no slurmdbd pid, see $LOGS/slurmdbd.log"
@@ -214,7 +216,10 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+# Memory is a consumable resource so that --mem is enforced (OUT_OF_MEMORY); each CPU of a job
+# gets DefMemPerCPU unless it asks for --mem. OverSubscribe=FORCE:8 lets small jobs share cores.
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=2048
 SchedulerType=sched/backfill
 ReturnToService=2
 MaxJobCount=20000
@@ -251,7 +256,6 @@ stop_pid() { # stop_pid NAME: stop a daemon that `up` started, wait until it is 
 
 start_slurmctld() {
     if ours_running slurmctld; then return 0; fi
-    pgrep -x slurmctld >/dev/null && die "a slurmctld that this script did not start is running"
     log "starting slurmctld"
     rm -f "$RUN/slurmctld.pid"
     slurmctld 9>&- || die "slurmctld did not start, see $LOGS/slurmctld.log"
@@ -262,7 +266,6 @@ start_slurmctld() {
 
 start_slurmd() {
     if ours_running slurmd; then return 0; fi
-    pgrep -x slurmd >/dev/null && die "a slurmd that this script did not start is running"
     log "starting slurmd"
     rm -f "$RUN/slurmd.pid"
     slurmd 9>&- || die "slurmd did not start, see $LOGS/slurmd.log"
