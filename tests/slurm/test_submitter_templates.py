@@ -3,9 +3,9 @@
 * The seed's example template runs unchanged (``--priority=5`` included) and its job
   really runs the rendered ``${CLEARML_AGENT_EXECUTE}``.
 * Adversarial task values: every rendered script passes ``sbatch --test-only``; held
-  jobs show exactly the directives the template has (the value lands in ``Comment``
-  byte for byte, nothing else appears); jobs that run never execute anything the value
-  carries (no marker file) and print it back unchanged.
+  jobs show exactly the job name, time limit and output file the template sets (a value
+  in an ``#SBATCH`` line cannot add or change a directive); jobs that run never execute
+  anything the value carries (no marker file) and print it back unchanged.
 """
 
 from __future__ import annotations
