@@ -6,7 +6,7 @@ submits them to Slurm, ``hpcagent execute`` runs them on c1 and c2, and every ou
 back through the API (plus ``sacct`` on the controller for the Slurm side):
 
 1. two single-node tasks that each take a whole node run at the same time, one on c1 and one on
-   c2 (``runtime._exec_agent_hostname`` of the tasks);
+   c2 (the node in each task's runtime, and the task's log from that node);
 2. a two-node task (``hyperparams.properties.num_nodes = 2`` through the template's
    ``${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}``) whose ``srun hostname`` prints
    both nodes into the task's log, and whose Slurm job ran on c1 and c2;
@@ -163,6 +163,26 @@ def log_text(client: ApiClient, task_id: str) -> str:
     return "\n".join(str(e.get("msg", "")) for e in reply.get("events") or [])
 
 
+def task_node(task: dict[str, Any]) -> tuple[str, str]:
+    """The compute node a single-node task ran on, from its runtime, and a warning ('' if none).
+
+    The executor records ``hpcagent_worker`` (``<node>:slurm-<job>``) and
+    ``_exec_agent_hostname``; the submitter records ``slurm_nodes``. All that are present should
+    name the same node (a disagreement is printed as a WARN line); the node is the executor's
+    own word (``hpcagent_worker``).
+    """
+    runtime = task.get("runtime") or {}
+    seen = {
+        "hpcagent_worker": str(runtime.get("hpcagent_worker", "")).split(":")[0],
+        "_exec_agent_hostname": str(runtime.get("_exec_agent_hostname", "")),
+        "slurm_nodes": str(runtime.get("slurm_nodes", "")),
+    }
+    node = seen["hpcagent_worker"] or seen["slurm_nodes"] or seen["_exec_agent_hostname"]
+    odd = {k: v for k, v in seen.items() if v != node}
+    warning = f"runtime disagrees with node {node!r}: {odd}" if odd else ""
+    return node, warning
+
+
 def describe(task: dict[str, Any]) -> str:
     return (
         f"status={task.get('status')} message={task.get('status_message')!r} "
@@ -208,11 +228,15 @@ def main() -> int:
     for tid in spread:
         task = wait_until(client, tid, lambda t: t.get("status") in FINAL, args.timeout)
         check(task.get("status") == "completed", f"whole-node task {tid} completed", describe(task))
-        host = str((task.get("runtime") or {}).get("_exec_agent_hostname", ""))
+        host, warning = task_node(task)
+        if warning:
+            print(f"WARN  task {tid}: {warning}", flush=True)
         hosts.append(host)
         log = log_text(client, tid)
         check(f"done on {host}" in log, f"task {tid} log comes from its node {host!r}")
-    check(sorted(hosts) == ["c1", "c2"], "the two tasks ran on c1 and c2", f"runtime hosts {hosts}")
+    check(
+        sorted(hosts) == ["c1", "c2"], "the two tasks ran on c1 and c2", f"nodes in runtime {hosts}"
+    )
 
     # -- 2. two nodes, 3. abort, 4. failure: at the same time
     two = enqueue("two-nodes", SCRIPT_TWO_NODES, {"num_nodes": "2"})
@@ -263,7 +287,9 @@ def main() -> int:
 
     if example:
         task = wait_until(client, example, lambda t: t.get("status") in FINAL, args.timeout)
-        host = str((task.get("runtime") or {}).get("_exec_agent_hostname", ""))
+        host, warning = task_node(task)
+        if warning:
+            print(f"WARN  task {example}: {warning}", flush=True)
         check(
             task.get("status") == "completed" and host in ("c1", "c2"),
             f"task {example} on queue {args.example_queue!r} (seed template) completed on {host!r}",
