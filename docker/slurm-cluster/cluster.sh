@@ -115,6 +115,8 @@ cmd_up() {
         tail -30 "$BUILD_LOG" >&2
         die "the image build failed, see $BUILD_LOG"
     fi
+    # Each rebuild leaves the previous image dangling: drop ours (and only ours).
+    docker image prune -f --filter label=org.hpcagent.cluster=1 >/dev/null || true
     log "starting the cluster"
     compose up -d >/dev/null
     wait_healthy 300
