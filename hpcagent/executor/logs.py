@@ -10,9 +10,12 @@ every ``flush_interval`` seconds or as soon as 64 KiB are waiting, with ``events
 (requests ≤ 1 MiB, consecutive lines concatenated into events of ≤ 64 KiB, as the ClearML agent
 does).
 
-Delivery is ordered and exactly once as far as the client can know: a batch that fails is
-written to ``spool_dir/<seq>.jsonl``; while spool files exist, new batches are spooled behind
-them; the thread re-sends the oldest file and deletes it only after ``add_batch`` succeeded.
+Delivery is ordered and exactly once: a batch that fails is written to
+``spool_dir/<seq>-<part>.jsonl`` (one request per file); while spool files exist, new batches are
+spooled behind them; the thread re-sends the oldest file and deletes it only after
+``add_batch`` succeeded. Before re-sending, the optional ``verifier`` asks the server whether the
+request's first event is already stored (its reply may have been lost after the server stored
+it), so an ambiguous failure never duplicates lines.
 The spool is bounded by ``spool_max_bytes``; beyond it new lines are dropped and counted, and a
 notice with the count is shipped once delivery resumes.
 """
@@ -33,6 +36,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 
 #: ``send_lines("events.add_batch", events)``; raises on failure.
 Sender = Callable[[list[dict[str, Any]]], None]
+#: "Is this log event already stored on the server?"; raises when it cannot tell.
+Verifier = Callable[[dict[str, Any]], bool]
 
 
 class LineSplitter:
@@ -187,8 +192,10 @@ class LogShipper:
         mem_limit: int = 8 * 1024 * 1024,
         spool_max_bytes: int = 256 * 1024 * 1024,
         retry_interval: float = 2.0,
+        verifier: Verifier | None = None,
     ) -> None:
         self._send = sender
+        self._verify = verifier
         self.task = task
         self.worker = worker
         self.spool_dir = spool_dir
@@ -285,7 +292,10 @@ class LogShipper:
         with self._send_lock:
             for path in self._spool_files():
                 events = [json.loads(line) for line in path.read_text().splitlines() if line]
-                if not self._try_send(events):
+                already = self._already_delivered(events)
+                if already is None:  # cannot tell now (server still away): retry later
+                    return False
+                if not already and not self._try_send(events):
                     with self._lock:
                         seq, lines = self._take_locked()
                     if lines:
@@ -315,6 +325,21 @@ class LogShipper:
                     self._spool(seq, [e for c in chunks[i:] for e in c], first_part=i)
                     return False
             return True
+
+    def _already_delivered(self, events: list[dict[str, Any]]) -> bool | None:
+        """Whether a spooled request already reached the server (None: cannot tell).
+
+        A request whose reply was lost (a read timeout after the server stored it) must not be
+        sent twice. One request is stored atomically, and every event of a run has its own
+        strictly increasing timestamp, so looking up the first event is enough.
+        """
+        if self._verify is None or not events:
+            return False
+        try:
+            return self._verify(events[0])
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return None
 
     def _try_send(self, events: list[dict[str, Any]]) -> bool:
         if not events:
@@ -360,6 +385,28 @@ class LogShipper:
                 self.last_error = f"spool write failed: {exc}"
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def make_verifier(client: Any, task: str) -> Verifier:
+    """A :data:`Verifier` over ``events.get_task_log`` (the first event at or after the
+    event's timestamp must be that very event)."""
+
+    def delivered(event: dict[str, Any]) -> bool:
+        data = client.send(
+            "events.get_task_log",
+            {
+                "task": task,
+                "from_timestamp": int(event["timestamp"]) - 1,
+                "navigate_earlier": False,
+                "batch_size": 1,
+            },
+        )
+        found = data.get("events") or []
+        return bool(found) and (
+            found[0].get("timestamp") == event["timestamp"] and found[0].get("msg") == event["msg"]
+        )
+
+    return delivered
 
 
 def make_sender(client: Any) -> Sender:

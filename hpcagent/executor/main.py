@@ -31,7 +31,7 @@ from typing import IO, Any, BinaryIO, Protocol
 from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
 from hpcagent.executor import repo as repo_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
-from hpcagent.executor.logs import LogShipper, make_sender
+from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
 from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecutorConfig
 from hpcagent.executor.process import ChildProcess, run_streamed
@@ -174,6 +174,7 @@ class Executor:
             spool_dir=self._workdir / "log-spool",
             flush_interval=self.cfg.log_flush_interval_s,
             spool_max_bytes=self.cfg.log_spool_max_bytes,
+            verifier=make_verifier(self.bg, self.task_id),
         ).start()
         previous = self._install_signal_handlers()
         watcher = AbortWatcher(

@@ -114,3 +114,30 @@ def test_shipper_memory_spill_and_spool_bound(tmp_path: Path) -> None:
     kept = [line for line in lines if line.startswith("line ")]
     assert kept == sorted(kept)  # order preserved, nothing duplicated
     assert len(set(kept)) == len(kept)
+
+
+def test_lost_reply_is_not_resent(tmp_path: Path) -> None:
+    """The server stores a request but the reply is lost: the verifier prevents a duplicate."""
+    stored: list[dict[str, Any]] = []
+    lose_reply = [True]
+
+    def sink(events: list[dict[str, Any]]) -> None:
+        stored.extend(events)
+        if lose_reply[0]:
+            lose_reply[0] = False
+            raise TimeoutError("read timed out")
+
+    def verifier(event: dict[str, Any]) -> bool:
+        return any(
+            e["timestamp"] == event["timestamp"] and e["msg"] == event["msg"] for e in stored
+        )
+
+    shipper = LogShipper(sink, task="t", worker="w", spool_dir=tmp_path / "s", verifier=verifier)
+    for i in range(10):
+        shipper.emit(f"l{i}")
+    assert not shipper.flush_once()  # "failed": spooled
+    for i in range(10, 20):
+        shipper.emit(f"l{i}")
+    assert shipper.close(timeout=5.0)
+    lines = [x for e in stored for x in e["msg"].split("\n")]
+    assert lines == [f"l{i}" for i in range(20)]
