@@ -111,7 +111,7 @@ cmd_up() {
     log "building the wheelhouse from the checkout"
     PYTHON="${PYTHON:-python3}" bash "$HERE/build-wheelhouse.sh" 2> >(grep -v 'is ignored: it is neither' >&2)
     log "building the image (log: $BUILD_LOG)"
-    if ! compose build init >"$BUILD_LOG" 2>&1; then
+    if ! compose build --force-rm init >"$BUILD_LOG" 2>&1; then
         tail -30 "$BUILD_LOG" >&2
         die "the image build failed, see $BUILD_LOG"
     fi
