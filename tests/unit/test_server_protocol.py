@@ -276,3 +276,42 @@ def test_busy_port_is_a_clear_error(embedded_server_session: EmbeddedServer, tmp
     assert proc.returncode != 0
     assert "cannot listen" in proc.stderr
     assert srv.send("projects.get_all", {})["projects"] is not None  # first server unaffected
+
+
+def test_sigterm_under_load_loses_no_acknowledged_write(embedded_server: EmbeddedServer) -> None:
+    import threading
+    import time
+
+    srv = embedded_server
+    token = srv.token()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        while not stop.is_set():
+            try:
+                reply = session.post(
+                    f"{srv.url}/tasks.create", json={"name": "load", "type": "training"}, timeout=10
+                )
+            except requests.RequestException:
+                return
+            if reply.status_code != 200:
+                return
+            acknowledged.append(reply.json()["data"]["id"])
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.stop() == 0
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(acknowledged) >= 50
+    srv.start()
+    found = srv.send("tasks.get_all", {"id": acknowledged, "only_fields": ["id"]})["tasks"]
+    assert {t["id"] for t in found} == set(acknowledged)
