@@ -212,14 +212,15 @@ class ServerApp:
             worker_header=headers.get("x-clearml-worker") or headers.get("x-trains-worker") or "",
         )
         try:
+            # Authenticate before looking at the body: no validation details for strangers.
+            if endpoint not in PUBLIC_ENDPOINTS:
+                ctx.identity = self.auth.verify(headers.get("authorization"))
             body = self._parse_body(endpoint, raw, request)
             if endpoint == "auth.login":
                 token = self.auth.login(
                     headers.get("authorization"), opt_int(body, "expiration_sec")
                 )
                 return _envelope(endpoint, requested, 200, 0, "OK", {"token": token})
-            if endpoint not in PUBLIC_ENDPOINTS:
-                ctx.identity = self.auth.verify(headers.get("authorization"))
             data = handler(ctx, body)
         except ApiFault as fault:
             return _envelope(

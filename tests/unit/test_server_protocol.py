@@ -315,3 +315,8 @@ def test_sigterm_under_load_loses_no_acknowledged_write(embedded_server: Embedde
     srv.start()
     found = srv.send("tasks.get_all", {"id": acknowledged, "only_fields": ["id"]})["tasks"]
     assert {t["id"] for t in found} == set(acknowledged)
+
+
+def test_auth_is_checked_before_the_body(embedded_server_session: EmbeddedServer) -> None:
+    reply = embedded_server_session.request("tasks.create", data=b"{not json", auth=False)
+    assert (reply.status_code, reply.json()["meta"]["result_subcode"]) == (401, 20)
