@@ -401,10 +401,16 @@ class Executor:
             env.update(dict(task.environment))
         conf = self._workdir / "clearml.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The SDK needs a web and a files host; when they cannot be derived from the API host
+        # (a non-8008 port), the API host stands in (it only serves links and uploads).
+        web = self.cfg.web_server or self.cfg.api_server
+        files = self.cfg.files_server or self.cfg.api_server
         with os.fdopen(fd, "w") as fh:
             fh.write(
                 "api {\n"
                 f"  api_server: {json.dumps(self.cfg.api_server)}\n"
+                f"  web_server: {json.dumps(web)}\n"
+                f"  files_server: {json.dumps(files)}\n"
                 "  credentials {\n"
                 f"    access_key: {json.dumps(self.cfg.access_key)}\n"
                 f"    secret_key: {json.dumps(self.cfg.secret_key)}\n"
@@ -419,6 +425,8 @@ class Executor:
                 "TRAINS_LOG_TASK_TO_BACKEND": "0",
                 "CLEARML_WORKER_ID": self.worker,
                 "CLEARML_API_HOST": self.cfg.api_server,
+                "CLEARML_WEB_HOST": web,
+                "CLEARML_FILES_HOST": files,
                 "CLEARML_API_ACCESS_KEY": self.cfg.access_key,
                 "CLEARML_API_SECRET_KEY": self.cfg.secret_key,
                 "PYTHONUNBUFFERED": "1",

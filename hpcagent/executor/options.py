@@ -40,6 +40,8 @@ class ExecutorConfig:
     """Every setting the executor uses (see the module docstring for the keys)."""
 
     api_server: str = ""
+    web_server: str = ""
+    files_server: str = ""
     access_key: str = ""
     secret_key: str = ""
     worker_id: str = ""
@@ -77,6 +79,8 @@ class ExecutorConfig:
         api, agent = settings.api, settings.agent
         return cls(
             api_server=api.api_server,
+            web_server=api.web_server,
+            files_server=api.files_server,
             access_key=api.access_key,
             secret_key=api.secret_key,
             worker_id=agent.worker_id,

@@ -524,3 +524,49 @@ def test_abort_during_setup_script_stops(env_setup: dict[str, Any]) -> None:
     assert code == 0
     assert get_task(server, task_id)["status"] == "stopped"
     assert "NEVER" not in (s["tmp"] / "setup.out").read_text()
+
+
+SDK_TASK = """\
+import argparse
+from clearml import Task
+
+p = argparse.ArgumentParser()
+p.add_argument("--lr", type=float, default=0.5)
+task = Task.init()
+a = p.parse_args()
+print("sdk-lr", a.lr, "task", task.id)
+task.get_logger().report_scalar("loss", "train", value=0.25, iteration=1)
+task.flush(wait_for_uploads=True)
+"""
+
+
+def test_clearml_sdk_inside_task_reports_to_same_server(env_setup: dict[str, Any]) -> None:
+    """The child env (CLEARML_TASK_ID, config file, keys) makes the SDK attach to this task."""
+    pytest.importorskip("clearml")
+    import clearml
+
+    s = env_setup
+    server = s["server"]
+    # The SDK comes from hpcagent's own environment (no network for installing it).
+    site = str(Path(clearml.__file__).resolve().parents[1])
+    script = {"entry_point": "sdk_task.py", "diff": SDK_TASK, "requirements": {"pip": ""}}
+    task_id = create_task(server, script=script, args={"lr": "0.01"})
+    server.send(
+        "tasks.edit",
+        {
+            "task": task_id,
+            "force": True,
+            "hyperparams": {
+                "Args": {"lr": {"section": "Args", "name": "lr", "value": "0.01", "type": "str"}},
+                "Environment": {
+                    "PYTHONPATH": {"section": "Environment", "name": "PYTHONPATH", "value": site}
+                },
+            },
+        },
+    )
+    res = run_execute(task_id, s["conf"], "--disable-monitoring")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"sdk-lr 0.01 task {task_id}" in res.stdout
+    assert get_task(server, task_id)["status"] == "completed"
+    scalars = server.send("events.scalar_metrics_iter_histogram", {"task": task_id})
+    assert scalars["loss"]["train"]["y"] == [0.25]
