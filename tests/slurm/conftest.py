@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,27 @@ def write_script(folder: Path, name: str, body: str, directives: tuple[str, ...]
     script = folder / f"{name}.sh"
     script.write_text("\n".join([*lines, body, ""]))
     return script
+
+
+@pytest.fixture
+def make_script(job_dir: Path) -> Callable[..., Path]:
+    """``make_script(name, body, directives=())`` -> a script in ``job_dir``."""
+
+    def make(name: str, body: str, directives: tuple[str, ...] = ()) -> Path:
+        return write_script(job_dir, name, body, directives)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cluster_cmd() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cluster_cmd("up", "--profile", "noacct", check=False)`` runs cluster.sh."""
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_log_tails() -> Callable[[], str]:
+    return log_tails
 
 
 def log_tails(lines: int = 30) -> str:
