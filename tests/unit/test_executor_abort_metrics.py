@@ -97,3 +97,84 @@ def test_monitor_without_nvml_logs_once_and_sends_no_gpu_series(
     events = sent[1][1]
     assert {e["metric"] for e in events} == {":monitor:machine"}
     assert all(e["type"] == "training_stats_scalar" for e in events)
+
+
+class _FakeNvml:
+    """Stands in for the NVML library at its seam (this machine has no GPU/driver): 4 boards."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    class _Util:
+        def __init__(self, gpu: int) -> None:
+            self.gpu = gpu
+
+    class _Mem:
+        def __init__(self, used: int, total: int) -> None:
+            self.used, self.total, self.free = used, total, total - used
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 4
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+        if not uuid.startswith("GPU-"):
+            raise ValueError("bad uuid")
+        return int(uuid[-1])
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        return self._Util(10 * (h + 1))
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        return self._Mem((h + 1) * 1024**3, 80 * 1024**3)
+
+    def nvmlDeviceGetTemperature(self, h: int, _kind: int) -> int:
+        return 40 + h
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 100_000 + h
+
+
+@pytest.mark.parametrize(
+    ("visible", "boards"),
+    [(None, [0, 1, 2, 3]), ("2,0", [2, 0]), ("GPU-aaaa-3,7,x", [3]), ("", [])],
+)
+def test_gpu_selection_honours_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, boards: list[int]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    probe = GpuProbe(visible)
+    assert probe.available
+    assert [h for _, h in probe.handles] == boards
+    samples = probe.sample()
+    assert [s["utilization"] for s in samples] == [10.0 * (b + 1) for b in boards]
+    assert all(s["power_draw_w"] >= 100 for s in samples)
+
+
+def test_monitor_gpu_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    sent: list[tuple[str, Any]] = []
+    mon = Monitor(
+        lambda ep, body: sent.append((ep, body)),
+        lambda ep, items: sent.append((ep, list(items))),
+        task_id="t",
+        worker="w",
+        interval=1.0,
+        log=lambda _m: None,
+        gpu=GpuProbe("1"),
+    )
+    mon.report_once()
+    stats = sent[0][1]["machine_stats"]
+    assert stats["gpu_usage"] == [20.0]
+    assert stats["gpu_memory_used"] == [2048.0]
+    gpu_events = {e["variant"]: e["value"] for e in sent[1][1] if e["metric"] == ":monitor:gpu"}
+    assert gpu_events["gpu_0_utilization"] == 20.0
+    assert gpu_events["gpu_0_temperature"] == 41.0
