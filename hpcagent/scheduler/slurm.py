@@ -31,11 +31,11 @@ from hpcagent.scheduler.pacer import TokenBucket
 from hpcagent.scheduler.slurm_parse import (
     SACCT_FORMAT,
     SQUEUE_FORMAT,
+    RowIndex,
     SlurmRow,
     aggregate,
     is_limit,
     is_transient,
-    match_rows,
     parse_sacct,
     parse_sbatch_output,
     parse_scontrol,
@@ -226,8 +226,9 @@ class SlurmScheduler(Scheduler):
                 )
             return result
         missing: list[str] = []
+        index = RowIndex(rows)
         for j in todo:
-            found = match_rows(j, rows)
+            found = index.match(j)
             if found:
                 self._remember(result, aggregate(j, found))
             else:
@@ -276,8 +277,9 @@ class SlurmScheduler(Scheduler):
                 log.warning("sacct failed: %s", exc)
         if self.accounting is False:
             rows.extend(self._scontrol_rows([j for j in job_ids if j not in self._gone_noacct]))
+        index = RowIndex(rows)
         for j in job_ids:
-            found = match_rows(j, rows)
+            found = index.match(j)
             if found:
                 self._remember(result, aggregate(j, found))
                 continue
