@@ -26,15 +26,13 @@ from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 from hpcagent.executor.main import ExecuteOptions
 from hpcagent.submitter.blocks import build_context
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(1800),
-    pytest.mark.skipif(
-        "template_text" not in inspect.signature(build_context).parameters
-        or "docker" not in ExecuteOptions.__dataclass_fields__,
-        reason="the submitter/executor container-mode integration (docs/containers.md) is not in",
-    ),
-]
+#: The submitter and executor hooks for container mode are in (see docs/containers.md).
+NOT_INTEGRATED = pytest.mark.skipif(
+    "template_text" not in inspect.signature(build_context).parameters
+    or "docker" not in ExecuteOptions.__dataclass_fields__,
+    reason="the submitter/executor container-mode integration (docs/containers.md) is not in",
+)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800), NOT_INTEGRATED]
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "fakes" / "apptainer-standin"
