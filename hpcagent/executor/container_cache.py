@@ -115,15 +115,21 @@ def ensure_image(
     target = cached_image_path(source, cache_dir)
     if target.is_file():
         return str(target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ContainerError(f"cannot create the image cache {cache_dir}: {exc}") from exc
     runtime = runtime or resolve_runtime(settings.binary)
     started = time.monotonic()
     with _cache_lock(cache_dir, settings.lock_timeout_s, log):
         if target.is_file():  # pulled by another job while this one waited
             log(f"image {source}: pulled by another job ({time.monotonic() - started:.0f} s wait)")
             return str(target)
+        # Holding the lock, nobody else pulls: leftovers are from pulls that were killed.
+        for stale in cache_dir.glob(f".{target.name}.pulling.*"):
+            log(f"removing {stale.name}, left by an interrupted pull")
+            stale.unlink(missing_ok=True)
         tmp = cache_dir / f".{target.name}.pulling.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
         log(f"pulling {source} into {target} with {runtime.describe()}")
         try:
             res = run_command(pull_argv(runtime, source, tmp), timeout=settings.pull_timeout_s)

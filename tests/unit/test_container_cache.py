@@ -66,6 +66,24 @@ def test_pull_then_hit(tmp_path: Path, registry: Path) -> None:
     assert len(_pulls(tmp_path)) == 1
 
 
+def test_leftover_of_a_killed_pull_is_removed(tmp_path: Path, registry: Path) -> None:
+    settings = ContainerSettings(binary=str(STANDIN), cache_dir=tmp_path / "cache")
+    target = cached_image_path("docker://lab/tiny:1.0", settings.cache_dir)
+    settings.cache_dir.mkdir()
+    stale = settings.cache_dir / f".{target.name}.pulling.999999"
+    stale.write_bytes(b"half an image")
+    assert ensure_image("docker://lab/tiny:1.0", settings) == str(target)
+    assert not stale.exists()
+
+
+def test_unwritable_cache_is_a_container_error(tmp_path: Path, registry: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    settings = ContainerSettings(binary=str(STANDIN), cache_dir=blocker / "cache")
+    with pytest.raises(ContainerError, match="cannot create the image cache"):
+        ensure_image("docker://lab/tiny:1.0", settings)
+
+
 def test_failed_pull_leaves_nothing(tmp_path: Path, registry: Path) -> None:
     settings = ContainerSettings(binary=str(STANDIN), cache_dir=tmp_path / "cache")
     with pytest.raises(ContainerError, match="not in the stand-in registry"):
