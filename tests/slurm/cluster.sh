@@ -216,8 +216,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SelectType=select/cons_tres
-# Memory is a consumable resource so that --mem is enforced (OUT_OF_MEMORY); each CPU of a job
-# gets DefMemPerCPU unless it asks for --mem. OverSubscribe=FORCE:8 lets small jobs share cores.
+# Memory is a consumable resource so that --mem is enforced; each CPU of a job gets DefMemPerCPU
+# unless it asks for --mem. OverSubscribe=FORCE:8 lets small jobs share cores.
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=2048
 SchedulerType=sched/backfill
@@ -227,7 +227,8 @@ MinJobAge=$minage
 KillWait=5
 OverTimeLimit=0
 InactiveLimit=0
-# Memory limits (--mem) are enforced by polling the processes (no cgroups in containers).
+# Memory limits are enforced by polling the processes (no cgroups in containers): a job over its
+# --mem is killed with SIGKILL and ends FAILED 0:9 (OUT_OF_MEMORY needs task/cgroup).
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=2
 JobAcctGatherParams=OverMemoryKill
