@@ -186,7 +186,8 @@ class Executor:
             ping=self.rank == 0,
         )
         try:
-            self._mark_started(task)
+            if not self._mark_started(task):
+                return 0
             watcher.start()
             code = self._setup_and_run(task)
         finally:
@@ -205,13 +206,15 @@ class Executor:
         data = self.client.send("tasks.get_by_id", {"task": task_id})
         return TaskInfo.from_task(data.get("task") or {})
 
-    def _mark_started(self, task: TaskInfo) -> None:
+    def _mark_started(self, task: TaskInfo) -> bool:
+        """Mark the task started; False when another executor took the queued task first."""
         self.note(f"task {self.task_id} ({task.name}) on worker {self.worker}")
         if self.rank != 0:
-            return
+            return True
         if task.status == "queued":
+            reply: dict[str, Any] = {}
             with contextlib.suppress(Exception):  # an older server may lack new_status
-                self.client.send(
+                reply = self.client.send(
                     "tasks.dequeue",
                     {
                         "task": self.task_id,
@@ -219,6 +222,11 @@ class Executor:
                         "status_reason": "starting",
                     },
                 )
+            if "updated" in reply and not reply["updated"] and not self.opts.force:
+                self.note(
+                    "the task is no longer queued (taken or aborted meanwhile); not running it"
+                )
+                return False
         self._status("started", "worker started execution", f"Changed by hpcagent {self.worker}")
         try:
             data = self.client.send(
@@ -239,6 +247,7 @@ class Executor:
             )
         except Exception as exc:  # informative only: never stop the run for it
             self.note(f"could not record the runtime: {exc}", "WARNING")
+        return True
 
     # -- abort and signals -------------------------------------------------------------------
 
@@ -497,6 +506,9 @@ class Executor:
             self.note("Process completed successfully", "DEBUG")
         else:
             self.note(f"Process ended: {final.reason} (exit code {code})", "ERROR")
+        if self.shipper is not None:
+            # One delivery attempt first, so that the log is complete when the status changes.
+            self.shipper.flush_once()
         self._status(final.action, final.reason, final.message)
         if self._signal_num:
             return 128 + self._signal_num
