@@ -207,6 +207,15 @@ class Runtime:
         """Prefix under which the runtime forwards variables into the container."""
         return "APPTAINERENV_" if self.flavor == "apptainer" else "SINGULARITYENV_"
 
+    @property
+    def has_env_flag(self) -> bool:
+        """``--env`` exists in every Apptainer and in Singularity from 3.6 on; before that all
+        variables go through the prefixed environment."""
+        if self.flavor == "apptainer":
+            return True
+        m = re.match(r"(\d+)\.(\d+)", self.version)
+        return m is None or (int(m.group(1)), int(m.group(2))) >= (3, 6)
+
     def describe(self) -> str:
         return f"{self.flavor} {self.version} ({self.path})"
 
@@ -376,6 +385,8 @@ def build_exec_argv(
     if not command:
         raise ContainerError("nothing to run in the container")
     plain, secret = split_env(env or {})
+    if not runtime.has_env_flag:
+        plain, secret = {}, {**plain, **secret}
     argv = [runtime.path, "exec"]
     if gpus:
         argv.append("--nv")

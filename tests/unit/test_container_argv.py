@@ -184,6 +184,17 @@ def test_docker_session_wrap_and_abort(
     assert calls[-1] == ["/usr/bin/docker", "kill", "hpcagent-t_1"]
 
 
+def test_old_singularity_without_env_flag(dirs: dict[str, Path]) -> None:
+    old = Runtime("/usr/bin/singularity", "singularity", "3.5.3")
+    argv, hidden = build_exec_argv(
+        old, "/i.sif", ["true"], workdir=dirs["workspace"], env={"A": "1", "TOKEN": "t"}
+    )
+    assert "--env" not in argv
+    assert hidden == {"SINGULARITYENV_A": "1", "SINGULARITYENV_TOKEN": "t"}
+    assert Runtime("/s", "singularity", "3.8.7").has_env_flag
+    assert Runtime("/a", "apptainer", "1.0.0").has_env_flag
+
+
 def test_env_split_and_secret_names() -> None:
     plain, hidden = split_env({"A": "1", "B": "x=y", "GIT_PASS": "p", "HF_TOKEN": "t", "N": 'q"'})
     assert plain == {"A": "1"}
