@@ -16,13 +16,16 @@ kept out of every process's argv, and an abort that leaves no process behind.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -406,3 +409,55 @@ def test_real_apptainer_runs_task(work: dict[str, Path], rootfs: Path) -> None:
     session.request = ContainerRequest(str(rootfs), ())
     image_python = session.python_version(work["workspace"])
     _check_task_output(_run_task(session, work), work, image_python)
+
+
+# -- mode inside: hpcagent itself runs in the image (the image must provide it) -------------
+
+
+def test_mode_inside_executor_runs_in_the_image(
+    tmp_path: Path, embedded_server: Any, rootfs: Path, bwrap: str
+) -> None:
+    """`singularity exec IMAGE hpcagent execute --id T` with hpcagent available inside (here:
+    the repository and its venv bound in, as a site would install it into the image): the
+    executor sees APPTAINER_CONTAINER, runs the task directly (no nested container) and
+    reports logs and the final status from inside (shared network and PIDs)."""
+    server = embedded_server
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(
+        json.dumps(
+            {
+                "api": {
+                    "api_server": server.url,
+                    "credentials": {
+                        "access_key": server.access_key,
+                        "secret_key": server.secret_key,
+                    },
+                },
+                "agent": {
+                    "venvs_dir": str(tmp_path / "builds"),
+                    "venvs_cache": {"path": str(tmp_path / "venvs"), "free_space_threshold_gb": 0},
+                },
+            }
+        )
+    )
+    script = 'import os\nprint("inside container", os.environ.get("APPTAINER_CONTAINER"))\n'
+    task_id = str(
+        server.send(
+            "tasks.create",
+            {
+                "name": "inside",
+                "type": "training",
+                "script": {"entry_point": "task.py", "diff": script, "binary": "python3"},
+            },
+        )["id"]
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    env.update(CLEARML_CONFIG_FILE=str(conf), PYTHONPATH=str(REPO))
+    argv = [str(STANDIN), "exec", "--bind", str(REPO), str(rootfs)]
+    argv += [sys.executable, "-m", "hpcagent", "execute", "--id", task_id, "--force"]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    task = server.send("tasks.get_by_id", {"task": task_id})["task"]
+    assert task["status"] == "completed", (res.stdout + res.stderr)[-3000:]
+    data = server.send("events.get_task_log", {"task": task_id, "batch_size": 1000})
+    lines = [x for e in data["events"] for x in str(e.get("msg", "")).split("\n")]
+    assert f"inside container {rootfs}" in lines
