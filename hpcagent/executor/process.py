@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -160,8 +159,3 @@ def run_streamed(
             return code, list(child.tail)
         if should_stop():
             return child.terminate(grace_s), list(child.tail)
-
-
-def sleep_until(deadline: float, stop: threading.Event) -> None:
-    """Sleep until ``deadline`` (monotonic) or until ``stop`` is set."""
-    stop.wait(max(0.0, deadline - time.monotonic()))

@@ -153,9 +153,7 @@ def entry_argv(python: str, script: ScriptInfo) -> list[str]:
     binary = os.path.basename(script.binary or "python")
     if binary in ("bash", "sh"):
         return [script.binary if os.path.isabs(script.binary) else binary, *parts]
-    if parts[0] == "-m":
-        return [python, "-u", *parts]
-    return [python, "-u", *parts]
+    return [python, "-u", *parts]  # "-m pkg.mod ..." and "script.py ..." alike
 
 
 def requirements_lines(text: str | None) -> list[str]:
