@@ -148,3 +148,63 @@ def test_sdk_local_task_init_reports_and_completes(embedded_server: Any, tmp_pat
     task = embedded_server.send("tasks.get_by_id", {"task": result["id"]})["task"]
     assert task["last_iteration"] == 4
     assert task["name"] == "local-run"
+
+
+def _agent_binary() -> str | None:
+    import shutil
+
+    return os.environ.get("HPCAGENT_CLEARML_AGENT") or shutil.which("clearml-agent")
+
+
+@pytest.mark.skipif(
+    _agent_binary() is None,
+    reason="clearml-agent not installed (pip install clearml-agent==3.0.3 in any venv and set "
+    "HPCAGENT_CLEARML_AGENT=/path/to/clearml-agent)",
+)
+def test_official_clearml_agent_daemon_runs_a_task(embedded_server: Any, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    srv = embedded_server
+    queue = srv.send("queues.create", {"name": "agent-queue"})["id"]
+    script = {"binary": "python3", "entry_point": "run.py", "working_dir": ".",
+              "diff": "print('hello from the agent task')\n"}  # fmt: skip
+    task = srv.send("tasks.create", {"name": "agent-task", "type": "training", "script": script})
+    srv.send("tasks.enqueue", {"task": task["id"], "queue": queue})
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(
+        "api {\n"
+        f'  api_server: "{srv.url}"\n'
+        f'  credentials {{ access_key: "{srv.access_key}", secret_key: "{srv.secret_key}" }}\n'
+        "}\n"
+        f'agent {{ worker_id: "e2e:0", venvs_dir: "{tmp_path / "venvs"}",'
+        " vcs_cache { enabled: false } }\n"
+    )
+    env = dict(os.environ, CLEARML_CONFIG_FILE=str(conf), CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1",
+               HOME=str(tmp_path))  # fmt: skip
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [str(_agent_binary()), "daemon", "--queue", "agent-queue", "--foreground"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        status = ""
+        while time.monotonic() < deadline:
+            status = srv.send("tasks.get_all", {"id": [task["id"]], "only_fields": ["status"]})[
+                "tasks"
+            ][0]["status"]
+            if status in ("completed", "failed"):
+                break
+            time.sleep(1)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=60)
+        log.close()
+    output = (tmp_path / "agent.log").read_text(errors="replace")
+    assert status == "completed", output
+    doc = srv.send("tasks.get_by_id", {"task": task["id"]})["task"]
+    assert doc["last_worker"] == "e2e:0"
+    assert doc["runtime"].get("_exec_agent_hostname")
+    log_events = srv.send("events.get_task_log", {"task": task["id"], "batch_size": 100})
+    assert any("pulled from" in e["msg"] for e in log_events["events"])
