@@ -207,7 +207,12 @@ def main() -> int:
     args = parser.parse_args()
     check = Check()
 
-    creds = credentials()
+    try:
+        creds = credentials()
+        controller("true")
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        print(f"cluster-test: the cluster is not up (make cluster-up): {exc}", file=sys.stderr)
+        return 2
     client = ApiClient(
         creds["CLEARML_API_HOST"], creds["CLEARML_API_ACCESS_KEY"], creds["CLEARML_API_SECRET_KEY"]
     )
@@ -234,9 +239,7 @@ def main() -> int:
         hosts.append(host)
         log = log_text(client, tid)
         check(f"done on {host}" in log, f"task {tid} log comes from its node {host!r}")
-    check(
-        sorted(hosts) == ["c1", "c2"], "the two tasks ran on c1 and c2", f"nodes in runtime {hosts}"
-    )
+    check(sorted(hosts) == ["c1", "c2"], "the two tasks ran on c1 and c2", note=f"nodes {hosts}")
 
     # -- 2. two nodes, 3. abort, 4. failure: at the same time
     two = enqueue("two-nodes", SCRIPT_TWO_NODES, {"num_nodes": "2"})
@@ -259,13 +262,23 @@ def main() -> int:
     abort_job = str((task.get("runtime") or {}).get("slurm_job_id", ""))
     client.tasks.stop(abort, status_reason="aborted by cluster-test")
     task = wait_until(client, abort, lambda t: t.get("status") in FINAL, 120)
-    check(task.get("status") == "stopped", f"aborted task {abort} is stopped", describe(task))
-    if check(bool(abort_job), f"aborted task {abort} recorded its Slurm job", describe(task)):
+    check(
+        task.get("status") == "stopped",
+        f"aborted task {abort} is stopped",
+        describe(task),
+        note=f"status_message {task.get('status_message')!r}",
+    )
+    if check(
+        bool(abort_job),
+        f"aborted task {abort} recorded its Slurm job",
+        describe(task),
+        note=f"job {abort_job}",
+    ):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and controller("squeue", "-h", "-j", abort_job).strip():
             time.sleep(2)
         left = controller("squeue", "-h", "-j", abort_job).strip()
-        check(not left, f"Slurm job {abort_job} of the aborted task is gone", left)
+        check(not left, f"Slurm job {abort_job} of the aborted task left squeue", left)
 
     task = wait_until(client, two, lambda t: t.get("status") in FINAL, args.timeout)
     check(task.get("status") == "completed", f"two-node task {two} completed", describe(task))
@@ -273,15 +286,22 @@ def main() -> int:
     check(
         "srun ran on c1" in log and "srun ran on c2" in log,
         f"two-node task {two} ran srun on c1 and c2 (task log)",
-        " | ".join(line for line in log.splitlines() if "srun ran on" in line or "nodes:" in line),
+        note=" | ".join(
+            line for line in log.splitlines() if "srun ran on" in line or "nodes:" in line
+        ),
     )
     job = str((task.get("runtime") or {}).get("slurm_job_id", ""))
     if check(bool(job), f"two-node task {two} recorded its Slurm job in runtime", describe(task)):
         state, nodes = sacct_nodes(job)
-        check(nodes == "c[1-2]", f"Slurm job {job} ran on c[1-2] (sacct)", f"{state} {nodes}")
+        check(nodes == "c[1-2]", f"Slurm job {job} ran on c[1-2] (sacct)", note=f"{state} {nodes}")
 
     task = wait_until(client, fail, lambda t: t.get("status") in FINAL, args.timeout)
-    check(task.get("status") == "failed", f"failing task {fail} is failed", describe(task))
+    check(
+        task.get("status") == "failed",
+        f"failing task {fail} is failed",
+        describe(task),
+        note=f"status_message {task.get('status_message')!r}",
+    )
     log = log_text(client, fail)
     check("about to fail on purpose" in log, f"failing task {fail} log has its output")
 
