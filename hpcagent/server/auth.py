@@ -36,6 +36,7 @@ from hpcagent.server.fields import (
 API_VERSION = "2.23"
 SERVER_VERSION = "1.17.0"
 DEFAULT_TOKEN_LIFETIME_S = 30 * 24 * 3600
+MIN_TOKEN_LIFETIME_S = 24 * 3600
 MAX_TOKEN_LIFETIME_S = 365 * 24 * 3600
 _CACHE_MAX = 4096
 
@@ -154,7 +155,9 @@ class Authenticator:
             raise ApiFault(MISSING_CREDENTIALS, "Missing credentials (unsupported scheme)")
         lifetime = DEFAULT_TOKEN_LIFETIME_S
         if expiration_sec is not None and expiration_sec > 0:
-            lifetime = min(expiration_sec, MAX_TOKEN_LIFETIME_S)
+            # Honour the request within [1 day, 1 year]: the agent refreshes a token 12 h
+            # before exp, so anything shorter than a day would make it log in before every call.
+            lifetime = max(MIN_TOKEN_LIFETIME_S, min(expiration_sec, MAX_TOKEN_LIFETIME_S))
         now = int(time.time())
         claims = {
             "env": "hpcagent",

@@ -320,3 +320,18 @@ def test_sigterm_under_load_loses_no_acknowledged_write(embedded_server: Embedde
 def test_auth_is_checked_before_the_body(embedded_server_session: EmbeddedServer) -> None:
     reply = embedded_server_session.request("tasks.create", data=b"{not json", auth=False)
     assert (reply.status_code, reply.json()["meta"]["result_subcode"]) == (401, 20)
+
+
+def test_login_expiration_sec_is_clamped(embedded_server_session: EmbeddedServer) -> None:
+    srv = embedded_server_session
+    for asked, least, most in (
+        (60, 24 * 3600, 24 * 3600 + 5),
+        (7 * 24 * 3600, 7 * 24 * 3600, 7 * 24 * 3600 + 5),
+    ):
+        reply = requests.get(
+            f"{srv.url}/auth.login?expiration_sec={asked}",
+            auth=(srv.access_key, srv.secret_key),
+            timeout=10,
+        )
+        claims = jwt.decode(reply.json()["data"]["token"], options={"verify_signature": False})
+        assert least <= claims["exp"] - claims["iat"] <= most
