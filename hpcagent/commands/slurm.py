@@ -147,7 +147,42 @@ def _detach(state_dir: Path) -> None:
     click.echo(f"hpcagent-slurm running in the background: pid {proc.pid}, log {log_path}")
 
 
-@click.command("hpcagent-slurm", context_settings={"help_option_names": ["-h", "--help"]})
+#: Options that take several values after one flag (``--queue a b c``), as in the seed's CLI.
+GREEDY = ("--template-files", "--queue", "--uptime", "--downtime")
+
+
+def expand_greedy(args: list[str]) -> list[str]:
+    """``--queue a b --max-jobs 1`` → ``--queue a --queue b --max-jobs 1`` (click wants the
+    flag repeated); values stop at the next argument that starts with ``-``."""
+    out: list[str] = []
+    current: str | None = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if arg in GREEDY:
+            current = arg
+            out.append(arg)
+            continue
+        if arg.startswith("-"):
+            current = None
+            out.append(arg)
+            continue
+        if current is not None and out and out[-1] != current:
+            out.append(current)
+        out.append(arg)
+    return out
+
+
+class _SlurmCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_greedy(list(args)))
+
+
+@click.command(
+    "hpcagent-slurm",
+    cls=_SlurmCommand,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--template-files",
     "templates",

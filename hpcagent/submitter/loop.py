@@ -277,7 +277,9 @@ class Submitter:
         except TemplateError as exc:
             taskops.fail(self.client, task_id, "template error", f"template error: {exc}")
             self.ledger.mark_finished(task_id, f"failed: {exc}")
-            log.info("task %s queue %s: failed (template: %s)", task_id, q.name, exc)
+            log.info(
+                "task %s queue %s: failed (%s)", task_id, q.name, str(exc).replace("\n", " | ")
+            )
             return "failed"
         path = write_script(self.opts.state_dir / "scripts" / f"{job_name(task_id)}.sh", script)
         self.ledger.mark_rendered(task_id, path)
@@ -291,7 +293,9 @@ class Submitter:
                 return self._back_off(task_id, q, f"scheduler unavailable: {exc}", "transient")
             job_id = found[0]
         except SubmitError as exc:
-            detail = (exc.stderr or str(exc)).strip()
+            detail = " | ".join(
+                x.strip() for x in (exc.stderr or str(exc)).splitlines() if x.strip()
+            )
             taskops.fail(self.client, task_id, "sbatch rejected", f"sbatch rejected: {detail}")
             self.ledger.mark_finished(task_id, f"failed: sbatch: {detail}")
             log.info("task %s queue %s: failed (sbatch: %s)", task_id, q.name, detail)

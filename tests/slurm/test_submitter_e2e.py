@@ -1,0 +1,232 @@
+"""End to end on the real one-host Slurm: embedded server + ``hpcagent-slurm`` (as a real
+process) + the real executor in the job.
+
+One submitter serves five queues, each with its own template:
+
+* ``run``      the seed-style template with ``${CLEARML_AGENT_EXECUTE}`` → task completes;
+* ``later``    ``--begin=now+1hour`` holds the job PENDING → abort → job cancelled, task stopped;
+* ``badpart``  ``--partition=nosuchpartition`` → task failed with sbatch's message;
+* ``missing``  a placeholder without value → task failed naming it, no job;
+* ``limited``  ``sleep`` jobs with ``--max-jobs 2`` → never more than 2 live jobs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
+
+
+def _helpers() -> Any:
+    path = Path(__file__).resolve().parents[1] / "e2e" / "test_executor_e2e.py"
+    spec = importlib.util.spec_from_file_location("executor_e2e_helpers_sub", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+h = _helpers()
+
+RUN_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
+#SBATCH --output=task-${CLEARML_TASK.id}-%j.log
+#SBATCH --ntasks=1
+#SBATCH --priority=5
+#SBATCH --time=00:10:00
+#SBATCH --nodes=${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}
+${CLEARML_PRE_SETUP}
+echo whoami $(whoami)
+${CLEARML_AGENT_EXECUTE}
+${CLEARML_POST_SETUP}
+"""
+LATER_TEMPLATE = "#!/bin/bash\n#SBATCH --begin=now+3600\n${CLEARML_AGENT_EXECUTE}\n"
+BADPART_TEMPLATE = "#!/bin/bash\n#SBATCH --partition=nosuchpartition\n${CLEARML_AGENT_EXECUTE}\n"
+MISSING_TEMPLATE = "#!/bin/bash\n#SBATCH --mem=${CLEARML_TASK.hyperparams.properties.mem.value}\n"
+LIMITED_TEMPLATE = "#!/bin/bash\n#SBATCH --output=limited-%j.out\nsleep 3\n"
+QUEUES = ("run", "later", "badpart", "missing", "limited")
+
+
+def _slurm_ready() -> str:
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0 or not res.stdout.strip():
+        return f"Slurm not answering (tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
+    return ""
+
+
+class E2E:
+    def __init__(self, work: Path, server: Any) -> None:
+        self.work = work
+        self.server = server
+        self.suffix = work.name
+        bare, sha, diff = h.make_repo(work / "git")
+        self.repo = {"bare": bare, "sha": sha, "diff": diff, "tmp": work}
+        wheels = h.make_wheelhouse(work / "wheels")
+        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
+        data = json.loads(conf.read_text())
+        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
+        conf.write_text(json.dumps(data))
+        self.conf = conf
+        self.qids = {
+            q: str(server.send("queues.create", {"name": f"{q}-{self.suffix}"})["id"])
+            for q in QUEUES
+        }
+        templates = []
+        for q, text in zip(
+            QUEUES,
+            (RUN_TEMPLATE, LATER_TEMPLATE, BADPART_TEMPLATE, MISSING_TEMPLATE, LIMITED_TEMPLATE),
+            strict=True,
+        ):
+            path = work / f"{q}.template"
+            path.write_text(text)
+            templates.append(str(path))
+        self.log = work / "submitter.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+        argv = [
+            sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()",
+            "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "1",
+            "--max-jobs", "2", "--template-files", *templates,
+            "--queue", *(f"{q}-{self.suffix}" for q in QUEUES),
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env
+            )
+
+    def enqueue(self, queue: str, name: str, script: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"name": name, "type": "training"}
+        body["script"] = script or {"binary": "python3", "diff": "print('noop')\n"}
+        tid = str(self.server.send("tasks.create", body)["id"])
+        self.server.send("tasks.enqueue", {"task": tid, "queue": self.qids[queue]})
+        return tid
+
+    def task(self, tid: str) -> dict[str, Any]:
+        return dict(h.get_task(self.server, tid))
+
+    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> Any:
+        try:
+            return h.wait_for(
+                lambda: self.task(tid)["status"] in statuses, timeout=timeout, interval=0.5
+            )
+        except AssertionError:
+            log = self.log.read_text()[-4000:]
+            raise AssertionError(
+                f"task {tid}: {self.task(tid)}\n--- submitter log ---\n{log}"
+            ) from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        subprocess.run(["scancel", "--name", "xx"], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def e2e(embedded_server_session: Any) -> Iterator[E2E]:
+    why = _slurm_ready()
+    if why:
+        pytest.skip(why)
+    work = WORK_ROOT / f"sub-{time.time_ns()}"
+    work.mkdir(parents=True, mode=0o777)
+    rig = E2E(work, embedded_server_session)
+    try:
+        yield rig
+    finally:
+        rig.stop()
+
+
+def _sacct(job: str) -> str:
+    res = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "State", "-j", job],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return res.stdout.strip().split(" ")[0]
+
+
+def test_task_completes_and_logs_are_readable(e2e: E2E) -> None:
+    tid = e2e.enqueue("run", "e2e-run", h.repo_script(e2e.repo))
+    e2e.wait_status(tid, ("completed", "failed", "stopped"))
+    task = e2e.task(tid)
+    assert task["status"] == "completed", task
+    job = task["runtime"]["slurm_job_id"]
+    assert task["hyperparams"]["properties"]["slurm-job-id"]["value"] == job
+    lines = h.task_log_lines(e2e.server, tid)
+    assert any("mark=patched" in line for line in lines)
+    out = (e2e.work / f"task-{tid}-{job}.log").read_text()
+    assert "whoami root" in out
+
+
+def test_abort_while_pending_cancels_job(e2e: E2E) -> None:
+    tid = e2e.enqueue("later", "e2e-later")
+    h.wait_for(lambda: "PENDING" in (e2e.task(tid).get("status_message") or ""), timeout=60)
+    task = e2e.task(tid)
+    assert task["status"] == "queued"
+    job = task["runtime"]["slurm_job_id"]
+    assert task["status_message"].startswith(f"slurm job {job}: PENDING")
+    e2e.server.send("tasks.stop", {"task": tid})
+    h.wait_for(lambda: _sacct(job) == "CANCELLED", timeout=60, interval=0.5)
+    assert e2e.task(tid)["status"] == "stopped"
+
+
+def test_invalid_partition_fails_with_sbatch_message(e2e: E2E) -> None:
+    tid = e2e.enqueue("badpart", "e2e-badpart")
+    e2e.wait_status(tid, ("failed",), timeout=60)
+    msg = e2e.task(tid)["status_message"]
+    assert "sbatch rejected" in msg
+    assert "invalid partition" in msg.lower()
+
+
+def test_missing_template_value_fails_naming_it(e2e: E2E) -> None:
+    tid = e2e.enqueue("missing", "e2e-missing")
+    e2e.wait_status(tid, ("failed",), timeout=60)
+    msg = e2e.task(tid)["status_message"]
+    assert "${CLEARML_TASK.hyperparams.properties.mem.value}" in msg
+    assert "missing.template:2" in msg
+    res = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", f"clearml_task_{tid}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.stdout.strip() == ""
+
+
+def test_max_jobs_never_exceeded(e2e: E2E) -> None:
+    tids = [e2e.enqueue("limited", f"e2e-limited-{i}") for i in range(5)]
+    names = ",".join(f"clearml_task_{t}" for t in tids)
+    peak = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        res = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "--name", names],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        live = len(res.stdout.split())
+        peak = max(peak, live)
+        assert live <= 2
+        if all(e2e.task(t)["status"] == "failed" for t in tids):
+            break
+        time.sleep(0.3)
+    assert peak == 2
+    # the jobs ended without an executor: each task failed with the job's state
+    assert all("COMPLETED" in e2e.task(t)["status_reason"] for t in tids)
