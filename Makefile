@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check hpcagent tests benchmarks
-	$(VENV)/bin/ruff format --check hpcagent tests benchmarks
+	$(VENV)/bin/ruff check hpcagent tests benchmarks examples
+	$(VENV)/bin/ruff format --check hpcagent tests benchmarks examples
 	$(VENV)/bin/mypy hpcagent
 
 slurm-up:
