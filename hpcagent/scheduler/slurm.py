@@ -260,6 +260,7 @@ class SlurmScheduler(Scheduler):
     def _status_of_departed(self, job_ids: list[str], result: dict[str, JobStatus]) -> None:
         """Jobs that are not (or no longer) in squeue: sacct, else scontrol, else UNKNOWN."""
         rows: list[SlurmRow] = []
+        sacct_error = ""
         if self.accounting is not False:
             try:
                 for chunk in _chunks(job_ids, self.squeue_chunk):
@@ -271,10 +272,12 @@ class SlurmScheduler(Scheduler):
                         self._note_no_accounting()
                         break
                     else:
-                        log.warning("sacct failed: %s", res.stderr.strip())
+                        sacct_error = res.stderr.strip() or f"sacct exited {res.returncode}"
                         break
             except SchedulerError as exc:
-                log.warning("sacct failed: %s", exc)
+                sacct_error = str(exc)
+            if sacct_error:
+                log.warning("sacct failed (%s); keeping the last known states", sacct_error)
         if self.accounting is False:
             rows.extend(self._scontrol_rows([j for j in job_ids if j not in self._gone_noacct]))
         index = RowIndex(rows)
@@ -282,6 +285,15 @@ class SlurmScheduler(Scheduler):
             found = index.match(j)
             if found:
                 self._remember(result, aggregate(j, found))
+                continue
+            last = self._last.get(j)
+            if sacct_error:
+                # slurmdbd did not answer: not knowing is not the same as "gone".
+                result[j] = (
+                    replace(last, source="cache")
+                    if last is not None
+                    else unknown_status(j, f"sacct failed: {sacct_error}", "cache")
+                )
                 continue
             where = "squeue or sacct" if self.accounting else "squeue or scontrol (no accounting)"
             result[j] = unknown_status(j, f"job not found in {where}")

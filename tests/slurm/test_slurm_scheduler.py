@@ -6,12 +6,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hpcagent.errors import SubmitError
+from hpcagent.errors import SubmitError, TransientSchedulerError
 from hpcagent.scheduler.base import JobState, JobStatus
-from hpcagent.scheduler.commands import counting, run_command
+from hpcagent.scheduler.commands import CommandResult, counting, run_command
 from hpcagent.scheduler.slurm import SlurmScheduler
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -116,3 +117,34 @@ def test_time_limit_gives_timeout(make_script: Callable[..., Path]) -> None:
     assert out[job].state is JobState.TIMEOUT
     assert not out[job].state.is_success
     assert out[job].reason == "TimeLimit"
+
+
+def test_timed_out_sbatch_that_was_accepted_is_adopted(make_script: Callable[..., Path]) -> None:
+    """Fault injection at the seam: the real sbatch runs, then the caller sees a timeout."""
+    sbatch_runs = 0
+
+    def flaky(argv: Sequence[str], **kw: Any) -> CommandResult:
+        nonlocal sbatch_runs
+        result = run_command(argv, **kw)
+        if argv[0] == "sbatch":
+            sbatch_runs += 1
+            if sbatch_runs == 1:
+                raise TransientSchedulerError("sbatch timed out after 60s")
+        return result
+
+    sched = SlurmScheduler(runner=flaky, backoff_initial_s=0, backoff_max_s=0)
+    name = unique("t_dup")
+    job = sched.submit(make_script("dup", "sleep 120"), job_name=name)
+    try:
+        assert sbatch_runs == 1  # adopted by name, not submitted again
+        assert sched.find_by_name(name) == [job]
+    finally:
+        sched.cancel([job])
+
+
+def test_unknown_job_is_unknown() -> None:
+    sched = SlurmScheduler()
+    st = sched.status(["987654321"])["987654321"]
+    assert st.state is JobState.UNKNOWN
+    assert sched.accounting is True
+    assert "not found in squeue or sacct" in st.reason

@@ -287,3 +287,17 @@ def test_sbatch_env_drops_slurm_job_variables(
     SlurmScheduler(runner=runner).submit(tmp_path / "j.sh", job_name="n")
     assert "SLURM_JOB_ID" not in seen
     assert seen["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+
+
+def test_sacct_failure_keeps_last_known_state(caplog: pytest.LogCaptureFixture) -> None:
+    squeue: list[CommandResult | Exception] = [res("8|8|RUNNING|None|0|vm|a\n"), res(""), res("")]
+    sacct: list[CommandResult | Exception] = [
+        res(stderr="sacct: error: Problem talking to the database: Connection refused\n", rc=1),
+        res("8|8|COMPLETED|0:0|None|vm|a\n"),
+    ]
+    s = sched(FakeSlurm(squeue=squeue, sacct=sacct))
+    assert s.status(["8"])["8"].state is JobState.RUNNING
+    st = s.status(["8"])["8"]
+    assert (st.state, st.source) == (JobState.RUNNING, "cache")
+    assert "sacct failed" in caplog.text
+    assert s.status(["8"])["8"].state is JobState.COMPLETED
