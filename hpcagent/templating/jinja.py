@@ -50,6 +50,8 @@ def _slug(value: Any) -> _Safe:
 def _finalize(value: Any) -> Any:
     if isinstance(value, _Safe):
         return value
+    if isinstance(value, _ConfigProxy):
+        raise jinja2.UndefinedError(f"CONFIG.{value.path} is undefined (or not a single value)")
     if value is None:
         raise UnsafeValue("value is None")
     text = to_text(value)
@@ -111,8 +113,11 @@ class _ConfigProxy:
     def __getitem__(self, name: str) -> Any:
         path = f"{self._prefix}.{name}" if self._prefix else name
         value = self._ctx.config(path, None)
-        if value is None:
-            raise jinja2.UndefinedError(f"CONFIG.{path} is undefined")
-        if isinstance(value, dict):
+        if value is None or isinstance(value, dict):
+            # a sub-tree, or a leaf that may not exist: decided when it is printed
             return _ConfigProxy(self._ctx, path)
         return value
+
+    @property
+    def path(self) -> str:
+        return self._prefix
