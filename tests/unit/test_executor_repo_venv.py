@@ -244,3 +244,18 @@ def test_failed_install_leaves_no_entry_and_fresh_without_cache(tmp_path: Path) 
     fresh = VenvBuilder(cache_dir=None, log=lambda _m: None).prepare(_spec(), tmp_path / "job2")
     assert (fresh.cached, fresh.path) == (False, tmp_path / "job2" / "venv")
     assert fresh.python.exists()
+
+
+def test_low_free_space_evicts_then_builds_outside_cache(tmp_path: Path) -> None:
+    notes: list[str] = []
+    cache = tmp_path / "cache"
+    VenvBuilder(cache_dir=cache, free_space_threshold_gb=0, log=notes.append).prepare(
+        _spec(image="old"), tmp_path / "j1"
+    )
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+    huge = VenvBuilder(cache_dir=cache, free_space_threshold_gb=1e9, log=notes.append)
+    venv = huge.prepare(_spec(image="new"), tmp_path / "j2")
+    assert not venv.cached
+    assert venv.python.exists()
+    assert not [p for p in cache.iterdir() if p.is_dir()]  # the old entry was evicted first
+    assert any("free space" in n for n in notes)
