@@ -102,6 +102,7 @@ class Sampler:
         self._disk = psutil.disk_io_counters()
         self._net = psutil.net_io_counters()
         self._procs: dict[int, psutil.Process] = {}
+        self._io: dict[int, tuple[int, int]] = {}
         psutil.cpu_percent(percpu=True)
 
     def _tree(self) -> list[psutil.Process]:
@@ -140,15 +141,25 @@ class Sampler:
             stats["network_tx"] = (net.bytes_sent - self._net.bytes_sent) / MB / dt
         self._disk, self._net = disk, net
         cpu = rss = 0.0
+        io_now: dict[int, tuple[int, int]] = {}
         for p in self._tree():
             try:
                 cpu += p.cpu_percent()
                 rss += p.memory_info().rss
-            except psutil.Error:
+                io = p.io_counters()
+                io_now[p.pid] = (io.read_bytes, io.write_bytes)
+            except (psutil.Error, AttributeError, OSError):
                 continue
         if self.root_pid is not None:
             stats["process_cpu"] = cpu
             stats["process_memory_gb"] = rss / 1024**3
+            # I/O rate of the tree: growth of each process' counters since the last sample
+            # (a process that appeared meanwhile counts from zero).
+            read = sum(max(0, r - self._io.get(pid, (0, 0))[0]) for pid, (r, _) in io_now.items())
+            write = sum(max(0, w - self._io.get(pid, (0, 0))[1]) for pid, (_, w) in io_now.items())
+            stats["process_io_read"] = read / MB / dt
+            stats["process_io_write"] = write / MB / dt
+        self._io = io_now
         return stats
 
 
@@ -168,6 +179,8 @@ def machine_scalars(stats: dict[str, Any]) -> dict[str, float]:
         ("network_tx", "network_tx_mbs"),
         ("process_cpu", "process_cpu_usage"),
         ("process_memory_gb", "process_memory_gb"),
+        ("process_io_read", "process_io_read_mbs"),
+        ("process_io_write", "process_io_write_mbs"),
     ):
         if src in stats:
             out[dst] = float(stats[src])

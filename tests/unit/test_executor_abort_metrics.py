@@ -60,7 +60,7 @@ def test_sampler_reports_clearml_keys_and_process_tree() -> None:
 
     s = Sampler(root_pid=os.getpid())
     stats = s.sample()
-    for key in ("cpu_usage", "memory_used", "memory_free", "process_memory_gb"):
+    for key in ("cpu_usage", "memory_used", "memory_free", "process_memory_gb", "process_io_write"):
         assert key in stats
     assert stats["process_memory_gb"] > 0
     scalars = machine_scalars(stats)
