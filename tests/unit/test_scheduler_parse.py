@@ -126,6 +126,23 @@ def test_overmemorykill_is_failed_signal_9() -> None:
     assert (st.state, st.signal) == (JobState(data["expect"]["29"]), 9)
 
 
+@pytest.mark.parametrize(
+    ("fixture", "parser"),
+    [
+        ("squeue_oom_cgroup", parse_squeue),
+        ("sacct_oom_cgroup", parse_sacct),
+        ("scontrol_oom_cgroup", parse_scontrol),
+    ],
+)
+def test_real_out_of_memory(fixture: str, parser: Any) -> None:
+    data = load(fixture)
+    for job_id, expected in data["expect"].items():
+        st = aggregate(job_id, match_rows(job_id, parser(data["stdout"])))
+        assert st.state is JobState(expected)
+        assert st.state is JobState.OUT_OF_MEMORY
+        assert (st.exit_code, st.signal) == (0, 125)  # 0:125; squeue's wait status 253 agrees
+
+
 def test_scontrol_noacct_fixture() -> None:
     data = load("scontrol_noacct")
     rows = parse_scontrol(data["stdout"])
