@@ -21,6 +21,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-hpcagent-cluster}"
 export HPCAGENT_CLUSTER_PORT="${HPCAGENT_CLUSTER_PORT:-18008}"
 BUILD_LOG="${TMPDIR:-/tmp}/$COMPOSE_PROJECT_NAME-build.log"
+UP_LOG="${TMPDIR:-/tmp}/$COMPOSE_PROJECT_NAME-compose.log"
 SERVICES=(mariadb slurmdbd slurmctld c1 c2 server submitter)
 
 log() { echo "cluster: $*" >&2; }
@@ -118,7 +119,10 @@ cmd_up() {
     # Each rebuild leaves the previous image dangling: drop ours (and only ours).
     docker image prune -f --filter label=org.hpcagent.cluster=1 >/dev/null || true
     log "starting the cluster"
-    compose up -d >/dev/null
+    if ! compose up -d >"$UP_LOG" 2>&1; then
+        cat "$UP_LOG" >&2
+        die "compose up failed"
+    fi
     wait_healthy 300
     compose ps
     docker exec "$(container_of slurmctld)" sinfo
@@ -130,11 +134,14 @@ cmd_down() {
     ensure_compose
     local vol=(-v)
     [ "${KEEP_VOLUMES:-0}" = 1 ] && vol=()
-    compose down "${vol[@]}" --remove-orphans
+    if ! compose down "${vol[@]}" --remove-orphans >"$UP_LOG" 2>&1; then
+        cat "$UP_LOG" >&2
+        die "compose down failed"
+    fi
     local left
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
     [ -z "$left" ] || die "containers left: $left"
-    log "down: no container of $COMPOSE_PROJECT_NAME is left"
+    log "down: no container, network${vol:+ or volume} of $COMPOSE_PROJECT_NAME is left"
 }
 
 cmd_creds() {

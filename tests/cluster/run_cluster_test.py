@@ -73,15 +73,20 @@ SCRIPT_FAIL = textwrap.dedent(
 
 
 class Check:
-    """Collects the outcome of each check and prints one line for each."""
+    """Collects the outcome of each check and prints one line for each.
+
+    ``note`` is always printed; ``detail`` (the task as the server sees it) only on failure.
+    """
 
     def __init__(self) -> None:
         self.failures: list[str] = []
 
-    def __call__(self, ok: bool, what: str, detail: str = "") -> bool:
-        print(
-            f"{'PASS' if ok else 'FAIL'}  {what}" + (f"  ({detail})" if detail else ""), flush=True
-        )
+    def __call__(self, ok: bool, what: str, detail: str = "", *, note: str = "") -> bool:
+        parts = [note] if note else []
+        if not ok and detail:
+            parts.append(detail)
+        extra = f"  ({'; '.join(parts)})" if parts else ""
+        print(f"{'PASS' if ok else 'FAIL'}  {what}{extra}", flush=True)
         if not ok:
             self.failures.append(what)
         return ok
