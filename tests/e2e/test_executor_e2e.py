@@ -570,3 +570,122 @@ def test_clearml_sdk_inside_task_reports_to_same_server(env_setup: dict[str, Any
     assert get_task(server, task_id)["status"] == "completed"
     scalars = server.send("events.scalar_metrics_iter_histogram", {"task": task_id})
     assert scalars["loss"]["train"]["y"] == [0.25]
+
+
+class _GitHttp:
+    """A smart-HTTP git server (``git http-backend`` as CGI) that requires Basic auth."""
+
+    def __init__(self, root: Path, user: str, password: str) -> None:
+        import base64 as b64
+        import http.server
+        import threading
+
+        expected = "Basic " + b64.b64encode(f"{user}:{password}".encode()).decode()
+        self.auth_headers: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                got = self.headers.get("Authorization", "")
+                outer.auth_headers.append(got)
+                if got != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                env = {
+                    "PATH": os.environ["PATH"],
+                    "GIT_PROJECT_ROOT": str(root),
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "REQUEST_METHOD": self.command,
+                    "PATH_INFO": path,
+                    "QUERY_STRING": query,
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                    "CONTENT_LENGTH": str(length),
+                    "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+                    "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                    "REMOTE_USER": user,
+                    "REMOTE_ADDR": "127.0.0.1",
+                }
+                out = subprocess.run(
+                    ["git", "http-backend"], input=body, env=env, capture_output=True
+                ).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                if not payload and b"\n\n" in out:
+                    head, _, payload = out.partition(b"\n\n")
+                status = 200
+                headers = []
+                for line in head.decode().splitlines():
+                    key, _, value = line.partition(":")
+                    if key.lower() == "status":
+                        status = int(value.split()[0])
+                    elif key:
+                        headers.append((key, value.strip()))
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = _serve
+            do_POST = _serve
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def test_git_credentials_over_http_never_leak(env_setup: dict[str, Any]) -> None:
+    s = env_setup
+    server = s["server"]
+    secret = "pa55-SECRET-word"
+    git = _GitHttp(s["bare"].parent, "alice", secret)
+    try:
+        url = f"{git.url}/{s['bare'].name}"
+        good = write_conf(
+            s["tmp"] / "creds.conf",
+            server,
+            s["tmp"],
+            s["tmp"] / "wheels",
+            git_user="alice",
+            git_pass=secret,
+        )
+        task_id = create_task(server, script=repo_script(s, repository=url))
+        res = run_execute(task_id, good, "--disable-monitoring")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert any(h.startswith("Basic ") for h in git.auth_headers)  # git really authenticated
+        lines = task_log_lines(server, task_id)
+        assert "lr=0.5 epochs=1 verbose=False tiny=tiny-ok mark=patched" in lines
+        mirrors = list((s["tmp"] / "vcs-cache").glob("*.git"))
+        assert mirrors
+        for text in (res.stdout, res.stderr, "\n".join(lines), (mirrors[0] / "config").read_text()):
+            assert secret not in text
+
+        bad = write_conf(
+            s["tmp"] / "bad.conf",
+            server,
+            s["tmp"] / "other",
+            s["tmp"] / "wheels",
+            git_user="alice",
+            git_pass="wrong-" + secret,
+        )
+        task2 = create_task(server, script=repo_script(s, repository=url))
+        res2 = run_execute(task2, bad, "--disable-monitoring")
+        assert res2.returncode == 10
+        task = get_task(server, task2)
+        assert task["status"] == "failed"
+        for text in (res2.stdout, res2.stderr, task["status_message"]):
+            assert secret not in text
+    finally:
+        git.close()
