@@ -125,6 +125,7 @@ INIT_SCRIPT = textwrap.dedent(
         logger.report_scalar("loss", "train", value=1.0 / (i + 1), iteration=i)
     print("hello from the task")
     task_id = task.id
+    task.flush(wait_for_uploads=True)
     task.close()
     got = Task.get_task(task_id=task_id)
     print("RESULT " + json.dumps({
@@ -141,6 +142,7 @@ INIT_SCRIPT = textwrap.dedent(
 def test_sdk_local_task_init_reports_and_completes(embedded_server: Any, tmp_path: Path) -> None:
     result = _run_sdk(embedded_server, tmp_path, INIT_SCRIPT)
     assert result["status"] == "completed"
+    assert "loss" in result["scalars"], result
     assert result["scalars"]["loss"]["train"]["x"] == [0, 1, 2, 3, 4]
     assert result["scalars"]["loss"]["train"]["y"][0] == 1.0
     assert result["parameters"]["General/lr"] == "0.5"
