@@ -27,4 +27,4 @@ else
 fi
 rm -rf "$out"
 mv "$out.new" "$out"
-echo "wheelhouse: $(ls "$out" | wc -l) wheels in $out"
+echo "wheelhouse: $(find "$out" -name "*.whl" | wc -l) wheels in $out"

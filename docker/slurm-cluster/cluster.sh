@@ -112,7 +112,10 @@ cmd_up() {
     log "building the wheelhouse from the checkout"
     PYTHON="${PYTHON:-python3}" bash "$HERE/build-wheelhouse.sh" 2> >(grep -v 'is ignored: it is neither' >&2)
     log "building the image (log: $BUILD_LOG)"
-    if ! compose build --force-rm init >"$BUILD_LOG" 2>&1; then
+    # The legacy builder (compose 1.x) keeps the containers of failed steps unless told not to.
+    local -a build_flags=()
+    [ "${COMPOSE[0]}" = docker-compose ] && build_flags=(--force-rm)
+    if ! compose build "${build_flags[@]}" init >"$BUILD_LOG" 2>&1; then
         tail -30 "$BUILD_LOG" >&2
         die "the image build failed, see $BUILD_LOG"
     fi
