@@ -21,11 +21,12 @@ the task goes back to the front of its queue. ``submitted`` rows are tracked aga
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from hpcagent.submitter import taskops
 from hpcagent.submitter.blocks import build_context
 from hpcagent.submitter.ledger import PULLED, RENDERED, Ledger
 from hpcagent.submitter.outputs import write_script
-from hpcagent.submitter.track import Tracker
+from hpcagent.submitter.track import Tracker, crashpoint
 from hpcagent.submitter.worktime import (
     WorkingHours,
     force_from_properties,
@@ -87,6 +88,13 @@ class SubmitterOptions:
     lost_grace_s: float = 300.0
     stop_grace_s: float = 30.0
     hpcagent_argv: list[str] | None = None
+    # Hooks for other front ends (``hpcagent daemon``); None keeps hpcagent-slurm's behaviour.
+    #: Called before each pop: may a task from this queue start now (free GPUs, slots)?
+    can_start: Callable[[QueueRef], bool] | None = None
+    #: Extra ``CLEARML_*`` template values for a popped, still queued task (e.g. its GPUs).
+    task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
+    #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
+    report_extra: Callable[[], Mapping[str, Any]] | None = None
 
 
 class Submitter:
@@ -106,7 +114,7 @@ class Submitter:
         self.opts = options
         self.config = config
         self.tracker = Tracker(client, scheduler, ledger, options)
-        self._rr = 0  # round-robin start index
+        self._rr = 0  # round-robin start index: the queue after the last one served
         self._backoff_until = 0.0
         self._props_supported = True
         self.submitted_total = 0
@@ -153,7 +161,11 @@ class Submitter:
 
     # -- restart -----------------------------------------------------------------
     def recover(self) -> None:
-        """Settle ``pulled``/``rendered`` rows left by a crash (adopt or requeue)."""
+        """Settle what a crash left: a pop in flight, ``pulled``/``rendered`` rows."""
+        popping = self.ledger.popping()
+        if popping is not None:
+            self._recover_pop(popping)
+            self.ledger.clear_popping()
         for entry in self.ledger.live():
             if entry.state not in (PULLED, RENDERED):
                 continue
@@ -182,6 +194,33 @@ class Submitter:
                 entry.queue_name,
                 "back at the front of its queue (restart)" if back else "no longer queued",
             )
+
+    def _recover_pop(self, queue_id: str) -> None:
+        """The last run died between popping ``queue_id`` and writing the ledger row.
+
+        The popped task is ``queued`` with ``execution.queue`` = that queue, but in no queue
+        entry, has no ledger row and no job by its name: put every such task back in front.
+        """
+        q = next((q for q in self.opts.queues if q.id == queue_id), None)
+        if q is None:
+            return
+        data = self.client.send(
+            "tasks.get_all",
+            {"status": ["queued"], "only_fields": ["id", "execution.queue"], "search_hidden": True},
+        )
+        queue = self.client.send("queues.get_by_id", {"queue": queue_id}).get("queue") or {}
+        waiting = {str(e.get("task")) for e in queue.get("entries") or []}
+        for task in data.get("tasks") or []:
+            tid = str(task.get("id"))
+            if ((task.get("execution") or {}).get("queue")) != queue_id or tid in waiting:
+                continue
+            known = self.ledger.get(tid)
+            if known is not None and known.state != "finished":
+                continue
+            if self.scheduler.find_by_name(job_name(tid)):
+                continue
+            if taskops.requeue_front(self.client, tid, queue_id, "submitter restarted after pop"):
+                log.info("task %s queue %s: back at the front of its queue (restart)", tid, q.name)
 
     # -- pulling -----------------------------------------------------------------
     def _switches(self) -> dict[str, bool]:
@@ -234,11 +273,19 @@ class Submitter:
                 if limit is not None and live.get(q.id, 0) >= limit:
                     open_queues.remove(q)
                     continue
-                entry = self.client.queues.get_next_task(q.id)
-                if entry is None:
+                if self.opts.can_start is not None and not self.opts.can_start(q):
                     open_queues.remove(q)
                     continue
+                self.ledger.set_popping(q.id)
+                entry = self.client.queues.get_next_task(q.id)
+                if entry is None:
+                    self.ledger.clear_popping()
+                    open_queues.remove(q)
+                    continue
+                crashpoint("after_pop")
                 pulls += 1
+                if self.opts.order_fairness:
+                    self._rr = self.opts.queues.index(q) + 1
                 live[q.id] = live.get(q.id, 0) + 1
                 outcome = self.submit_task(str(entry["task"]), q)
                 if outcome == "submitted":
@@ -247,8 +294,6 @@ class Submitter:
                     return submitted
                 else:
                     live[q.id] -= 1
-            if self.opts.order_fairness:
-                self._rr += 1
         return submitted
 
     def submit_task(self, task_id: str, q: QueueRef) -> str:
@@ -272,6 +317,8 @@ class Submitter:
             container_mode=self.opts.container_mode,
             hpcagent=self.opts.hpcagent_argv,
         )
+        if self.opts.task_vars is not None:
+            ctx = dataclasses.replace(ctx, extra={**ctx.extra, **self.opts.task_vars(task_id, q)})
         try:
             script = render_file(q.template, ctx)
         except TemplateError as exc:
@@ -283,6 +330,7 @@ class Submitter:
             return "failed"
         path = write_script(self.opts.state_dir / "scripts" / f"{job_name(task_id)}.sh", script)
         self.ledger.mark_rendered(task_id, path)
+        crashpoint("after_render")
         try:
             job_id = self.scheduler.submit(path, job_name=job_name(task_id))
         except SubmitLimitError as exc:
@@ -300,6 +348,7 @@ class Submitter:
             self.ledger.mark_finished(task_id, f"failed: sbatch: {detail}")
             log.info("task %s queue %s: failed (sbatch: %s)", task_id, q.name, detail)
             return "failed"
+        crashpoint("after_sbatch")
         self.ledger.mark_submitted(task_id, job_id)
         self.submitted_total += 1
         log.info("task %s queue %s job %s: submitted", task_id, q.name, job_id)
@@ -343,6 +392,8 @@ class Submitter:
             "timestamp": int(time.time() * 1000),
             "queues": [q.id for q in self.opts.queues],
         }
+        if self.opts.report_extra is not None:
+            body.update(self.opts.report_extra())
         try:
             self.client.send("workers.status_report", body)
         except ApiError:
