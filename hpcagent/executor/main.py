@@ -193,9 +193,19 @@ class Executor:
         finally:
             watcher.stop()
             self._restore_signal_handlers(previous)
+            self._unregister()
             delivered = self.shipper.close(self.cfg.final_flush_timeout_s)
             self._cleanup(delivered)
         return code
+
+    def _unregister(self) -> None:
+        """Remove this run's worker entry, when the id is this run's own (derived from host and
+        Slurm job or pid); an id given by CLEARML_WORKER_ID or the config may belong to a daemon
+        that lives on."""
+        if self.rank != 0 or self.env.get("CLEARML_WORKER_ID") or self.cfg.worker_id:
+            return
+        with contextlib.suppress(Exception):
+            self.bg.send("workers.unregister", {"worker": self.worker})
 
     def _base_dir(self) -> Path:
         base = self.cfg.venvs_dir

@@ -313,8 +313,11 @@ def test_repo_commit_diff_requirements_args_complete(env_setup: dict[str, Any]) 
     # echoed to the job's own output and the log file
     assert "mark=patched" in res.stdout
     assert "mark=patched" in log_file.read_text()
-    # runtime and requirements recorded
+    # runtime and requirements recorded; the run's own worker entry is gone again
     assert task["runtime"].get("_exec_agent_hostname")
+    workers = server.send("workers.get_all", {}).get("workers") or []
+    assert task["last_worker"]
+    assert task["last_worker"] not in [w.get("id") for w in workers]
     assert "hpca-tiny==1.0" in task["script"]["requirements"]["pip"].lower().replace("_", "-")
     # machine monitoring readable through the API
     scalars = server.send("events.scalar_metrics_iter_histogram", {"task": task_id})
