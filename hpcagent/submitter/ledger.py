@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS entries (
     updated_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_state ON entries(state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -88,10 +89,27 @@ class Ledger:
             raise
         self._conn.execute("COMMIT")
 
+    def set_popping(self, queue_id: str) -> None:
+        """About to pop ``queue_id``: if we die before :meth:`record_pulled`, the restart
+        looks for the task that left that queue without a ledger row."""
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('popping', ?)", (queue_id,))
+
+    def clear_popping(self) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = 'popping'")
+
+    def popping(self) -> str | None:
+        """The queue a pop was in flight for when the last run stopped, if any."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'popping'").fetchone()
+        return str(row[0]) if row else None
+
     def record_pulled(self, task_id: str, queue_id: str, queue_name: str) -> None:
-        """A task was popped from ``queue_id`` (replaces a finished row of an earlier run)."""
+        """A task was popped from ``queue_id`` (replaces a finished row of an earlier run);
+        clears the pop-in-flight marker in the same transaction."""
         now = time.time()
         with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = 'popping'")
             c.execute(
                 "INSERT OR REPLACE INTO entries (task_id, queue_id, queue_name, state, job_id,"
                 " script_path, job_state, outcome, pulled_at, updated_at)"

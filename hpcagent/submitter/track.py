@@ -11,6 +11,8 @@ than ``lost_grace_s`` (never read as success).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,15 @@ from hpcagent.submitter.outputs import output_path, tail
 
 if TYPE_CHECKING:
     from hpcagent.submitter.loop import SubmitterOptions
+
+
+def crashpoint(name: str) -> None:
+    """Test hook: ``HPCAGENT_TEST_CRASH_AT=<name>`` makes the process kill -9 itself here
+    (the crash tests stop the submitter at exact points this way). Off by default."""
+    if os.environ.get("HPCAGENT_TEST_CRASH_AT") == name:
+        log.warning("HPCAGENT_TEST_CRASH_AT=%s: killing myself with SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 log = logging.getLogger("hpcagent.submitter")
 
@@ -67,6 +78,7 @@ class Tracker:
         except SchedulerError as exc:
             log.warning("job status unavailable this cycle: %s", exc)
             return
+        crashpoint("tracking")
         tasks = taskops.get_statuses(self.client, [e.task_id for e in entries])
         to_cancel: list[Entry] = []
         for entry in entries:
@@ -122,6 +134,7 @@ class Tracker:
             )
         message = f"slurm job {job}: {text}"
         if status == "queued" and self._last_message.get(tid) != message:
+            crashpoint("writing_status")
             taskops.set_message(self.client, tid, message)
             self._last_message[tid] = message
 
@@ -148,6 +161,7 @@ class Tracker:
             log.info("task %s queue %s job %s: %s, task stopped", tid, entry.queue_name, job, state)
             return
         message = self._failure_message(entry, js, state)
+        crashpoint("writing_final_status")
         taskops.fail(self.client, tid, f"slurm job {job} {state}", message)
         taskops.add_log(self.client, tid, message)
         self.ledger.mark_finished(tid, f"failed: job {state}")
