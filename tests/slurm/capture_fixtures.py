@@ -48,7 +48,8 @@ JOBS: dict[str, tuple[list[str], str, str]] = {
     "oom": (
         ["--mem=40M"],
         "python3 -c 'import time; b = bytearray(400 * 1024 * 1024); time.sleep(60)'\n",
-        "OUT_OF_MEMORY",
+        # Without cgroups, JobAcctGatherParams=OverMemoryKill kills the step: FAILED 0:9.
+        "FAILED",
     ),
     "array": (["--array=1-3"], "exit 0\n", "COMPLETED"),
     "array_held": (["--array=1-4%2", "--hold"], "sleep 600\n", "PENDING"),
@@ -158,7 +159,7 @@ def main() -> None:
             time.sleep(2)
         time.sleep(5)
         expect = {ids[n]: JOBS[n][2] for n in JOBS}
-        expect[ids["het"]] = "RUNNING"
+        # The het job's state depends on what else runs on the node: parsed, not expected.
         all_ids = list(ids.values())
         save(
             folder,
