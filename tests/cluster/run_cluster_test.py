@@ -12,7 +12,9 @@ back through the API (plus ``sacct`` on the controller for the Slurm side):
    both nodes into the task's log, and whose Slurm job ran on c1 and c2;
 3. an abort of a running task: the task ends ``stopped`` and its Slurm job is gone;
 4. a failing task: it ends ``failed`` with the script's exit code in its log or status;
-5. a task on the queue served by the repository's unchanged seed template
+5. a task that cannot start (``num_nodes = 3`` on two nodes) stays queued with its Slurm job id
+   and pending reason in its status message; aborting it cancels the job (sacct CANCELLED);
+6. a task on the queue served by the repository's unchanged seed template
    (``templates/slurm.example.template``, queue ``example``) completes on a compute node.
 
 Exit status 0 when every check passed, 1 otherwise; one line per check on stdout.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -250,6 +253,7 @@ def main() -> int:
     two = enqueue("two-nodes", SCRIPT_TWO_NODES, {"num_nodes": "2"})
     abort = enqueue("abort-me", SCRIPT_ABORT, {})
     fail = enqueue("fail-on-purpose", SCRIPT_FAIL, {})
+    pending = enqueue("never-starts", 'print("never")\n', {"num_nodes": "3"})
     example = ""
     if args.example_queue:
         example_q = client.queues.by_name(args.example_queue)
@@ -309,6 +313,37 @@ def main() -> int:
     )
     log = log_text(client, fail)
     check("about to fail on purpose" in log, f"failing task {fail} log has its output")
+
+    task = wait_until(
+        client, pending, lambda t: "PENDING" in str(t.get("status_message", "")), args.timeout
+    )
+    message = str(task.get("status_message", ""))
+    check(
+        task.get("status") == "queued" and "PENDING" in message,
+        f"task {pending} (3 nodes) waits as queued with Slurm's pending reason",
+        describe(task),
+        note=f"status_message {message!r}",
+    )
+    match = re.search(r"\b(?:job|slurm job)\s+(\d+)", message)
+    pending_job = str((task.get("runtime") or {}).get("slurm_job_id", "")) or (
+        match.group(1) if match else ""
+    )
+    client.tasks.stop(pending, status_reason="aborted by cluster-test while pending")
+    task = wait_until(client, pending, lambda t: t.get("status") in FINAL, 120)
+    check(task.get("status") == "stopped", f"pending task {pending} is stopped", describe(task))
+    if check(bool(pending_job), f"pending task {pending} named its Slurm job", describe(task)):
+        deadline = time.monotonic() + 90
+        state = ""
+        while time.monotonic() < deadline:
+            state, _ = sacct_nodes(pending_job)
+            if state.startswith("CANCELLED"):
+                break
+            time.sleep(2)
+        check(
+            state.startswith("CANCELLED"),
+            f"Slurm job {pending_job} of the pending task was cancelled",
+            note=f"sacct {state}",
+        )
 
     if example:
         task = wait_until(client, example, lambda t: t.get("status") in FINAL, args.timeout)
