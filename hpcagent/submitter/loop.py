@@ -80,10 +80,11 @@ class SubmitterOptions:
     max_jobs: int | None = None
     order_fairness: bool = False
     poll_interval_s: float = 5.0
+    pull_interval_s: float = 0.25
     container_mode: str | None = None
     config_file: Path | None = None
     hours: WorkingHours = field(default_factory=WorkingHours)
-    max_pulls_per_cycle: int = 500
+    max_pulls_per_cycle: int = 100
     limit_backoff_s: float = 60.0
     lost_grace_s: float = 300.0
     stop_grace_s: float = 30.0
@@ -139,18 +140,33 @@ class Submitter:
             log.debug("unregister failed", exc_info=True)
 
     def run(self, stop: threading.Event, max_cycles: int | None = None) -> None:
-        """Cycle until ``stop`` is set (or ``max_cycles`` cycles ran)."""
+        """Run until ``stop`` is set (or ``max_cycles`` tracking rounds ran).
+
+        Pulling and tracking have their own pace: queues are polled every
+        ``pull_interval_s`` (a cheap server call, so a new task is submitted within a
+        fraction of a second), Slurm is asked about jobs every ``poll_interval_s`` (one
+        batched command whatever the number of jobs). A pull that hit the per-round cap
+        goes on at once.
+        """
         cycles = 0
+        next_track = 0.0
         while not stop.is_set():
-            started = time.monotonic()
+            now = time.monotonic()
+            busy = False
             try:
-                self.cycle()
+                if now >= next_track:
+                    self.tracker.track()
+                    self.report()
+                    next_track = now + self.opts.poll_interval_s
+                    cycles += 1
+                busy = self.pull() >= self.opts.max_pulls_per_cycle
             except ApiError as exc:
                 log.warning("cycle failed: %s", exc)
-            cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
                 break
-            stop.wait(max(0.0, self.opts.poll_interval_s - (time.monotonic() - started)))
+            if not busy:
+                wait = min(self.opts.pull_interval_s, max(0.0, next_track - time.monotonic()))
+                stop.wait(wait)
 
     def cycle(self) -> int:
         """One track → pull → report round; returns the number of tasks submitted."""

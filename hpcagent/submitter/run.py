@@ -103,6 +103,7 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         max_jobs=req.max_jobs,
         order_fairness=req.order_fairness,
         poll_interval_s=poll,
+        pull_interval_s=min(poll, float(settings.get("slurm.pull_interval_sec", 0.25) or 0.25)),
         container_mode=req.container_mode,
         config_file=req.job_config,
         hours=WorkingHours.parse(req.uptime or [], req.downtime or []),
