@@ -1,0 +1,248 @@
+"""``hpcagent daemon``: pull tasks from queues and run them on this machine (no Slurm).
+
+The loop is the submitter's (``hpcagent.submitter.daemon``); this module parses the options,
+derives the worker id and its state folder, runs in the foreground or detached, stops a
+detached daemon, and supplies the machine/GPU statistics for the worker reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpcagent.errors import UsageError
+
+log = logging.getLogger("hpcagent.daemon")
+
+#: Options that take several values after one flag (``--queue a b c``), as in the seed's CLI.
+GREEDY = ("--queue", "--uptime", "--downtime")
+
+
+def expand_greedy(args: list[str]) -> list[str]:
+    """``--queue a b --cpu-only`` → ``--queue a --queue b --cpu-only``; values stop at the next
+    argument that starts with ``-``."""
+    out: list[str] = []
+    current: str | None = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if arg in GREEDY:
+            current = arg
+            out.append(arg)
+        elif arg.startswith("-"):
+            current = None
+            out.append(arg)
+        else:
+            if current is not None and out and out[-1] != current:
+                out.append(current)
+            out.append(arg)
+    return out
+
+
+class _DaemonCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_greedy(list(args)))
+
+
+class MachineStats:
+    """``machine_stats`` for ``workers.status_report`` (the agent's keys, clearml-api.md §2a.6),
+    at most every ``interval_s`` seconds (the first call reports at once)."""
+
+    def __init__(self, gpus: list[str] | None, interval_s: float = 30.0) -> None:
+        from hpcagent.executor.metrics import GpuProbe, Sampler
+
+        self.sampler = Sampler()
+        visible = None if gpus is None else ",".join(gpus)
+        self.gpu = GpuProbe(visible) if gpus != [] else None
+        self.interval_s = interval_s
+        self._last = -1e18
+
+    def __call__(self) -> Mapping[str, Any]:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return {}
+        self._last = now
+        stats = self.sampler.sample()
+        gpus = self.gpu.sample() if self.gpu is not None else []
+        if gpus:
+            stats["gpu_usage"] = [g.get("utilization", 0.0) for g in gpus]
+            stats["gpu_temperature"] = [g.get("temperature", 0.0) for g in gpus]
+            stats["gpu_memory_used"] = [g.get("mem_used_gb", 0.0) * 1024 for g in gpus]
+            stats["gpu_memory_free"] = [g.get("mem_free_gb", 0.0) * 1024 for g in gpus]
+        return {"machine_stats": stats}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"daemon" in cmdline and any(b"hpcagent" in part for part in cmdline)
+
+
+def _stop(state_dir: Path, worker_id: str, wait_s: float = 60.0) -> None:
+    pid_file = state_dir / "daemon.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        raise UsageError(f"daemon {worker_id} is not running (no {pid_file})") from None
+    if not _pid_alive(pid) or not _is_daemon(pid):
+        pid_file.unlink(missing_ok=True)
+        raise UsageError(f"daemon {worker_id} (pid {pid}) is not running; removed {pid_file}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _pid_alive(pid) and _is_daemon(pid):
+        time.sleep(0.1)
+    click.echo(f"stopped daemon {worker_id} (pid {pid})")
+
+
+def _detach(state_dir: Path, worker_id: str) -> None:
+    from hpcagent.scheduler.commands import spawn_background
+
+    argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
+    code = "from hpcagent.cli import main; main()"
+    log_path = state_dir / "daemon.log"
+    with log_path.open("ab") as out:
+        proc = spawn_background([sys.executable, "-c", code, *argv, "--foreground"], output=out)
+    (state_dir / "daemon.pid").write_text(f"{proc.pid}\n")
+    click.echo(f"daemon {worker_id} running in the background: pid {proc.pid}, log {log_path}")
+
+
+@click.command(
+    "daemon", cls=_DaemonCommand, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="Q",
+    help="Queue name(s) or id(s) in priority order; with --dynamic-gpus NAME=N or NAME=MIN-MAX.",
+)
+@click.option("--order-fairness", is_flag=True, help="Pull from the queues in turn.")
+@click.option("--gpus", default=None, metavar="LIST", help="GPUs of this agent: 0,1 or 0-7.")
+@click.option("--cpu-only", is_flag=True, help="No GPUs for the tasks (worker id <host>:cpu).")
+@click.option(
+    "--dynamic-gpus",
+    is_flag=True,
+    help="Share --gpus between tasks: each queue says how many GPUs its tasks take.",
+)
+@click.option(
+    "--services-mode",
+    "services",
+    type=click.IntRange(min=0),
+    is_flag=False,
+    flag_value=0,
+    default=None,
+    metavar="[N]",
+    help="Launch tasks and move on; at most N at once (no limit without N).",
+)
+@click.option("--create-queue", is_flag=True, help="Create the queues that do not exist.")
+@click.option("--foreground", "mode", flag_value="foreground", default=True, help="Default.")
+@click.option("--detached", "mode", flag_value="detached", help="Run in the background.")
+@click.option("--stop", "mode", flag_value="stop", help="Stop the daemon with these options.")
+@click.option("--uptime", multiple=True, metavar="SPAN", help='Pull only then, e.g. "17-20 SUN".')
+@click.option("--downtime", multiple=True, metavar="SPAN", help="Never pull in these hours.")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds between cycles (default: agent.polling_interval, else 5).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Root of the per-worker state folders (default: daemon.state_dir, ~/.hpcagent/daemon).",
+)
+@click.pass_context
+def daemon_cmd(
+    ctx: click.Context,
+    queues: tuple[str, ...],
+    order_fairness: bool,
+    gpus: str | None,
+    cpu_only: bool,
+    dynamic_gpus: bool,
+    services: int | None,
+    create_queue: bool,
+    mode: str,
+    uptime: tuple[str, ...],
+    downtime: tuple[str, ...],
+    poll_interval: float | None,
+    state_dir: str | None,
+) -> None:
+    """Pull tasks from queues and run each with ``hpcagent execute`` on this machine.
+
+    \b
+    Examples:
+      hpcagent daemon --queue default --gpus 0 --detached
+      hpcagent daemon --queue default --gpus 1 --detached      # a second agent, other GPU
+      hpcagent daemon --queue default --gpus 0 --stop
+      hpcagent daemon --dynamic-gpus --gpus 0-7 --queue quad=4 dual=2 opportunistic=1-4
+      hpcagent daemon --queue services --cpu-only --services-mode 4
+    """
+    from hpcagent.config import load_settings
+    from hpcagent.submitter import daemon as d
+    from hpcagent.submitter.gpus import parse_gpus, parse_queue
+
+    if gpus is not None and cpu_only:
+        raise UsageError("give --gpus or --cpu-only, not both")
+    if dynamic_gpus and not gpus:
+        raise UsageError("--dynamic-gpus needs --gpus (the GPUs to share, e.g. 0-7)")
+    gpu_list: list[str] | None = [] if cpu_only else (parse_gpus(gpus) if gpus else None)
+    parsed = [parse_queue(q) if dynamic_gpus else (q, None) for q in queues]
+    for name, demand in parsed:
+        if demand is not None and gpu_list is not None and demand.min > len(gpu_list):
+            raise UsageError(f"queue {name} needs {demand.min} GPUs; --gpus has {len(gpu_list)}")
+    obj = ctx.find_object(dict) or {}
+    settings = load_settings(config_file=obj.get("config_file"), cli_overrides={})
+    host = d.default_host()
+    worker_id = d.worker_id_for(host, gpu_list, dynamic=dynamic_gpus, services=services is not None)
+    root = Path(
+        os.path.expanduser(str(state_dir or settings.get("daemon.state_dir", "~/.hpcagent/daemon")))
+    )
+    state = d.state_dir_for(root, worker_id)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if mode == "stop":
+        _stop(state, worker_id)
+        return
+    if not parsed:
+        raise UsageError("give at least one --queue")
+    if mode == "detached":
+        _detach(state, worker_id)
+        return
+    from hpcagent.commands.slurm import _write_job_config
+
+    poll = poll_interval or float(settings.get("agent.polling_interval", 5) or 5)
+    req = d.DaemonRequest(
+        queues=parsed,
+        state_dir=state,
+        worker_id=worker_id,
+        job_config=_write_job_config(settings, state),
+        gpus=gpu_list,
+        dynamic=dynamic_gpus,
+        services=services,
+        order_fairness=order_fairness,
+        create_queue=create_queue,
+        poll_interval_s=poll,
+        uptime=list(uptime) or [str(x) for x in settings.agent.uptime],
+        downtime=list(downtime) or [str(x) for x in settings.agent.downtime],
+    )
+    d.run_daemon(settings, req, report_extra=MachineStats(gpu_list))

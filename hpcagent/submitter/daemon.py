@@ -1,0 +1,291 @@
+"""``hpcagent daemon``: the submitter loop over a :class:`LocalScheduler`.
+
+The daemon is not a second loop. It is :class:`~hpcagent.submitter.loop.Submitter` (queues in
+priority order or in turn, working hours, force switches, ledger, tracking, worker reports)
+with three hooks filled in:
+
+* ``can_start`` — a slot check before each pop: at most one task at a time (the seed agent's
+  default), at most N with ``--services-mode N`` (no limit with a bare ``--services-mode``),
+  and with ``--dynamic-gpus`` only when the queue's minimum number of GPUs is free;
+* ``task_vars`` — the GPUs of the task (``CLEARML_DAEMON_GPUS``), which the generated job
+  script exports as ``CUDA_VISIBLE_DEVICES``/``NVIDIA_VISIBLE_DEVICES`` before it runs
+  ``hpcagent execute --id TASK``;
+* ``report_extra`` — ``machine_stats`` for ``workers.status_report`` (supplied by the CLI).
+
+GPUs come back when the ledger row of their task is finished (the tracker settles it when
+the job ends); the allocations are saved in ``gpus.json`` so a restart keeps them.
+
+One daemon per worker id: the worker id names its state folder (ledger, lock, pid file,
+log, scripts, job outputs), so several daemons with different ``--gpus`` share a machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from hpcagent.api import ApiClient
+from hpcagent.config import Settings
+from hpcagent.errors import UsageError
+from hpcagent.scheduler.local import LocalScheduler
+from hpcagent.submitter.gpus import GpuDemand, GpuPool
+from hpcagent.submitter.ledger import SUBMITTED, Ledger
+from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+from hpcagent.submitter.worktime import WorkingHours
+
+log = logging.getLogger("hpcagent.daemon")
+
+PID_FILE = "daemon.pid"
+LOG_FILE = "daemon.log"
+LOCK_FILE = "daemon.lock"
+GPU_FILE = "gpus.json"
+TEMPLATE_FILE = "daemon-job.template"
+GPU_VAR = "CLEARML_DAEMON_GPUS"
+NVIDIA_VAR = "CLEARML_DAEMON_NVIDIA_GPUS"
+
+
+def worker_id_for(
+    host: str, gpus: Sequence[str] | None, *, dynamic: bool = False, services: bool = False
+) -> str:
+    """``<host>:gpu0,1`` for ``--gpus 0,1``; ``<host>:cpu`` for ``--cpu-only``; ``<host>:dgpu0-7``-
+    style (``dgpu`` + the list) with ``--dynamic-gpus``; ``<host>:gpuall`` when no GPUs are
+    named; ``:service`` is appended in services mode (a services agent beside a GPU agent)."""
+    if gpus is None:
+        wid = f"{host}:gpuall"
+    elif not gpus:
+        wid = f"{host}:cpu"
+    else:
+        wid = f"{host}:{'dgpu' if dynamic else 'gpu'}{','.join(gpus)}"
+    return wid + (":service" if services else "")
+
+
+def state_dir_for(root: Path, worker_id: str) -> Path:
+    """The worker's own folder under ``root`` (characters unsafe in a file name become ``_``)."""
+    safe = re.sub(r"[^A-Za-z0-9_.,:=-]", "_", worker_id).replace(":", "_")
+    return root / safe
+
+
+def job_template(gpu_env: bool) -> str:
+    """The job script every task gets (rendered by the submitter like an sbatch template).
+
+    ``gpu_env`` False (no ``--gpus``): the task sees the machine's GPUs as the daemon does.
+    """
+    lines = [
+        "#!/bin/bash",
+        "# hpcagent daemon job: task ${CLEARML_TASK.id} from queue ${CLEARML_QUEUE_NAME}",
+        "export CLEARML_WORKER_ID=${CLEARML_WORKER_ID}",
+    ]
+    if gpu_env:
+        lines += [
+            "export CUDA_DEVICE_ORDER=PCI_BUS_ID",
+            f"export CUDA_VISIBLE_DEVICES=${{{GPU_VAR}:}}",  # empty: no GPU
+            f"export NVIDIA_VISIBLE_DEVICES=${{{NVIDIA_VAR}}}",
+        ]
+    lines += ["${CLEARML_AGENT_EXECUTE}", ""]
+    return "\n".join(lines)
+
+
+class Slots:
+    """The ``can_start``/``task_vars`` hooks (see the module docstring).
+
+    ``gpus`` None: no GPU variables; ``[]``: CPU only; a list: static (every task gets them
+    all) unless ``demands`` is given (dynamic: each queue id maps to a :class:`GpuDemand`).
+    ``limit`` None: no limit on live tasks.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        gpus: Sequence[str] | None,
+        limit: int | None,
+        demands: Mapping[str, GpuDemand] | None = None,
+        state_file: Path | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.gpus = None if gpus is None else list(gpus)
+        self.limit = limit
+        self.demands = dict(demands) if demands is not None else None
+        self.state_file = state_file
+        self.pool = GpuPool(self.gpus or []) if self.demands is not None else None
+        if self.pool is not None and state_file is not None:
+            self.pool.load(state_file)
+            self._sync()
+
+    def _sync(self) -> int:
+        """Release the GPUs of settled tasks; returns the number of live tasks."""
+        live = [e.task_id for e in self.ledger.live()]
+        if self.pool is not None:
+            released = self.pool.reconcile(live)
+            if released:
+                log.info("GPUs back in the pool from %s; free: %s", released, self.pool.free())
+                self._save()
+        return len(live)
+
+    def _save(self) -> None:
+        if self.pool is not None and self.state_file is not None:
+            self.pool.save(self.state_file)
+
+    def can_start(self, q: QueueRef) -> bool:
+        live = self._sync()
+        if self.limit is not None and live >= self.limit:
+            return False
+        if self.pool is not None and self.demands is not None:
+            return self.pool.fits(self.demands.get(q.id, GpuDemand(1, 1)))
+        return True
+
+    def task_vars(self, task_id: str, q: QueueRef) -> dict[str, str]:
+        if self.pool is not None and self.demands is not None:
+            got = self.pool.allocate(task_id, self.demands.get(q.id, GpuDemand(1, 1)))
+            self._save()
+            log.info("task %s queue %s: GPUs %s", task_id, q.name, ",".join(got) or "none")
+            gpus: list[str] | None = list(got)
+        else:
+            gpus = self.gpus
+        if gpus is None:
+            return {}
+        joined = ",".join(gpus)
+        return {GPU_VAR: joined, NVIDIA_VAR: joined or "none"}
+
+
+@dataclass
+class DaemonRequest:
+    """What the CLI asked for."""
+
+    queues: list[tuple[str, GpuDemand | None]]
+    state_dir: Path
+    worker_id: str
+    job_config: Path
+    gpus: list[str] | None = None
+    dynamic: bool = False
+    services: int | None = None  # None: not services mode; 0: services mode without a limit
+    order_fairness: bool = False
+    create_queue: bool = False
+    poll_interval_s: float = 5.0
+    uptime: list[str] = field(default_factory=list)
+    downtime: list[str] = field(default_factory=list)
+    stop_wait_s: float = 20.0
+
+    @property
+    def limit(self) -> int | None:
+        if self.services is None:
+            return None if self.dynamic else 1
+        return self.services or None
+
+
+def resolve_queues(client: ApiClient, req: DaemonRequest, template: Path) -> list[QueueRef]:
+    """Queue names/ids → :class:`QueueRef` (created first with ``--create-queue``)."""
+    out = []
+    for name, _ in req.queues:
+        q = client.queues.resolve(name, create=req.create_queue)
+        out.append(QueueRef(id=str(q["id"]), name=str(q.get("name") or name), template=template))
+    return out
+
+
+def run_daemon(
+    settings: Settings,
+    req: DaemonRequest,
+    *,
+    report_extra: Callable[[], Mapping[str, Any]] | None = None,
+    hpcagent_argv: list[str] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT; then cancel this daemon's running tasks and settle them."""
+    lock = FileLock(str(req.state_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(
+            f"a daemon with worker id {req.worker_id} already runs ({req.state_dir}); "
+            "--stop stops it"
+        ) from None
+    (req.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+    client = ApiClient.from_settings(settings, worker=req.worker_id)
+    template = req.state_dir / TEMPLATE_FILE
+    template.write_text(job_template(req.gpus is not None), encoding="utf-8")
+    queues = resolve_queues(client, req, template)
+    ledger = Ledger(req.state_dir / "ledger.sqlite")
+    demands = None
+    if req.dynamic:
+        demands = {q.id: d or GpuDemand(1, 1) for q, (_, d) in zip(queues, req.queues, strict=True)}
+    slots = Slots(
+        ledger,
+        gpus=req.gpus,
+        limit=req.limit,
+        demands=demands,
+        state_file=req.state_dir / GPU_FILE,
+    )
+    scheduler = LocalScheduler(output_dir=req.state_dir / "jobs", max_parallel=10_000)
+    opts = SubmitterOptions(
+        queues=queues,
+        state_dir=req.state_dir,
+        worker_id=req.worker_id,
+        order_fairness=req.order_fairness,
+        poll_interval_s=req.poll_interval_s,
+        config_file=req.job_config,
+        hours=WorkingHours.parse(req.uptime, req.downtime),
+        hpcagent_argv=hpcagent_argv,
+        can_start=slots.can_start,
+        task_vars=slots.task_vars,
+        report_extra=report_extra,
+    )
+    submitter = Submitter(client, scheduler, ledger, opts, settings.get)
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    log.info(
+        "daemon %s: queues %s; GPUs %s%s%s",
+        req.worker_id,
+        ", ".join(
+            f"{q.name}{'=' + str(d) if d else ''}"
+            for q, (_, d) in zip(queues, req.queues, strict=True)
+        ),
+        "all" if req.gpus is None else (",".join(req.gpus) or "none (cpu only)"),
+        " (dynamic)" if req.dynamic else "",
+        f"; services mode, at most {req.limit}" if req.services is not None else "",
+    )
+    try:
+        submitter.start()
+        submitter.run(stop)
+        stop_running(submitter, scheduler, req.stop_wait_s)
+    finally:
+        submitter.shutdown()
+        ledger.close()
+        client.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+        pid_file = req.state_dir / PID_FILE
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def stop_running(submitter: Submitter, scheduler: LocalScheduler, wait_s: float) -> None:
+    """Cancel the daemon's running jobs (the executor forwards SIGTERM to the task and marks
+    it), wait for them, and let the tracker settle the ledger once."""
+    jobs = [str(e.job_id) for e in submitter.ledger.live() if e.state == SUBMITTED and e.job_id]
+    if not jobs:
+        return
+    log.info("stopping %d running task(s)", len(jobs))
+    scheduler.cancel(jobs)
+    scheduler.wait(jobs, timeout_s=wait_s, poll_s=0.2)
+    try:
+        submitter.tracker.track()
+    except Exception as exc:  # best effort on the way out; the server may be gone
+        log.warning("could not settle the stopped tasks: %s", exc)
+
+
+def default_host() -> str:
+    return socket.gethostname()

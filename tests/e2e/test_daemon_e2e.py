@@ -1,0 +1,353 @@
+"""``hpcagent daemon`` end to end: embedded server + daemon(s) + the real ``hpcagent execute``.
+
+Tasks are created the way a user would (``hpcagent task create --script ... --enqueue Q``);
+the script prints its GPU environment (checked through the task log) and writes small files
+into a shared folder:
+
+* ``gpu<N>.held`` is created with O_EXCL for every GPU in ``CUDA_VISIBLE_DEVICES`` and removed
+  at the end, so two tasks holding one GPU at the same time make the second one fail
+  ("CLASH") — over-allocation cannot go unnoticed;
+* ``<name>.started`` records what the task saw; ``--wait-for a,b`` makes a task wait until
+  those tasks have started too (a rendezvous: it only completes when they ran at the same
+  time), so concurrency is shown without looking at a clock;
+* ``order.txt`` gets one line per task start (the execution order) and ``running/<name>``
+  exists while a task runs (for the services-mode limit).
+
+GPU ids are only environment values here (no GPU on this machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+TASK_SCRIPT = r"""
+import argparse, json, os, pathlib, sys, time
+p = argparse.ArgumentParser()
+p.add_argument("--dir", required=True)
+p.add_argument("--name", required=True)
+p.add_argument("--wait-for", default="")
+p.add_argument("--sleep", type=float, default=0.0)
+a = p.parse_args()
+d = pathlib.Path(a.dir)
+cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+nvd = os.environ.get("NVIDIA_VISIBLE_DEVICES", "<unset>")
+wid = os.environ.get("CLEARML_WORKER_ID", "")
+print(f"ENV name={a.name} CVD={cvd} NVD={nvd} WID={wid}", flush=True)
+gpus = [g for g in cvd.split(",") if g and cvd != "<unset>"]
+held = []
+for g in gpus:
+    try:
+        os.close(os.open(d / f"gpu{g}.held", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        print(f"CLASH on GPU {g}", flush=True)
+        for h in held:
+            os.unlink(d / f"gpu{h}.held")
+        sys.exit(3)
+    held.append(g)
+(d / "running").mkdir(exist_ok=True)
+(d / "running" / a.name).touch()
+running = sorted(x.name for x in (d / "running").iterdir())
+with open(d / "order.txt", "a") as fh:
+    fh.write(a.name + "\n")
+(d / f"{a.name}.started").write_text(json.dumps({"gpus": gpus, "cvd": cvd, "nvd": nvd,
+                                                 "wid": wid, "running": running}))
+for other in filter(None, a.wait_for.split(",")):
+    deadline = time.monotonic() + 90
+    while not (d / f"{other}.started").exists():
+        if time.monotonic() > deadline:
+            print(f"RENDEZVOUS-TIMEOUT waiting for {other}", flush=True)
+            sys.exit(4)
+        time.sleep(0.05)
+time.sleep(a.sleep)
+(d / "running" / a.name).unlink()
+for g in held:
+    os.unlink(d / f"gpu{g}.held")
+print(f"DONE {a.name}", flush=True)
+"""
+
+
+class Rig:
+    """Server, config and helpers to run the ``hpcagent`` CLI as a user would."""
+
+    def __init__(self, tmp: Path, server: Any) -> None:
+        self.tmp = tmp
+        self.server = server
+        self.shared = tmp / "shared"
+        self.shared.mkdir()
+        self.script = tmp / "envtask.py"
+        self.script.write_text(TASK_SCRIPT)
+        self.state = tmp / "daemon-state"
+        conf = {
+            "api": {
+                "api_server": server.url,
+                "credentials": {"access_key": server.access_key, "secret_key": server.secret_key},
+                "http": {"retries": 2, "timeout_sec": 10},
+            },
+            "agent": {
+                "venvs_dir": str(tmp / "builds"),
+                "venvs_cache": {"path": str(tmp / "venv-cache"), "free_space_threshold_gb": 0},
+                "vcs_cache": {"enabled": True, "path": str(tmp / "vcs-cache")},
+                "package_manager": {"type": "uv", "extra_args": ["--no-index"]},
+                "metrics_interval_sec": 1,
+                "abort_poll_interval_sec": 0.5,
+            },
+            "executor": {"kill_grace_sec": 5},
+        }
+        self.conf = tmp / "clearml.conf"
+        self.conf.write_text(json.dumps(conf))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "CUDA"))}
+        self.env["CLEARML_CONFIG_FILE"] = str(self.conf)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-c", "from hpcagent.cli import main; main()", *args]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            self.argv(*args), env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"{args} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def task(self, queue: str, name: str, *, wait_for: str = "", sleep: float = 0.0) -> str:
+        args = [f"dir={self.shared}", f"name={name}", f"sleep={sleep}"]
+        if wait_for:
+            args.append(f"wait-for={wait_for}")
+        res = self.cli(
+            "task", "create", "--project", "daemon-e2e", "--name", f"task-{name}",
+            "--script", str(self.script), "--enqueue", queue,
+            *[x for kv in args for x in ("--args", kv)],
+        )  # fmt: skip
+        return res.stdout.strip().splitlines()[-1].strip()
+
+    def daemon(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"daemon-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                self.argv(
+                    "daemon", "--state-dir", str(self.state), "--poll-interval", "0.3", *args
+                ),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        files = [*self.tmp.glob("daemon-*.log"), *self.state.glob("*/daemon.log")]
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(files))
+
+    def status(self, task_id: str) -> str:
+        task = self.server.send("tasks.get_by_id", {"task": task_id})["task"]
+        return str(task["status"])
+
+    def wait_done(self, task_ids: list[str], timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = {t: self.status(t) for t in task_ids}
+            if all(s in ("completed", "failed", "stopped") for s in states.values()):
+                bad = {t: s for t, s in states.items() if s != "completed"}
+                tails = ["\n".join(self.log_lines(t)[-15:]) for t in bad]
+                assert not bad, f"{bad}\n" + "\n".join(tails) + "\n" + self.logs()
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"not done: {states}\n{self.logs()}")
+
+    def log_lines(self, task_id: str) -> list[str]:
+        data = self.server.send(
+            "events.get_task_log", {"task": task_id, "batch_size": 10000, "navigate_earlier": False}
+        )
+        return [line for e in data["events"] for line in str(e.get("msg", "")).split("\n")]
+
+    def env_line(self, task_id: str) -> dict[str, str]:
+        """The task's ``ENV ...`` line from its log, as a dict."""
+        for line in self.log_lines(task_id):
+            if line.startswith("ENV "):
+                return dict(part.split("=", 1) for part in line[4:].split())
+        raise AssertionError(f"no ENV line in the log of {task_id}: {self.log_lines(task_id)}")
+
+    def started(self, name: str) -> dict[str, Any]:
+        return dict(json.loads((self.shared / f"{name}.started").read_text()))
+
+    def stop_all(self) -> None:
+        for pid_file in self.state.glob("*/daemon.pid"):  # detached daemons
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, embedded_server: Any) -> Iterator[Rig]:
+    r = Rig(tmp_path, embedded_server)
+    try:
+        yield r
+    finally:
+        r.stop_all()
+
+
+def _pid(state_root: Path, worker_dir: str) -> int:
+    return int((state_root / worker_dir / "daemon.pid").read_text().strip())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of nobody in particular counts as gone
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+
+
+def _wait_for(pred: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met")
+
+
+def test_two_daemons_own_gpus_concurrently_and_stop_only_own(rig: Rig) -> None:
+    host = socket.gethostname()
+    common = ["--queue", "shared", "--create-queue", "--poll-interval", "0.3"]
+    for gpu in ("0", "1"):
+        rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", gpu, *common, "--detached")
+    pid0 = _pid(rig.state, f"{host}_gpu0")
+    pid1 = _pid(rig.state, f"{host}_gpu1")
+    assert pid0 != pid1
+    # Each daemon runs one task at a time; each task waits for the other, so both complete
+    # only when they ran at the same time, on different daemons.
+    _wait_for(lambda: rig.server.send("queues.get_all", {"name": "^shared$"})["queues"])
+    t_a = rig.task("shared", "a", wait_for="b")
+    t_b = rig.task("shared", "b", wait_for="a")
+    rig.wait_done([t_a, t_b])
+    envs = {rig.env_line(t)["WID"]: rig.env_line(t) for t in (t_a, t_b)}
+    assert set(envs) == {f"{host}:gpu0", f"{host}:gpu1"}
+    for gpu in ("0", "1"):
+        assert envs[f"{host}:gpu{gpu}"]["CVD"] == gpu
+        assert envs[f"{host}:gpu{gpu}"]["NVD"] == gpu
+    # both workers are registered and report machine stats
+    workers = {w["id"]: w for w in rig.server.send("workers.get_all", {})["workers"]}
+    for gpu in ("0", "1"):
+        w = workers[f"{host}:gpu{gpu}"]
+        assert w["machine_stats"]["memory_free"] > 0
+        assert [q["name"] for q in w["queues"]] == ["shared"]
+    # --stop with --gpus 0 stops that daemon only
+    res = rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "0", "--stop")
+    assert f"stopped daemon {host}:gpu0" in res.stdout
+    _wait_for(lambda: not _alive(pid0))
+    assert _alive(pid1)
+    t_c = rig.task("shared", "c")
+    rig.wait_done([t_c])
+    assert rig.env_line(t_c)["CVD"] == "1"
+    workers = {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]}
+    assert f"{host}:gpu0" not in workers
+    assert f"{host}:gpu1" in workers
+    rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "1", "--stop")
+    _wait_for(lambda: not _alive(pid1))
+    # a second --stop finds nothing to stop and says so
+    again = rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "1", "--stop", check=False)
+    assert again.returncode == 2
+    assert "not running" in (again.stderr + again.stdout)
+
+
+def test_dynamic_gpus_pack_as_specified_without_overallocation(rig: Rig) -> None:
+    for q in ("quad", "dual", "opportunistic"):
+        rig.server.send("queues.create", {"name": q})
+    # quad tasks wait for each other: they complete only if both held 4 GPUs at once.
+    tasks = {
+        "q1": rig.task("quad", "q1", wait_for="q2", sleep=0.5),
+        "q2": rig.task("quad", "q2", wait_for="q1", sleep=0.5),
+        "d1": rig.task("dual", "d1", wait_for="d2", sleep=0.5),
+        "d2": rig.task("dual", "d2", wait_for="d1", sleep=0.5),
+    }
+    for i in range(4):
+        tasks[f"o{i}"] = rig.task("opportunistic", f"o{i}", sleep=0.3)
+    rig.daemon(
+        "--dynamic-gpus", "--gpus", "0-7", "--queue", "quad=4", "dual=2", "opportunistic=1-4"
+    )
+    rig.wait_done(list(tasks.values()), timeout=240)
+    seen: dict[str, list[str]] = {n: rig.started(n)["gpus"] for n in tasks}
+    for name, gpus in seen.items():
+        assert set(gpus) <= {str(i) for i in range(8)}
+        assert len(set(gpus)) == len(gpus)
+        want = {"q": (4, 4), "d": (2, 2), "o": (1, 4)}[name[0]]
+        assert want[0] <= len(gpus) <= want[1], (name, gpus)
+        assert rig.env_line(tasks[name])["CVD"] == ",".join(gpus)
+    assert set(seen["q1"]).isdisjoint(seen["q2"])
+    assert set(seen["d1"]).isdisjoint(seen["d2"])
+    for tid in tasks.values():
+        assert not any("CLASH" in line for line in rig.log_lines(tid))
+    # every GPU is back in the pool (the saved allocations are empty once all settled)
+    host = socket.gethostname()
+    gpu_file = rig.state / f"{host}_dgpu0,1,2,3,4,5,6,7" / "gpus.json"
+    _wait_for(lambda: json.loads(gpu_file.read_text()) == {})
+
+
+def test_order_fairness_alternates_queues(rig: Rig) -> None:
+    for q in ("qa", "qb"):
+        rig.server.send("queues.create", {"name": q})
+    ids = [rig.task("qa", f"a{i}") for i in range(3)] + [rig.task("qb", f"b{i}") for i in range(3)]
+    rig.daemon("--cpu-only", "--order-fairness", "--queue", "qa", "qb")
+    rig.wait_done(ids)
+    order = (rig.shared / "order.txt").read_text().split()
+    assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    env = rig.env_line(ids[0])  # --cpu-only: no GPU visible
+    assert (env["CVD"], env["NVD"]) == ("", "none")
+    assert env["WID"] == f"{socket.gethostname()}:cpu"
+
+
+def test_priority_order_without_fairness(rig: Rig) -> None:
+    for q in ("hi", "lo"):
+        rig.server.send("queues.create", {"name": q})
+    ids = [rig.task("lo", f"l{i}") for i in range(2)] + [rig.task("hi", f"h{i}") for i in range(2)]
+    rig.daemon("--cpu-only", "--queue", "hi", "lo")
+    rig.wait_done(ids)
+    assert (rig.shared / "order.txt").read_text().split() == ["h0", "h1", "l0", "l1"]
+
+
+def test_services_mode_keeps_at_most_n_running(rig: Rig) -> None:
+    rig.server.send("queues.create", {"name": "svc"})
+    # pairs that wait for each other show that 2 do run at once; the running/ folder shows
+    # that never more than 2 do.
+    ids = [
+        rig.task("svc", "s0", wait_for="s1", sleep=0.5),
+        rig.task("svc", "s1", wait_for="s0", sleep=0.5),
+        rig.task("svc", "s2", wait_for="s3", sleep=0.5),
+        rig.task("svc", "s3", wait_for="s2", sleep=0.5),
+        rig.task("svc", "s4", sleep=0.5),
+    ]
+    rig.daemon("--cpu-only", "--services-mode", "2", "--queue", "svc")
+    rig.wait_done(ids)
+    for i in range(5):
+        running = rig.started(f"s{i}")["running"]
+        assert f"s{i}" in running and len(running) <= 2, running
+    host = socket.gethostname()
+    assert rig.env_line(ids[0])["WID"] == f"{host}:cpu:service"
