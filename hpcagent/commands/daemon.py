@@ -117,6 +117,12 @@ def _stop(state_dir: Path, worker_id: str, wait_s: float = 60.0) -> None:
 def _detach(state_dir: Path, worker_id: str) -> None:
     from hpcagent.scheduler.commands import spawn_background
 
+    try:
+        pid = int((state_dir / "daemon.pid").read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid and _pid_alive(pid) and _is_daemon(pid):
+        raise UsageError(f"daemon {worker_id} already runs (pid {pid}); --stop stops it")
     argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
     code = "from hpcagent.cli import main; main()"
     log_path = state_dir / "daemon.log"

@@ -82,7 +82,7 @@ def job_template(gpu_env: bool) -> str:
     """
     lines = [
         "#!/bin/bash",
-        "# hpcagent daemon job: task ${CLEARML_TASK.id} from queue ${CLEARML_QUEUE_NAME}",
+        "# hpcagent daemon job: task ${CLEARML_TASK.id|slug} from queue ${CLEARML_QUEUE_NAME|slug}",
         "export CLEARML_WORKER_ID=${CLEARML_WORKER_ID}",
     ]
     if gpu_env:

@@ -242,6 +242,12 @@ def test_two_daemons_own_gpus_concurrently_and_stop_only_own(rig: Rig) -> None:
     pid0 = _pid(rig.state, f"{host}_gpu0")
     pid1 = _pid(rig.state, f"{host}_gpu1")
     assert pid0 != pid1
+    # the same GPUs again: refused, the running daemon is left alone
+    dup = rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "0", *common, "--detached",
+                  check=False)  # fmt: skip
+    assert dup.returncode == 2
+    assert "already runs" in dup.stderr
+    assert _pid(rig.state, f"{host}_gpu0") == pid0
     # Each daemon runs one task at a time; each task waits for the other, so both complete
     # only when they ran at the same time, on different daemons.
     _wait_for(lambda: rig.server.send("queues.get_all", {"name": "^shared$"})["queues"])
@@ -348,6 +354,7 @@ def test_services_mode_keeps_at_most_n_running(rig: Rig) -> None:
     rig.wait_done(ids)
     for i in range(5):
         running = rig.started(f"s{i}")["running"]
-        assert f"s{i}" in running and len(running) <= 2, running
+        assert f"s{i}" in running
+        assert len(running) <= 2, running
     host = socket.gethostname()
     assert rig.env_line(ids[0])["WID"] == f"{host}:cpu:service"
