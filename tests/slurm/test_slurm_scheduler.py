@@ -15,7 +15,8 @@ from hpcagent.scheduler.base import JobState, JobStatus
 from hpcagent.scheduler.commands import CommandResult, counting, run_command
 from hpcagent.scheduler.slurm import SlurmScheduler
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+# Other suites share the one node, so jobs may queue for a while: generous waits.
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster"), pytest.mark.timeout(600)]
 
 
 def unique(prefix: str) -> str:
@@ -23,7 +24,7 @@ def unique(prefix: str) -> str:
 
 
 def wait_terminal(
-    sched: SlurmScheduler, ids: Sequence[str], timeout_s: float = 120, poll_s: float = 1.0
+    sched: SlurmScheduler, ids: Sequence[str], timeout_s: float = 240, poll_s: float = 1.0
 ) -> dict[str, JobStatus]:
     deadline = time.monotonic() + timeout_s
     out = sched.status(ids)
@@ -111,7 +112,7 @@ def test_time_limit_gives_timeout(make_script: Callable[..., Path]) -> None:
     script = make_script("tl", "sleep 600", ("--time=1",))
     job = sched.submit(script, job_name=unique("t_timeout"))
     try:
-        out = wait_terminal(sched, [job], timeout_s=240, poll_s=5)
+        out = wait_terminal(sched, [job], timeout_s=420, poll_s=5)
     finally:
         sched.cancel([job])
     assert out[job].state is JobState.TIMEOUT
