@@ -453,7 +453,10 @@ def test_mode_inside_executor_runs_in_the_image(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
     env.update(CLEARML_CONFIG_FILE=str(conf), PYTHONPATH=str(REPO))
-    argv = [str(STANDIN), "exec", "--bind", str(REPO), str(rootfs)]
+    binds = [str(REPO)]
+    if not Path(sys.prefix).is_relative_to(REPO):  # hpcagent's venv lives elsewhere
+        binds.append(sys.prefix)
+    argv = [str(STANDIN), "exec", "--bind", ",".join(binds), str(rootfs)]
     argv += [sys.executable, "-m", "hpcagent", "execute", "--id", task_id, "--force"]
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     task = server.send("tasks.get_by_id", {"task": task_id})["task"]
