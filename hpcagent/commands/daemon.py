@@ -161,6 +161,12 @@ def _detach(state_dir: Path, worker_id: str) -> None:
     help="Launch tasks and move on; at most N at once (no limit without N).",
 )
 @click.option("--create-queue", is_flag=True, help="Create the queues that do not exist.")
+@click.option(
+    "--singularity-mode", is_flag=True, help="Run tasks inside their Singularity/Apptainer image."
+)
+@click.option(
+    "--container-mode", is_flag=True, help="Run tasks inside their container image (Docker/Podman)."
+)
 @click.option("--foreground", "mode", flag_value="foreground", default=True, help="Default.")
 @click.option("--detached", "mode", flag_value="detached", help="Run in the background.")
 @click.option("--stop", "mode", flag_value="stop", help="Stop the daemon with these options.")
@@ -188,6 +194,8 @@ def daemon_cmd(
     dynamic_gpus: bool,
     services: int | None,
     create_queue: bool,
+    singularity_mode: bool,
+    container_mode: bool,
     mode: str,
     uptime: tuple[str, ...],
     downtime: tuple[str, ...],
@@ -208,6 +216,8 @@ def daemon_cmd(
     from hpcagent.submitter import daemon as d
     from hpcagent.submitter.gpus import parse_gpus, parse_queue
 
+    if singularity_mode and container_mode:
+        raise UsageError("give --singularity-mode or --container-mode, not both")
     if gpus is not None and cpu_only:
         raise UsageError("give --gpus or --cpu-only, not both")
     if dynamic_gpus and not gpus:
@@ -247,6 +257,9 @@ def daemon_cmd(
         services=services,
         order_fairness=order_fairness,
         create_queue=create_queue,
+        container_mode="singularity"
+        if singularity_mode
+        else ("container" if container_mode else None),
         poll_interval_s=poll,
         uptime=list(uptime) or [str(x) for x in settings.agent.uptime],
         downtime=list(downtime) or [str(x) for x in settings.agent.downtime],

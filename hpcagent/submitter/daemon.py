@@ -172,6 +172,7 @@ class DaemonRequest:
     order_fairness: bool = False
     create_queue: bool = False
     poll_interval_s: float = 5.0
+    container_mode: str | None = None
     uptime: list[str] = field(default_factory=list)
     downtime: list[str] = field(default_factory=list)
     stop_wait_s: float = 20.0
@@ -224,7 +225,11 @@ def run_daemon(
         demands=demands,
         state_file=req.state_dir / GPU_FILE,
     )
-    scheduler = LocalScheduler(output_dir=req.state_dir / "jobs", max_parallel=10_000)
+    # The slots limit what runs; the scheduler starts whatever it is given. The kill wait
+    # leaves the executor time to forward SIGTERM to the task and write its status.
+    scheduler = LocalScheduler(
+        output_dir=req.state_dir / "jobs", max_parallel=10_000, kill_wait_s=15.0
+    )
     opts = SubmitterOptions(
         queues=queues,
         state_dir=req.state_dir,
@@ -232,6 +237,7 @@ def run_daemon(
         order_fairness=req.order_fairness,
         poll_interval_s=req.poll_interval_s,
         config_file=req.job_config,
+        container_mode=req.container_mode,
         hours=WorkingHours.parse(req.uptime, req.downtime),
         hpcagent_argv=hpcagent_argv,
         can_start=slots.can_start,

@@ -358,3 +358,26 @@ def test_services_mode_keeps_at_most_n_running(rig: Rig) -> None:
         assert len(running) <= 2, running
     host = socket.gethostname()
     assert rig.env_line(ids[0])["WID"] == f"{host}:cpu:service"
+
+
+def test_working_hours_and_force_switch_apply(rig: Rig) -> None:
+    """Outside working hours the daemon pulls nothing; the worker's ``force`` property (as
+    the submitter reads it) lets it pull anyway."""
+    rig.server.send("queues.create", {"name": "hours"})
+    tid = rig.task("hours", "h0")
+    rig.daemon("--cpu-only", "--queue", "hours", "--downtime", "0-23")
+    host = socket.gethostname()
+    wid = f"{host}:cpu"
+    _wait_for(lambda: wid in {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]})
+    log = rig.tmp / "daemon-0.log"
+    # several cycles ran (each reports the worker) and the task is still waiting
+    _wait_for(lambda: "queues hours" in log.read_text())
+    time.sleep(1.5)
+    assert rig.status(tid) == "queued"
+    assert not (rig.shared / "order.txt").exists()
+    rig.server.send(
+        "workers.set_runtime_properties",
+        {"worker": wid, "runtime_properties": [{"key": "force", "value": "on"}]},
+    )
+    rig.wait_done([tid])
+    assert rig.env_line(tid)["WID"] == wid

@@ -93,6 +93,7 @@ def test_request_limit_rules(tmp_path: Path) -> None:
         (["--gpus", "0"], "at least one --queue"),
         (["--queue", "q", "--gpus", "x;y"], "bad GPU id"),
         (["--queue", "q", "--gpus", "0", "--stop"], "is not running"),
+        (["--queue", "q", "--singularity-mode", "--container-mode"], "not both"),
     ],
 )
 def test_usage_errors(
