@@ -64,7 +64,8 @@ running = sorted(x.name for x in (d / "running").iterdir())
 with open(d / "order.txt", "a") as fh:
     fh.write(a.name + "\n")
 (d / f"{a.name}.started").write_text(json.dumps({"gpus": gpus, "cvd": cvd, "nvd": nvd,
-                                                 "wid": wid, "running": running}))
+                                                 "wid": wid, "running": running,
+                                                 "pid": os.getpid()}))
 for other in filter(None, a.wait_for.split(",")):
     deadline = time.monotonic() + 90
     while not (d / f"{other}.started").exists():
@@ -381,3 +382,20 @@ def test_working_hours_and_force_switch_apply(rig: Rig) -> None:
     )
     rig.wait_done([tid])
     assert rig.env_line(tid)["WID"] == wid
+
+
+def test_stopping_the_daemon_stops_its_running_task(rig: Rig) -> None:
+    rig.server.send("queues.create", {"name": "long"})
+    tid = rig.task("long", "long0", sleep=300)
+    proc = rig.daemon("--gpus", "3", "--queue", "long")
+    _wait_for(lambda: (rig.shared / "long0.started").exists(), timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 0
+    assert rig.status(tid) == "stopped"
+    task = rig.server.send("tasks.get_by_id", {"task": tid})["task"]
+    assert "signal" in str(task.get("status_reason", "")) + str(task.get("status_message", ""))
+    assert (rig.shared / "running" / "long0").exists()  # the task did not finish on its own
+    _wait_for(lambda: not _alive(rig.started("long0")["pid"]), timeout=30)  # no orphan left
+    assert not any(line.startswith("DONE") for line in rig.log_lines(tid))
+    workers = {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]}
+    assert f"{socket.gethostname()}:gpu3" not in workers
