@@ -235,7 +235,10 @@ def run_daemon(
         state_dir=req.state_dir,
         worker_id=req.worker_id,
         order_fairness=req.order_fairness,
-        poll_interval_s=req.poll_interval_s,
+        # Queues are polled every --poll-interval (the seed agent's pace); local jobs are
+        # cheap to track, so a finished task frees its slot and GPUs within a second.
+        pull_interval_s=req.poll_interval_s,
+        poll_interval_s=min(req.poll_interval_s, 1.0),
         config_file=req.job_config,
         container_mode=req.container_mode,
         hours=WorkingHours.parse(req.uptime, req.downtime),
