@@ -22,6 +22,18 @@ USER_HOME=$SHARED/home/$CLUSTER_USER
 SERVER_URL=${HPCAGENT_SERVER_URL:-http://server:8008}
 
 log() { echo "entrypoint[$ROLE]: $*" >&2; }
+
+# The Slurm daemons run under other process names (dc-slurmctld, ...: the kernel names a
+# process after the file it was started from, here a symlink): a host that runs its own Slurm
+# sees every container's processes, and tools there that look daemons up by name
+# (pgrep -x slurmctld, as tests/slurm/cluster.sh does) must not take ours for theirs.
+# argv[0] stays the real name: slurmctld crashes at start when it is not.
+daemon() { # daemon NAME ARGS...: exec /usr/sbin/NAME as dc-NAME
+    local name=$1
+    shift
+    ln -sf "/usr/sbin/$name" "/usr/local/sbin/dc-$name"
+    exec -a "$name" "/usr/local/sbin/dc-$name" "$@"
+}
 die() { log "ERROR: $*"; exit 1; }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
@@ -168,7 +180,7 @@ CONF
     chown slurm:slurm /etc/slurm/slurmdbd.conf
     chmod 600 /etc/slurm/slurmdbd.conf
     start_munge
-    exec slurmdbd -D
+    daemon slurmdbd -D
 }
 
 # ----------------------------------------------------------------------------------- slurmctld
@@ -189,14 +201,14 @@ role_slurmctld() {
             sacctmgr -i add user "$u" account=hpcagent cluster="$cluster" >/dev/null
         fi
     done
-    exec slurmctld -D
+    daemon slurmctld -D
 }
 
 # -------------------------------------------------------------------------------------- slurmd
 role_slurmd() {
     start_munge
     wait_for 120 slurmctld scontrol ping
-    exec slurmd -D -N "$(hostname -s)"
+    daemon slurmd -D -N "$(hostname -s)"
 }
 
 # -------------------------------------------------------------------------------------- server
