@@ -169,14 +169,16 @@ def _detach(state_dir: Path, worker_id: str) -> None:
 )
 @click.option("--foreground", "mode", flag_value="foreground", default=True, help="Default.")
 @click.option("--detached", "mode", flag_value="detached", help="Run in the background.")
-@click.option("--stop", "mode", flag_value="stop", help="Stop the daemon with these options.")
+@click.option(
+    "--stop", "mode", flag_value="stop", help="Stop the background daemon with these GPU options."
+)
 @click.option("--uptime", multiple=True, metavar="SPAN", help='Pull only then, e.g. "17-20 SUN".')
 @click.option("--downtime", multiple=True, metavar="SPAN", help="Never pull in these hours.")
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.1),
     default=None,
-    help="Seconds between cycles (default: agent.polling_interval, else 5).",
+    help="Seconds between queue polls (default: agent.polling_interval, else 5).",
 )
 @click.option(
     "--state-dir",
@@ -202,7 +204,7 @@ def daemon_cmd(
     poll_interval: float | None,
     state_dir: str | None,
 ) -> None:
-    """Pull tasks from queues and run each with ``hpcagent execute`` on this machine.
+    """Pull tasks from queues and run each with hpcagent execute on this machine.
 
     \b
     Examples:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hpcagent.cli import main_group, run
-from hpcagent.commands.daemon import MachineStats, expand_greedy
+from hpcagent.commands.daemon import MachineStats, daemon_cmd, expand_greedy
 from hpcagent.submitter.daemon import (
     GPU_VAR,
     NVIDIA_VAR,
@@ -112,3 +112,20 @@ def test_machine_stats_use_the_agent_keys_and_are_throttled() -> None:
     assert isinstance(machine["cpu_usage"], list)
     assert stats() == {}  # the next report only after the interval
     assert MachineStats(gpus=[], interval_s=0.0).gpu is None  # --cpu-only: no GPU probe
+
+
+@pytest.mark.parametrize(
+    ("args", "services", "queues"),
+    [
+        (["--services-mode", "--queue", "q"], 0, ("q",)),
+        (["--queue", "q", "--services-mode"], 0, ("q",)),
+        (["--services-mode", "3", "--queue", "a", "b"], 3, ("a", "b")),
+        (["--queue", "q"], None, ("q",)),
+    ],
+)
+def test_services_mode_takes_an_optional_number(
+    args: list[str], services: int | None, queues: tuple[str, ...]
+) -> None:
+    ctx = daemon_cmd.make_context("daemon", args)
+    assert ctx.params["services"] == services
+    assert ctx.params["queues"] == queues
