@@ -49,7 +49,8 @@ d = pathlib.Path(a.dir)
 cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
 nvd = os.environ.get("NVIDIA_VISIBLE_DEVICES", "<unset>")
 wid = os.environ.get("CLEARML_WORKER_ID", "")
-print(f"ENV name={a.name} CVD={cvd} NVD={nvd} WID={wid}", flush=True)
+venv = int(sys.prefix != sys.base_prefix)
+print(f"ENV name={a.name} CVD={cvd} NVD={nvd} WID={wid} VENV={venv}", flush=True)
 gpus = [g for g in cvd.split(",") if g and cvd != "<unset>"]
 held = []
 for g in gpus:
@@ -361,7 +362,9 @@ def test_services_mode_keeps_at_most_n_running(rig: Rig) -> None:
         assert f"s{i}" in running
         assert len(running) <= 2, running
     host = socket.gethostname()
-    assert rig.env_line(ids[0])["WID"] == f"{host}:cpu:service"
+    for tid in ids:  # services mode with venvs (the seed allows it with Docker only)
+        assert rig.env_line(tid)["WID"] == f"{host}:cpu:service"
+        assert rig.env_line(tid)["VENV"] == "1"
 
 
 def test_working_hours_and_force_switch_apply(rig: Rig) -> None:
