@@ -246,6 +246,7 @@ def run_daemon(
         can_start=slots.can_start,
         task_vars=slots.task_vars,
         report_extra=report_extra,
+        job_label="local job",
     )
     submitter = Submitter(client, scheduler, ledger, opts, settings.get)
     stop = threading.Event()

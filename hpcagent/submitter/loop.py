@@ -96,6 +96,8 @@ class SubmitterOptions:
     task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
     #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
     report_extra: Callable[[], Mapping[str, Any]] | None = None
+    #: How status messages name a job ("slurm job 12: RUNNING on node1").
+    job_label: str = "slurm job"
 
 
 class Submitter:
@@ -376,7 +378,7 @@ class Submitter:
                 queue_name=q.name,
                 worker_id=self.opts.worker_id,
             )
-            taskops.set_message(self.client, task_id, f"slurm job {job_id}: PENDING")
+            taskops.set_message(self.client, task_id, f"{self.opts.job_label} {job_id}: PENDING")
         except ApiError as exc:
             log.warning(
                 "task %s job %s: could not record the job on the task: %s", task_id, job_id, exc

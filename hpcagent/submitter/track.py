@@ -132,7 +132,7 @@ class Tracker:
                 worker_id=self.opts.worker_id,
                 nodes=js.nodes,
             )
-        message = f"slurm job {job}: {text}"
+        message = f"{self.opts.job_label} {job}: {text}"
         if status == "queued" and self._last_message.get(tid) != message:
             crashpoint("writing_status")
             taskops.set_message(self.client, tid, message)
@@ -162,13 +162,14 @@ class Tracker:
             return
         message = self._failure_message(entry, js, state)
         crashpoint("writing_final_status")
-        taskops.fail(self.client, tid, f"slurm job {job} {state}", message)
+        taskops.fail(self.client, tid, f"{self.opts.job_label} {job} {state}", message)
         taskops.add_log(self.client, tid, message)
         self.ledger.mark_finished(tid, f"failed: job {state}")
         log.info("task %s queue %s job %s: %s, task failed", tid, entry.queue_name, job, state)
 
     def _failure_message(self, entry: Entry, js: JobStatus, state: str) -> str:
-        parts = [f"slurm job {entry.job_id} ended {state} before the task reported a result"]
+        label = self.opts.job_label
+        parts = [f"{label} {entry.job_id} ended {state} before the task reported a result"]
         if js.reason and js.reason not in ("None", "(null)"):
             parts.append(f"reason: {js.reason}")
         if js.exit_code is not None:
