@@ -11,7 +11,8 @@
 #   cluster.sh shell     a login shell as the cluster user on the login node (submitter)
 #   cluster.sh creds     the API server URL and key pair for the host: eval "$(cluster.sh creds)"
 #
-# Environment: PYTHON (host Python for the wheelhouse), HPCAGENT_CLUSTER_PORT (server port on
+# Environment: PYTHON (host Python for the wheelhouse), HPCAGENT_CLUSTER_CA_FILES (CA files the
+# containers trust; default the host's /usr/local/share/ca-certificates/*.crt), HPCAGENT_CLUSTER_PORT (server port on
 # 127.0.0.1, default 18008), HPCAGENT_CLUSTER_TEMPLATES (folder of sbatch templates mounted on the
 # login node), HPCAGENT_QUEUES / HPCAGENT_TEMPLATES (queues and their templates for the submitter),
 # COMPOSE_PROJECT_NAME (default hpcagent-cluster).
@@ -105,12 +106,25 @@ wait_healthy() {
     done
 }
 
+# The containers trust what the host trusts locally (a TLS-inspecting proxy's CA, say).
+copy_host_cas() {
+    local dir=$HERE/ca-certificates f
+    rm -f "$dir"/*.crt
+    local -a files
+    read -r -a files <<<"${HPCAGENT_CLUSTER_CA_FILES:-$(echo /usr/local/share/ca-certificates/*.crt)}"
+    for f in "${files[@]}"; do
+        [ -f "$f" ] && cp "$f" "$dir/$(basename "${f%.crt}").crt"
+    done
+    return 0
+}
+
 cmd_up() {
     ensure_docker
     ensure_compose
     bash "$HERE/base-image.sh"
     log "building the wheelhouse from the checkout"
     PYTHON="${PYTHON:-python3}" bash "$HERE/build-wheelhouse.sh" 2> >(grep -v 'is ignored: it is neither' >&2)
+    copy_host_cas
     log "building the image (log: $BUILD_LOG)"
     # The legacy builder (compose 1.x) keeps the containers of failed steps unless told not to.
     local -a build_flags=()
