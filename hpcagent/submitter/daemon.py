@@ -36,7 +36,7 @@ from filelock import FileLock, Timeout
 
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
-from hpcagent.errors import UsageError
+from hpcagent.errors import HpcAgentError, ServerUnreachable, UsageError
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.submitter.gpus import GpuDemand, GpuPool
 from hpcagent.submitter.ledger import SUBMITTED, Ledger
@@ -200,7 +200,11 @@ def run_daemon(
     report_extra: Callable[[], Mapping[str, Any]] | None = None,
     hpcagent_argv: list[str] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT; then cancel this daemon's running tasks and settle them."""
+    """Run until SIGTERM/SIGINT; then cancel this daemon's running tasks and settle them.
+
+    A server that cannot be reached does not end the daemon: it waits and tries again
+    (its tasks keep running and buffer their logs meanwhile).
+    """
     lock = FileLock(str(req.state_dir / LOCK_FILE))
     try:
         lock.acquire(timeout=0)
@@ -209,21 +213,43 @@ def run_daemon(
             f"a daemon with worker id {req.worker_id} already runs ({req.state_dir}); "
             "--stop stops it"
         ) from None
-    (req.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+    pid_file = req.state_dir / PID_FILE
+    pid_file.write_text(f"{os.getpid()}\n")
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     client = ApiClient.from_settings(settings, worker=req.worker_id)
+    try:
+        _serve(settings, req, client, stop, report_extra, hpcagent_argv)
+    finally:
+        client.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def _serve(
+    settings: Settings,
+    req: DaemonRequest,
+    client: ApiClient,
+    stop: threading.Event,
+    report_extra: Callable[[], Mapping[str, Any]] | None,
+    hpcagent_argv: list[str] | None,
+) -> None:
     template = req.state_dir / TEMPLATE_FILE
     template.write_text(job_template(req.gpus is not None), encoding="utf-8")
     queues = resolve_queues(client, req, template)
-    ledger = Ledger(req.state_dir / "ledger.sqlite")
     demands = None
     if req.dynamic:
         demands = {q.id: d or GpuDemand(1, 1) for q, (_, d) in zip(queues, req.queues, strict=True)}
+    ledger = Ledger(req.state_dir / "ledger.sqlite")
     slots = Slots(
-        ledger,
-        gpus=req.gpus,
-        limit=req.limit,
-        demands=demands,
-        state_file=req.state_dir / GPU_FILE,
+        ledger, gpus=req.gpus, limit=req.limit, demands=demands, state_file=req.state_dir / GPU_FILE
     )
     # The slots limit what runs; the scheduler starts whatever it is given. The kill wait
     # leaves the executor time to forward SIGTERM to the task and write its status.
@@ -249,12 +275,6 @@ def run_daemon(
         job_label="local job",
     )
     submitter = Submitter(client, scheduler, ledger, opts, settings.get)
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info(
         "daemon %s: queues %s; GPUs %s%s%s",
         req.worker_id,
@@ -264,22 +284,23 @@ def run_daemon(
         ),
         "all" if req.gpus is None else (",".join(req.gpus) or "none (cpu only)"),
         " (dynamic)" if req.dynamic else "",
-        f"; services mode, at most {req.limit}" if req.services is not None else "",
+        "" if req.services is None else f"; services mode, at most {req.limit or 'any number'}",
     )
     try:
         submitter.start()
-        submitter.run(stop)
-        stop_running(submitter, scheduler, req.stop_wait_s)
+        while not stop.is_set():
+            try:
+                submitter.run(stop)
+            except ServerUnreachable as exc:
+                log.warning("server unreachable (%s); trying again", exc)
+                stop.wait(max(5.0, req.poll_interval_s))
     finally:
-        submitter.shutdown()
+        stop_running(submitter, scheduler, req.stop_wait_s)
+        try:
+            submitter.shutdown()
+        except HpcAgentError as exc:  # the server may be gone; the worker then just expires
+            log.warning("could not unregister %s: %s", req.worker_id, exc)
         ledger.close()
-        client.close()
-        for s, h in old.items():
-            signal.signal(s, h)
-        pid_file = req.state_dir / PID_FILE
-        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
-            pid_file.unlink(missing_ok=True)
-        lock.release()
 
 
 def stop_running(submitter: Submitter, scheduler: LocalScheduler, wait_s: float) -> None:

@@ -447,3 +447,19 @@ def test_dynamic_gpus_fifty_random_tasks_never_overallocate(rig: Rig) -> None:
     assert not list(rig.shared.glob("gpu*.held")), seed
     # the pool was shared: several tasks ran at once
     assert max(len(rig.started(n)["running"]) for n in tasks) >= 2, seed
+
+
+def test_daemon_survives_a_server_restart(rig: Rig) -> None:
+    rig.server.send("queues.create", {"name": "blip"})
+    proc = rig.daemon("--cpu-only", "--queue", "blip")
+    wid = f"{socket.gethostname()}:cpu"
+    _wait_for(lambda: wid in {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]})
+    rig.server.stop()
+    log = rig.tmp / "daemon-0.log"
+    _wait_for(lambda: "server unreachable" in log.read_text(), timeout=120)
+    assert proc.poll() is None
+    rig.server.start()
+    rig.server._token = None  # a restarted server: log in again
+    tid = rig.task("blip", "after")
+    rig.wait_done([tid])
+    assert rig.env_line(tid)["WID"] == wid
