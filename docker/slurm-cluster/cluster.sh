@@ -133,19 +133,22 @@ cmd_up() {
         tail -30 "$BUILD_LOG" >&2
         die "the image build failed, see $BUILD_LOG"
     fi
-    # Each rebuild leaves the previous image dangling: drop ours (and only ours).
-    docker image prune -f --filter label=org.hpcagent.cluster=1 >/dev/null || true
     log "starting the cluster"
     if ! compose up -d >"$UP_LOG" 2>&1; then
         cat "$UP_LOG" >&2
         die "compose up failed"
     fi
     wait_healthy 300
+    prune_images
     compose ps
     docker exec "$(container_of slurmctld)" sinfo
     eval "$(cmd_creds)"
     log "up: server $CLEARML_API_HOST (credentials: $0 creds)"
 }
+
+# Each rebuild leaves the previous image dangling once no container uses it: drop ours (by label;
+# nobody else's).
+prune_images() { docker image prune -f --filter label=org.hpcagent.cluster=1 >/dev/null || true; }
 
 cmd_down() {
     ensure_compose
@@ -158,7 +161,12 @@ cmd_down() {
     local left
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
     [ -z "$left" ] || die "containers left: $left"
-    log "down: no container, network${vol:+ or volume} of $COMPOSE_PROJECT_NAME is left"
+    prune_images
+    if [ ${#vol[@]} -gt 0 ]; then
+        log "down: no container, network or volume of $COMPOSE_PROJECT_NAME is left"
+    else
+        log "down: no container or network of $COMPOSE_PROJECT_NAME is left (volumes kept)"
+    fi
 }
 
 cmd_creds() {
