@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 DYNAMIC = {"quad": "4", "dual": "2", "opportunistic": "1-4"}
 
 TASK_SCRIPT = r"""
-import argparse, json, os, pathlib, sys, time
+import argparse, json, os, pathlib, signal, sys, time
 p = argparse.ArgumentParser()
 p.add_argument("--dir", required=True)
 p.add_argument("--name", required=True)
@@ -53,6 +53,15 @@ venv = int(sys.prefix != sys.base_prefix)
 print(f"ENV name={a.name} CVD={cvd} NVD={nvd} WID={wid} VENV={venv}", flush=True)
 gpus = [g for g in cvd.split(",") if g and cvd != "<unset>"]
 held = []
+
+
+def _stopped(signum, _frame):  # an aborted task hands its GPU files back too
+    for g in held:
+        (d / f"gpu{g}.held").unlink(missing_ok=True)
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _stopped)
 for g in gpus:
     try:
         os.close(os.open(d / f"gpu{g}.held", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -463,3 +472,16 @@ def test_daemon_survives_a_server_restart(rig: Rig) -> None:
     tid = rig.task("blip", "after")
     rig.wait_done([tid])
     assert rig.env_line(tid)["WID"] == wid
+
+
+def test_aborted_task_gives_its_gpus_back(rig: Rig) -> None:
+    rig.server.send("queues.create", {"name": "pair"})
+    first = rig.task("pair", "p0", sleep=300)
+    second = rig.task("pair", "p1")
+    rig.daemon("--dynamic-gpus", "--gpus", "0,1", "--queue", "pair=2")
+    _wait_for(lambda: (rig.shared / "p0.started").exists(), timeout=120)
+    assert rig.status(second) == "queued"  # both GPUs are taken by p0
+    rig.cli("task", "abort", first)
+    rig.wait_done([second])
+    assert rig.status(first) == "stopped"
+    assert rig.started("p1")["gpus"] == ["0", "1"]
