@@ -104,8 +104,8 @@ def credentials() -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def controller(*argv: str) -> str:
-    """Run a Slurm command on the slurmctld container; its stdout."""
+def in_service(service: str, *argv: str) -> str:
+    """Run a command in the running container of a compose service; its stdout."""
     cid = subprocess.run(
         [
             "docker",
@@ -114,17 +114,22 @@ def controller(*argv: str) -> str:
             "--filter",
             f"label=com.docker.compose.project={project()}",
             "--filter",
-            "label=com.docker.compose.service=slurmctld",
+            f"label=com.docker.compose.service={service}",
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
     if not cid:
-        raise RuntimeError("no slurmctld container: is the cluster up (make cluster-up)?")
+        raise RuntimeError(f"no running {service} container: is the cluster up (make cluster-up)?")
     return subprocess.run(
         ["docker", "exec", cid[0], *argv], capture_output=True, text=True, check=True
     ).stdout
+
+
+def controller(*argv: str) -> str:
+    """Run a Slurm command on the slurmctld container; its stdout."""
+    return in_service("slurmctld", *argv)
 
 
 def project() -> str:
@@ -218,8 +223,17 @@ def main() -> int:
     try:
         creds = credentials()
         controller("true")
+        served = in_service("submitter", "printenv", "HPCAGENT_QUEUES").split()
     except (subprocess.CalledProcessError, RuntimeError) as exc:
         print(f"cluster-test: the cluster is not up (make cluster-up): {exc}", file=sys.stderr)
+        return 2
+    wanted = [q for q in (args.queue, args.example_queue) if q]
+    if not set(wanted) <= set(served):
+        print(
+            f"cluster-test: the submitter serves {served}, the test needs {wanted}: start the "
+            "cluster with the default queues (make cluster-down cluster-up)",
+            file=sys.stderr,
+        )
         return 2
     client = ApiClient(
         creds["CLEARML_API_HOST"], creds["CLEARML_API_ACCESS_KEY"], creds["CLEARML_API_SECRET_KEY"]
