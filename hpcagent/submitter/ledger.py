@@ -71,7 +71,10 @@ class Ledger:
         self.path = path
         if not path.exists():  # owner-only, like everything in the state folder
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        # One user at a time, but it may move between threads (start() here, run() there).
+        self._conn = sqlite3.connect(
+            str(path), isolation_level=None, timeout=30, check_same_thread=False
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)

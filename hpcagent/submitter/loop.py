@@ -132,7 +132,8 @@ class Submitter:
         self.recover()
 
     def shutdown(self) -> None:
-        """Unregister (jobs keep running; a restart re-adopts them)."""
+        """Finish deferred writes and unregister (jobs keep running; a restart re-adopts them)."""
+        self.tracker.close()
         try:
             self.client.send(
                 "workers.unregister",
@@ -174,6 +175,7 @@ class Submitter:
         """One track → pull → report round; returns the number of tasks submitted."""
         self.tracker.track()
         submitted = self.pull()
+        self.tracker.flush()
         self.report()
         return submitted
 
@@ -370,20 +372,27 @@ class Submitter:
         self.ledger.mark_submitted(task_id, job_id)
         self.submitted_total += 1
         log.info("task %s queue %s job %s: submitted", task_id, q.name, job_id)
+        # Recording the job on the task (3 server calls) runs beside the next submissions;
+        # the tracker waits for these writes before it writes anything about the same tasks.
+        runtime = dict(task.get("runtime") or {})
+        self.tracker.defer(self._record, task_id, job_id, q.name, runtime)
+        return "submitted"
+
+    def _record(self, task_id: str, job_id: str, queue_name: str, runtime: dict[str, Any]) -> None:
         try:
             taskops.record_job(
                 self.client,
                 task_id,
                 job_id=job_id,
-                queue_name=q.name,
+                queue_name=queue_name,
                 worker_id=self.opts.worker_id,
+                runtime=runtime,
             )
             taskops.set_message(self.client, task_id, f"{self.opts.job_label} {job_id}: PENDING")
         except ApiError as exc:
             log.warning(
                 "task %s job %s: could not record the job on the task: %s", task_id, job_id, exc
             )
-        return "submitted"
 
     def _back_off(self, task_id: str, q: QueueRef, why: str, outcome: str) -> str:
         back = taskops.requeue_front(self.client, task_id, q.id, why)

@@ -106,13 +106,19 @@ def record_job(
     queue_name: str,
     worker_id: str,
     nodes: str = "",
+    runtime: dict[str, Any] | None = None,
 ) -> None:
-    """Write the job id (and nodes) into ``runtime`` (merged) and the ``properties`` section."""
-    data = client.send(
-        "tasks.get_all", {"id": [task_id], "only_fields": ["runtime"], "search_hidden": True}
-    )
-    tasks = data.get("tasks") or [{}]
-    runtime = dict((tasks[0] or {}).get("runtime") or {})
+    """Write the job id (and nodes) into ``runtime`` (merged) and the ``properties`` section.
+
+    ``runtime`` is the task's current runtime when the caller has it (saves a read).
+    """
+    if runtime is None:
+        data = client.send(
+            "tasks.get_all", {"id": [task_id], "only_fields": ["runtime"], "search_hidden": True}
+        )
+        tasks = data.get("tasks") or [{}]
+        runtime = dict((tasks[0] or {}).get("runtime") or {})
+    runtime = dict(runtime)
     runtime.update(
         {
             "slurm_job_id": job_id,

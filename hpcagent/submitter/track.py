@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +67,28 @@ class Tracker:
         self._nodes_recorded: set[str] = set()
         self._last_message: dict[str, str] = {}
         self.commands = 0  # scheduler calls made (for the benchmark)
+        self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpcagent-record")
+        self._pending: list[Future[None]] = []
+
+    def defer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a server write in the background (see :meth:`flush`)."""
+        self._pending.append(self._writer.submit(fn, *args))
+
+    def flush(self) -> None:
+        """Wait for every deferred write (the tracker calls this before it writes)."""
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            exc = fut.exception()
+            if exc is not None:
+                log.warning("a deferred server write failed: %s", exc)
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.shutdown(wait=True)
 
     def track(self) -> None:
         """One tracking round over every submitted job."""
+        self.flush()
         entries = [e for e in self.ledger.live() if e.state == SUBMITTED and e.job_id]
         if not entries:
             return
