@@ -86,9 +86,11 @@ role_init() {
     fi
     chmod 600 "$SECRETS"/*
     # The shared file system: homes, task workspaces, the venv cache.
-    mkdir -p "$SHARED/home" "$USER_HOME/.hpcagent/slurm-logs" "$SHARED/venvs-cache" "$SHARED/workspaces"
+    mkdir -p "$SHARED/home" "$USER_HOME/.hpcagent/slurm-logs" "$SHARED/venvs-cache" "$SHARED/workspaces" \
+        "$SHARED/vcs-cache"
     chmod 755 "$SHARED" "$SHARED/home"
-    chown -R "$CLUSTER_USER:$CLUSTER_USER" "$USER_HOME" "$SHARED/venvs-cache" "$SHARED/workspaces"
+    chown -R "$CLUSTER_USER:$CLUSTER_USER" "$USER_HOME" "$SHARED/venvs-cache" "$SHARED/workspaces" \
+        "$SHARED/vcs-cache"
     write_clearml_conf
     log "done"
 }
@@ -110,7 +112,7 @@ api {
 }
 agent {
   package_manager { type: pip }
-  venvs_dir: "$USER_HOME/.hpcagent/venvs-builds"
+  venvs_dir: "$SHARED/workspaces"
   venvs_cache { path: "$SHARED/venvs-cache" }
   vcs_cache { path: "$SHARED/vcs-cache" }
   task_ping_interval_sec: 30

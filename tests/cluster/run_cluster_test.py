@@ -14,7 +14,9 @@ back through the API (plus ``sacct`` on the controller for the Slurm side):
 4. a failing task: it ends ``failed`` with the script's exit code in its log or status;
 5. a task that cannot start (``num_nodes = 3`` on two nodes) stays queued with its Slurm job id
    and pending reason in its status message; aborting it cancels the job (sacct CANCELLED);
-6. a task on the queue served by the repository's unchanged seed template
+6. a task from a git repository on the shared file system, at a given commit, runs that
+   commit's code (through the executor's repository cache on the shared file system);
+7. a task on the queue served by the repository's unchanged seed template
    (``templates/slurm.example.template``, queue ``example``) completes on a compute node.
 
 Exit status 0 when every check passed, 1 otherwise; one line per check on stdout.
@@ -64,6 +66,21 @@ SCRIPT_ABORT = textwrap.dedent(
     for i in range(600):
         print("still running", i, flush=True)
         time.sleep(1)
+    """
+)
+#: Made on the login node as the cluster user: a repository with two commits; the task asks for
+#: the first, so its output proves the checkout honoured ``version_num``.
+MAKE_REPO = textwrap.dedent(
+    """\
+    set -e
+    repo=$HOME/cluster-test-repo
+    rm -rf "$repo" && mkdir -p "$repo" && cd "$repo"
+    git init -q
+    echo 'print("from the repository, first commit")' > main.py
+    git add main.py && git -c user.name=t -c user.email=t@example.invalid commit -qm first
+    git rev-parse HEAD
+    echo 'print("from the repository, second commit")' > main.py
+    git -c user.name=t -c user.email=t@example.invalid commit -qam second
     """
 )
 SCRIPT_FAIL = textwrap.dedent(
@@ -268,6 +285,32 @@ def main() -> int:
     abort = enqueue("abort-me", SCRIPT_ABORT, {})
     fail = enqueue("fail-on-purpose", SCRIPT_FAIL, {})
     pending = enqueue("never-starts", 'print("never")\n', {"num_nodes": "3"})
+    user = "hpcuser"
+    first = in_service(
+        "submitter",
+        "runuser",
+        "-u",
+        user,
+        "--",
+        "env",
+        f"HOME=/shared/home/{user}",
+        "bash",
+        "-c",
+        MAKE_REPO,
+    ).strip()
+    repo_task = client.tasks.create(
+        "from-git",
+        project_id,
+        script={
+            "repository": f"/shared/home/{user}/cluster-test-repo",
+            "version_num": first,
+            "entry_point": "main.py",
+            "working_dir": ".",
+            "binary": "python3",
+        },
+    )
+    client.tasks.enqueue(repo_task, queue["id"])
+    print(f"enqueued from-git: {repo_task}", flush=True)
     example = ""
     if args.example_queue:
         example_q = client.queues.by_name(args.example_queue)
@@ -358,6 +401,14 @@ def main() -> int:
             f"Slurm job {pending_job} of the pending task was cancelled",
             note=f"sacct {state}",
         )
+
+    task = wait_until(client, repo_task, lambda t: t.get("status") in FINAL, args.timeout)
+    log = log_text(client, repo_task)
+    check(
+        task.get("status") == "completed" and "from the repository, first commit" in log,
+        f"task {repo_task} ran commit {first[:8]} of a git repository on the shared file system",
+        describe(task) + " log: " + log[-800:],
+    )
 
     if example:
         task = wait_until(client, example, lambda t: t.get("status") in FINAL, args.timeout)
