@@ -41,6 +41,27 @@ def crashpoint(name: str) -> None:
 log = logging.getLogger("hpcagent.submitter")
 
 
+#: Job ends that Slurm caused (not the task's own exit): named on a task the executor failed.
+SLURM_KILLED = frozenset(
+    {
+        JobState.TIMEOUT,
+        JobState.OUT_OF_MEMORY,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+    }
+)
+
+
+def _signalled(task: dict[str, Any]) -> bool:
+    """The task ended because its executor got a signal (not by its own exit or an abort)."""
+    if task.get("status") == "failed":
+        return True
+    reason = str(task.get("status_reason") or "")
+    return task.get("status") == "stopped" and reason.startswith("terminated by signal")
+
+
 def describe(js: JobStatus) -> str:
     """``PENDING (Resources)``, ``RUNNING on node1``, ``TIMEOUT``."""
     text = js.state.value
@@ -120,7 +141,7 @@ class Tracker:
         status = str(task.get("status")) if task else "deleted"
         if js.state.is_active:
             self._unknown_since.pop(tid, None)
-            if task is None or status in taskops.WITHDRAWN_STATUSES:
+            if task is None or (status in taskops.WITHDRAWN_STATUSES and not _signalled(task)):
                 return True
             if status == "in_progress" and task.get("status_message") == "stopping":
                 first = self._stopping_since.setdefault(tid, time.monotonic())
@@ -167,6 +188,18 @@ class Tracker:
         state = "LOST" if lost else js.state.value
         self._forget(tid)
         if task is None or status in taskops.FINAL_STATUSES or status == "created":
+            if task is not None and js.state in SLURM_KILLED and _signalled(task):
+                # The executor saw only a signal (and may have said "stopped"); Slurm killed
+                # the job (TIMEOUT, OUT_OF_MEMORY, ...): the task failed, and says why.
+                label = f"{self.opts.job_label} {job} {state}"
+                old = str(task.get("status_message") or "")
+                message = self._failure_message(
+                    entry, js, state, lead=f"{label} (the job was ended by Slurm)"
+                )
+                if old:
+                    message += f"\nexecutor: {old}"
+                taskops.fail(self.client, tid, label, message)
+                status = "failed"
             self.ledger.mark_finished(tid, f"job {state}; task {status}")
             log.info(
                 "task %s queue %s job %s: %s (task %s)", tid, entry.queue_name, job, state, status
@@ -188,9 +221,11 @@ class Tracker:
         self.ledger.mark_finished(tid, f"failed: job {state}")
         log.info("task %s queue %s job %s: %s, task failed", tid, entry.queue_name, job, state)
 
-    def _failure_message(self, entry: Entry, js: JobStatus, state: str) -> str:
+    def _failure_message(
+        self, entry: Entry, js: JobStatus, state: str, lead: str | None = None
+    ) -> str:
         label = self.opts.job_label
-        parts = [f"{label} {entry.job_id} ended {state} before the task reported a result"]
+        parts = [lead or f"{label} {entry.job_id} ended {state} before the task reported a result"]
         if js.reason and js.reason not in ("None", "(null)"):
             parts.append(f"reason: {js.reason}")
         if js.exit_code is not None:

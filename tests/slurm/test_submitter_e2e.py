@@ -7,7 +7,9 @@ One submitter serves five queues, each with its own template:
 * ``later``    ``--begin=now+1hour`` holds the job PENDING → abort → job cancelled, task stopped;
 * ``badpart``  ``--partition=nosuchpartition`` → task failed with sbatch's message;
 * ``missing``  a placeholder without value → task failed naming it, no job;
-* ``limited``  ``sleep`` jobs with ``--max-jobs 2`` → never more than 2 live jobs.
+* ``limited``  ``sleep`` jobs with ``--max-jobs 2`` → never more than 2 live jobs;
+* ``short``    ``--time=00:01:00`` and a task that sleeps: abort while running → stopped;
+               left alone → killed by the time limit → task failed, message names TIMEOUT.
 """
 
 from __future__ import annotations
@@ -57,7 +59,17 @@ LATER_TEMPLATE = "#!/bin/bash\n#SBATCH --begin=now+3600\n${CLEARML_AGENT_EXECUTE
 BADPART_TEMPLATE = "#!/bin/bash\n#SBATCH --partition=nosuchpartition\n${CLEARML_AGENT_EXECUTE}\n"
 MISSING_TEMPLATE = "#!/bin/bash\n#SBATCH --mem=${CLEARML_TASK.hyperparams.properties.mem.value}\n"
 LIMITED_TEMPLATE = "#!/bin/bash\n#SBATCH --output=limited-%j.out\nsleep 3\n"
-QUEUES = ("run", "later", "badpart", "missing", "limited")
+SHORT_TEMPLATE = (
+    "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=short-%j.out\n"
+    "${CLEARML_AGENT_EXECUTE}\n"
+)
+QUEUES = ("run", "later", "badpart", "missing", "limited", "short")
+SLEEPER = {
+    "entry_point": "sleeper.py",
+    "binary": "python3",
+    "diff": "import time\nprint('sleeping', flush=True)\ntime.sleep(400)\n",
+    "requirements": {"pip": ""},
+}
 
 
 def _slurm_ready() -> str:
@@ -87,7 +99,14 @@ class E2E:
         templates = []
         for q, text in zip(
             QUEUES,
-            (RUN_TEMPLATE, LATER_TEMPLATE, BADPART_TEMPLATE, MISSING_TEMPLATE, LIMITED_TEMPLATE),
+            (
+                RUN_TEMPLATE,
+                LATER_TEMPLATE,
+                BADPART_TEMPLATE,
+                MISSING_TEMPLATE,
+                LIMITED_TEMPLATE,
+                SHORT_TEMPLATE,
+            ),
             strict=True,
         ):
             path = work / f"{q}.template"
@@ -230,3 +249,30 @@ def test_max_jobs_never_exceeded(e2e: E2E) -> None:
     assert peak == 2
     # the jobs ended without an executor: each task failed with the job's state
     assert all("COMPLETED" in e2e.task(t)["status_reason"] for t in tids)
+
+
+def test_abort_while_running_stops(e2e: E2E) -> None:
+    tid = e2e.enqueue("short", "e2e-abort-running", SLEEPER)
+    h.wait_for(
+        lambda: any("sleeping" in line for line in h.task_log_lines(e2e.server, tid)),
+        timeout=120,
+        interval=0.5,
+    )
+    job = e2e.task(tid)["runtime"]["slurm_job_id"]
+    e2e.server.send("tasks.stop", {"task": tid})
+    e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=90)
+    assert e2e.task(tid)["status"] == "stopped"
+    h.wait_for(lambda: _sacct(job) not in ("", "RUNNING", "PENDING"), timeout=60, interval=0.5)
+
+
+def test_time_limit_fails_task_naming_timeout(e2e: E2E) -> None:
+    tid = e2e.enqueue("short", "e2e-timeout", SLEEPER)
+    e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=200)
+    job = e2e.task(tid)["runtime"]["slurm_job_id"]
+    h.wait_for(lambda: _sacct(job) == "TIMEOUT", timeout=60, interval=0.5)
+    h.wait_for(lambda: "TIMEOUT" in (e2e.task(tid).get("status_message") or ""), timeout=30)
+    task = e2e.task(tid)
+    assert task["status"] == "failed"
+    assert task["status_reason"] == f"slurm job {job} TIMEOUT"
+    assert task["status_message"].startswith(f"slurm job {job} TIMEOUT")
+    assert "reason: TimeLimit" in task["status_message"]
