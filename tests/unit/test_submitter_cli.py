@@ -1,0 +1,95 @@
+"""``hpcagent-slurm`` as a user runs it: --dry-run, --detached, --status [--json], --stop,
+on the LocalScheduler against the real embedded server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CLI = [sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()"]
+TEMPLATE = """#!/bin/bash
+#SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
+#SBATCH --nodes=${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}
+echo ${CLEARML_TASK.name}
+sleep 8
+"""
+
+
+def _conf(tmp: Path, server: Any) -> Path:
+    conf = tmp / "clearml.conf"
+    conf.write_text(
+        json.dumps(
+            {
+                "api": {
+                    "api_server": server.url,
+                    "credentials": {
+                        "access_key": server.access_key,
+                        "secret_key": server.secret_key,
+                    },
+                },
+                "slurm": {"state_dir": str(tmp / "state")},
+            }
+        )
+    )
+    return conf
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+def test_dry_run_detached_status_stop(tmp_path: Path, embedded_server: Any) -> None:
+    server = embedded_server
+    conf = _conf(tmp_path, server)
+    tmpl = tmp_path / "t.template"
+    tmpl.write_text(TEMPLATE)
+    qid = server.send("queues.create", {"name": "cliq"})["id"]
+    tid = server.send("tasks.create", {"name": "dry; run", "type": "training"})["id"]
+    server.send("tasks.enqueue", {"task": tid, "queue": qid})
+    base = ["--config-file", str(conf), "--scheduler", "local", "--template-files", str(tmpl)]
+
+    dry = _run(*base, "--queue", "cliq", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert f"#SBATCH --job-name=clearml_task_{tid}" in dry.stdout
+    assert "echo 'dry; run'" in dry.stdout
+    # nothing was popped
+    assert server.send("queues.get_num_entries", {"queue": qid})["num"] == 1
+
+    det = _run(*base, "--queue", "cliq", "--detached", "--poll-interval", "0.5", cwd=tmp_path)
+    assert det.returncode == 0, det.stderr
+    assert "running in the background" in det.stdout
+    try:
+        deadline = time.monotonic() + 60
+        data: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = _run("--config-file", str(conf), "--status", "--json", cwd=tmp_path)
+            assert st.returncode == 0, st.stderr
+            data = json.loads(st.stdout)
+            if data["jobs"] and data["jobs"][0]["state"] == "submitted":
+                break
+            time.sleep(0.5)
+        assert data["running"] is True
+        assert data["jobs"][0]["task"] == tid
+        assert data["queues"] == {"cliq": 1}
+        table = _run("--config-file", str(conf), "--status", cwd=tmp_path)
+        assert "running (pid" in table.stdout
+        assert tid in table.stdout
+        second = _run(*base, "--queue", "cliq", cwd=tmp_path)
+        assert second.returncode == 2
+        assert "another hpcagent-slurm" in second.stderr
+    finally:
+        stop = _run("--config-file", str(conf), "--stop", cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    assert "stopped hpcagent-slurm" in stop.stdout
+    after = json.loads(_run("--config-file", str(conf), "--status", "--json", cwd=tmp_path).stdout)
+    assert after["running"] is False
+    log = (tmp_path / "state" / "hpcagent-slurm.log").read_text()
+    assert f"task {tid} queue cliq job 1: submitted" in log
