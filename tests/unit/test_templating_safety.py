@@ -122,7 +122,15 @@ def _has_control(value: str) -> bool:
 
 
 def _directives(script: str) -> list[str]:
-    return [line.split("=")[0] for line in script.splitlines() if line.startswith("#SBATCH")]
+    """The ``#SBATCH`` lines sbatch reads: it stops at the first line that is not blank and
+    not a comment (so a here-document body line ``#SBATCH`` is text, not a directive)."""
+    out = []
+    for line in script.splitlines()[1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        if line.startswith("#SBATCH"):
+            out.append(line.split("=")[0])
+    return out
 
 
 def _check_structure(template: str, script: str) -> None:
