@@ -264,3 +264,37 @@ def test_restart_adopts_submitted_job_by_name(rig: Rig) -> None:
     assert e.state == SUBMITTED
     assert e.job_id == job
     assert rig.scheduler.find_by_name(f"clearml_task_{tid}") == [job]
+
+
+def test_submit_limit_puts_task_back_and_backs_off(rig: Rig) -> None:
+    """sbatch refusing with a submit limit (faked at the subprocess seam only)."""
+    from hpcagent.scheduler.commands import CommandResult
+    from hpcagent.scheduler.slurm import SlurmScheduler
+
+    calls: list[list[str]] = []
+
+    def runner(argv: list[str], **_: Any) -> CommandResult:
+        calls.append(list(argv))
+        err = (
+            "sbatch: error: QOSMaxSubmitJobPerUserLimit\n"
+            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
+            "(job submit limit, user's size and/or time limits)\n"
+        )
+        return CommandResult(tuple(argv), 1, "", err)
+
+    rig.scheduler = SlurmScheduler(runner=runner)  # type: ignore[assignment]
+    qid = rig.queue("q1")
+    first = rig.task("limited-1", qid)
+    second = rig.task("limited-2", qid)
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    assert s.cycle() == 0
+    sbatches = [c for c in calls if c[0] == "sbatch"]
+    assert len(sbatches) == 1  # backed off after the first refusal: the second task waits
+    queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
+    # both back in the queue (the refused one at the head where the server can do that)
+    assert sorted(e["task"] for e in queue["entries"]) == sorted([first, second])
+    task = rig.get(first)
+    assert task["status"] == "queued"
+    assert task["status_message"].startswith("back in queue: submit limit")
+    assert s.cycle() == 0  # still backing off: no new sbatch
+    assert len([c for c in calls if c[0] == "sbatch"]) == 1
