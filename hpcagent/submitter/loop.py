@@ -130,6 +130,7 @@ class Submitter:
             {"worker": self.opts.worker_id, "queues": [q.id for q in self.opts.queues]},
         )
         self.recover()
+        self.ledger.prune(7 * 24 * 3600.0)  # settled rows are kept a week for --status/debugging
 
     def shutdown(self) -> None:
         """Finish deferred writes and unregister (jobs keep running; a restart re-adopts them)."""
