@@ -279,6 +279,14 @@ class Submitter:
 
     def pull(self) -> int:
         """Pull and submit what the limits allow; returns the number submitted."""
+        try:
+            return self._pull()
+        finally:
+            # Recording runs beside the submissions of this round; when pull() returns,
+            # every task it submitted shows its job (callers and tests rely on that).
+            self.tracker.flush()
+
+    def _pull(self) -> int:
         if time.monotonic() < self._backoff_until:
             return 0
         allowed = self._switches()
