@@ -82,3 +82,27 @@ class QueuesService(Service):
 
     def remove_task(self, queue_id: str, task_id: str) -> dict[str, Any]:
         return self.call("remove_task", {"queue": queue_id, "task": task_id})
+
+    def move_task_to_front(self, queue_id: str, task_id: str) -> int:
+        """Make the task the next one popped from the queue; returns its new position (0).
+
+        clearml-server and the embedded server answer ``400/703`` when the task is not in
+        the queue; an older server without the call answers 404 (both raise ApiError).
+        """
+        return int(
+            self.call("move_task_to_front", {"queue": queue_id, "task": task_id})["position"]
+        )
+
+    def move_task_to_back(self, queue_id: str, task_id: str) -> int:
+        """Move the task to the tail of the queue; returns its new position."""
+        return int(self.call("move_task_to_back", {"queue": queue_id, "task": task_id})["position"])
+
+    def move_task_forward(self, queue_id: str, task_id: str, count: int = 1) -> int:
+        """Move the task ``count`` places towards the head; returns its new position."""
+        body = {"queue": queue_id, "task": task_id, "count": count}
+        return int(self.call("move_task_forward", body)["position"])
+
+    def move_task_backward(self, queue_id: str, task_id: str, count: int = 1) -> int:
+        """Move the task ``count`` places towards the tail; returns its new position."""
+        body = {"queue": queue_id, "task": task_id, "count": count}
+        return int(self.call("move_task_backward", body)["position"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,30 @@ class Store:
                 "DELETE FROM queue_entries WHERE task=? AND queue=?", (task_id, queue_id)
             )
         return int(cur.rowcount)
+
+    def move_entry(self, queue_id: str, task_id: str, new_pos: Callable[[int], int]) -> int | None:
+        """Move the task's first entry in the queue to ``new_pos(current)`` (clamped to the
+        queue); returns the position it now has, or None when the task is not in the queue.
+
+        Call inside write(). The queue keeps the set of ``seq`` numbers it had: they are handed
+        out again in the new order, so no other queue's entries are touched.
+        """
+        rows = self.conn.execute(
+            "SELECT seq, task, added FROM queue_entries WHERE queue=? ORDER BY seq", (queue_id,)
+        ).fetchall()
+        index = next((i for i, row in enumerate(rows) if row[1] == task_id), None)
+        if index is None:
+            return None
+        seqs = [int(row[0]) for row in rows]
+        moved = rows.pop(index)
+        target = min(max(new_pos(index), 0), len(rows))
+        rows.insert(target, moved)
+        self.conn.execute("DELETE FROM queue_entries WHERE queue=?", (queue_id,))
+        self.conn.executemany(
+            "INSERT INTO queue_entries(seq, queue, task, added) VALUES (?,?,?,?)",
+            [(seq, queue_id, row[1], row[2]) for seq, row in zip(seqs, rows, strict=True)],
+        )
+        return target
 
     def pop_entry(self, queue_id: str) -> tuple[str, str] | None:
         """Remove and return the oldest ``(task, added)`` of the queue; call inside write()."""

@@ -81,9 +81,9 @@ def requeue_front(client: ApiClient, task_id: str, queue_id: str, reason: str) -
     statuses = get_statuses(client, [task_id])
     if statuses.get(task_id, {}).get("status") != "queued":
         return False
-    client.send("queues.add_task", {"queue": queue_id, "task": task_id})
+    client.queues.add_task(queue_id, task_id)
     try:
-        client.send("queues.move_task_to_front", {"queue": queue_id, "task": task_id})
+        client.queues.move_task_to_front(queue_id, task_id)
     except ApiError as exc:
         log.warning(
             "task %s: server cannot move it to the front of queue %s (%s); it waits at the tail",

@@ -118,6 +118,23 @@ def test_stop_reset_clone_dequeue(client: ApiClient) -> None:
     assert client.tasks.get_status(clone)["status"] == "failed"
 
 
+def test_queue_move_helpers(client: ApiClient) -> None:
+    qid = client.queues.create("move-q")
+    project = client.projects.get_or_create("move")
+    ids = [client.tasks.create(f"move {i}", project) for i in range(3)]
+    for tid in ids:
+        client.queues.add_task(qid, tid)
+    assert client.queues.move_task_to_front(qid, ids[2]) == 0
+    assert client.queues.move_task_to_back(qid, ids[0]) == 2
+    assert client.queues.move_task_backward(qid, ids[2], count=1) == 1
+    assert client.queues.move_task_forward(qid, ids[0], count=5) == 0
+    popped = [client.queues.get_next_task(qid) for _ in ids]
+    assert [e["task"] for e in popped if e] == [ids[0], ids[1], ids[2]]
+    with pytest.raises(ApiError) as err:
+        client.queues.move_task_to_front(qid, ids[0])  # no longer in the queue
+    assert (err.value.result_code, err.value.subcode) == (400, 703)
+
+
 def test_add_log_large_output_is_split(client: ApiClient) -> None:
     tid = client.tasks.create("big log", client.projects.get_or_create("logs"))
     lines = [f"{i:06d} " + "x" * 1000 for i in range(3000)]  # ~3 MB of output

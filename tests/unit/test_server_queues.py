@@ -97,6 +97,41 @@ def test_get_next_task_fifo_and_status_untouched(srv: Server) -> None:
     assert {t["status"] for t in status} == {"queued"}
 
 
+def test_move_task_in_queue(srv: Server) -> None:
+    queue = srv.send("queues.create", {"name": _name("move")})["id"]
+    other = srv.send("queues.create", {"name": _name("move-other")})["id"]
+    a, b, c, d = (
+        srv.send("tasks.create", {"name": f"m{i}", "type": "training"})["id"] for i in range(4)
+    )
+    for task_id in (a, b, c, d):
+        srv.send("queues.add_task", {"queue": queue, "task": task_id})
+        srv.send("queues.add_task", {"queue": other, "task": task_id})
+
+    def order(q: str = queue) -> list[str]:
+        doc = srv.send("queues.get_by_id", {"queue": q})["queue"]
+        return [e["task"] for e in doc["entries"]]
+
+    assert srv.send("queues.move_task_to_front", {"queue": queue, "task": c}) == {"position": 0}
+    assert order() == [c, a, b, d]
+    assert srv.send("queues.move_task_to_back", {"queue": queue, "task": c}) == {"position": 3}
+    assert order() == [a, b, d, c]
+    assert srv.send("queues.move_task_forward", {"queue": queue, "task": d}) == {"position": 1}
+    assert order() == [a, d, b, c]
+    body = {"queue": queue, "task": a, "count": 2}
+    assert srv.send("queues.move_task_backward", body) == {"position": 2}
+    assert order() == [d, b, a, c]
+    body = {"queue": queue, "task": b, "count": 9}
+    assert srv.send("queues.move_task_forward", body) == {"position": 0}
+    assert order() == [b, d, a, c]
+    assert order(other) == [a, b, c, d]  # the other queue is untouched
+    assert _err(srv, "queues.move_task_forward", {**body, "count": 0}) == (400, 12)
+    srv.send("queues.remove_task", {"queue": queue, "task": c})
+    assert _err(srv, "queues.move_task_to_front", {"queue": queue, "task": c}) == (400, 703)
+    assert _err(srv, "queues.move_task_to_front", {"queue": "a" * 32, "task": c}) == (400, 701)
+    popped = [srv.send("queues.get_next_task", {"queue": queue})["entry"]["task"] for _ in "xyz"]
+    assert popped == [b, d, a]
+
+
 def test_workers(srv: Server) -> None:
     worker = _name("host") + ":0"
     queue = srv.send("queues.create", {"name": _name("wq")})["id"]

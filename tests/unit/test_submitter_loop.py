@@ -248,6 +248,22 @@ def test_restart_requeues_pulled_but_unsubmitted(rig: Rig) -> None:
     assert rig.get(tid)["status"] == "completed"
 
 
+def test_restart_requeued_task_is_popped_first(rig: Rig) -> None:
+    qid = rig.queue("q1")
+    tid = rig.task("popped before the crash", qid)
+    entry = rig.client.queues.get_next_task(qid)
+    assert entry is not None
+    assert entry["task"] == tid
+    rig.ledger.record_pulled(tid, qid, "q1")  # the crash came right after this
+    later = [rig.task(f"enqueued while down {i}", qid) for i in range(2)]
+    rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])  # start() recovers, no pull
+    queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
+    assert [e["task"] for e in queue["entries"]] == [tid, *later]
+    popped = rig.client.queues.get_next_task(qid)
+    assert popped is not None
+    assert popped["task"] == tid
+
+
 def test_restart_adopts_submitted_job_by_name(rig: Rig) -> None:
     qid = rig.queue("q1")
     tid = rig.task("adopt me", qid)
@@ -291,8 +307,8 @@ def test_submit_limit_puts_task_back_and_backs_off(rig: Rig) -> None:
     sbatches = [c for c in calls if c[0] == "sbatch"]
     assert len(sbatches) == 1  # backed off after the first refusal: the second task waits
     queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
-    # both back in the queue (the refused one at the head where the server can do that)
-    assert sorted(e["task"] for e in queue["entries"]) == sorted([first, second])
+    # both in the queue, the refused one back at the head: it is the next one popped
+    assert [e["task"] for e in queue["entries"]] == [first, second]
     task = rig.get(first)
     assert task["status"] == "queued"
     assert task["status_message"].startswith("back in queue: submit limit")

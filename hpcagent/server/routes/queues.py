@@ -1,21 +1,24 @@
 """``queues.*``: get_all, get_by_id, get_default, create, delete, get_next_task (atomic pop),
-add_task, remove_task, get_num_entries.
+add_task, remove_task, get_num_entries, move_task_to_front / to_back / forward / backward.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hpcagent.server.fields import (
     NO_DEFAULT_QUEUE,
     QUEUE_NOT_EMPTY,
+    TASK_NOT_QUEUED,
     VALIDATION,
     ApiFault,
     match_tags,
     new_id,
     now_iso,
     opt_bool,
+    opt_int,
     opt_str,
     opt_str_list,
     project_fields,
@@ -153,6 +156,51 @@ def get_num_entries(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"num": ctx.store.num_entries(queue_id)}
 
 
+def _move(ctx: Ctx, body: dict[str, Any], new_pos: Callable[[int], int]) -> dict[str, Any]:
+    """Reposition the task in the queue; reply ``{position}`` (0 = next to be popped).
+
+    Like clearml-server: a task that is not in the queue is ``400/703``.
+    """
+    queue_id = req_str(body, "queue")
+    task_id = req_str(body, "task")
+    with ctx.store.write():
+        ctx.store.get_queue(queue_id)
+        position = ctx.store.move_entry(queue_id, task_id, new_pos)
+    if position is None:
+        raise ApiFault(
+            TASK_NOT_QUEUED,
+            "Invalid queue id or task not in queue",
+            {"queue": queue_id, "task": task_id},
+        )
+    return {"position": position}
+
+
+def _count(body: dict[str, Any]) -> int:
+    count = opt_int(body, "count", 1)
+    if count is None or count < 1:
+        raise ApiFault(VALIDATION, "Validation error: count must be >= 1", {"field": "count"})
+    return count
+
+
+def move_task_to_front(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    return _move(ctx, body, lambda _pos: 0)
+
+
+def move_task_to_back(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    # past the end; the store clamps it to the last position
+    return _move(ctx, body, lambda _pos: 2**62)
+
+
+def move_task_forward(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    count = _count(body)
+    return _move(ctx, body, lambda pos: pos - count)
+
+
+def move_task_backward(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    count = _count(body)
+    return _move(ctx, body, lambda pos: pos + count)
+
+
 def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     queue_id = req_str(body, "queue")
     with ctx.store.write():
@@ -180,4 +228,8 @@ ROUTES: dict[str, Handler] = {
     "queues.add_task": add_task,
     "queues.remove_task": remove_task,
     "queues.get_num_entries": get_num_entries,
+    "queues.move_task_to_front": move_task_to_front,
+    "queues.move_task_to_back": move_task_to_back,
+    "queues.move_task_forward": move_task_forward,
+    "queues.move_task_backward": move_task_backward,
 }
