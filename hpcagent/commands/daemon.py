@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,38 +16,29 @@ from typing import Any
 
 import click
 
+from hpcagent.commands.background import (
+    GreedyCommand,
+    cmdline,
+    container_kind,
+    container_options,
+    detach,
+    pid_alive,
+    private_dir,
+    read_pid,
+    stop,
+    work_hours,
+)
 from hpcagent.errors import UsageError
 
 log = logging.getLogger("hpcagent.daemon")
+
 
 #: Options that take several values after one flag (``--queue a b c``), as in the seed's CLI.
 GREEDY = ("--queue", "--uptime", "--downtime")
 
 
-def expand_greedy(args: list[str]) -> list[str]:
-    """``--queue a b --cpu-only`` → ``--queue a --queue b --cpu-only``; values stop at the next
-    argument that starts with ``-``."""
-    out: list[str] = []
-    current: str | None = None
-    for i, arg in enumerate(args):
-        if arg == "--":
-            return out + args[i:]
-        if arg in GREEDY:
-            current = arg
-            out.append(arg)
-        elif arg.startswith("-"):
-            current = None
-            out.append(arg)
-        else:
-            if current is not None and out and out[-1] != current:
-                out.append(current)
-            out.append(arg)
-    return out
-
-
-class _DaemonCommand(click.Command):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_greedy(list(args)))
+class _DaemonCommand(GreedyCommand):
+    greedy = GREEDY
 
 
 class MachineStats:
@@ -80,56 +69,29 @@ class MachineStats:
         return {"machine_stats": stats}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_daemon(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"daemon" in cmdline and any(b"hpcagent" in part for part in cmdline)
+    argv = cmdline(pid)
+    return b"daemon" in argv and any(b"hpcagent" in part for part in argv)
 
 
-def _stop(state_dir: Path, worker_id: str, wait_s: float = 60.0) -> None:
+def _stop(state_dir: Path, worker_id: str) -> None:
     pid_file = state_dir / "daemon.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        raise UsageError(f"daemon {worker_id} is not running (no {pid_file})") from None
-    if not _pid_alive(pid) or not _is_daemon(pid):
-        pid_file.unlink(missing_ok=True)
-        raise UsageError(f"daemon {worker_id} (pid {pid}) is not running; removed {pid_file}")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and _pid_alive(pid) and _is_daemon(pid):
-        time.sleep(0.1)
-    click.echo(f"stopped daemon {worker_id} (pid {pid})")
+    stop(
+        pid_file,
+        _is_daemon,
+        name=f"daemon {worker_id}",
+        none_recorded=f"daemon {worker_id} is not running (no {pid_file})",
+        wait_s=60.0,
+    )
 
 
 def _detach(state_dir: Path, worker_id: str) -> None:
-    from hpcagent.scheduler.commands import spawn_background
-
-    try:
-        pid = int((state_dir / "daemon.pid").read_text().strip())
-    except (OSError, ValueError):
-        pid = 0
-    if pid and _pid_alive(pid) and _is_daemon(pid):
+    pid = read_pid(state_dir / "daemon.pid")
+    if pid and pid_alive(pid) and _is_daemon(pid):
         raise UsageError(f"daemon {worker_id} already runs (pid {pid}); --stop stops it")
-    argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
-    code = "from hpcagent.cli import main; main()"
-    log_path = state_dir / "daemon.log"
-    with log_path.open("ab") as out:
-        proc = spawn_background([sys.executable, "-c", code, *argv, "--foreground"], output=out)
-    (state_dir / "daemon.pid").write_text(f"{proc.pid}\n")
-    click.echo(f"daemon {worker_id} running in the background: pid {proc.pid}, log {log_path}")
+    detach(
+        state_dir / "daemon.pid", state_dir / "daemon.log", entry="main", name=f"daemon {worker_id}"
+    )
 
 
 @click.command(
@@ -161,12 +123,7 @@ def _detach(state_dir: Path, worker_id: str) -> None:
     help="Launch tasks and move on; at most N at once (no limit without N).",
 )
 @click.option("--create-queue", is_flag=True, help="Create the queues that do not exist.")
-@click.option(
-    "--singularity-mode", is_flag=True, help="Run tasks inside their Singularity/Apptainer image."
-)
-@click.option(
-    "--container-mode", is_flag=True, help="Run tasks inside their container image (Docker/Podman)."
-)
+@container_options
 @click.option("--foreground", "mode", flag_value="foreground", default=True, help="Default.")
 @click.option("--detached", "mode", flag_value="detached", help="Run in the background.")
 @click.option(
@@ -218,8 +175,7 @@ def daemon_cmd(
     from hpcagent.submitter import daemon as d
     from hpcagent.submitter.gpus import parse_gpus, parse_queue
 
-    if singularity_mode and container_mode:
-        raise UsageError("give --singularity-mode or --container-mode, not both")
+    kind = container_kind(singularity_mode, container_mode)
     if gpus is not None and cpu_only:
         raise UsageError("give --gpus or --cpu-only, not both")
     if dynamic_gpus and not gpus:
@@ -236,8 +192,7 @@ def daemon_cmd(
     root = Path(
         os.path.expanduser(str(state_dir or settings.get("daemon.state_dir", "~/.hpcagent/daemon")))
     )
-    state = d.state_dir_for(root, worker_id)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = private_dir(d.state_dir_for(root, worker_id))
     if mode == "stop":
         _stop(state, worker_id)
         return
@@ -246,24 +201,23 @@ def daemon_cmd(
     if mode == "detached":
         _detach(state, worker_id)
         return
-    from hpcagent.commands.slurm import _write_job_config
+    from hpcagent.submitter.outputs import write_job_config
 
+    uptime_spans, downtime_spans = work_hours(settings, uptime, downtime)
     poll = poll_interval or float(settings.get("agent.polling_interval", 5) or 5)
     req = d.DaemonRequest(
         queues=parsed,
         state_dir=state,
         worker_id=worker_id,
-        job_config=_write_job_config(settings, state),
+        job_config=write_job_config(settings, state),
         gpus=gpu_list,
         dynamic=dynamic_gpus,
         services=services,
         order_fairness=order_fairness,
         create_queue=create_queue,
-        container_mode="singularity"
-        if singularity_mode
-        else ("container" if container_mode else None),
+        container_mode=kind,
         poll_interval_s=poll,
-        uptime=list(uptime) or [str(x) for x in settings.agent.uptime],
-        downtime=list(downtime) or [str(x) for x in settings.agent.downtime],
+        uptime=uptime_spans,
+        downtime=downtime_spans,
     )
     d.run_daemon(settings, req, report_extra=MachineStats(gpu_list))

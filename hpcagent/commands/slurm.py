@@ -9,15 +9,24 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hpcagent.commands.background import (
+    GreedyCommand,
+    cmdline,
+    container_kind,
+    container_options,
+    detach,
+    pid_alive,
+    private_dir,
+    stop,
+    work_hours,
+)
 from hpcagent.errors import UsageError
 
 log = logging.getLogger("hpcagent.submitter")
@@ -39,60 +48,19 @@ def _pair_templates(templates: tuple[str, ...], queues: tuple[str, ...]) -> list
     return [(q, Path(t)) for q, t in zip(queues, templates, strict=True)]
 
 
-def _state_dir(settings: Any) -> Path:
-    path = Path(os.path.expanduser(str(settings.slurm.state_dir)))
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def _write_job_config(settings: Any, state_dir: Path) -> Path:
-    """The configuration jobs read (CLEARML_CONFIG_FILE): JSON is HOCON; mode 0600."""
-    path = state_dir / "clearml.conf"
-    tmp = path.with_name("clearml.conf.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(settings.as_dict(mask_secrets=False), default=str).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_submitter(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(b"slurm_main" in part or b"hpcagent-slurm" in part for part in cmdline)
+    return any(b"slurm_main" in part or b"hpcagent-slurm" in part for part in cmdline(pid))
 
 
 def _stop(state_dir: Path) -> None:
     pid_file = state_dir / PID_FILE
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        raise UsageError(f"no running hpcagent-slurm recorded in {pid_file}") from None
-    if not _pid_alive(pid) or not _is_submitter(pid):
-        pid_file.unlink(missing_ok=True)
-        raise UsageError(f"hpcagent-slurm (pid {pid}) is not running; removed {pid_file}")
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(300):
-        if not _pid_alive(pid):
-            break
-        time.sleep(0.1)
-    click.echo(f"stopped hpcagent-slurm (pid {pid})")
+    stop(
+        pid_file,
+        _is_submitter,
+        name="hpcagent-slurm",
+        none_recorded=f"no running hpcagent-slurm recorded in {pid_file}",
+        wait_s=30.0,
+    )
 
 
 def _status(state_dir: Path, as_json: bool) -> None:
@@ -105,7 +73,7 @@ def _status(state_dir: Path, as_json: bool) -> None:
         ledger.close()
     pid_file = state_dir / PID_FILE
     pid = pid_file.read_text().strip() if pid_file.exists() else ""
-    running = bool(pid) and pid.isdigit() and _pid_alive(int(pid)) and _is_submitter(int(pid))
+    running = bool(pid) and pid.isdigit() and pid_alive(int(pid)) and _is_submitter(int(pid))
     queues: dict[str, int] = {}
     for e in live:
         queues[e.queue_name] = queues.get(e.queue_name, 0) + 1
@@ -135,47 +103,12 @@ def _status(state_dir: Path, as_json: bool) -> None:
             )
 
 
-def _detach(state_dir: Path) -> None:
-    from hpcagent.scheduler.commands import spawn_background
-
-    argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
-    code = "from hpcagent.cli import slurm_main; slurm_main()"
-    log_path = state_dir / LOG_FILE
-    with log_path.open("ab") as out:
-        proc = spawn_background([sys.executable, "-c", code, *argv, "--foreground"], output=out)
-    (state_dir / PID_FILE).write_text(f"{proc.pid}\n")
-    click.echo(f"hpcagent-slurm running in the background: pid {proc.pid}, log {log_path}")
-
-
 #: Options that take several values after one flag (``--queue a b c``), as in the seed's CLI.
 GREEDY = ("--template-files", "--queue", "--uptime", "--downtime")
 
 
-def expand_greedy(args: list[str]) -> list[str]:
-    """``--queue a b --max-jobs 1`` → ``--queue a --queue b --max-jobs 1`` (click wants the
-    flag repeated); values stop at the next argument that starts with ``-``."""
-    out: list[str] = []
-    current: str | None = None
-    for i, arg in enumerate(args):
-        if arg == "--":
-            return out + args[i:]
-        if arg in GREEDY:
-            current = arg
-            out.append(arg)
-            continue
-        if arg.startswith("-"):
-            current = None
-            out.append(arg)
-            continue
-        if current is not None and out and out[-1] != current:
-            out.append(current)
-        out.append(arg)
-    return out
-
-
-class _SlurmCommand(click.Command):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_greedy(list(args)))
+class _SlurmCommand(GreedyCommand):
+    greedy = GREEDY
 
 
 @click.command(
@@ -197,12 +130,7 @@ class _SlurmCommand(click.Command):
     metavar="Q",
     help="Queue name(s) or id(s), in priority order.",
 )
-@click.option(
-    "--singularity-mode", is_flag=True, help="Run tasks inside their Singularity/Apptainer image."
-)
-@click.option(
-    "--container-mode", is_flag=True, help="Run tasks inside their container image (Docker/Podman)."
-)
+@container_options
 @click.option(
     "--max-jobs", type=click.IntRange(min=1), default=None, help="At most N live jobs per queue."
 )
@@ -298,15 +226,14 @@ def slurm_cmd(
     if state_dir:
         overrides["slurm.state_dir"] = state_dir
     settings = load_settings(config_file=config_file, cli_overrides=overrides)
-    state = _state_dir(settings)
+    state = private_dir(settings.slurm.state_dir)
     if show_status:
         _status(state, as_json)
         return
     if mode == "stop":
         _stop(state)
         return
-    if singularity_mode and container_mode:
-        raise UsageError("give --singularity-mode or --container-mode, not both")
+    mode_of_container = container_kind(singularity_mode, container_mode)
     pairs = _pair_templates(templates, queues) if templates else None
     if pairs is None:
         raise UsageError("give --template-files")
@@ -314,25 +241,26 @@ def slurm_cmd(
         if not path.is_file():
             raise UsageError(f"template file not found: {path}")
     if mode == "detached":
-        _detach(state)
+        detach(state / PID_FILE, state / LOG_FILE, entry="slurm_main", name="hpcagent-slurm")
         return
+    from hpcagent.submitter.outputs import write_job_config
     from hpcagent.submitter.run import RunRequest, run_submitter
+
+    uptime_spans, downtime_spans = work_hours(settings, uptime, downtime)
 
     req = RunRequest(
         pairs=pairs,
         state_dir=state,
-        container_mode="singularity"
-        if singularity_mode
-        else ("container" if container_mode else None),
+        container_mode=mode_of_container,
         max_jobs=max_jobs,
         order_fairness=order_fairness,
         poll_interval_s=poll_interval,
         dry_run=dry_run,
         scheduler_kind=scheduler_kind,
-        uptime=list(uptime) or [str(x) for x in settings.agent.uptime],
-        downtime=list(downtime) or [str(x) for x in settings.agent.downtime],
+        uptime=uptime_spans,
+        downtime=downtime_spans,
         worker_id=settings.agent.worker_id or f"{socket.gethostname()}:hpcagent-slurm",
-        job_config=_write_job_config(settings, state),
+        job_config=write_job_config(settings, state),
         sbatch_available=shutil.which("sbatch") is not None,
     )
     try:

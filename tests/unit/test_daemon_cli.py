@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from hpcagent.cli import main_group, run
-from hpcagent.commands.daemon import MachineStats, daemon_cmd, expand_greedy
+from hpcagent.commands.background import expand_greedy
+from hpcagent.commands.daemon import GREEDY, MachineStats, daemon_cmd
 from hpcagent.submitter.daemon import (
     GPU_VAR,
     NVIDIA_VAR,
@@ -21,11 +22,11 @@ from hpcagent.templating import RenderContext, render_string
 
 def test_expand_greedy_repeats_multi_value_flags() -> None:
     args = ["--queue", "quad=4", "dual=2", "--gpus", "0-7", "--uptime", "8-18 MON-FRI", "--x"]
-    assert expand_greedy(args) == [
+    assert expand_greedy(args, GREEDY) == [
         "--queue", "quad=4", "--queue", "dual=2", "--gpus", "0-7",
         "--uptime", "8-18 MON-FRI", "--x",
     ]  # fmt: skip
-    assert expand_greedy(["--queue", "a", "--", "b"]) == ["--queue", "a", "--", "b"]
+    assert expand_greedy(["--queue", "a", "--", "b"], GREEDY) == ["--queue", "a", "--", "b"]
 
 
 def test_worker_ids_differ_per_gpu_set_and_mode() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpcagent.commands.slurm import _pair_templates, expand_greedy, slurm_cmd
+from hpcagent.commands.background import expand_greedy
+from hpcagent.commands.slurm import GREEDY, _pair_templates, slurm_cmd
 from hpcagent.errors import UsageError
 from hpcagent.submitter.blocks import agent_execute_command
 from hpcagent.submitter.ledger import FINISHED, PULLED, RENDERED, SUBMITTED, Ledger
@@ -74,7 +75,7 @@ def test_switches() -> None:
 
 def test_greedy_options() -> None:
     args = ["--template-files", "a", "b", "--queue", "q1", "q2", "--max-jobs", "2", "--dry-run"]
-    assert expand_greedy(args) == [
+    assert expand_greedy(args, GREEDY) == [
         "--template-files", "a", "--template-files", "b",
         "--queue", "q1", "--queue", "q2", "--max-jobs", "2", "--dry-run",
     ]  # fmt: skip

@@ -1,0 +1,158 @@
+"""What the long-running commands (``hpcagent-slurm``, ``hpcagent daemon``) share: options that
+take several values after one flag, the private state folder, running detached with a pid file,
+stopping the detached process, and the container mode and work hours from the options.
+
+Each command passes its own names (pid and log file, how it names itself, which processes are
+its own), so that messages and files stay those of that command.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpcagent.errors import UsageError
+
+
+def expand_greedy(args: list[str], greedy: tuple[str, ...]) -> list[str]:
+    """``--queue a b --cpu-only`` → ``--queue a --queue b --cpu-only`` for the flags in
+    ``greedy`` (click wants the flag repeated); values stop at the next argument that starts
+    with ``-``, and everything from ``--`` on is kept as it is."""
+    out: list[str] = []
+    current: str | None = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if arg in greedy:
+            current = arg
+            out.append(arg)
+        elif arg.startswith("-"):
+            current = None
+            out.append(arg)
+        else:
+            if current is not None and out and out[-1] != current:
+                out.append(current)
+            out.append(arg)
+    return out
+
+
+class GreedyCommand(click.Command):
+    """A click command whose flags in :attr:`greedy` take several values (set by subclasses)."""
+
+    greedy: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_greedy(list(args), self.greedy))
+
+
+def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--singularity-mode`` and ``--container-mode`` flags (see :func:`container_kind`)."""
+    f = click.option(
+        "--container-mode",
+        is_flag=True,
+        help="Run tasks inside their container image (Docker/Podman).",
+    )(f)
+    return click.option(
+        "--singularity-mode",
+        is_flag=True,
+        help="Run tasks inside their Singularity/Apptainer image.",
+    )(f)
+
+
+def container_kind(singularity_mode: bool, container_mode: bool) -> str | None:
+    """``"singularity"``, ``"container"`` or None (no container); both flags are a usage error."""
+    if singularity_mode and container_mode:
+        raise UsageError("give --singularity-mode or --container-mode, not both")
+    if singularity_mode:
+        return "singularity"
+    return "container" if container_mode else None
+
+
+def work_hours(
+    settings: Any, uptime: tuple[str, ...], downtime: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
+    """The ``--uptime`` / ``--downtime`` spans, each from ``agent.uptime`` / ``agent.downtime``
+    when not given."""
+    return (
+        list(uptime) or [str(x) for x in settings.agent.uptime],
+        list(downtime) or [str(x) for x in settings.agent.downtime],
+    )
+
+
+def private_dir(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, created (mode 0700 for what is new) if missing."""
+    out = Path(os.path.expanduser(str(path)))
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmdline(pid: int) -> list[bytes]:
+    """The argv of process ``pid`` from /proc ([] when it cannot be read)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid recorded in ``pid_file`` (None when missing or not a number)."""
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def stop(
+    pid_file: Path,
+    is_ours: Callable[[int], bool],
+    *,
+    name: str,
+    none_recorded: str,
+    wait_s: float,
+) -> None:
+    """SIGTERM the process recorded in ``pid_file`` when it is alive and ``is_ours``, and wait
+    up to ``wait_s`` for it to go. ``name`` names it in messages; ``none_recorded`` is the
+    usage error when ``pid_file`` holds no pid. A stale pid file is removed (usage error)."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        raise UsageError(none_recorded)
+    if not pid_alive(pid) or not is_ours(pid):
+        pid_file.unlink(missing_ok=True)
+        raise UsageError(f"{name} (pid {pid}) is not running; removed {pid_file}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and pid_alive(pid) and is_ours(pid):
+        time.sleep(0.1)
+    click.echo(f"stopped {name} (pid {pid})")
+
+
+def detach(pid_file: Path, log_path: Path, *, entry: str, name: str) -> None:
+    """Run this command again in the background with ``--foreground`` (in place of
+    ``--detached``), through ``from hpcagent.cli import <entry>; <entry>()``; its output is
+    appended to ``log_path`` and its pid written to ``pid_file``."""
+    from hpcagent.scheduler.commands import spawn_background
+
+    argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
+    code = f"from hpcagent.cli import {entry}; {entry}()"
+    with log_path.open("ab") as out:
+        proc = spawn_background([sys.executable, "-c", code, *argv, "--foreground"], output=out)
+    pid_file.write_text(f"{proc.pid}\n")
+    click.echo(f"{name} running in the background: pid {proc.pid}, log {log_path}")
