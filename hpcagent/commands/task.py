@@ -54,6 +54,28 @@ def _emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+def _enqueue_and_print(
+    client: ApiClient,
+    task_id: str,
+    queue: str | None,
+    command: str,
+    as_json: bool,
+    **extra: str | None,
+) -> None:
+    """The end of ``task create`` / ``task clone``: enqueue the new task when ``queue`` (name or
+    id) is given, then print its id, or JSON with its id, queue id and ``extra``."""
+    queue_id = None
+    if queue:
+        queue_id = str(client.queues.resolve(queue)["id"])
+        client.tasks.enqueue(
+            task_id, queue_id, status_reason=f"enqueued by hpcagent task {command}"
+        )
+    if as_json:
+        _emit_json({"id": task_id, **extra, "queue": queue_id})
+    else:
+        click.echo(task_id)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print ``rows`` as left-aligned columns under ``headers``."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
@@ -200,14 +222,7 @@ def create_cmd(
             "setup_shell_script": "",
         }
     client.tasks.edit(task_id, **fields)
-    queue_id = None
-    if queue:
-        queue_id = str(client.queues.resolve(queue)["id"])
-        client.tasks.enqueue(task_id, queue_id, status_reason="enqueued by hpcagent task create")
-    if as_json:
-        _emit_json({"id": task_id, "project": project_id, "queue": queue_id})
-    else:
-        click.echo(task_id)
+    _enqueue_and_print(client, task_id, queue, "create", as_json, project=project_id)
 
 
 @task_group.command("enqueue")
@@ -446,14 +461,7 @@ def clone_cmd(
         hyper = dict(client.tasks.get_by_id(new_id).get("hyperparams") or {})
         hyper["Args"] = {**(hyper.get("Args") or {}), **_param_items("Args", overrides)}
         client.tasks.edit(new_id, hyperparams=hyper)
-    queue_id = None
-    if queue:
-        queue_id = str(client.queues.resolve(queue)["id"])
-        client.tasks.enqueue(new_id, queue_id, status_reason="enqueued by hpcagent task clone")
-    if as_json:
-        _emit_json({"id": new_id, "parent": task_id, "queue": queue_id})
-    else:
-        click.echo(new_id)
+    _enqueue_and_print(client, new_id, queue, "clone", as_json, parent=task_id)
 
 
 @task_group.command("reset")
