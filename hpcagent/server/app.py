@@ -118,6 +118,13 @@ def _envelope(
     )
 
 
+def _fault_envelope(endpoint: str, requested: str, fault: ApiFault) -> Response:
+    """The error envelope of an :class:`ApiFault` (its code, subcode, message and data)."""
+    return _envelope(
+        endpoint, requested, fault.code, fault.subcode, fault.message, None, fault.error_data
+    )
+
+
 class ServerApp:
     """Holds the store, the authenticator and the route table; ``asgi`` is the Starlette app."""
 
@@ -190,15 +197,7 @@ class ServerApp:
             raw = await self._read_body(request)
             return self._dispatch(request, endpoint, requested, handler, raw)
         except ApiFault as fault:
-            return _envelope(
-                endpoint,
-                requested,
-                fault.code,
-                fault.subcode,
-                fault.message,
-                None,
-                fault.error_data,
-            )
+            return _fault_envelope(endpoint, requested, fault)
 
     def _dispatch(
         self, request: Request, endpoint: str, requested: str, handler: Handler, raw: bytes
@@ -223,15 +222,7 @@ class ServerApp:
                 return _envelope(endpoint, requested, 200, 0, "OK", {"token": token})
             data = handler(ctx, body)
         except ApiFault as fault:
-            return _envelope(
-                endpoint,
-                requested,
-                fault.code,
-                fault.subcode,
-                fault.message,
-                None,
-                fault.error_data,
-            )
+            return _fault_envelope(endpoint, requested, fault)
         except Exception as exc:  # a bug of ours: log it, answer 500 (never > 500)
             log.exception("internal error in %s", endpoint)
             stack = traceback.format_exc() if self.debug_errors else None
