@@ -78,11 +78,9 @@ class JobState(str, enum.Enum):
         return state
 
 
-_TERMINAL = frozenset(
+#: Job ends that Slurm caused (not the job's own exit nor a cancel).
+SLURM_KILLED = frozenset(
     {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
         JobState.TIMEOUT,
         JobState.OUT_OF_MEMORY,
         JobState.NODE_FAIL,
@@ -93,6 +91,7 @@ _TERMINAL = frozenset(
         JobState.DEADLINE,
     }
 )
+_TERMINAL = SLURM_KILLED | {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
 _ACTIVE = frozenset(
     {
         JobState.PENDING,

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from hpcagent.api import ApiClient
 from hpcagent.errors import ApiError, SchedulerError
-from hpcagent.scheduler.base import JobState, JobStatus, Scheduler, unknown_status
+from hpcagent.scheduler.base import (
+    SLURM_KILLED,
+    JobState,
+    JobStatus,
+    Scheduler,
+    unknown_status,
+)
 from hpcagent.submitter import taskops
 from hpcagent.submitter.ledger import SUBMITTED, Entry, Ledger
 from hpcagent.submitter.outputs import output_path, tail
@@ -39,19 +45,6 @@ def crashpoint(name: str) -> None:
 
 
 log = logging.getLogger("hpcagent.submitter")
-
-
-#: Job ends that Slurm caused (not the task's own exit): named on a task the executor failed.
-SLURM_KILLED = frozenset(
-    {
-        JobState.TIMEOUT,
-        JobState.OUT_OF_MEMORY,
-        JobState.NODE_FAIL,
-        JobState.PREEMPTED,
-        JobState.BOOT_FAIL,
-        JobState.DEADLINE,
-    }
-)
 
 
 def _signalled(task: dict[str, Any]) -> bool:
