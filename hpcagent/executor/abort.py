@@ -14,11 +14,12 @@ Failed polls (server down) are ignored: an unreachable server never stops a task
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from hpcagent.executor.background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ def judge(status: str, message: str, created_polls: int) -> AbortRequest | None:
     return None
 
 
-class AbortWatcher:
+class AbortWatcher(BackgroundThread):
     """Background thread: status poll every ``interval`` s; ``tasks.ping`` every
     ``ping_interval`` s."""
+
+    thread_name = "hpcagent-abort-poll"
 
     def __init__(
         self,
@@ -62,26 +65,15 @@ class AbortWatcher:
         on_abort: Callable[[AbortRequest], None],
         ping: bool = True,
     ) -> None:
+        super().__init__()
         self._send = send
         self.task_id = task_id
         self.interval = min(5.0, max(0.05, interval))
         self.ping_interval = ping_interval
         self._on_abort = on_abort
         self._ping = ping
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.request: AbortRequest | None = None
         self.polls = 0
-
-    def start(self) -> AbortWatcher:
-        self._thread = threading.Thread(target=self._loop, name="hpcagent-abort-poll", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
 
     def _loop(self) -> None:
         created_polls = 0

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from hpcagent.executor.background import BackgroundThread
+
 MAX_EVENT_BYTES = 64 * 1024
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -177,8 +179,10 @@ def request_chunks(
     return chunks
 
 
-class LogShipper:
+class LogShipper(BackgroundThread):
     """Thread that ships log lines to the server, spooling to disk while it is unreachable."""
+
+    thread_name = "hpcagent-log-shipper"
 
     def __init__(
         self,
@@ -194,6 +198,7 @@ class LogShipper:
         retry_interval: float = 2.0,
         verifier: Verifier | None = None,
     ) -> None:
+        super().__init__()
         self._send = sender
         self._verify = verifier
         self.task = task
@@ -213,8 +218,6 @@ class LogShipper:
         self._spool_bytes = 0
         self._dropped = 0
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         #: Counters for tests and benchmarks.
         self.lines_emitted = 0
         self.events_sent = 0
@@ -250,26 +253,21 @@ class LogShipper:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> LogShipper:
-        self._thread = threading.Thread(target=self._loop, name="hpcagent-log-shipper", daemon=True)
-        self._thread.start()
-        return self
-
     def close(self, timeout: float = 60.0) -> bool:
         """Stop the thread and try to deliver everything within ``timeout`` seconds.
 
         Returns True when nothing is left undelivered; otherwise the spool files stay on disk.
         """
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(1.0, timeout / 2))
+        self.stop(max(1.0, timeout / 2))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.flush_once():
                 return True
             time.sleep(min(self.retry_interval, max(0.0, deadline - time.monotonic())))
         return self.pending() == 0
+
+    def _wake_loop(self) -> None:
+        self._wake.set()
 
     def pending(self) -> int:
         """Lines in memory plus spool files not yet delivered."""

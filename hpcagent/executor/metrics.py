@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
+
+from hpcagent.executor.background import BackgroundThread
 
 Reporter = Callable[[str, dict[str, Any]], Any]
 Logger = Callable[[str], None]
@@ -187,8 +188,10 @@ def machine_scalars(stats: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class Monitor:
+class Monitor(BackgroundThread):
     """The reporting thread."""
+
+    thread_name = "hpcagent-metrics"
 
     def __init__(
         self,
@@ -202,6 +205,7 @@ class Monitor:
         root_pid: int | None = None,
         gpu: GpuProbe | None = None,
     ) -> None:
+        super().__init__()
         self._send = send
         self._send_lines = send_lines
         self.task_id = task_id
@@ -213,19 +217,7 @@ class Monitor:
         if not self.gpu.available:
             self.log(f"GPU monitoring off: NVML not available ({self.gpu.error or 'no GPU'})")
         self._start = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.reports = 0
-
-    def start(self) -> Monitor:
-        self._thread = threading.Thread(target=self._loop, name="hpcagent-metrics", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
 
     def _loop(self) -> None:
         first = min(3.0, self.interval)  # like the agent: a first report soon after start
