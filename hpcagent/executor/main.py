@@ -42,6 +42,7 @@ from hpcagent.executor.task_info import (
     final_status,
     rank,
     requirements_lines,
+    runtime_record,
     should_run,
 )
 from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python, spec_requirements
@@ -53,6 +54,22 @@ class Client(Protocol):
     def send(self, endpoint: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
     def send_lines(self, endpoint: str, items: Any) -> list[dict[str, Any]]: ...
+
+
+def merge_runtime(client: Client, task_id: str, keys: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``keys`` in the task's ``runtime`` and keep every other key; returns the map sent.
+
+    ``tasks.edit`` replaces the map whole, so the current map is read right before the edit
+    (the window is two calls). The only other writer while the job runs is the SDK inside the
+    task, which starts after this; the submitter never writes ``runtime`` (it records the job
+    in the ``properties`` section, item-wise).
+    """
+    data = client.send("tasks.get_all", {"id": [task_id], "only_fields": ["id", "runtime"]})
+    tasks = data.get("tasks") or [{}]
+    runtime = dict((tasks[0] or {}).get("runtime") or {})
+    runtime.update(keys)
+    client.send("tasks.edit", {"task": task_id, "force": True, "runtime": runtime})
+    return runtime
 
 
 @dataclass
@@ -239,18 +256,8 @@ class Executor:
                 return False
         self._status("started", "worker started execution", f"Changed by hpcagent {self.worker}")
         try:
-            data = self.client.send(
-                "tasks.get_all", {"id": [self.task_id], "only_fields": ["id", "runtime"]}
-            )
-            tasks = data.get("tasks") or [{}]
-            runtime = dict(tasks[0].get("runtime") or {})
-            runtime["_exec_agent_hostname"] = socket.gethostname()
-            runtime["hpcagent_worker"] = self.worker
-            if self.env.get("SLURM_JOB_ID"):
-                runtime["slurm_job_id"] = self.env["SLURM_JOB_ID"]
-            self.client.send(
-                "tasks.edit", {"task": self.task_id, "force": True, "runtime": runtime}
-            )
+            keys = runtime_record(self.env, self.worker, socket.gethostname())
+            merge_runtime(self.client, self.task_id, keys)
             self.client.send(
                 "workers.status_report",
                 {"worker": self.worker, "task": self.task_id, "timestamp": int(time.time() * 1000)},

@@ -57,6 +57,8 @@ class TaskInfo:
     args: tuple[tuple[str, str], ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     runtime: Mapping[str, Any] = field(default_factory=dict)
+    #: ``hyperparams.properties`` (the submitter records ``slurm-job-id`` there).
+    properties: Mapping[str, str] = field(default_factory=dict)
     container_image: str = ""
     setup_shell_script: str = ""
 
@@ -92,6 +94,7 @@ class TaskInfo:
             args=_section_items(hyper.get("Args")),
             environment=_section_items(hyper.get("Environment")),
             runtime=dict(task.get("runtime") or {}),
+            properties=dict(_section_items(hyper.get("properties"))),
             container_image=str(container.get("image") or ""),
             setup_shell_script=str(container.get("setup_shell_script") or ""),
         )
@@ -200,8 +203,10 @@ def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, st
 
     * ``queued`` runs (the executor dequeues it);
     * ``in_progress`` runs when it is not being stopped and either no Slurm job is
-      recorded on it or the recorded job is ours (it was handed to this job); a task recorded
-      for another job (or for a job while we run outside Slurm) does not run;
+      recorded on it (property ``slurm-job-id`` from the submitter, else
+      ``runtime.slurm_job_id`` from an earlier executor) or the recorded job is ours (it
+      was handed to this job); a task recorded for another job (or for a job while we run
+      outside Slurm) does not run;
     * ``created`` (reset or dequeued meanwhile) and finished statuses do not run;
     * ``force`` overrides everything.
     """
@@ -212,7 +217,9 @@ def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, st
     if task.status == "in_progress":
         if "stopping" in task.status_message:
             return False, "the task is being stopped"
-        recorded = str(task.runtime.get("slurm_job_id") or "")
+        recorded = str(
+            task.properties.get("slurm-job-id") or task.runtime.get("slurm_job_id") or ""
+        )
         if not recorded or recorded == slurm_job_id:
             return True, "in progress, handed to this job"
         return (
@@ -222,6 +229,17 @@ def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, st
     if task.status == "created":
         return False, "the task was reset or dequeued (status created)"
     return False, f"the task is {task.status or 'in an unknown state'}"
+
+
+def runtime_record(env: Mapping[str, str], worker: str, hostname: str) -> dict[str, str]:
+    """The ``runtime`` keys the executor owns (docs/structure.md, "Who writes what"):
+    the node it runs on, its worker id, and, under Slurm, the job id and node list."""
+    keys = {"_exec_agent_hostname": hostname, "hpcagent_worker": worker}
+    if env.get("SLURM_JOB_ID"):
+        keys["slurm_job_id"] = env["SLURM_JOB_ID"]
+    if env.get("SLURM_JOB_NODELIST"):
+        keys["slurm_nodes"] = env["SLURM_JOB_NODELIST"]
+    return keys
 
 
 @dataclass(frozen=True)

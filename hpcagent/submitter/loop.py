@@ -381,13 +381,12 @@ class Submitter:
         self.ledger.mark_submitted(task_id, job_id)
         self.submitted_total += 1
         log.info("task %s queue %s job %s: submitted", task_id, q.name, job_id)
-        # Recording the job on the task (3 server calls) runs beside the next submissions;
+        # Recording the job on the task (2 server calls) runs beside the next submissions;
         # the tracker waits for these writes before it writes anything about the same tasks.
-        runtime = dict(task.get("runtime") or {})
-        self.tracker.defer(self._record, task_id, job_id, q.name, runtime)
+        self.tracker.defer(self._record, task_id, job_id, q.name)
         return "submitted"
 
-    def _record(self, task_id: str, job_id: str, queue_name: str, runtime: dict[str, Any]) -> None:
+    def _record(self, task_id: str, job_id: str, queue_name: str) -> None:
         try:
             taskops.record_job(
                 self.client,
@@ -395,7 +394,6 @@ class Submitter:
                 job_id=job_id,
                 queue_name=queue_name,
                 worker_id=self.opts.worker_id,
-                runtime=runtime,
             )
             taskops.set_message(self.client, task_id, f"{self.opts.job_label} {job_id}: PENDING")
         except ApiError as exc:

@@ -8,7 +8,6 @@ thing to a task; the loop decides when.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -106,38 +105,25 @@ def record_job(
     queue_name: str,
     worker_id: str,
     nodes: str = "",
-    runtime: dict[str, Any] | None = None,
 ) -> None:
-    """Write the job id (and nodes) into ``runtime`` (merged) and the ``properties`` section.
+    """Record the job (id, queue, worker, later its nodes) in the ``properties`` section.
 
-    ``runtime`` is the task's current runtime when the caller has it (saves a read).
+    Only ``tasks.edit_hyper_params`` is used: it upserts item by item, so it can race with
+    nothing. The submitter never writes ``runtime``: ``tasks.edit`` replaces that map whole,
+    and the executor (on the compute node) and the SDK inside the task write it while the job
+    runs (docs/structure.md, "Who writes what on a task").
     """
-    if runtime is None:
-        data = client.send(
-            "tasks.get_all", {"id": [task_id], "only_fields": ["runtime"], "search_hidden": True}
-        )
-        tasks = data.get("tasks") or [{}]
-        runtime = dict((tasks[0] or {}).get("runtime") or {})
-    runtime = dict(runtime)
-    runtime.update(
-        {
-            "slurm_job_id": job_id,
-            "slurm_queue": queue_name,
-            "_exec_agent_hostname": socket.gethostname(),
-            "slurm_worker": worker_id,
-        }
-    )
-    if nodes:
-        runtime["slurm_nodes"] = nodes
-    client.send("tasks.edit", {"task": task_id, "force": True, "runtime": runtime})
+    items = {
+        "slurm-job-id": job_id,
+        "slurm-queue": queue_name,
+        "slurm-worker": worker_id,
+        "slurm-nodes": nodes,
+    }
     props = [
-        {"section": "properties", "name": "slurm-job-id", "value": job_id, "type": "str"},
-        {"section": "properties", "name": "slurm-queue", "value": queue_name, "type": "str"},
+        {"section": "properties", "name": name, "value": value, "type": "str"}
+        for name, value in items.items()
+        if value
     ]
-    if nodes:
-        props.append(
-            {"section": "properties", "name": "slurm-nodes", "value": nodes, "type": "str"}
-        )
     client.send("tasks.edit_hyper_params", {"task": task_id, "hyperparams": props})
 
 

@@ -197,7 +197,7 @@ def task_node(task: dict[str, Any]) -> tuple[str, str]:
     """The compute node a single-node task ran on, from its runtime, and a warning ('' if none).
 
     The executor records ``hpcagent_worker`` (``<node>:slurm-<job>``) and
-    ``_exec_agent_hostname``; the submitter records ``slurm_nodes``. All that are present should
+    ``_exec_agent_hostname`` and ``slurm_nodes`` (docs/structure.md). All that are present should
     name the same node (a disagreement is printed as a WARN line); the node is the executor's
     own word (``hpcagent_worker``).
     """

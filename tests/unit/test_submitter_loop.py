@@ -130,10 +130,12 @@ def test_task_runs_to_completion(rig: Rig) -> None:
     assert entry.state == SUBMITTED
     assert entry.job_id
     task = rig.get(tid)
-    assert task["runtime"]["slurm_job_id"] == entry.job_id
     assert task["status"] == "queued"
     assert task["status_message"].startswith(f"slurm job {entry.job_id}: ")
-    assert task["hyperparams"]["properties"]["slurm-job-id"]["value"] == entry.job_id
+    props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
+    assert props["slurm-job-id"] == entry.job_id
+    assert (props["slurm-queue"], props["slurm-worker"]) == ("q1", "test:hpcagent-slurm")
+    assert not task.get("runtime")  # runtime is the executor's and the SDK's, never ours
     script = Path(str(entry.script_path))
     assert script.stat().st_mode & 0o777 == 0o700
     rig.until_settled(s)
