@@ -65,6 +65,7 @@ def _stop(state_dir: Path) -> None:
 
 def _status(state_dir: Path, as_json: bool) -> None:
     from hpcagent.submitter.ledger import Ledger
+    from hpcagent.submitter.loop import held_jobs
 
     ledger = Ledger(state_dir / "ledger.sqlite")
     try:
@@ -77,6 +78,7 @@ def _status(state_dir: Path, as_json: bool) -> None:
     queues: dict[str, int] = {}
     for e in live:
         queues[e.queue_name] = queues.get(e.queue_name, 0) + 1
+    held = held_jobs(live)  # what the submitter reports as worker runtime properties
     if as_json:
         rows = [
             {
@@ -88,10 +90,17 @@ def _status(state_dir: Path, as_json: bool) -> None:
             }
             for e in live
         ]
-        data = {"running": running, "pid": pid or None, "queues": queues, "jobs": rows}
+        data = {
+            "running": running,
+            "pid": pid or None,
+            "queues": queues,
+            "held_jobs": int(held["slurm_jobs"]),
+            "jobs": rows,
+        }
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"submitter: {'running (pid ' + pid + ')' if running else 'not running'}")
+    click.echo(f"slurm jobs held: {held['slurm_jobs']} (reported to the server on its worker)")
     for name, n in sorted(queues.items()):
         click.echo(f"queue {name}: {n} live job(s)")
     if live:

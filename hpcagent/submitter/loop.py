@@ -42,7 +42,7 @@ from hpcagent.errors import (
 from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter import taskops
 from hpcagent.submitter.blocks import build_context
-from hpcagent.submitter.ledger import PULLED, RENDERED, Ledger
+from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
 from hpcagent.submitter.outputs import write_script
 from hpcagent.submitter.track import Tracker, crashpoint
 from hpcagent.submitter.worktime import (
@@ -120,6 +120,9 @@ class Submitter:
         self._rr = 0  # round-robin start index: the queue after the last one served
         self._backoff_until = 0.0
         self._props_supported = True
+        self._held_props = True  # False once the server said it keeps no runtime properties
+        self._props_sent: dict[str, str] = {}
+        self._props_sent_at = 0.0
         self.submitted_total = 0
 
     # -- lifecycle ---------------------------------------------------------------
@@ -416,15 +419,21 @@ class Submitter:
 
     # -- reporting ---------------------------------------------------------------
     def report(self) -> None:
-        """``workers.status_report`` with the queues it serves.
+        """``workers.status_report`` with the queues it serves and the jobs it holds.
 
         No ``task`` field: the server would take it as "this worker runs that task",
-        which is the executor's claim to make, not the submitter's.
+        which is the executor's claim to make, not the submitter's. The jobs go where a
+        real ClearML server keeps them for a worker: a tag ``slurm_jobs:<n>`` on the report,
+        and the worker's runtime properties (:func:`held_jobs`), sent when they change
+        and at least every ``PROPS_REFRESH_S`` (they expire, so a dead submitter's vanish).
         """
+        held = held_jobs(self.ledger.live(), self.opts.job_label)
+        count_key = next(iter(held))
         body: dict[str, Any] = {
             "worker": self.opts.worker_id,
             "timestamp": int(time.time() * 1000),
             "queues": [q.id for q in self.opts.queues],
+            "tags": [f"{count_key}:{held[count_key]}"],
         }
         if self.opts.report_extra is not None:
             body.update(self.opts.report_extra())
@@ -432,3 +441,45 @@ class Submitter:
             self.client.send("workers.status_report", body)
         except ApiError:
             log.debug("status report failed", exc_info=True)
+        now = time.monotonic()
+        if not self._held_props or (
+            held == self._props_sent and now - self._props_sent_at < PROPS_REFRESH_S
+        ):
+            return
+        props = [{"key": k, "value": v, "expiry": PROPS_EXPIRY_S} for k, v in held.items()]
+        try:
+            self.client.send(
+                "workers.set_runtime_properties",
+                {"worker": self.opts.worker_id, "runtime_properties": props},
+            )
+        except ApiError as exc:  # like the agent: a server without them is fine
+            if exc.result_code in (400, 404, 405):  # unsupported: stop asking
+                log.info("no worker runtime properties on this server (%s); jobs in tags", exc)
+                self._held_props = False
+            else:
+                log.debug("could not set the worker runtime properties", exc_info=True)
+            return
+        self._props_sent, self._props_sent_at = held, now
+
+
+#: Runtime properties of the worker expire after this long unless sent again.
+PROPS_EXPIRY_S = 600
+#: The held-jobs runtime properties are sent again at least this often.
+PROPS_REFRESH_S = 120.0
+#: At most this many ``job:task`` pairs are listed (the count is always exact).
+MAX_LISTED_JOBS = 200
+
+
+def held_jobs(live: list[Entry], job_label: str = "slurm job") -> dict[str, str]:
+    """The worker runtime properties naming the jobs the submitter holds (string values).
+
+    ``{"slurm_jobs": "<n>", "slurm_job_ids": "<job>:<task>,..."}`` for the label "slurm job"
+    ("local job" gives ``local_jobs``/``local_job_ids``); the count comes first. Only rows
+    with a job id count; the list is cut at ``MAX_LISTED_JOBS`` with a ``+N more`` note.
+    """
+    base = job_label.strip().replace(" ", "_") or "job"
+    pairs = sorted(f"{e.job_id}:{e.task_id}" for e in live if e.job_id)
+    listed = ",".join(pairs[:MAX_LISTED_JOBS])
+    if len(pairs) > MAX_LISTED_JOBS:
+        listed += f",+{len(pairs) - MAX_LISTED_JOBS} more"
+    return {f"{base}s": str(len(pairs)), f"{base}_ids": listed}

@@ -316,3 +316,48 @@ def test_submit_limit_puts_task_back_and_backs_off(rig: Rig) -> None:
     assert task["status_message"].startswith("back in queue: submit limit")
     assert s.cycle() == 0  # still backing off: no new sbatch
     assert len([c for c in calls if c[0] == "sbatch"]) == 1
+
+
+def _worker(rig: Rig, worker_id: str) -> dict[str, Any]:
+    workers = rig.client.send("workers.get_all", {})["workers"]
+    return next(w for w in workers if w["id"] == worker_id)
+
+
+def test_worker_report_lists_held_jobs(rig: Rig) -> None:
+    rig.pre = "export T_DELAY=2"  # the jobs stay alive for the first report
+    qid = rig.queue("q1")
+    tids = [rig.task(f"held {i}", qid) for i in range(2)]
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    assert s.cycle() == 2  # submits both, then reports
+    jobs = {e.task_id: str(e.job_id) for e in rig.ledger.live()}
+    assert set(jobs) == set(tids)
+    worker = _worker(rig, "test:hpcagent-slurm")
+    assert worker["tags"] == ["slurm_jobs:2"]
+    assert [q["id"] for q in worker["queues"]] == [qid]
+    props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
+    held = {p["key"]: p["value"] for p in props["runtime_properties"]}
+    assert held["slurm_jobs"] == "2"
+    assert sorted(held["slurm_job_ids"].split(",")) == sorted(f"{j}:{t}" for t, j in jobs.items())
+    rig.until_settled(s)
+    s.report()  # the jobs are gone: the count and the list follow at once
+    assert _worker(rig, "test:hpcagent-slurm")["tags"] == ["slurm_jobs:0"]
+    props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
+    held = {p["key"]: p["value"] for p in props["runtime_properties"]}
+    assert held == {"slurm_jobs": "0", "slurm_job_ids": ""}
+
+
+def test_held_jobs_properties_are_capped() -> None:
+    from hpcagent.submitter.ledger import Entry
+    from hpcagent.submitter.loop import MAX_LISTED_JOBS, held_jobs
+
+    def entry(i: int, job: str | None) -> Entry:
+        return Entry(f"{i:032x}", "q", "q", "submitted", job, None, None, None, 0.0, 0.0)
+
+    live = [entry(i, str(1000 + i)) for i in range(MAX_LISTED_JOBS + 5)] + [entry(9999, None)]
+    held = held_jobs(live)
+    assert held["slurm_jobs"] == str(MAX_LISTED_JOBS + 5)  # a row without a job does not count
+    listed = held["slurm_job_ids"].split(",")
+    assert len(listed) == MAX_LISTED_JOBS + 1
+    assert listed[-1] == "+5 more"
+    assert listed[0] == f"1000:{0:032x}"
+    assert set(held_jobs(live, "local job")) == {"local_jobs", "local_job_ids"}
