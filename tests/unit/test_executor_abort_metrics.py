@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -68,6 +69,22 @@ def test_sampler_reports_clearml_keys_and_process_tree() -> None:
     assert "process_memory_gb" in scalars
 
 
+def _report_once(gpu: GpuProbe, log: Callable[[str], None]) -> list[tuple[str, Any]]:
+    """One report of a Monitor with ``gpu``; every request it sent (endpoint, body or items)."""
+    sent: list[tuple[str, Any]] = []
+    mon = Monitor(
+        lambda ep, body: sent.append((ep, body)),
+        lambda ep, items: sent.append((ep, list(items))),
+        task_id="t",
+        worker="w",
+        interval=1.0,
+        log=log,
+        gpu=gpu,
+    )
+    mon.report_once()
+    return sent
+
+
 def test_monitor_without_nvml_logs_once_and_sends_no_gpu_series(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -77,17 +94,7 @@ def test_monitor_without_nvml_logs_once_and_sends_no_gpu_series(
     gpu = GpuProbe("0")
     assert not gpu.available
     notes: list[str] = []
-    sent: list[tuple[str, Any]] = []
-    mon = Monitor(
-        lambda ep, body: sent.append((ep, body)),
-        lambda ep, items: sent.append((ep, list(items))),
-        task_id="t",
-        worker="w",
-        interval=1.0,
-        log=notes.append,
-        gpu=gpu,
-    )
-    mon.report_once()
+    sent = _report_once(gpu, notes.append)
     assert len([n for n in notes if "NVML" in n]) == 1
     endpoints = [ep for ep, _ in sent]
     assert endpoints == ["workers.status_report", "events.add_batch"]
@@ -161,17 +168,7 @@ def test_monitor_gpu_series(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
-    sent: list[tuple[str, Any]] = []
-    mon = Monitor(
-        lambda ep, body: sent.append((ep, body)),
-        lambda ep, items: sent.append((ep, list(items))),
-        task_id="t",
-        worker="w",
-        interval=1.0,
-        log=lambda _m: None,
-        gpu=GpuProbe("1"),
-    )
-    mon.report_once()
+    sent = _report_once(GpuProbe("1"), lambda _m: None)
     stats = sent[0][1]["machine_stats"]
     assert stats["gpu_usage"] == [20.0]
     assert stats["gpu_memory_used"] == [2048.0]

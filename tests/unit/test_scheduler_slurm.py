@@ -176,16 +176,22 @@ def test_job_found_nowhere_is_unknown_never_success() -> None:
     assert "not found" in st.reason
 
 
-def test_no_accounting_falls_back_to_scontrol_and_warns(caplog: pytest.LogCaptureFixture) -> None:
-    noacct = json.loads((REAL / "scontrol_noacct.json").read_text())
-    jid = next(iter(noacct["expect"]))
-    fake = FakeSlurm(
+def _noacct_fake(scontrol_fixture: str) -> FakeSlurm:
+    """Slurm without accounting: squeue knows no job, sacct is disabled, ``scontrol show job``
+    answers with ``scontrol_fixture``."""
+    return FakeSlurm(
         squeue=lambda argv: res(""),
         sacct=[fx("sacct_disabled")],
         scontrol=lambda argv: (
-            res("MinJobAge=10\n") if argv[1:] == ["show", "config"] else fx("scontrol_noacct")
+            res("MinJobAge=10\n") if argv[1:] == ["show", "config"] else fx(scontrol_fixture)
         ),
     )
+
+
+def test_no_accounting_falls_back_to_scontrol_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    noacct = json.loads((REAL / "scontrol_noacct.json").read_text())
+    jid = next(iter(noacct["expect"]))
+    fake = _noacct_fake("scontrol_noacct")
     s = sched(fake)
     st = s.status([jid])[jid]
     assert st.state is JobState(noacct["expect"][jid])
@@ -197,13 +203,7 @@ def test_no_accounting_falls_back_to_scontrol_and_warns(caplog: pytest.LogCaptur
 
 
 def test_no_accounting_gone_job_is_unknown_and_not_asked_again() -> None:
-    fake = FakeSlurm(
-        squeue=lambda argv: res(""),
-        sacct=[fx("sacct_disabled")],
-        scontrol=lambda argv: (
-            res("MinJobAge=10\n") if argv[1:] == ["show", "config"] else fx("scontrol_unknown")
-        ),
-    )
+    fake = _noacct_fake("scontrol_unknown")
     s = sched(fake)
     assert s.status(["999999"])["999999"].state is JobState.UNKNOWN
     before = fake.count("scontrol")
