@@ -361,3 +361,25 @@ def test_held_jobs_properties_are_capped() -> None:
     assert listed[-1] == "+5 more"
     assert listed[0] == f"1000:{0:032x}"
     assert set(held_jobs(live, "local job")) == {"local_jobs", "local_job_ids"}
+
+
+def test_requeue_on_server_without_move_warns_and_keeps_task(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older server answers 404 to queues.move_task_to_front: the task waits at the tail."""
+    from hpcagent.errors import ApiError
+    from hpcagent.submitter import taskops
+
+    def unsupported(queue_id: str, task_id: str) -> int:
+        raise ApiError("queues.move_task_to_front", 404, 0, "Unknown endpoint")
+
+    qid = rig.queue("q1")
+    tid = rig.task("old server", qid)
+    assert rig.client.queues.get_next_task(qid) is not None
+    other = rig.task("enqueued meanwhile", qid)
+    monkeypatch.setattr(rig.client.queues, "move_task_to_front", unsupported)
+    with caplog.at_level("WARNING", logger="hpcagent.submitter"):
+        assert taskops.requeue_front(rig.client, tid, qid, "test") is True
+    queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
+    assert [e["task"] for e in queue["entries"]] == [other, tid]
+    assert any("cannot move it to the front" in r.getMessage() for r in caplog.records)
