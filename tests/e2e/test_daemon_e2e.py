@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import api_section, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -106,11 +107,7 @@ class Rig:
         self.script.write_text(TASK_SCRIPT)
         self.state = tmp / "daemon-state"
         conf = {
-            "api": {
-                "api_server": server.url,
-                "credentials": {"access_key": server.access_key, "secret_key": server.secret_key},
-                "http": {"retries": 2, "timeout_sec": 10},
-            },
+            "api": api_section(server, http={"retries": 2, "timeout_sec": 10}),
             "agent": {
                 "venvs_dir": str(tmp / "builds"),
                 "venvs_cache": {"path": str(tmp / "venv-cache"), "free_space_threshold_gb": 0},
@@ -239,15 +236,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(pred: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met")
-
-
 def test_two_daemons_own_gpus_concurrently_and_stop_only_own(rig: Rig) -> None:
     host = socket.gethostname()
     common = ["--queue", "shared", "--create-queue", "--poll-interval", "0.3"]
@@ -264,7 +252,7 @@ def test_two_daemons_own_gpus_concurrently_and_stop_only_own(rig: Rig) -> None:
     assert _pid(rig.state, f"{host}_gpu0") == pid0
     # Each daemon runs one task at a time; each task waits for the other, so both complete
     # only when they ran at the same time, on different daemons.
-    _wait_for(lambda: rig.server.send("queues.get_all", {"name": "^shared$"})["queues"])
+    wait_for(lambda: rig.server.send("queues.get_all", {"name": "^shared$"})["queues"], timeout=60)
     t_a = rig.task("shared", "a", wait_for="b")
     t_b = rig.task("shared", "b", wait_for="a")
     rig.wait_done([t_a, t_b])
@@ -282,7 +270,7 @@ def test_two_daemons_own_gpus_concurrently_and_stop_only_own(rig: Rig) -> None:
     # --stop with --gpus 0 stops that daemon only
     res = rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "0", "--stop")
     assert f"stopped daemon {host}:gpu0" in res.stdout
-    _wait_for(lambda: not _alive(pid0))
+    wait_for(lambda: not _alive(pid0), timeout=60)
     assert _alive(pid1)
     t_c = rig.task("shared", "c")
     rig.wait_done([t_c])
@@ -291,7 +279,7 @@ def test_two_daemons_own_gpus_concurrently_and_stop_only_own(rig: Rig) -> None:
     assert f"{host}:gpu0" not in workers
     assert f"{host}:gpu1" in workers
     rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "1", "--stop")
-    _wait_for(lambda: not _alive(pid1))
+    wait_for(lambda: not _alive(pid1), timeout=60)
     # a second --stop finds nothing to stop and says so
     again = rig.cli("daemon", "--state-dir", str(rig.state), "--gpus", "1", "--stop", check=False)
     assert again.returncode == 2
@@ -328,7 +316,7 @@ def test_dynamic_gpus_pack_as_specified_without_overallocation(rig: Rig) -> None
     # every GPU is back in the pool (the saved allocations are empty once all settled)
     host = socket.gethostname()
     gpu_file = rig.state / f"{host}_dgpu0,1,2,3,4,5,6,7" / "gpus.json"
-    _wait_for(lambda: json.loads(gpu_file.read_text()) == {})
+    wait_for(lambda: json.loads(gpu_file.read_text()) == {}, timeout=60)
 
 
 def test_order_fairness_alternates_queues(rig: Rig) -> None:
@@ -384,10 +372,13 @@ def test_working_hours_and_force_switch_apply(rig: Rig) -> None:
     rig.daemon("--cpu-only", "--queue", "hours", "--downtime", "0-23")
     host = socket.gethostname()
     wid = f"{host}:cpu"
-    _wait_for(lambda: wid in {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]})
+    wait_for(
+        lambda: wid in {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]},
+        timeout=60,
+    )
     log = rig.tmp / "daemon-0.log"
     # several cycles ran (each reports the worker) and the task is still waiting
-    _wait_for(lambda: "queues hours" in log.read_text())
+    wait_for(lambda: "queues hours" in log.read_text(), timeout=60)
     time.sleep(1.5)
     assert rig.status(tid) == "queued"
     assert not (rig.shared / "order.txt").exists()
@@ -403,14 +394,14 @@ def test_stopping_the_daemon_stops_its_running_task(rig: Rig) -> None:
     rig.server.send("queues.create", {"name": "long"})
     tid = rig.task("long", "long0", sleep=300)
     proc = rig.daemon("--gpus", "3", "--queue", "long")
-    _wait_for(lambda: (rig.shared / "long0.started").exists(), timeout=120)
+    wait_for(lambda: (rig.shared / "long0.started").exists(), timeout=120)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=90) == 0
     assert rig.status(tid) == "stopped"
     task = rig.server.send("tasks.get_by_id", {"task": tid})["task"]
     assert "signal" in str(task.get("status_reason", "")) + str(task.get("status_message", ""))
     assert (rig.shared / "running" / "long0").exists()  # the task did not finish on its own
-    _wait_for(lambda: not _alive(rig.started("long0")["pid"]), timeout=30)  # no orphan left
+    wait_for(lambda: not _alive(rig.started("long0")["pid"]), timeout=30)  # no orphan left
     assert not any(line.startswith("DONE") for line in rig.log_lines(tid))
     workers = {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]}
     assert f"{socket.gethostname()}:gpu3" not in workers
@@ -462,10 +453,13 @@ def test_daemon_survives_a_server_restart(rig: Rig) -> None:
     rig.server.send("queues.create", {"name": "blip"})
     proc = rig.daemon("--cpu-only", "--queue", "blip")
     wid = f"{socket.gethostname()}:cpu"
-    _wait_for(lambda: wid in {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]})
+    wait_for(
+        lambda: wid in {w["id"] for w in rig.server.send("workers.get_all", {})["workers"]},
+        timeout=60,
+    )
     rig.server.stop()
     log = rig.tmp / "daemon-0.log"
-    _wait_for(lambda: "server unreachable" in log.read_text(), timeout=120)
+    wait_for(lambda: "server unreachable" in log.read_text(), timeout=120)
     assert proc.poll() is None
     rig.server.start()
     rig.server._token = None  # a restarted server: log in again
@@ -479,7 +473,7 @@ def test_aborted_task_gives_its_gpus_back(rig: Rig) -> None:
     first = rig.task("pair", "p0", sleep=300)
     second = rig.task("pair", "p1")
     rig.daemon("--dynamic-gpus", "--gpus", "0,1", "--queue", "pair=2")
-    _wait_for(lambda: (rig.shared / "p0.started").exists(), timeout=120)
+    wait_for(lambda: (rig.shared / "p0.started").exists(), timeout=120)
     assert rig.status(second) == "queued"  # both GPUs are taken by p0
     rig.cli("task", "abort", first)
     rig.wait_done([second])

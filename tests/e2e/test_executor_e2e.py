@@ -7,250 +7,30 @@ subprocess (``embedded_server`` fixture) and the executor as a real subprocess.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from helpers import (
+    create_task,
+    executor_env,
+    get_task,
+    hpcagent_argv,
+    make_repo,
+    make_wheelhouse,
+    repo_script,
+    run_execute,
+    start_execute,
+    task_log_lines,
+    wait_for,
+    write_conf,
+)
 
 pytestmark = [pytest.mark.e2e]
-
-TRAIN_PY = """\
-import argparse
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import hpca_tiny
-
-MARK = "original"
-
-p = argparse.ArgumentParser()
-p.add_argument("--lr", type=float, default=0.5)
-p.add_argument("--epochs", type=int, default=1)
-p.add_argument("--verbose", action="store_true")
-p.add_argument("--sleep", type=float, default=0.0)
-p.add_argument("--lines", type=int, default=0)
-p.add_argument("--exit-code", type=int, default=0)
-p.add_argument("--pid-file", default="")
-p.add_argument("--grandchild", action="store_true")
-a = p.parse_args()
-
-
-def on_term(signum, frame):
-    print(f"got signal {signum}, saving checkpoint", flush=True)
-    sys.exit(143)
-
-
-signal.signal(signal.SIGTERM, on_term)
-print(f"lr={a.lr} epochs={a.epochs} verbose={a.verbose} tiny={hpca_tiny.VALUE} mark={MARK}")
-env = os.environ
-print(f"task={env.get('CLEARML_TASK_ID')} tobackend={env.get('CLEARML_LOG_TASK_TO_BACKEND')}")
-print("progress 10%\\rprogress 50%\\rprogress 100%")
-sys.stdout.flush()
-if a.pid_file:
-    pids = [os.getpid()]
-    if a.grandchild:
-        pids.append(subprocess.Popen(["sleep", "300"]).pid)
-    with open(a.pid_file + ".tmp", "w") as fh:
-        fh.write(" ".join(map(str, pids)))
-    os.rename(a.pid_file + ".tmp", a.pid_file)
-for i in range(a.lines):
-    print(f"line {i}", flush=True)
-    time.sleep(a.sleep)
-if not a.lines:
-    time.sleep(a.sleep)
-sys.exit(a.exit_code)
-"""
-
-
-def _git(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t")
-    env["GIT_COMMITTER_EMAIL"] = "t@t"
-    out = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    )
-    return out.stdout
-
-
-def make_repo(root: Path) -> tuple[Path, str, str]:
-    """A bare repo with train.py and requirements.txt; returns (bare path, commit sha, diff)."""
-    work = root / "work"
-    work.mkdir(parents=True)
-    _git(["init", "-q", "-b", "main"], work)
-    (work / "train.py").write_text(TRAIN_PY)
-    (work / "requirements.txt").write_text("hpca-tiny==1.0\n")
-    _git(["add", "."], work)
-    _git(["commit", "-q", "-m", "first"], work)
-    sha = _git(["rev-parse", "HEAD"], work).strip()
-    bare = root / "repo.git"
-    _git(["clone", "-q", "--bare", str(work), str(bare)], root)
-    # a later commit on main that the task must NOT get (it pins the first commit)
-    (work / "train.py").write_text(TRAIN_PY.replace('MARK = "original"', 'MARK = "newer"'))
-    _git(["commit", "-q", "-am", "second"], work)
-    _git(["push", "-q", str(bare), "main"], work)
-    # the task's uncommitted change, as a diff against the first commit
-    _git(["checkout", "-q", sha], work)
-    (work / "train.py").write_text(TRAIN_PY.replace('MARK = "original"', 'MARK = "patched"'))
-    diff = _git(["diff"], work)
-    _git(["checkout", "-q", "--", "."], work)
-    return bare, sha, diff
-
-
-def make_wheelhouse(dest: Path, name: str = "hpca_tiny", version: str = "1.0") -> Path:
-    """Write a minimal pure-Python wheel by hand (no build backend, no network)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": "VALUE = 'tiny-ok'\n",
-        f"{dist}/METADATA": (
-            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
-        ),
-        f"{dist}/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    wheel = dest / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-    return dest
-
-
-def write_conf(path: Path, server: Any, tmp: Path, wheelhouse: Path, **agent: Any) -> Path:
-    """A clearml.conf for the executor: server, caches under ``tmp``, offline installs."""
-    values: dict[str, Any] = {
-        "venvs_dir": str(tmp / "builds"),
-        "venvs_cache": {
-            "path": str(tmp / "venv-cache"),
-            "max_entries": 5,
-            "free_space_threshold_gb": 0,
-        },
-        "vcs_cache": {"enabled": True, "path": str(tmp / "vcs-cache")},
-        "package_manager": {
-            "type": "uv",
-            "extra_args": ["--no-index", "--find-links", str(wheelhouse)],
-        },
-        "metrics_interval_sec": 1,
-        "abort_poll_interval_sec": 0.5,
-        "task_ping_interval_sec": 5,
-    }
-    values.update(agent)
-    conf = {
-        "api": {
-            "api_server": server.url,
-            "credentials": {"access_key": server.access_key, "secret_key": server.secret_key},
-            "http": {"retries": 2, "timeout_sec": 10},
-        },
-        "agent": values,
-        "executor": {"kill_grace_sec": 5, "final_flush_timeout_sec": 60},
-    }
-    path.write_text(json.dumps(conf, indent=1))  # JSON is valid HOCON
-    return path
-
-
-def create_task(
-    server: Any,
-    *,
-    name: str = "exec-test",
-    script: dict[str, Any],
-    args: dict[str, str] | None = None,
-    enqueue: bool = True,
-    setup_shell_script: str = "",
-) -> str:
-    hyper = {
-        "Args": {
-            k: {"section": "Args", "name": k, "value": v, "type": "str"}
-            for k, v in (args or {}).items()
-        }
-    }
-    body: dict[str, Any] = {
-        "name": name,
-        "type": "training",
-        "script": script,
-        "hyperparams": hyper,
-    }
-    if setup_shell_script:
-        body["container"] = {"setup_shell_script": setup_shell_script}
-    task_id = str(server.send("tasks.create", body)["id"])
-    if enqueue:
-        queues = server.send("queues.get_all", {"name": "^exec-q$"}).get("queues") or []
-        qid = queues[0]["id"] if queues else server.send("queues.create", {"name": "exec-q"})["id"]
-        server.send("tasks.enqueue", {"task": task_id, "queue": qid})
-    return task_id
-
-
-def executor_env(conf: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
-    env["CLEARML_CONFIG_FILE"] = str(conf)
-    return env
-
-
-def hpcagent_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from hpcagent.cli import main; main()", *args]
-
-
-def run_execute(
-    task_id: str, conf: Path, *extra: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        hpcagent_argv("execute", "--id", task_id, *extra),
-        env=executor_env(conf),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def start_execute(task_id: str, conf: Path, *extra: str, log: Path) -> subprocess.Popen[bytes]:
-    fh = open(log, "wb")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            hpcagent_argv("execute", "--id", task_id, *extra),
-            env=executor_env(conf),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    finally:
-        fh.close()
-
-
-def task_log_lines(server: Any, task_id: str) -> list[str]:
-    data = server.send(
-        "events.get_task_log", {"task": task_id, "batch_size": 10000, "navigate_earlier": False}
-    )
-    return [line for e in data["events"] for line in str(e.get("msg", "")).split("\n")]
-
-
-def get_task(server: Any, task_id: str) -> dict[str, Any]:
-    return dict(server.send("tasks.get_by_id", {"task": task_id})["task"])
-
-
-def wait_for(predicate: Any, timeout: float = 120.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
-
 
 # -- fixtures ---------------------------------------------------------------------------------
 
@@ -268,21 +48,6 @@ def env_setup(tmp_path: Path, embedded_server: Any) -> dict[str, Any]:
         "conf": conf,
         "tmp": tmp_path,
     }
-
-
-def repo_script(s: dict[str, Any], **over: Any) -> dict[str, Any]:
-    script = {
-        "repository": str(s["bare"]),
-        "version_num": s["sha"],
-        "branch": "main",
-        "entry_point": "train.py",
-        "working_dir": ".",
-        "binary": "python3",
-        "diff": s["diff"],
-        "requirements": {"pip": "hpca-tiny==1.0\n"},
-    }
-    script.update(over)
-    return script
 
 
 # -- tests ------------------------------------------------------------------------------------

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import SLURM_WORK_ROOT
 
 CLUSTER_SH = Path(__file__).resolve().parent / "cluster.sh"
 LOG_DIR = Path(os.environ.get("HPCAGENT_SLURM_DIR", "/var/tmp/hpcagent-slurm")) / "logs"
-#: Job scripts and outputs must be readable by slurmd; keep them off pytest's private tmp.
-WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
 
 
 def cluster(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -51,7 +50,7 @@ def slurm_cluster() -> Path:
 @pytest.fixture
 def job_dir() -> Path:
     """A fresh folder for job scripts and outputs, readable by Slurm."""
-    path = WORK_ROOT / uuid.uuid4().hex[:12]
+    path = SLURM_WORK_ROOT / uuid.uuid4().hex[:12]
     path.mkdir(parents=True, mode=0o777)
     path.chmod(0o777)
     return path

@@ -5,9 +5,7 @@ Needs ``tests/slurm/cluster.sh up``; skipped with the reason when Slurm does not
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -15,44 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-
-def _helpers() -> Any:
-    """The e2e helpers (repo, wheelhouse, task creation), loaded from their test module."""
-    path = Path(__file__).resolve().parents[1] / "e2e" / "test_executor_e2e.py"
-    spec = importlib.util.spec_from_file_location("executor_e2e_helpers", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-h = _helpers()
-create_task, get_task, make_repo = h.create_task, h.get_task, h.make_repo
-make_wheelhouse, task_log_lines, wait_for, write_conf = (
-    h.make_wheelhouse,
-    h.task_log_lines,
-    h.wait_for,
-    h.write_conf,
+from helpers import (
+    create_task,
+    get_task,
+    make_repo,
+    make_wheelhouse,
+    require_slurm,
+    task_log_lines,
+    wait_for,
+    write_conf,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
 
-def _slurm_ready() -> str:
-    if shutil.which("sbatch") is None:
-        return "sbatch not installed"
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0 or not res.stdout.strip():
-        return f"Slurm not answering (run tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
-    return ""
-
-
 def test_task_runs_under_sbatch(tmp_path: Path, embedded_server: Any) -> None:
-    why = _slurm_ready()
-    if why:
-        pytest.skip(why)
+    require_slurm()
     server = embedded_server
     bare, sha, diff = make_repo(tmp_path / "git")
     wheels = make_wheelhouse(tmp_path / "wheels")

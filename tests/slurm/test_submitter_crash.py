@@ -10,8 +10,6 @@ the task started and completed through the API, so each crash test takes seconds
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    SLURM_MAIN,
+    clean_env,
+    require_slurm,
+    slurm_workdir,
+    start_logged,
+    write_server_conf,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
-WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
 
 FAKE_EXECUTE = """
 import sys, time
@@ -45,13 +50,6 @@ ${CLEARML_AGENT_EXECUTE}
 POINTS = ["after_pop", "after_render", "after_sbatch", "tracking", "writing_status"]
 
 
-def _slurm_ready() -> str:
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0 or not res.stdout.strip():
-        return f"Slurm not answering (tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
-    return ""
-
-
 def _jobs_named(name: str) -> list[str]:
     res = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "now-2hours", "--name", name],
@@ -63,46 +61,29 @@ def _jobs_named(name: str) -> list[str]:
 
 
 def _start(work: Path, conf: Path, queue: str, crash: str | None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    env = clean_env()
     if crash:
         env["HPCAGENT_TEST_CRASH_AT"] = crash
     argv = [
-        sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()",
+        *SLURM_MAIN,
         "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "0.5",
         "--template-files", str(work / "t.template"), "--queue", queue,
     ]  # fmt: skip
-    with (work / "submitter.log").open("ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env)
+    return start_logged(argv, work / "submitter.log", cwd=work, env=env)
 
 
 @pytest.mark.parametrize("point", POINTS)
 def test_kill9_then_restart_runs_every_task_once(point: str, embedded_server: Any) -> None:
-    why = _slurm_ready()
-    if why:
-        pytest.skip(why)
+    require_slurm()
     server = embedded_server
-    work = WORK_ROOT / f"crash-{point}-{time.time_ns()}"
-    work.mkdir(parents=True, mode=0o777)
+    work = slurm_workdir(f"crash-{point}")
     (work / "t.template").write_text(TEMPLATE)
     fake = work / "fake_execute.py"
     fake.write_text(FAKE_EXECUTE)
-    conf = work / "clearml.conf"
-    conf.write_text(
-        json.dumps(
-            {
-                "api": {
-                    "api_server": server.url,
-                    "credentials": {
-                        "access_key": server.access_key,
-                        "secret_key": server.secret_key,
-                    },
-                },
-                "slurm": {
-                    "state_dir": str(work / "state"),
-                    "hpcagent_command": f"{sys.executable} {fake}",
-                },
-            }
-        )
+    conf = write_server_conf(
+        work / "clearml.conf",
+        server,
+        slurm={"state_dir": str(work / "state"), "hpcagent_command": f"{sys.executable} {fake}"},
     )
     queue = f"crash-{point}"
     qid = server.send("queues.create", {"name": queue})["id"]

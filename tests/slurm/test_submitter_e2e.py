@@ -14,34 +14,19 @@ One submitter serves five queues, each with its own template:
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers as h
 import pytest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
-WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
 
-
-def _helpers() -> Any:
-    path = Path(__file__).resolve().parents[1] / "e2e" / "test_executor_e2e.py"
-    spec = importlib.util.spec_from_file_location("executor_e2e_helpers_sub", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-h = _helpers()
 
 RUN_TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
@@ -70,13 +55,6 @@ SLEEPER = {
     "diff": "import time\nprint('sleeping', flush=True)\ntime.sleep(400)\n",
     "requirements": {"pip": ""},
 }
-
-
-def _slurm_ready() -> str:
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0 or not res.stdout.strip():
-        return f"Slurm not answering (tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
-    return ""
 
 
 class E2E:
@@ -113,17 +91,13 @@ class E2E:
             path.write_text(text)
             templates.append(str(path))
         self.log = work / "submitter.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
         argv = [
-            sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()",
+            *h.SLURM_MAIN,
             "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "1",
             "--max-jobs", "2", "--template-files", *templates,
             "--queue", *(f"{q}-{self.suffix}" for q in QUEUES),
         ]  # fmt: skip
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env
-            )
+        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
 
     def enqueue(self, queue: str, name: str, script: dict[str, Any] | None = None) -> str:
         body: dict[str, Any] = {"name": name, "type": "training"}
@@ -158,11 +132,8 @@ class E2E:
 
 @pytest.fixture(scope="module")
 def e2e(embedded_server_session: Any) -> Iterator[E2E]:
-    why = _slurm_ready()
-    if why:
-        pytest.skip(why)
-    work = WORK_ROOT / f"sub-{time.time_ns()}"
-    work.mkdir(parents=True, mode=0o777)
+    h.require_slurm()
+    work = h.slurm_workdir("sub")
     rig = E2E(work, embedded_server_session)
     try:
         yield rig

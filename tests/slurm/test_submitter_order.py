@@ -6,53 +6,33 @@ jobs were submitted (Slurm job ids grow) must follow the queue order, or go roun
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    SLURM_MAIN,
+    clean_env,
+    require_slurm,
+    slurm_workdir,
+    start_logged,
+    write_server_conf,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
-WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
 TEMPLATE = "#!/bin/bash\n#SBATCH --output=/dev/null\ntrue\n"
-
-
-def _slurm_ready() -> str:
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0 or not res.stdout.strip():
-        return f"Slurm not answering (tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
-    return ""
 
 
 @pytest.mark.parametrize("fairness", [False, True])
 def test_queue_order(fairness: bool, embedded_server: Any) -> None:
-    why = _slurm_ready()
-    if why:
-        pytest.skip(why)
+    require_slurm()
     server = embedded_server
-    work = WORK_ROOT / f"order-{fairness}-{time.time_ns()}"
-    work.mkdir(parents=True, mode=0o777)
+    work = slurm_workdir(f"order-{fairness}")
     tmpl = work / "t.template"
     tmpl.write_text(TEMPLATE)
-    conf = work / "clearml.conf"
-    conf.write_text(
-        json.dumps(
-            {
-                "api": {
-                    "api_server": server.url,
-                    "credentials": {
-                        "access_key": server.access_key,
-                        "secret_key": server.secret_key,
-                    },
-                },
-                "slurm": {"state_dir": str(work / "state")},
-            }
-        )
+    conf = write_server_conf(
+        work / "clearml.conf", server, slurm={"state_dir": str(work / "state")}
     )
     queue_of: dict[str, str] = {}
     names = [f"prio{i}-{work.name}" for i in range(3)]
@@ -62,14 +42,12 @@ def test_queue_order(fairness: bool, embedded_server: Any) -> None:
             tid = server.send("tasks.create", {"name": f"{name}-{j}", "type": "training"})["id"]
             server.send("tasks.enqueue", {"task": tid, "queue": qid})
             queue_of[str(tid)] = name
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
     argv = [
-        sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()",
+        *SLURM_MAIN,
         "--config-file", str(conf), "--scheduler", "slurm", "--template-files", str(tmpl),
         "--queue", *names, *(["--order-fairness"] if fairness else []),
     ]  # fmt: skip
-    with (work / "submitter.log").open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env)
+    proc = start_logged(argv, work / "submitter.log", cwd=work, env=clean_env())
     try:
         deadline = time.monotonic() + 90
         jobs: dict[str, int] = {}

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import SLURM_WORK_ROOT, require_slurm, slurm_workdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,7 @@ from hpcagent.templating import RenderContext, render_file, render_string
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[2]
-WORK = Path("/var/tmp/hpcagent-slurm-tests/templates")
+WORK = SLURM_WORK_ROOT / "templates"
 
 ADVERSARIAL = [
     "$(touch {m})",
@@ -53,26 +53,9 @@ ${CLEARML_AGENT_EXECUTE}
 """
 
 
-def _sbatch_ready() -> str:
-    if shutil.which("sbatch") is None:
-        return "sbatch not installed"
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0 or not res.stdout.strip():
-        return f"Slurm not answering (tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
-    return ""
-
-
 @pytest.fixture(autouse=True)
 def _need_slurm() -> None:
-    why = _sbatch_ready()
-    if why:
-        pytest.skip(why)
-
-
-def _workdir(name: str) -> Path:
-    path = WORK / f"{name}-{time.time_ns()}"
-    path.mkdir(parents=True, mode=0o777)
-    return path
+    require_slurm()
 
 
 def _sbatch(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,7 +98,7 @@ def _ctx(task: dict[str, Any], agent: str) -> RenderContext:
 
 
 def test_seed_example_runs_unchanged() -> None:
-    work = _workdir("seed")
+    work = slurm_workdir("seed", WORK)
     task = {"id": "0123456789abcdef0123456789abcdef", "name": "seed", "hyperparams": {}}
     text = render_file(ROOT / "templates" / "slurm.example.template", _ctx(task, "echo AGENT_RAN"))
     script = work / "job.sh"
@@ -134,7 +117,7 @@ def test_seed_example_runs_unchanged() -> None:
 )
 @given(name=st.one_of(st.sampled_from(ADVERSARIAL), st.text(max_size=20)))
 def test_adversarial_values_through_sbatch(name: str) -> None:
-    work = _workdir("adv")
+    work = slurm_workdir("adv", WORK)
     marker = work / "INJECTED"
     name = name.replace("{m}", str(marker))
     task = {"id": "abcdef0123456789abcdef0123456789", "name": name, "hyperparams": {}}

@@ -4,14 +4,13 @@ on the LocalScheduler against the real embedded server."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CLI = [sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()"]
+from helpers import SLURM_MAIN, clean_env, write_server_conf
+
 TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
 #SBATCH --nodes=${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}
@@ -21,28 +20,12 @@ sleep 8
 
 
 def _conf(tmp: Path, server: Any) -> Path:
-    conf = tmp / "clearml.conf"
-    conf.write_text(
-        json.dumps(
-            {
-                "api": {
-                    "api_server": server.url,
-                    "credentials": {
-                        "access_key": server.access_key,
-                        "secret_key": server.secret_key,
-                    },
-                },
-                "slurm": {"state_dir": str(tmp / "state")},
-            }
-        )
-    )
-    return conf
+    return write_server_conf(tmp / "clearml.conf", server, slurm={"state_dir": str(tmp / "state")})
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+        [*SLURM_MAIN, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=clean_env()
     )
 
 
