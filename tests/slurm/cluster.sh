@@ -255,23 +255,24 @@ stop_pid() { # stop_pid NAME: stop a daemon that `up` started, wait until it is 
     rm -f "$RUN/started-$name.pid"
 }
 
+start_daemon() { # start_daemon NAME: start slurmctld or slurmd, record its pid as ours
+    local name=$1
+    log "starting $name"
+    rm -f "$RUN/$name.pid"
+    "$name" 9>&- || die "$name did not start, see $LOGS/$name.log"
+    wait_for 30 "$name pid file" test -s "$RUN/$name.pid" || die "see $LOGS/$name.log"
+    cp "$RUN/$name.pid" "$RUN/started-$name.pid"
+}
+
 start_slurmctld() {
     if ours_running slurmctld; then return 0; fi
-    log "starting slurmctld"
-    rm -f "$RUN/slurmctld.pid"
-    slurmctld 9>&- || die "slurmctld did not start, see $LOGS/slurmctld.log"
-    wait_for 30 "slurmctld pid file" test -s "$RUN/slurmctld.pid" || die "see $LOGS/slurmctld.log"
-    cp "$RUN/slurmctld.pid" "$RUN/started-slurmctld.pid"
+    start_daemon slurmctld
     wait_for 60 slurmctld scontrol ping || die "slurmctld does not answer, see $LOGS/slurmctld.log"
 }
 
 start_slurmd() {
     if ours_running slurmd; then return 0; fi
-    log "starting slurmd"
-    rm -f "$RUN/slurmd.pid"
-    slurmd 9>&- || die "slurmd did not start, see $LOGS/slurmd.log"
-    wait_for 30 "slurmd pid file" test -s "$RUN/slurmd.pid" || die "see $LOGS/slurmd.log"
-    cp "$RUN/slurmd.pid" "$RUN/started-slurmd.pid"
+    start_daemon slurmd
 }
 
 node_state() { sinfo -h -n "$(hostname -s)" -o %T 2>/dev/null | head -1; }
