@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from hpcagent.errors import SchedulerError, TransientSchedulerError
 
@@ -133,16 +133,9 @@ def counting(runner: CommandRunner) -> tuple[CommandRunner, list[tuple[str, ...]
     """Wrap ``runner`` so every call's argv is appended to the returned list (tests, benchmarks)."""
     calls: list[tuple[str, ...]] = []
 
-    def wrapper(
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        env: Mapping[str, str] | None = None,
-        cwd: str | Path | None = None,
-        input: str | None = None,
-    ) -> CommandResult:
+    def wrapper(argv: Sequence[str], **kwargs: Any) -> CommandResult:
         calls.append(tuple(argv))
-        return runner(argv, timeout=timeout, env=env, cwd=cwd, input=input)
+        return runner(argv, **kwargs)
 
     return wrapper, calls
 
