@@ -9,7 +9,7 @@ import click
 
 from hpcagent.api import ApiClient
 from hpcagent.config import load_settings
-from hpcagent.errors import UsageError
+from hpcagent.executor.container import ContainerSettings
 from hpcagent.executor.main import ExecuteOptions, Executor
 from hpcagent.executor.options import ExecutorConfig
 from hpcagent.executor.task_info import worker_id
@@ -38,7 +38,15 @@ from hpcagent.executor.task_info import worker_id
     "--container",
     default=None,
     metavar="IMAGE",
-    help="Reserved: run inside this container image (not implemented yet).",
+    help="Run the task in this Apptainer/Singularity image (SIF, sandbox or docker://...).",
+)
+@click.option(
+    "--docker",
+    default=None,
+    is_flag=False,
+    flag_value="",
+    metavar="[IMAGE]",
+    help="Run the task in a Docker container (IMAGE, else the task's, else the default).",
 )
 @click.pass_context
 def execute_cmd(
@@ -49,6 +57,7 @@ def execute_cmd(
     log_file: Path | None,
     disable_monitoring: bool,
     container: str | None,
+    docker: str | None,
 ) -> None:
     """Run task TASK on this machine and keep the server informed until it ends.
 
@@ -70,8 +79,6 @@ def execute_cmd(
     Environment: CLEARML_WORKER_ID (worker id; else <host>:slurm-<SLURM_JOB_ID> or
     <host>:<pid>), SLURM_PROCID/RANK (only rank 0 writes statuses), the usual CLEARML_API_*.
     """
-    if container:
-        raise UsageError("--container is not implemented yet")
     obj = ctx.find_object(dict) or {}
     settings = load_settings(config_file=obj.get("config_file"), cli_overrides={})
     cfg = ExecutorConfig.from_settings(settings)
@@ -86,6 +93,9 @@ def execute_cmd(
         clone=clone,
         log_file=log_file,
         disable_monitoring=disable_monitoring,
+        container=container,
+        docker=docker,
+        container_settings=ContainerSettings.from_settings(settings),
     )
     try:
         code = Executor(cfg, client, opts, bg_client=bg_client).run()

@@ -31,6 +31,15 @@ from typing import IO, Any, BinaryIO, Protocol
 from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
 from hpcagent.executor import repo as repo_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
+from hpcagent.executor.container import ContainerSettings, PreparedCommand
+from hpcagent.executor.container_docker import abort_container
+from hpcagent.executor.container_setup import (
+    Session,
+    choose_mode,
+    command_wrapper,
+    inner_env,
+    open_session,
+)
 from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
 from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecutorConfig
@@ -82,6 +91,9 @@ class ExecuteOptions:
     clone: bool = False
     log_file: Path | None = None
     disable_monitoring: bool = False
+    container: str | None = None  # --container IMAGE (Apptainer/Singularity)
+    docker: str | None = None  # --docker [IMAGE] ("" = the task's or the default image)
+    container_settings: ContainerSettings | None = None
 
 
 class Executor:
@@ -114,6 +126,8 @@ class Executor:
         self._log_fh: IO[str] | None = None
         self._log_lock = threading.Lock()
         self._workdir: Path | None = None
+        self.ctr: Session | None = None  # container mode (docs/containers.md)
+        self._prep: PreparedCommand | None = None
 
     # -- output ------------------------------------------------------------------------------
 
@@ -304,6 +318,20 @@ class Executor:
             # An abort or a signal during setup is honoured between the steps (a running git
             # or pip command is not interrupted; setup scripts are).
             cwd, code_dir, repo_root = self._workspace(task)
+            choice = choose_mode(
+                container=self.opts.container, docker=self.opts.docker, env=self.env
+            )
+            if choice is not None:
+                self.ctr = open_session(
+                    choice,
+                    image=task.container_image,
+                    arguments=task.container_arguments,
+                    settings=self.opts.container_settings or ContainerSettings(),
+                    task_id=self.task_id,
+                    binds=[self._workdir, self.cfg.venvs_cache_path],
+                    host_env=self.env,
+                    log=self.note,
+                )
             if self._stopping():
                 return self._finish(-1, "")
             self._setup_scripts(task, cwd)
@@ -366,10 +394,13 @@ class Executor:
             path = self._workdir / f"setup-{abs(hash(label))}.sh"
             path.write_text(text if text.endswith("\n") else text + "\n")
             self.note(f"running the {label}")
+            argv, env = ["bash", str(path)], self.env
+            if self.ctr is not None and "container" in label:  # the task's script: in the image
+                argv, env = command_wrapper(self.ctr, cwd)(argv)
             code, tail = run_streamed(
-                ["bash", str(path)],
+                argv,
                 cwd=cwd,
-                env=self.env,
+                env=env,
                 on_lines=self._task_lines,
                 echo=self.echo,
                 should_stop=self._stopping,
@@ -385,13 +416,18 @@ class Executor:
         reqs, source = spec_requirements(
             task.script.requirements_pip, repo_root, requirements_lines
         )
-        python, version = resolve_python(self.cfg.python_binary, task.script.binary)
+        if self.ctr is not None:  # the image's own Python; venvs cached per image
+            python, version = "python3", self.ctr.python_version(self._workdir)
+            image, manager = self.ctr.cache_key(), "pip"
+        else:
+            python, version = resolve_python(self.cfg.python_binary, task.script.binary)
+            image, manager = task.container_image, self.cfg.package_manager
         spec = VenvSpec(
             python=python,
             python_version=version,
             requirements=tuple(reqs),
-            manager=self.cfg.package_manager,
-            image=task.container_image,
+            manager=manager,
+            image=image,
             system_site_packages=self.cfg.system_site_packages,
             extra_args=tuple(self.cfg.package_manager_extra_args),
         )
@@ -401,6 +437,7 @@ class Executor:
             max_entries=self.cfg.venvs_cache_max_entries,
             free_space_threshold_gb=self.cfg.venvs_cache_free_space_threshold_gb,
             log=self.note,
+            wrap=command_wrapper(self.ctr, self._workdir) if self.ctr is not None else None,
         )
         venv = builder.prepare(spec, self._workdir)
         if self.rank == 0:
@@ -479,6 +516,12 @@ class Executor:
             "started", "worker starting task execution", f"Changed by hpcagent {self.worker}"
         )
         self.note("running: " + " ".join(argv[1:] if argv[0] == str(python) else argv))
+        if self.ctr is not None:
+            self._prep = self.ctr.wrap(
+                argv, cwd=cwd, task_env=inner_env(env, self.env, str(python.parent))
+            )
+            argv, env = self._prep.argv, self._prep.env
+            self.note("container: " + self._prep.display)
         self.child = ChildProcess(argv, cwd=cwd, env=env, on_lines=self._task_lines, echo=self.echo)
         if self._signal_num:  # a signal arrived while the child was being started
             self.child.signal_group(self._signal_num)
@@ -508,9 +551,15 @@ class Executor:
                 return code
             if self.abort is not None:
                 self.note("stopping the task: SIGTERM, then SIGKILL after the grace period")
-                return child.terminate(self.cfg.kill_grace_s)
+                return self._stop_child(child, signal.SIGTERM)
             if self._signal_num:
-                return child.terminate(self.cfg.kill_grace_s, self._signal_num)
+                return self._stop_child(child, self._signal_num)
+
+    def _stop_child(self, child: ChildProcess, signum: int) -> int:
+        code = child.terminate(self.cfg.kill_grace_s, signum)
+        if self._prep is not None:  # Docker: the container is the daemon's child, not ours
+            abort_container(self._prep)
+        return code
 
     def _finish(self, code: int, tail: str) -> int:
         if self.abort is not None and not self.abort.write_status:

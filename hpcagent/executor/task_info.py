@@ -60,6 +60,7 @@ class TaskInfo:
     #: ``hyperparams.properties`` (the submitter records ``slurm-job-id`` there).
     properties: Mapping[str, str] = field(default_factory=dict)
     container_image: str = ""
+    container_arguments: str = ""
     setup_shell_script: str = ""
 
     @classmethod
@@ -96,6 +97,7 @@ class TaskInfo:
             runtime=dict(task.get("runtime") or {}),
             properties=dict(_section_items(hyper.get("properties"))),
             container_image=str(container.get("image") or ""),
+            container_arguments=str(container.get("arguments") or ""),
             setup_shell_script=str(container.get("setup_shell_script") or ""),
         )
 

@@ -143,8 +143,11 @@ class VenvBuilder:
         max_entries: int = 10,
         free_space_threshold_gb: float = 2.0,
         log: Logger = print,
+        wrap: Callable[[Sequence[str]], tuple[list[str], dict[str, str]]] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
+        # Container mode: every build command runs in the image (executor/container_setup.py).
+        self.wrap = wrap
         self.max_entries = max(1, max_entries)
         self.free_space_threshold_gb = free_space_threshold_gb
         self.log = log
@@ -230,7 +233,7 @@ class VenvBuilder:
             info = json.loads(marker.read_text())
         except (OSError, ValueError):
             return None
-        if not (entry / "bin" / "python").exists():
+        if not os.path.lexists(entry / "bin" / "python"):  # an in-image venv links into it
             return None
         os.utime(marker)  # LRU clock
         self.log(f"venv cache: hit {key[:16]}")
@@ -279,17 +282,19 @@ class VenvBuilder:
 
     def _build(self, spec: VenvSpec, path: Path) -> str:
         """Create the venv at ``path`` and install the requirements; return the freeze text."""
-        uv = find_uv() if spec.manager == "uv" else None
+        uv = find_uv() if spec.manager == "uv" and self.wrap is None else None
         if spec.manager == "uv" and uv is None:
             self.log("uv not found; using pip")
         py = str(path / "bin" / "python")
         ssp = ["--system-site-packages"] if spec.system_site_packages else []
         if uv:
             self._logged(
-                _run([uv, "venv", "--quiet", *ssp, "--python", spec.python, str(path)], "uv venv")
+                self._run(
+                    [uv, "venv", "--quiet", *ssp, "--python", spec.python, str(path)], "uv venv"
+                )
             )
         else:
-            self._logged(_run([spec.python, "-m", "venv", *ssp, str(path)], "python -m venv"))
+            self._logged(self._run([spec.python, "-m", "venv", *ssp, str(path)], "python -m venv"))
         if spec.requirements:
             req_file = path / "hpcagent-requirements.txt"
             req_file.write_text("\n".join(spec.requirements) + "\n")
@@ -307,9 +312,15 @@ class VenvBuilder:
                     str(req_file),
                 ]
             self.log("installing requirements: " + ", ".join(spec.requirements))
-            self._logged(_run(argv, "installing requirements"))
+            self._logged(self._run(argv, "installing requirements"))
         freeze = [uv, "pip", "freeze", "--python", py] if uv else [py, "-m", "pip", "freeze"]
-        return str(_run(freeze, "listing installed packages").stdout)
+        return str(self._run(freeze, "listing installed packages").stdout)
+
+    def _run(self, argv: list[str], what: str) -> CommandResult:
+        if self.wrap is None:
+            return _run(argv, what)
+        wrapped, env = self.wrap(argv)
+        return _run(wrapped, what, env)
 
     def _logged(self, res: CommandResult) -> None:
         for text in (res.stdout, res.stderr):

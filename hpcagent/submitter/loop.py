@@ -41,7 +41,7 @@ from hpcagent.errors import (
 )
 from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter import taskops
-from hpcagent.submitter.blocks import build_context
+from hpcagent.submitter.blocks import build_context, prepull_for_task
 from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
 from hpcagent.submitter.outputs import write_script
 from hpcagent.submitter.track import Tracker, crashpoint
@@ -339,6 +339,15 @@ class Submitter:
             self.ledger.mark_finished(task_id, f"skipped: task {status}")
             log.info("task %s queue %s: skipped (task %s)", task_id, q.name, status)
             return "skipped"
+        try:  # agent.container.pull_on_submit: pull on this (login) node before sbatch
+            image = prepull_for_task(
+                task, self.config, self.opts.container_mode, self.opts.config_file
+            )
+        except TemplateError as exc:
+            taskops.fail(self.client, task_id, "image pull failed", str(exc))
+            self.ledger.mark_finished(task_id, f"failed: {exc}")
+            log.info("task %s queue %s: failed (%s)", task_id, q.name, exc)
+            return "failed"
         ctx = build_context(
             task,
             queue_name=q.name,
@@ -348,6 +357,8 @@ class Submitter:
             config_file=self.opts.config_file,
             container_mode=self.opts.container_mode,
             hpcagent=self.opts.hpcagent_argv,
+            template_text=q.template.read_text(),
+            image=image,
         )
         if self.opts.task_vars is not None:
             ctx = dataclasses.replace(ctx, extra={**ctx.extra, **self.opts.task_vars(task_id, q)})

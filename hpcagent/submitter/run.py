@@ -81,6 +81,7 @@ def dry_run(
             config=settings.get,
             config_file=opts.config_file,
             container_mode=opts.container_mode,
+            template_text=q.template.read_text(),
         )
         echo(f"# next task {task_id} from queue {q.name} with template {q.template}")
         echo(render_file(q.template, ctx).rstrip("\n"))
