@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, type TEXT NOT NULL,
     ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_task ON events(task, type, ts);
+-- One scalar per (task, metric, variant, iteration), as in ClearML: a re-sent scalar (a client
+-- retrying a batch whose reply it lost) replaces the earlier one instead of doubling the point.
+CREATE UNIQUE INDEX IF NOT EXISTS events_scalar_point ON events(task, metric, variant, iter)
+    WHERE type = 'training_stats_scalar';
 """
 
 CHECKPOINT_INTERVAL_S = 0.5

@@ -97,6 +97,33 @@ def test_add_batch_json_list_scalars_and_histogram(srv: Server, task: str) -> No
     assert values["val"]["min_value"] == 0.0
 
 
+def test_resent_scalar_replaces_the_point(srv: Server, task: str) -> None:
+    """A client that re-sends a batch (lost reply) must not double the series (ClearML keys
+    scalars by task, metric, variant and iteration)."""
+
+    def scalar(i: int, value: float) -> dict[str, Any]:
+        return {
+            "type": "training_stats_scalar",
+            "task": task,
+            "metric": "acc",
+            "variant": "val",
+            "iter": i,
+            "value": value,
+            "timestamp": 7_000 + i,
+        }
+
+    first = [scalar(i, float(i)) for i in range(3)]
+    logs = [{"type": "log", "task": task, "msg": "same line", "timestamp": 7_000}] * 2
+    assert srv.request("events.add_batch", first + logs).json()["data"]["added"] == 5
+    assert srv.request("events.add_batch", [*first, scalar(2, 20.0)]).json()["data"]["added"] == 4
+    hist = srv.send("events.scalar_metrics_iter_histogram", {"task": task})
+    assert hist["acc"]["val"]["x"] == [0, 1, 2]
+    assert hist["acc"]["val"]["y"] == [0.0, 1.0, 20.0]
+    # log lines have no such key: both identical lines stay
+    log = srv.send("events.get_task_log", {"task": task})
+    assert [e["msg"] for e in log["events"]].count("same line") == 2
+
+
 def test_get_task_events_scroll_and_filters(srv: Server, task: str) -> None:
     events = [{"type": "log", "task": task, "msg": str(i), "timestamp": i} for i in range(7)]
     events += [

@@ -152,7 +152,9 @@ def add_batch(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             rows = [r for r in rows if r[0] in known]
             errors_info["Invalid task id"] = before - len(rows)
         conn.executemany(
-            "INSERT INTO events(task, type, ts, iter, metric, variant, doc) VALUES (?,?,?,?,?,?,?)",
+            # OR REPLACE: only scalars have a unique key (events_scalar_point), see store.py.
+            "INSERT OR REPLACE INTO events(task, type, ts, iter, metric, variant, doc) "
+            "VALUES (?,?,?,?,?,?,?)",
             rows,
         )
         for task_id, evs in scalars.items():
