@@ -9,6 +9,7 @@ server ignores the spurious ``"method": "get"`` key the SDK sends.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import uuid
 from typing import Any
 
@@ -92,6 +93,21 @@ def opt_str(body: dict[str, Any], field: str, default: str | None = None) -> str
     if not isinstance(value, str):
         raise _bad(field, "a string", value)
     return value
+
+
+def opt_regex(body: dict[str, Any], field: str) -> re.Pattern[str] | None:
+    """An optional case-insensitive regex field (ClearML's name filters); 400/12 if invalid."""
+    pattern = opt_str(body, field)
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: field '{field}' is not a valid regex: {exc}",
+            {"field": field},
+        ) from exc
 
 
 def opt_bool(body: dict[str, Any], field: str, default: bool = False) -> bool:

@@ -98,6 +98,17 @@ def test_wrong_type_names_the_field(embedded_server_session: EmbeddedServer) -> 
     assert "'force'" in _meta(reply)["result_msg"]
 
 
+@pytest.mark.parametrize("endpoint", ["projects.get_all", "queues.get_all", "tasks.get_all"])
+def test_invalid_name_regex_is_400_12(
+    embedded_server_session: EmbeddedServer, endpoint: str
+) -> None:
+    reply = embedded_server_session.request(endpoint, {"name": "(unclosed"})
+    meta = _meta(reply)
+    assert (reply.status_code, meta["result_subcode"]) == (400, 12)
+    assert "field 'name' is not a valid regex" in meta["result_msg"]
+    assert meta["error_data"] == {"field": "name"}
+
+
 def test_missing_required_field(embedded_server_session: EmbeddedServer) -> None:
     reply = embedded_server_session.request("tasks.get_by_id", {})
     meta = _meta(reply)

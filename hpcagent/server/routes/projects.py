@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from hpcagent.server.fields import (
@@ -12,6 +11,7 @@ from hpcagent.server.fields import (
     new_id,
     now_iso,
     opt_bool,
+    opt_regex,
     opt_str,
     opt_str_list,
     project_fields,
@@ -24,15 +24,7 @@ if TYPE_CHECKING:
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     ids = opt_str_list(body, "id")
-    pattern = opt_str(body, "name")
-    try:
-        name_re = re.compile(pattern, re.IGNORECASE) if pattern else None
-    except re.error as exc:
-        raise ApiFault(
-            VALIDATION,
-            f"Validation error: field 'name' is not a valid regex: {exc}",
-            {"field": "name"},
-        ) from exc
+    name_re = opt_regex(body, "name")
     system_tags = opt_str_list(body, "system_tags")
     search_hidden = opt_bool(body, "search_hidden")
     only_fields = opt_str_list(body, "only_fields")

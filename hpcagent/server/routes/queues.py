@@ -4,7 +4,6 @@ add_task, remove_task, get_num_entries, move_task_to_front / to_back / forward /
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from hpcagent.server.fields import (
     now_iso,
     opt_bool,
     opt_int,
+    opt_regex,
     opt_str,
     opt_str_list,
     project_fields,
@@ -37,15 +37,7 @@ def _with_entries(ctx: Ctx, queue: dict[str, Any]) -> dict[str, Any]:
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     ids = opt_str_list(body, "id")
-    pattern = opt_str(body, "name")
-    try:
-        name_re = re.compile(pattern, re.IGNORECASE) if pattern else None
-    except re.error as exc:
-        raise ApiFault(
-            VALIDATION,
-            f"Validation error: field 'name' is not a valid regex: {exc}",
-            {"field": "name"},
-        ) from exc
+    name_re = opt_regex(body, "name")
     tags = opt_str_list(body, "tags")
     system_tags = opt_str_list(body, "system_tags")
     search_hidden = opt_bool(body, "search_hidden")

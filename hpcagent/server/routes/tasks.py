@@ -6,7 +6,6 @@ Status-changing endpoints (started/stopped/enqueue/stop/reset/...) live in ``tas
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from hpcagent.server.fields import (
     opt_dict,
     opt_int,
     opt_list,
+    opt_regex,
     opt_str,
     opt_str_list,
     project_fields,
@@ -52,20 +52,6 @@ _FIELD_TYPES: dict[str, type] = {
     "tags": list,
     "system_tags": list,
 }
-
-
-def _regex(body: dict[str, Any], field: str) -> re.Pattern[str] | None:
-    pattern = opt_str(body, field)
-    if not pattern:
-        return None
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ApiFault(
-            VALIDATION,
-            f"Validation error: field '{field}' is not a valid regex: {exc}",
-            {"field": field},
-        ) from exc
 
 
 def _checked(body: dict[str, Any], field: str) -> Any:
@@ -168,7 +154,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     ids = opt_str_list(body, "id")
     projects = opt_str_list(body, "project")
     statuses = opt_str_list(body, "status")
-    name_re = _regex(body, "name")
+    name_re = opt_regex(body, "name")
     system_tags = opt_str_list(body, "system_tags")
     tags = opt_str_list(body, "tags")
     types = opt_str_list(body, "type")
