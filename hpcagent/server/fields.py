@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 # ClearML result codes/subcodes used by the server (apiserver/apierrors/errors.conf).
@@ -208,6 +209,45 @@ def project_fields(doc: dict[str, Any], only_fields: list[str] | None) -> dict[s
 
 
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """The filters that ``projects``, ``queues`` and ``tasks.get_all`` share.
+
+    ``id`` and ``only_fields`` are kept for the caller; :meth:`admits` applies the hidden rule
+    (hidden documents only with ``search_hidden`` or an explicit id list), the ``name`` regex and
+    the ``system_tags``/``tags`` tag filters.
+    """
+
+    ids: list[str] | None
+    only_fields: list[str] | None
+    name_re: re.Pattern[str] | None
+    system_tags: list[str] | None
+    tags: list[str] | None
+    search_hidden: bool
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], *, with_tags: bool = True) -> ListFilter:
+        """Read the shared fields; ``with_tags=False`` ignores ``tags`` (projects)."""
+        return cls(
+            ids=opt_str_list(body, "id"),
+            only_fields=opt_str_list(body, "only_fields"),
+            name_re=opt_regex(body, "name"),
+            system_tags=opt_str_list(body, "system_tags"),
+            tags=opt_str_list(body, "tags") if with_tags else None,
+            search_hidden=opt_bool(body, "search_hidden"),
+        )
+
+    def admits(self, doc: dict[str, Any]) -> bool:
+        system_tags = doc.get("system_tags") or []
+        if not self.search_hidden and "hidden" in system_tags and self.ids is None:
+            return False
+        if self.name_re is not None and not self.name_re.search(doc.get("name") or ""):
+            return False
+        return match_tags(system_tags, self.system_tags) and match_tags(
+            doc.get("tags") or [], self.tags
+        )
 
 
 def match_tags(have: list[str], wanted: list[str] | None) -> bool:

@@ -7,11 +7,9 @@ from typing import TYPE_CHECKING, Any
 from hpcagent.server.fields import (
     VALIDATION,
     ApiFault,
-    match_tags,
+    ListFilter,
     new_id,
     now_iso,
-    opt_bool,
-    opt_regex,
     opt_str,
     opt_str_list,
     project_fields,
@@ -23,22 +21,14 @@ if TYPE_CHECKING:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    ids = opt_str_list(body, "id")
-    name_re = opt_regex(body, "name")
-    system_tags = opt_str_list(body, "system_tags")
-    search_hidden = opt_bool(body, "search_hidden")
-    only_fields = opt_str_list(body, "only_fields")
-    out = []
-    for project in ctx.store.all_projects(ids):
-        st = project.get("system_tags") or []
-        if not search_hidden and "hidden" in st and ids is None:
-            continue
-        if name_re is not None and not name_re.search(project.get("name") or ""):
-            continue
-        if not match_tags(st, system_tags):
-            continue
-        out.append(project_fields(project, only_fields))
-    return {"projects": out}
+    wanted = ListFilter.from_body(body, with_tags=False)
+    return {
+        "projects": [
+            project_fields(project, wanted.only_fields)
+            for project in ctx.store.all_projects(wanted.ids)
+            if wanted.admits(project)
+        ]
+    }
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:

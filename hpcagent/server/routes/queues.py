@@ -13,12 +13,11 @@ from hpcagent.server.fields import (
     TASK_NOT_QUEUED,
     VALIDATION,
     ApiFault,
-    match_tags,
+    ListFilter,
     new_id,
     now_iso,
     opt_bool,
     opt_int,
-    opt_regex,
     opt_str,
     opt_str_list,
     project_fields,
@@ -36,20 +35,11 @@ def _with_entries(ctx: Ctx, queue: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    ids = opt_str_list(body, "id")
-    name_re = opt_regex(body, "name")
-    tags = opt_str_list(body, "tags")
-    system_tags = opt_str_list(body, "system_tags")
-    search_hidden = opt_bool(body, "search_hidden")
-    only_fields = opt_str_list(body, "only_fields")
+    wanted = ListFilter.from_body(body)
+    only_fields = wanted.only_fields
     out = []
-    for queue in ctx.store.all_queues(ids):
-        st = queue.get("system_tags") or []
-        if not search_hidden and "hidden" in st and ids is None:
-            continue
-        if name_re is not None and not name_re.search(queue.get("name") or ""):
-            continue
-        if not match_tags(st, system_tags) or not match_tags(queue.get("tags") or [], tags):
+    for queue in ctx.store.all_queues(wanted.ids):
+        if not wanted.admits(queue):
             continue
         want_entries = not only_fields or any(f.split(".")[0] == "entries" for f in only_fields)
         doc = _with_entries(ctx, queue) if want_entries else queue

@@ -13,14 +13,13 @@ from hpcagent.server.fields import (
     INVALID_TASK_STATUS,
     VALIDATION,
     ApiFault,
-    match_tags,
+    ListFilter,
     new_id,
     now_iso,
     opt_bool,
     opt_dict,
     opt_int,
     opt_list,
-    opt_regex,
     opt_str,
     opt_str_list,
     project_fields,
@@ -151,29 +150,19 @@ def _field_key(key: str) -> Callable[[dict[str, Any]], str]:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    ids = opt_str_list(body, "id")
+    wanted = ListFilter.from_body(body)
     projects = opt_str_list(body, "project")
     statuses = opt_str_list(body, "status")
-    name_re = opt_regex(body, "name")
-    system_tags = opt_str_list(body, "system_tags")
-    tags = opt_str_list(body, "tags")
     types = opt_str_list(body, "type")
     parents = opt_str_list(body, "parent")
     users = opt_str_list(body, "user")
-    search_hidden = opt_bool(body, "search_hidden")
-    only_fields = opt_str_list(body, "only_fields")
     order_by = opt_str_list(body, "order_by") or []
     page = opt_int(body, "page")
     page_size = opt_int(body, "page_size") or opt_int(body, "size")
-    tasks = ctx.store.query_tasks(ids, projects, statuses)
+    tasks = ctx.store.query_tasks(wanted.ids, projects, statuses)
     out = []
     for task in tasks:
-        st = task.get("system_tags") or []
-        if not search_hidden and "hidden" in st and ids is None:
-            continue
-        if name_re is not None and not name_re.search(task.get("name") or ""):
-            continue
-        if not match_tags(st, system_tags) or not match_tags(task.get("tags") or [], tags):
+        if not wanted.admits(task):
             continue
         if types is not None and task.get("type") not in types:
             continue
@@ -188,7 +177,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     if page_size is not None and page_size > 0:
         start = (page or 0) * page_size
         out = out[start : start + page_size]
-    return {"tasks": [project_fields(t, only_fields) for t in out]}
+    return {"tasks": [project_fields(t, wanted.only_fields) for t in out]}
 
 
 def edit(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
