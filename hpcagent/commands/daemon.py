@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hpcagent.commands.background import (
+from hpcagent.commands.longrunning import (
     GreedyCommand,
     cmdline,
     container_kind,

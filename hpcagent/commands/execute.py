@@ -10,8 +10,8 @@ import click
 from hpcagent.api import ApiClient
 from hpcagent.config import load_settings
 from hpcagent.executor.container import ContainerSettings
-from hpcagent.executor.main import ExecuteOptions, Executor
-from hpcagent.executor.options import ExecutorConfig
+from hpcagent.executor.main import Executor
+from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.task_info import worker_id
 
 

@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
@@ -42,7 +41,7 @@ from hpcagent.executor.container_setup import (
 )
 from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
 from hpcagent.executor.metrics import Monitor
-from hpcagent.executor.options import ExecutorConfig
+from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.process import ChildProcess, run_streamed
 from hpcagent.executor.task_info import (
     TaskInfo,
@@ -79,21 +78,6 @@ def merge_runtime(client: Client, task_id: str, keys: Mapping[str, Any]) -> dict
     runtime.update(keys)
     client.send("tasks.edit", {"task": task_id, "force": True, "runtime": runtime})
     return runtime
-
-
-@dataclass
-class ExecuteOptions:
-    """Command-line options of ``hpcagent execute``."""
-
-    task_id: str
-    worker_id: str
-    force: bool = False
-    clone: bool = False
-    log_file: Path | None = None
-    disable_monitoring: bool = False
-    container: str | None = None  # --container IMAGE (Apptainer/Singularity)
-    docker: str | None = None  # --docker [IMAGE] ("" = the task's or the default image)
-    container_settings: ContainerSettings | None = None
 
 
 class Executor:

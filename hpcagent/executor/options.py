@@ -1,4 +1,5 @@
-"""The executor's view of the configuration.
+"""What the executor is told: the configuration (:class:`ExecutorConfig`) and the command line
+(:class:`ExecuteOptions`).
 
 :class:`ExecutorConfig` collects every setting the executor uses, so that the rest of the
 package depends on this one small dataclass (easy to build in tests) and not on the
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpcagent.config import Settings
+    from hpcagent.executor.container import ContainerSettings
 
 
 def _home() -> Path:
@@ -107,3 +109,18 @@ class ExecutorConfig:
             log_spool_max_bytes=int(float(get("executor.log_spool_max_mb", 256)) * 1024 * 1024),
             final_flush_timeout_s=float(get("executor.final_flush_timeout_sec", 60.0)),
         )
+
+
+@dataclass
+class ExecuteOptions:
+    """Command-line options of ``hpcagent execute``."""
+
+    task_id: str
+    worker_id: str
+    force: bool = False
+    clone: bool = False
+    log_file: Path | None = None
+    disable_monitoring: bool = False
+    container: str | None = None  # --container IMAGE (Apptainer/Singularity)
+    docker: str | None = None  # --docker [IMAGE] ("" = the task's or the default image)
+    container_settings: ContainerSettings | None = None

@@ -27,7 +27,7 @@ import pytest
 from test_container_e2e import bwrap, docker_image, rootfs  # noqa: F401 - fixtures
 
 from hpcagent.executor.container_shim import install_shims, shim_pre_setup
-from hpcagent.executor.main import ExecuteOptions
+from hpcagent.executor.options import ExecuteOptions
 
 pytestmark = [
     pytest.mark.e2e,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 
-from hpcagent.executor.main import ExecuteOptions
+from hpcagent.executor.options import ExecuteOptions
 from hpcagent.submitter.blocks import build_context
 
 #: The submitter and executor hooks for container mode are in (see docs/containers.md).

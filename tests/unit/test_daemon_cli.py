@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hpcagent.cli import main_group, run
-from hpcagent.commands.background import expand_greedy
 from hpcagent.commands.daemon import GREEDY, MachineStats, daemon_cmd
+from hpcagent.commands.longrunning import expand_greedy
 from hpcagent.submitter.daemon import (
     GPU_VAR,
     NVIDIA_VAR,

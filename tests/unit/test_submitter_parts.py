@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpcagent.commands.background import expand_greedy
+from hpcagent.commands.longrunning import expand_greedy
 from hpcagent.commands.slurm import GREEDY, _pair_templates, slurm_cmd
 from hpcagent.errors import UsageError
 from hpcagent.submitter.blocks import agent_execute_command
