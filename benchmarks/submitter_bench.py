@@ -42,7 +42,8 @@ from hpcagent.scheduler.commands import CommandResult, run_command
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.scheduler.slurm import SlurmScheduler
 from hpcagent.submitter.ledger import Ledger
-from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+from hpcagent.submitter.loop import Submitter
+from hpcagent.submitter.options import QueueRef, SubmitterOptions
 
 KEY, SECRET = "BENCHKEY0123456789AB", "bench-secret-0123456789abcdefghijklmnop"
 TEMPLATE = "#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=00:05:00\ntrue\n"

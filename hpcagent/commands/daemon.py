@@ -18,17 +18,16 @@ import click
 
 from hpcagent.commands.longrunning import (
     GreedyCommand,
-    cmdline,
     container_kind,
     container_options,
     detach,
-    pid_alive,
     private_dir,
-    read_pid,
+    running,
     stop,
     work_hours,
 )
 from hpcagent.errors import UsageError
+from hpcagent.submitter.instance import DAEMON_FILES, cmdline
 
 log = logging.getLogger("hpcagent.daemon")
 
@@ -75,23 +74,21 @@ def _is_daemon(pid: int) -> bool:
 
 
 def _stop(state_dir: Path, worker_id: str) -> None:
-    pid_file = state_dir / "daemon.pid"
     stop(
-        pid_file,
+        state_dir,
+        DAEMON_FILES,
         _is_daemon,
         name=f"daemon {worker_id}",
-        none_recorded=f"daemon {worker_id} is not running (no {pid_file})",
+        none_recorded=f"daemon {worker_id} is not running (no {DAEMON_FILES.pid_in(state_dir)})",
         wait_s=60.0,
     )
 
 
 def _detach(state_dir: Path, worker_id: str) -> None:
-    pid = read_pid(state_dir / "daemon.pid")
-    if pid and pid_alive(pid) and _is_daemon(pid):
+    pid = running(state_dir, DAEMON_FILES, _is_daemon)
+    if pid is not None:
         raise UsageError(f"daemon {worker_id} already runs (pid {pid}); --stop stops it")
-    detach(
-        state_dir / "daemon.pid", state_dir / "daemon.log", entry="main", name=f"daemon {worker_id}"
-    )
+    detach(state_dir, DAEMON_FILES, entry="main", name=f"daemon {worker_id}")
 
 
 @click.command(

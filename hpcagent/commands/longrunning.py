@@ -2,8 +2,9 @@
 take several values after one flag, the private state folder, running detached with a pid file,
 stopping the detached process, and the container mode and work hours from the options.
 
-Each command passes its own names (pid and log file, how it names itself, which processes are
-its own), so that messages and files stay those of that command.
+Each command passes its own :class:`~hpcagent.submitter.instance.InstanceFiles` (the pid, log
+and lock file names, shared with the process that holds the state folder), how it names itself
+and which processes are its own, so that messages and files stay those of that command.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import click
 
 from hpcagent.errors import UsageError
+from hpcagent.submitter.instance import InstanceFiles, pid_alive, read_pid
 
 
 def expand_greedy(args: list[str], greedy: tuple[str, ...]) -> list[str]:
@@ -93,44 +95,26 @@ def private_dir(path: str | Path) -> Path:
     return out
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cmdline(pid: int) -> list[bytes]:
-    """The argv of process ``pid`` from /proc ([] when it cannot be read)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def read_pid(pid_file: Path) -> int | None:
-    """The pid recorded in ``pid_file`` (None when missing or not a number)."""
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
+def running(state_dir: Path, files: InstanceFiles, is_ours: Callable[[int], bool]) -> int | None:
+    """The pid of the live process recorded in ``state_dir``'s pid file, when ``is_ours``."""
+    pid = read_pid(files.pid_in(state_dir))
+    return pid if pid is not None and pid_alive(pid) and is_ours(pid) else None
 
 
 def stop(
-    pid_file: Path,
+    state_dir: Path,
+    files: InstanceFiles,
     is_ours: Callable[[int], bool],
     *,
     name: str,
     none_recorded: str,
     wait_s: float,
 ) -> None:
-    """SIGTERM the process recorded in ``pid_file`` when it is alive and ``is_ours``, and wait
-    up to ``wait_s`` for it to go. ``name`` names it in messages; ``none_recorded`` is the
-    usage error when ``pid_file`` holds no pid. A stale pid file is removed (usage error)."""
+    """SIGTERM the process recorded in ``state_dir``'s pid file when it is alive and
+    ``is_ours``, and wait up to ``wait_s`` for it to go. ``name`` names it in messages;
+    ``none_recorded`` is the usage error when no pid is recorded. A stale pid file is removed
+    (usage error)."""
+    pid_file = files.pid_in(state_dir)
     pid = read_pid(pid_file)
     if pid is None:
         raise UsageError(none_recorded)
@@ -144,10 +128,12 @@ def stop(
     click.echo(f"stopped {name} (pid {pid})")
 
 
-def detach(pid_file: Path, log_path: Path, *, entry: str, name: str) -> None:
+def detach(state_dir: Path, files: InstanceFiles, *, entry: str, name: str) -> None:
     """Run this command again in the background with ``--foreground`` (in place of
     ``--detached``), through ``from hpcagent.cli import <entry>; <entry>()``; its output is
-    appended to ``log_path`` and its pid written to ``pid_file``."""
+    appended to ``state_dir``'s log file and its pid written to the pid file (the process
+    writes the same pid again when it takes the state folder's lock)."""
+    log_path, pid_file = files.log_in(state_dir), files.pid_in(state_dir)
     from hpcagent.scheduler.commands import spawn_background
 
     argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]

@@ -18,21 +18,18 @@ import click
 
 from hpcagent.commands.longrunning import (
     GreedyCommand,
-    cmdline,
     container_kind,
     container_options,
     detach,
-    pid_alive,
     private_dir,
+    running,
     stop,
     work_hours,
 )
 from hpcagent.errors import UsageError
+from hpcagent.submitter.instance import SUBMITTER_FILES, cmdline
 
 log = logging.getLogger("hpcagent.submitter")
-
-PID_FILE = "hpcagent-slurm.pid"
-LOG_FILE = "hpcagent-slurm.log"
 
 
 def _pair_templates(templates: tuple[str, ...], queues: tuple[str, ...]) -> list[tuple[str, Path]]:
@@ -53,12 +50,12 @@ def _is_submitter(pid: int) -> bool:
 
 
 def _stop(state_dir: Path) -> None:
-    pid_file = state_dir / PID_FILE
     stop(
-        pid_file,
+        state_dir,
+        SUBMITTER_FILES,
         _is_submitter,
         name="hpcagent-slurm",
-        none_recorded=f"no running hpcagent-slurm recorded in {pid_file}",
+        none_recorded=f"no running hpcagent-slurm recorded in {SUBMITTER_FILES.pid_in(state_dir)}",
         wait_s=30.0,
     )
 
@@ -72,9 +69,7 @@ def _status(state_dir: Path, as_json: bool) -> None:
         live = ledger.live()
     finally:
         ledger.close()
-    pid_file = state_dir / PID_FILE
-    pid = pid_file.read_text().strip() if pid_file.exists() else ""
-    running = bool(pid) and pid.isdigit() and pid_alive(int(pid)) and _is_submitter(int(pid))
+    pid = running(state_dir, SUBMITTER_FILES, _is_submitter)
     queues: dict[str, int] = {}
     for e in live:
         queues[e.queue_name] = queues.get(e.queue_name, 0) + 1
@@ -91,15 +86,15 @@ def _status(state_dir: Path, as_json: bool) -> None:
             for e in live
         ]
         data = {
-            "running": running,
-            "pid": pid or None,
+            "running": pid is not None,
+            "pid": str(pid) if pid is not None else None,
             "queues": queues,
             "held_jobs": int(held["slurm_jobs"]),
             "jobs": rows,
         }
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"submitter: {'running (pid ' + pid + ')' if running else 'not running'}")
+    click.echo(f"submitter: {f'running (pid {pid})' if pid is not None else 'not running'}")
     click.echo(f"slurm jobs held: {held['slurm_jobs']} (reported to the server on its worker)")
     for name, n in sorted(queues.items()):
         click.echo(f"queue {name}: {n} live job(s)")
@@ -250,7 +245,7 @@ def slurm_cmd(
         if not path.is_file():
             raise UsageError(f"template file not found: {path}")
     if mode == "detached":
-        detach(state / PID_FILE, state / LOG_FILE, entry="slurm_main", name="hpcagent-slurm")
+        detach(state, SUBMITTER_FILES, entry="slurm_main", name="hpcagent-slurm")
         return
     from hpcagent.submitter.outputs import write_job_config
     from hpcagent.submitter.run import RunRequest, run_submitter
@@ -272,9 +267,4 @@ def slurm_cmd(
         job_config=write_job_config(settings, state),
         sbatch_available=shutil.which("sbatch") is not None,
     )
-    try:
-        run_submitter(settings, req, echo=click.echo)
-    finally:
-        pid_file = state / PID_FILE
-        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
-            pid_file.unlink(missing_ok=True)
+    run_submitter(settings, req, echo=click.echo)

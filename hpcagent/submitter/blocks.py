@@ -23,6 +23,7 @@ from typing import Any
 
 from hpcagent.errors import SchedulerError, TemplateError
 from hpcagent.scheduler.commands import run_command
+from hpcagent.submitter.options import job_name
 from hpcagent.templating import RenderContext
 
 CONTAINER_MODES = ("singularity", "container")
@@ -146,7 +147,7 @@ def build_context(
     pre = config("slurm.pre_setup", "") or ""
     post = config("slurm.post_setup", "") or ""
     argv = list(hpcagent) if hpcagent is not None else hpcagent_argv(config)
-    extra: dict[str, Any] = {"CLEARML_JOB_NAME": f"clearml_task_{task.get('id', '')}"}
+    extra: dict[str, Any] = {"CLEARML_JOB_NAME": job_name(str(task.get("id", "")))}
     if project_name:
         extra["CLEARML_PROJECT_NAME"] = project_name
     extra["CLEARML_PROJECT_ID"] = task.get("project") or ""

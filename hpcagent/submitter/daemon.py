@@ -22,9 +22,7 @@ log, scripts, job outputs), so several daemons with different ``--gpus`` share a
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -32,22 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
-from hpcagent.errors import HpcAgentError, ServerUnreachable, UsageError
+from hpcagent.errors import HpcAgentError, ServerUnreachable
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.submitter.gpus import GpuDemand, GpuPool
+from hpcagent.submitter.instance import DAEMON_FILES, single_instance
 from hpcagent.submitter.ledger import SUBMITTED, Ledger
-from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+from hpcagent.submitter.loop import Submitter
+from hpcagent.submitter.options import QueueRef, SubmitterOptions
 from hpcagent.submitter.worktime import WorkingHours
 
 log = logging.getLogger("hpcagent.daemon")
 
-PID_FILE = "daemon.pid"
-LOG_FILE = "daemon.log"
-LOCK_FILE = "daemon.lock"
 GPU_FILE = "gpus.json"
 TEMPLATE_FILE = "daemon-job.template"
 GPU_VAR = "CLEARML_DAEMON_GPUS"
@@ -205,32 +200,15 @@ def run_daemon(
     A server that cannot be reached does not end the daemon: it waits and tries again
     (its tasks keep running and buffer their logs meanwhile).
     """
-    lock = FileLock(str(req.state_dir / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UsageError(
-            f"a daemon with worker id {req.worker_id} already runs ({req.state_dir}); "
-            "--stop stops it"
-        ) from None
-    pid_file = req.state_dir / PID_FILE
-    pid_file.write_text(f"{os.getpid()}\n")
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    client = ApiClient.from_settings(settings, worker=req.worker_id)
-    try:
-        _serve(settings, req, client, stop, report_extra, hpcagent_argv)
-    finally:
-        client.close()
-        for s, h in old.items():
-            signal.signal(s, h)
-        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
-            pid_file.unlink(missing_ok=True)
-        lock.release()
+    busy = (
+        f"a daemon with worker id {req.worker_id} already runs ({req.state_dir}); --stop stops it"
+    )
+    with single_instance(req.state_dir, DAEMON_FILES, busy) as stop:
+        client = ApiClient.from_settings(settings, worker=req.worker_id)
+        try:
+            _serve(settings, req, client, stop, report_extra, hpcagent_argv)
+        finally:
+            client.close()
 
 
 def _serve(

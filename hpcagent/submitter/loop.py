@@ -26,9 +26,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from hpcagent.api import ApiClient
@@ -43,61 +41,13 @@ from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter import taskops
 from hpcagent.submitter.blocks import build_context, prepull_for_task
 from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
+from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name
 from hpcagent.submitter.outputs import write_script
 from hpcagent.submitter.track import Tracker, crashpoint
-from hpcagent.submitter.worktime import (
-    WorkingHours,
-    force_from_properties,
-    force_from_tags,
-    may_pull,
-)
+from hpcagent.submitter.worktime import force_from_properties, force_from_tags, may_pull
 from hpcagent.templating import render_file
 
 log = logging.getLogger("hpcagent.submitter")
-
-
-def job_name(task_id: str) -> str:
-    """The Slurm job name of a task (how jobs are found again after a restart)."""
-    return f"clearml_task_{task_id}"
-
-
-@dataclass(frozen=True)
-class QueueRef:
-    """A queue the submitter serves, with its template."""
-
-    id: str
-    name: str
-    template: Path
-
-
-@dataclass
-class SubmitterOptions:
-    """How the submitter behaves (the CLI fills this in)."""
-
-    queues: list[QueueRef]
-    state_dir: Path
-    worker_id: str
-    max_jobs: int | None = None
-    order_fairness: bool = False
-    poll_interval_s: float = 5.0
-    pull_interval_s: float = 0.25
-    container_mode: str | None = None
-    config_file: Path | None = None
-    hours: WorkingHours = field(default_factory=WorkingHours)
-    max_pulls_per_cycle: int = 100
-    limit_backoff_s: float = 60.0
-    lost_grace_s: float = 300.0
-    stop_grace_s: float = 30.0
-    hpcagent_argv: list[str] | None = None
-    # Hooks for other front ends (``hpcagent daemon``); None keeps hpcagent-slurm's behaviour.
-    #: Called before each pop: may a task from this queue start now (free GPUs, slots)?
-    can_start: Callable[[QueueRef], bool] | None = None
-    #: Extra ``CLEARML_*`` template values for a popped, still queued task (e.g. its GPUs).
-    task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
-    #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
-    report_extra: Callable[[], Mapping[str, Any]] | None = None
-    #: How status messages name a job ("slurm job 12: RUNNING on node1").
-    job_label: str = "slurm job"
 
 
 class Submitter:

@@ -1,28 +1,24 @@
 """Wiring for ``hpcagent-slurm``: settings → client, scheduler, ledger → :class:`Submitter`.
 
-One submitter per state folder: a lock file (``submitter.lock``) refuses a second one,
-so two processes never pull for the same ledger.
+One submitter per state folder (:func:`~hpcagent.submitter.instance.single_instance`): a
+second one on the same folder is refused, so two processes never pull for the same ledger.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
-from hpcagent.errors import UsageError
 from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter.blocks import build_context
+from hpcagent.submitter.instance import SUBMITTER_FILES, single_instance
 from hpcagent.submitter.ledger import Ledger
-from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+from hpcagent.submitter.loop import Submitter
+from hpcagent.submitter.options import QueueRef, SubmitterOptions
 from hpcagent.submitter.worktime import WorkingHours
 from hpcagent.templating import render_file
 
@@ -112,30 +108,14 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
     if req.dry_run:
         dry_run(client, settings, opts, echo)
         return
-    lock = FileLock(str(req.state_dir / "submitter.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UsageError(
-            f"another hpcagent-slurm uses {req.state_dir} (see --status; --stop stops it)"
-        ) from None
-    pid_file = req.state_dir / "hpcagent-slurm.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    ledger = Ledger(req.state_dir / "ledger.sqlite")
-    scheduler = make_scheduler(req.scheduler_kind, req.state_dir, req.sbatch_available)
-    submitter = Submitter(client, scheduler, ledger, opts, settings.get)
-    try:
-        submitter.start()
-        submitter.run(stop)
-    finally:
-        submitter.shutdown()
-        ledger.close()
-        for s, h in old.items():
-            signal.signal(s, h)
-        lock.release()
+    busy = f"another hpcagent-slurm uses {req.state_dir} (see --status; --stop stops it)"
+    with single_instance(req.state_dir, SUBMITTER_FILES, busy) as stop:
+        ledger = Ledger(req.state_dir / "ledger.sqlite")
+        scheduler = make_scheduler(req.scheduler_kind, req.state_dir, req.sbatch_available)
+        submitter = Submitter(client, scheduler, ledger, opts, settings.get)
+        try:
+            submitter.start()
+            submitter.run(stop)
+        finally:
+            submitter.shutdown()
+            ledger.close()

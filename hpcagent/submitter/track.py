@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpcagent.api import ApiClient
 from hpcagent.errors import ApiError, SchedulerError
@@ -30,10 +30,8 @@ from hpcagent.scheduler.base import (
 )
 from hpcagent.submitter import taskops
 from hpcagent.submitter.ledger import SUBMITTED, Entry, Ledger
+from hpcagent.submitter.options import SubmitterOptions, job_name
 from hpcagent.submitter.outputs import output_path, tail
-
-if TYPE_CHECKING:
-    from hpcagent.submitter.loop import SubmitterOptions
 
 
 def crashpoint(name: str) -> None:
@@ -247,7 +245,7 @@ class Tracker:
         path = output_path(
             script,
             job_id=str(entry.job_id),
-            job_name=f"clearml_task_{entry.task_id}",
+            job_name=job_name(entry.task_id),
             submit_dir=Path.cwd(),
         )
         return tail(path)

@@ -21,7 +21,7 @@ from hpcagent.errors import UsageError
 from hpcagent.submitter.daemon import GPU_VAR, NVIDIA_VAR, Slots
 from hpcagent.submitter.gpus import GpuDemand, GpuPool, parse_gpus, parse_queue
 from hpcagent.submitter.ledger import Ledger
-from hpcagent.submitter.loop import QueueRef
+from hpcagent.submitter.options import QueueRef
 
 # -- parsing ----------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ import pytest
 from hpcagent.api import ApiClient
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.submitter.ledger import Ledger
-from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+from hpcagent.submitter.loop import Submitter
+from hpcagent.submitter.options import QueueRef, SubmitterOptions
 
 TEMPLATE = """#!/bin/bash
 echo "GPUS=${CLEARML_DAEMON_GPUS:none} TASK=${CLEARML_TASK.name}"

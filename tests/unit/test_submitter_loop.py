@@ -18,7 +18,8 @@ import pytest
 from hpcagent.api import ApiClient
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.submitter.ledger import FINISHED, SUBMITTED, Ledger
-from hpcagent.submitter.loop import QueueRef, Submitter, SubmitterOptions
+from hpcagent.submitter.loop import Submitter
+from hpcagent.submitter.options import QueueRef, SubmitterOptions
 
 FAKE_EXECUTOR = """
 import os, sys, time

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from hpcagent.commands.longrunning import expand_greedy
 from hpcagent.commands.slurm import GREEDY, _pair_templates, slurm_cmd
 from hpcagent.errors import UsageError
 from hpcagent.submitter.blocks import agent_execute_command
+from hpcagent.submitter.instance import DAEMON_FILES, SUBMITTER_FILES, read_pid, single_instance
 from hpcagent.submitter.ledger import FINISHED, PULLED, RENDERED, SUBMITTED, Ledger
 from hpcagent.submitter.outputs import output_path, tail, write_script
 from hpcagent.submitter.worktime import (
@@ -160,3 +165,39 @@ def test_ledger_states_survive_reopen(tmp_path: Path) -> None:
     # committed with synchronous=FULL in WAL mode: a plain reader sees every row
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 4
+
+
+def test_single_instance_holds_lock_pid_file_and_signals(tmp_path: Path) -> None:
+    """One process per state folder: the second is refused with the caller's message; the pid
+    file holds this pid while inside and is gone after; SIGTERM only sets the stop event."""
+    before = signal.getsignal(signal.SIGTERM)
+    with single_instance(tmp_path, SUBMITTER_FILES, "busy here") as stop:
+        assert read_pid(tmp_path / "hpcagent-slurm.pid") == os.getpid()
+        assert (tmp_path / "submitter.lock").exists()
+        # a second process on the same folder is refused
+        probe = (
+            "import sys; from pathlib import Path; "
+            "from hpcagent.submitter.instance import SUBMITTER_FILES, single_instance\n"
+            "try:\n"
+            "    with single_instance(Path(sys.argv[1]), SUBMITTER_FILES, 'busy here'): pass\n"
+            "except Exception as exc: print(type(exc).__name__, exc)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "UsageError busy here"
+        assert not stop.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5)
+    assert not (tmp_path / "hpcagent-slurm.pid").exists()
+    assert signal.getsignal(signal.SIGTERM) == before
+    with single_instance(tmp_path, SUBMITTER_FILES, "busy here"):  # released: free again
+        pass
+
+
+def test_single_instance_keeps_a_pid_file_of_another_process(tmp_path: Path) -> None:
+    """A pid file rewritten by someone else (a newer run) is not removed on the way out."""
+    pid_file = DAEMON_FILES.pid_in(tmp_path)
+    with single_instance(tmp_path, DAEMON_FILES, "busy"):
+        pid_file.write_text("1\n")
+    assert read_pid(pid_file) == 1

@@ -1,0 +1,61 @@
+"""What the submitter is told: the queues it serves (:class:`QueueRef`), how it behaves
+(:class:`SubmitterOptions`, filled in by ``hpcagent-slurm`` and ``hpcagent daemon``) and the
+one rule that names a task's job (:func:`job_name`).
+
+Every other submitter module imports these from here, so none of them needs the loop (no
+import circle between the loop and the tracker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcagent.submitter.worktime import WorkingHours
+
+
+def job_name(task_id: str) -> str:
+    """The scheduler's job name of a task: its script's file name, ``${CLEARML_JOB_NAME}`` in
+    templates, ``%x`` in output paths, and how its job is found again after a restart."""
+    return f"clearml_task_{task_id}"
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """A queue the submitter serves, with its template."""
+
+    id: str
+    name: str
+    template: Path
+
+
+@dataclass
+class SubmitterOptions:
+    """How the submitter behaves (the CLI fills this in)."""
+
+    queues: list[QueueRef]
+    state_dir: Path
+    worker_id: str
+    max_jobs: int | None = None
+    order_fairness: bool = False
+    poll_interval_s: float = 5.0
+    pull_interval_s: float = 0.25
+    container_mode: str | None = None
+    config_file: Path | None = None
+    hours: WorkingHours = field(default_factory=WorkingHours)
+    max_pulls_per_cycle: int = 100
+    limit_backoff_s: float = 60.0
+    lost_grace_s: float = 300.0
+    stop_grace_s: float = 30.0
+    hpcagent_argv: list[str] | None = None
+    # Hooks for other front ends (``hpcagent daemon``); None keeps hpcagent-slurm's behaviour.
+    #: Called before each pop: may a task from this queue start now (free GPUs, slots)?
+    can_start: Callable[[QueueRef], bool] | None = None
+    #: Extra ``CLEARML_*`` template values for a popped, still queued task (e.g. its GPUs).
+    task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
+    #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
+    report_extra: Callable[[], Mapping[str, Any]] | None = None
+    #: How status messages name a job ("slurm job 12: RUNNING on node1").
+    job_label: str = "slurm job"
