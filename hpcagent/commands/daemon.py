@@ -1,6 +1,6 @@
 """``hpcagent daemon``: pull tasks from queues and run them on this machine (no Slurm).
 
-The loop is the submitter's (``hpcagent.submitter.daemon``); this module parses the options,
+The loop is the submitter's (``hpcagent.daemon.run``); this module parses the options,
 derives the worker id and its state folder, runs in the foreground or detached, stops a
 detached daemon, and supplies the machine/GPU statistics for the worker reports.
 """
@@ -169,8 +169,8 @@ def daemon_cmd(
       hpcagent daemon --queue services --cpu-only --services-mode 4
     """
     from hpcagent.config import load_settings
-    from hpcagent.submitter import daemon as d
-    from hpcagent.submitter.gpus import parse_gpus, parse_queue
+    from hpcagent.daemon import run as d
+    from hpcagent.daemon.gpus import parse_gpus, parse_queue
 
     kind = container_kind(singularity_mode, container_mode)
     if gpus is not None and cpu_only:

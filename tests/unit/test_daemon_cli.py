@@ -9,14 +9,8 @@ import pytest
 from hpcagent.cli import main_group, run
 from hpcagent.commands.daemon import GREEDY, MachineStats, daemon_cmd
 from hpcagent.commands.longrunning import expand_greedy
-from hpcagent.submitter.daemon import (
-    GPU_VAR,
-    NVIDIA_VAR,
-    DaemonRequest,
-    job_template,
-    state_dir_for,
-    worker_id_for,
-)
+from hpcagent.daemon.run import DaemonRequest, job_template, state_dir_for, worker_id_for
+from hpcagent.daemon.slots import GPU_VAR, NVIDIA_VAR
 from hpcagent.templating import RenderContext, render_string
 
 

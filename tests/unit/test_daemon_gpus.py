@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpcagent.daemon.gpus import GpuDemand, GpuPool, parse_gpus, parse_queue
+from hpcagent.daemon.slots import GPU_VAR, NVIDIA_VAR, Slots
 from hpcagent.errors import UsageError
-from hpcagent.submitter.daemon import GPU_VAR, NVIDIA_VAR, Slots
-from hpcagent.submitter.gpus import GpuDemand, GpuPool, parse_gpus, parse_queue
 from hpcagent.submitter.ledger import Ledger
 from hpcagent.submitter.options import QueueRef
 

@@ -1,4 +1,4 @@
-"""``hpcagent daemon``: the submitter loop over a :class:`LocalScheduler`.
+"""``hpcagent daemon``'s core: the submitter loop over a :class:`LocalScheduler`.
 
 The daemon is not a second loop. It is :class:`~hpcagent.submitter.loop.Submitter` (queues in
 priority order or in turn, working hours, force switches, ledger, tracking, worker reports)
@@ -32,9 +32,10 @@ from typing import Any
 
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
+from hpcagent.daemon.gpus import GpuDemand
+from hpcagent.daemon.slots import GPU_VAR, NVIDIA_VAR, Slots
 from hpcagent.errors import HpcAgentError, ServerUnreachable
 from hpcagent.scheduler.local import LocalScheduler
-from hpcagent.submitter.gpus import GpuDemand, GpuPool
 from hpcagent.submitter.instance import DAEMON_FILES, single_instance
 from hpcagent.submitter.ledger import SUBMITTED, Ledger
 from hpcagent.submitter.loop import Submitter
@@ -45,8 +46,6 @@ log = logging.getLogger("hpcagent.daemon")
 
 GPU_FILE = "gpus.json"
 TEMPLATE_FILE = "daemon-job.template"
-GPU_VAR = "CLEARML_DAEMON_GPUS"
-NVIDIA_VAR = "CLEARML_DAEMON_NVIDIA_GPUS"
 
 
 def worker_id_for(
@@ -88,69 +87,6 @@ def job_template(gpu_env: bool) -> str:
         ]
     lines += ["${CLEARML_AGENT_EXECUTE}", ""]
     return "\n".join(lines)
-
-
-class Slots:
-    """The ``can_start``/``task_vars`` hooks (see the module docstring).
-
-    ``gpus`` None: no GPU variables; ``[]``: CPU only; a list: static (every task gets them
-    all) unless ``demands`` is given (dynamic: each queue id maps to a :class:`GpuDemand`).
-    ``limit`` None: no limit on live tasks.
-    """
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        *,
-        gpus: Sequence[str] | None,
-        limit: int | None,
-        demands: Mapping[str, GpuDemand] | None = None,
-        state_file: Path | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.gpus = None if gpus is None else list(gpus)
-        self.limit = limit
-        self.demands = dict(demands) if demands is not None else None
-        self.state_file = state_file
-        self.pool = GpuPool(self.gpus or []) if self.demands is not None else None
-        if self.pool is not None and state_file is not None:
-            self.pool.load(state_file)
-            self._sync()
-
-    def _sync(self) -> int:
-        """Release the GPUs of settled tasks; returns the number of live tasks."""
-        live = [e.task_id for e in self.ledger.live()]
-        if self.pool is not None:
-            released = self.pool.reconcile(live)
-            if released:
-                log.info("GPUs back in the pool from %s; free: %s", released, self.pool.free())
-                self._save()
-        return len(live)
-
-    def _save(self) -> None:
-        if self.pool is not None and self.state_file is not None:
-            self.pool.save(self.state_file)
-
-    def can_start(self, q: QueueRef) -> bool:
-        live = self._sync()
-        if self.limit is not None and live >= self.limit:
-            return False
-        if self.pool is not None and self.demands is not None:
-            return self.pool.fits(self.demands.get(q.id, GpuDemand(1, 1)))
-        return True
-
-    def task_vars(self, task_id: str, q: QueueRef) -> dict[str, str]:
-        if self.pool is not None and self.demands is not None:
-            got = self.pool.allocate(task_id, self.demands.get(q.id, GpuDemand(1, 1)))
-            self._save()
-            log.info("task %s queue %s: GPUs %s", task_id, q.name, ",".join(got) or "none")
-            gpus: list[str] | None = list(got)
-        else:
-            gpus = self.gpus
-        if gpus is None:
-            return {}
-        joined = ",".join(gpus)
-        return {GPU_VAR: joined, NVIDIA_VAR: joined or "none"}
 
 
 @dataclass
