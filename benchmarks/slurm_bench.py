@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcagent.scheduler.commands import counting, run_command
+from hpcagent.process import counting, run_command
 from hpcagent.scheduler.slurm import SlurmScheduler
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import requests
 
 from hpcagent.api import ApiClient
-from hpcagent.scheduler.commands import CommandResult, run_command
+from hpcagent.process import CommandResult, run_command
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.scheduler.slurm import SlurmScheduler
 from hpcagent.submitter.ledger import Ledger

@@ -7,12 +7,12 @@ these exceptions into one clear line on stderr and the matching exit status.
 Exit codes (stable, documented in README):
 
 ====  =========================================
-1     generic hpcagent error
+1     generic hpcagent error (also a command that failed outside the areas below)
 2     usage error (bad flags or arguments)
 3     configuration error
 4     API error (the server answered with an error)
 5     connection error (the server could not be reached)
-6     scheduler error (sbatch/squeue/sacct/scancel)
+6     scheduler error (sbatch/squeue/sacct/scancel, qsub/qstat/qacct/qdel)
 7     template error
 8     executor error (repo, environment, container, run)
 9     server error (embedded server could not start)
@@ -79,18 +79,36 @@ class ServerUnreachable(HpcAgentError):
     exit_code = 5
 
 
-class SchedulerError(HpcAgentError):
-    """A scheduler command failed.
+class CommandError(HpcAgentError):
+    """An external command could not be started, did not finish in time, or failed.
 
-    ``stderr`` holds what the command printed, so callers can report it verbatim.
+    ``argv`` is the command, ``stderr`` what it printed (so callers can report it verbatim) and
+    ``returncode`` its exit status when it ran. ``hpcagent.process`` raises it (and
+    :class:`CommandTimeout`); the scheduler, git and pip failures are subclasses.
     """
 
-    exit_code = 6
-
-    def __init__(self, message: str, *, stderr: str = "", returncode: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: tuple[str, ...] | list[str] = (),
+        stderr: str = "",
+        returncode: int | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
         self.stderr = stderr
         self.returncode = returncode
         super().__init__(message)
+
+
+class CommandTimeout(CommandError):
+    """A command outlived its timeout and was killed; retrying may help."""
+
+
+class SchedulerError(CommandError):
+    """A scheduler command failed (sbatch/squeue/sacct/scancel, qsub/qstat/qacct/qdel)."""
+
+    exit_code = 6
 
 
 class SubmitError(SchedulerError):
@@ -131,14 +149,14 @@ class ExecutorError(HpcAgentError):
     exit_code = 8
 
 
-class RepositoryError(ExecutorError):
-    """Cloning, checking out or applying the diff of the task's repository failed."""
+class RepositoryError(ExecutorError, CommandError):
+    """Cloning, checking out or applying the diff of the task's repository failed (git)."""
 
     exit_code = 10
 
 
-class EnvironmentSetupError(ExecutorError):
-    """Creating the task's Python environment failed."""
+class EnvironmentSetupError(ExecutorError, CommandError):
+    """Creating the task's Python environment failed (venv, pip/uv, setup script)."""
 
     exit_code = 11
 

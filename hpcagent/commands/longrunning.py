@@ -134,11 +134,10 @@ def detach(state_dir: Path, files: InstanceFiles, *, entry: str, name: str) -> N
     appended to ``state_dir``'s log file and its pid written to the pid file (the process
     writes the same pid again when it takes the state folder's lock)."""
     log_path, pid_file = files.log_in(state_dir), files.pid_in(state_dir)
-    from hpcagent.scheduler.commands import spawn_background
+    from hpcagent import process
 
     argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
     code = f"from hpcagent.cli import {entry}; {entry}()"
-    with log_path.open("ab") as out:
-        proc = spawn_background([sys.executable, "-c", code, *argv, "--foreground"], output=out)
-    pid_file.write_text(f"{proc.pid}\n")
-    click.echo(f"{name} running in the background: pid {proc.pid}, log {log_path}")
+    pid = process.detach([sys.executable, "-c", code, *argv, "--foreground"], log_path=log_path)
+    pid_file.write_text(f"{pid}\n")
+    click.echo(f"{name} running in the background: pid {pid}, log {log_path}")

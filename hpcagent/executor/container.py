@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcagent.errors import ContainerError, SchedulerError
-from hpcagent.scheduler.commands import run_command
+from hpcagent.errors import CommandError, ContainerError
+from hpcagent.process import run_command
 
 if TYPE_CHECKING:
     from hpcagent.config import Settings
@@ -246,7 +246,7 @@ def resolve_runtime(binary: str = "", env: Mapping[str, str] | None = None) -> R
             continue
         try:
             res = run_command([found, "--version"], timeout=VERSION_TIMEOUT_S)
-        except SchedulerError as exc:
+        except CommandError as exc:
             raise ContainerError(f"{found} --version failed: {exc}") from exc
         parsed = parse_version(res.stdout + "\n" + res.stderr)
         if res.returncode != 0 or parsed is None:
@@ -481,7 +481,7 @@ class ContainerSession:
         )
         try:
             res = run_command(prep.argv, timeout=300.0, env=prep.env, cwd=cwd)
-        except SchedulerError as exc:
+        except CommandError as exc:
             raise ContainerError(f"cannot run {python} in {self.image_path}: {exc}") from exc
         if res.returncode != 0:
             detail = (res.stderr.strip() or res.stdout.strip())[-1000:]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
-from hpcagent.errors import ContainerError, SchedulerError
+from hpcagent.errors import CommandError, ContainerError
 from hpcagent.executor.container import (
     ContainerSettings,
     Runtime,
@@ -44,7 +44,7 @@ from hpcagent.executor.container import (
     normalise_image,
     resolve_runtime,
 )
-from hpcagent.scheduler.commands import run_command
+from hpcagent.process import run_command
 
 Logger = Callable[[str], None]
 LOCK_NAME = ".pull.lock"
@@ -133,7 +133,7 @@ def ensure_image(
         log(f"pulling {source} into {target} with {runtime.describe()}")
         try:
             res = run_command(pull_argv(runtime, source, tmp), timeout=settings.pull_timeout_s)
-        except SchedulerError as exc:
+        except CommandError as exc:
             tmp.unlink(missing_ok=True)
             raise ContainerError(f"pulling {source} failed: {exc}") from exc
         if res.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:

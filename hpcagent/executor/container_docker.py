@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcagent.errors import ContainerError, SchedulerError
+from hpcagent.errors import CommandError, ContainerError
 from hpcagent.executor.container import (
     Bind,
     ContainerRequest,
@@ -31,7 +31,7 @@ from hpcagent.executor.container import (
     job_gpus,
     passthrough_env,
 )
-from hpcagent.scheduler.commands import CommandResult, run_command
+from hpcagent.process import CommandResult, run_command
 
 DOCKER_TIMEOUT_S = 120.0
 PULL_TIMEOUT_S = 1800.0
@@ -53,7 +53,7 @@ def container_name(task_id: str, suffix: str = "") -> str:
 def _docker(argv: list[str], timeout: float = DOCKER_TIMEOUT_S) -> CommandResult:
     try:
         return run_command(argv, timeout=timeout)
-    except SchedulerError as exc:
+    except CommandError as exc:
         raise ContainerError(f"{argv[0]} {argv[1]} failed: {exc}") from exc
 
 
@@ -237,5 +237,5 @@ def abort_container(prepared: PreparedCommand, timeout: float = DOCKER_TIMEOUT_S
     for argv in prepared.abort_argv:
         try:
             run_command(argv, timeout=timeout)
-        except SchedulerError:
+        except CommandError:
             continue

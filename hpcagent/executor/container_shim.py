@@ -34,6 +34,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hpcagent import process
 from hpcagent.executor.container import ContainerRequest, split_arguments
 
 ENV_IMAGE = "HPCAGENT_CONTAINER_IMAGE"
@@ -184,11 +185,11 @@ def shim_exec(name: str, shim_dir: Path, args: Sequence[str]) -> int:
         if launcher[0] == "hpcagent" and not shutil.which("hpcagent", path=env.get("PATH")):
             launcher = [sys.executable, "-m", *launcher]  # the shim's own Python has hpcagent
         # Replaces the shim (no extra process): signals from srun/Slurm reach the executor.
-        os.execvpe(launcher[0], launcher, env)  # noqa: S606 - argv list, no shell
+        process.replace_with(launcher, env)
     if real is None:
         print(f"hpcagent shim: {name} not found on PATH (outside {shim_dir})", file=sys.stderr)
         return 127
-    os.execve(real, [real, *args], env)  # noqa: S606 - the real runtime, argv unchanged
+    process.replace_with([real, *args], env)  # the real runtime (a path), argv unchanged
     return 127  # not reached
 
 

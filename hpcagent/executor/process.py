@@ -1,8 +1,9 @@
-"""The task's child process: start in its own process group, stream its output, stop it.
+"""The task's child process: stream its output into the task log, stop it with its group.
 
-This is the one place (besides ``hpcagent.scheduler.commands``) that starts processes: the
-task itself and the setup scripts, whose output must stream into the task log while they run.
-Nothing goes through a shell unless the task's own setup script is run by ``bash`` as a file.
+The task itself and the setup scripts are started by :func:`hpcagent.process.start_process`
+(the one place that starts processes) in their own process group; this module reads their
+output while they run and signals the group. Nothing goes through a shell unless the task's
+own setup script is run by ``bash`` as a file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections import deque
@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from hpcagent import process
 from hpcagent.executor.logs import LineSplitter
 
 PIPE_SIZE = 1024 * 1024
@@ -48,16 +49,8 @@ class ChildProcess:
         self._on_lines = on_lines
         self._echo = echo
         self.tail: deque[str] = deque(maxlen=tail_lines)
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=str(cwd),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: signals reach the whole tree
-            bufsize=0,
-        )
+        # Own process group: signals reach the whole tree.
+        self.proc = process.start_process(self.argv, stdout=process.PIPE, cwd=cwd, env=env)
         self.pgid = self.proc.pid
         if self.proc.stdout is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
             # A bigger pipe lets the task run ahead while the reader is busy (Linux only).
@@ -104,15 +97,11 @@ class ChildProcess:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the exit; returns the code, or None on timeout."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return process.wait_for(self.proc, timeout)
 
     def signal_group(self, signum: int) -> None:
         """Send ``signum`` to the child's process group (ignored when it is gone)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, signum)
+        process.signal_group(self.pgid, signum)
 
     def terminate(self, grace_s: float, signum: int = signal.SIGTERM) -> int:
         """``signum`` to the group, SIGKILL after ``grace_s``; returns the exit code."""

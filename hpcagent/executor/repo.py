@@ -27,9 +27,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from hpcagent.errors import RepositoryError, SchedulerError
+from hpcagent.errors import CommandError, RepositoryError
 from hpcagent.executor.task_info import ScriptInfo
-from hpcagent.scheduler.commands import CommandResult, run_command
+from hpcagent.process import CommandResult, run_command
 
 #: git operations on big repositories can take long; a hung network must still end.
 GIT_TIMEOUT_S = 1800.0
@@ -113,12 +113,14 @@ def _git(
     """Run git; raise :class:`RepositoryError` with redacted stderr when it fails."""
     try:
         res = run_command(["git", *args], timeout=GIT_TIMEOUT_S, env=dict(env), cwd=cwd)
-    except SchedulerError as exc:  # timeout or missing git binary
+    except CommandError as exc:  # timeout or missing git binary
         raise RepositoryError(f"{what or 'git ' + args[0]} failed: {redact_url(str(exc))}") from exc
     if res.returncode != 0:
         detail = redact_url((res.stderr or res.stdout).strip())[-1500:]
         raise RepositoryError(
-            f"{what or 'git ' + args[0]} failed (exit {res.returncode}): {detail}"
+            f"{what or 'git ' + args[0]} failed (exit {res.returncode}): {detail}",
+            stderr=detail,
+            returncode=res.returncode,
         )
     return res
 

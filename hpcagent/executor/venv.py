@@ -39,8 +39,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from hpcagent.errors import EnvironmentSetupError, SchedulerError
-from hpcagent.scheduler.commands import CommandResult, run_command
+from hpcagent.errors import CommandError, EnvironmentSetupError
+from hpcagent.process import CommandResult, run_command
 
 MARKER = ".hpcagent-complete"
 KEY_VERSION = "hpcagent-venv-v1"
@@ -125,11 +125,15 @@ def resolve_python(configured: str, task_binary: str) -> tuple[str, str]:
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> CommandResult:
     try:
         res = run_command(argv, timeout=INSTALL_TIMEOUT_S, env=env)
-    except SchedulerError as exc:
+    except CommandError as exc:
         raise EnvironmentSetupError(f"{what} failed: {exc}") from exc
     if res.returncode != 0:
         detail = (res.stderr.strip() or res.stdout.strip())[-2000:]
-        raise EnvironmentSetupError(f"{what} failed (exit {res.returncode}): {detail}")
+        raise EnvironmentSetupError(
+            f"{what} failed (exit {res.returncode}): {detail}",
+            stderr=detail,
+            returncode=res.returncode,
+        )
     return res
 
 

@@ -1,5 +1,5 @@
 """Schedulers: one interface (``base.Scheduler``) over Slurm (``slurm``) and local bash runs
-(``local``), with pacing (``pacer``). ``commands.run_command`` is hpcagent's single subprocess
-seam. Nothing is imported here, so that importing ``hpcagent.scheduler.commands`` stays cheap.
+(``local``), with pacing (``pacer``). Their commands run through ``hpcagent.process``, the one
+place that starts processes. Nothing is imported here, so that importing one backend stays cheap.
 See docs/slurm.md.
 """

@@ -10,12 +10,10 @@ this object only: a new LocalScheduler knows no old jobs (they are UNKNOWN).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcagent.errors import SubmitError
+from hpcagent.process import Process, signal_group, start_process
 from hpcagent.scheduler.base import JobState, JobStatus, Scheduler, unknown_status
-from hpcagent.scheduler.commands import spawn_background
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ class _LocalJob:
     script: Path
     output: Path
     state: JobState = JobState.PENDING
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     exit_code: int | None = None
     signal: int | None = None
     cancel_at: float | None = None
@@ -144,8 +142,8 @@ class LocalScheduler(Scheduler):
         env["HPCAGENT_JOB_ID"] = job.job_id
         env["HPCAGENT_JOB_NAME"] = job.name
         with open(job.output, "ab") as out:
-            job.proc = spawn_background(
-                [self._bash, str(job.script)], output=out, env=env, cwd=job.script.parent
+            job.proc = start_process(
+                [self._bash, str(job.script)], stdout=out, env=env, cwd=job.script.parent
             )
         job.state = JobState.RUNNING
         log.debug("local job %s (%s) started, pid %d", job.job_id, job.name, job.proc.pid)
@@ -162,10 +160,8 @@ class LocalScheduler(Scheduler):
 
     @staticmethod
     def _signal(job: _LocalJob, sig: signal.Signals) -> None:
-        if job.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.proc.pid, sig)
+        if job.proc is not None:
+            signal_group(job.proc.pid, sig)
 
     @staticmethod
     def _to_status(job: _LocalJob) -> JobStatus:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +25,16 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from hpcagent.errors import SchedulerError, SubmitError, SubmitLimitError, TransientSchedulerError
+from hpcagent.errors import (
+    CommandError,
+    CommandTimeout,
+    SchedulerError,
+    SubmitError,
+    SubmitLimitError,
+    TransientSchedulerError,
+)
+from hpcagent.process import CommandResult, CommandRunner, run_command
 from hpcagent.scheduler.base import JobStatus, Scheduler, unknown_status
-from hpcagent.scheduler.commands import CommandResult, CommandRunner, clean_slurm_env, run_command
 from hpcagent.scheduler.pacer import TokenBucket
 from hpcagent.scheduler.slurm_parse import (
     SACCT_FORMAT,
@@ -99,9 +107,18 @@ class SlurmScheduler(Scheduler):
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: Sequence[str]) -> CommandResult:
+        """One Slurm command; a timeout is transient, a command that cannot start a
+        :class:`SchedulerError` (the scheduler's callers classify only those)."""
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
-        return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env)
+        try:
+            return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env)
+        except SchedulerError:
+            raise
+        except CommandTimeout as exc:
+            raise TransientSchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
+        except CommandError as exc:
+            raise SchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
 
     def _retrying(self, attempts: int | None = None) -> Retrying:
         return Retrying(
@@ -354,6 +371,21 @@ class SlurmScheduler(Scheduler):
         real = [ln for ln in errors if not any(p in ln.lower() for p in _GONE_PATTERNS)]
         if real:
             raise SchedulerError(f"scancel failed: {'; '.join(real)}", stderr=res.stderr)
+
+
+def clean_slurm_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment without the variables that leak from a surrounding job into
+    a child job (SLURM_* except SLURM_CONF, XDG_*, DBUS_*)."""
+    src = os.environ if environ is None else environ
+    return {
+        k: v
+        for k, v in src.items()
+        if not (
+            (k.startswith("SLURM_") and k != "SLURM_CONF")
+            or k.startswith("XDG_")
+            or k.startswith("DBUS_")
+        )
+    }
 
 
 def _sorted_ids(ids: set[str]) -> list[str]:

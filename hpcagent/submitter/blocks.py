@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpcagent.errors import SchedulerError, TemplateError
-from hpcagent.scheduler.commands import run_command
+from hpcagent.errors import CommandError, TemplateError
+from hpcagent.process import run_command
 from hpcagent.submitter.options import job_name
 from hpcagent.templating import RenderContext
 
@@ -47,7 +47,7 @@ def prepull_image(image: str, config_file: Path | None, timeout_s: float) -> str
         argv += ["--config-file", str(config_file)]
     try:
         res = run_command(argv, timeout=timeout_s)
-    except SchedulerError as exc:
+    except CommandError as exc:
         raise TemplateError(f"pulling {image} failed: {exc}") from exc
     lines = res.stdout.strip().splitlines()
     if res.returncode != 0 or not lines:

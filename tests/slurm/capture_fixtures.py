@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from hpcagent.scheduler.commands import CommandResult, run_command  # noqa: E402
+from hpcagent.process import CommandResult, run_command  # noqa: E402
 from hpcagent.scheduler.slurm_parse import (  # noqa: E402
     parse_sbatch_output,
     sacct_argv,

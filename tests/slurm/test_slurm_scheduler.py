@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from hpcagent.errors import SubmitError, TransientSchedulerError
+from hpcagent.errors import CommandTimeout, SubmitError
+from hpcagent.process import CommandResult, counting, run_command
 from hpcagent.scheduler.base import JobState, JobStatus
-from hpcagent.scheduler.commands import CommandResult, counting, run_command
 from hpcagent.scheduler.slurm import SlurmScheduler
 
 # Other suites share the one node, so jobs may queue for a while: generous waits.
@@ -130,7 +130,7 @@ def test_timed_out_sbatch_that_was_accepted_is_adopted(make_script: Callable[...
         if argv[0] == "sbatch":
             sbatch_runs += 1
             if sbatch_runs == 1:
-                raise TransientSchedulerError("sbatch timed out after 60s")
+                raise CommandTimeout("sbatch timed out after 60s")  # what run_command raises
         return result
 
     sched = SlurmScheduler(runner=flaky, backoff_initial_s=0, backoff_max_s=0)

@@ -27,7 +27,7 @@ from hpcagent.executor.container import (
     split_env,
 )
 from hpcagent.executor.container_docker import DockerSession, build_docker_argv, gpu_args
-from hpcagent.scheduler.commands import CommandResult
+from hpcagent.process import CommandResult
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "container"
 SECRET = "s3cr3t-value-never-in-argv"

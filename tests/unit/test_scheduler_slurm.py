@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from hpcagent.errors import SubmitError, SubmitLimitError, TransientSchedulerError
+from hpcagent.errors import CommandTimeout, SubmitError, SubmitLimitError, TransientSchedulerError
+from hpcagent.process import CommandResult
 from hpcagent.scheduler.base import JobState
-from hpcagent.scheduler.commands import CommandResult
 from hpcagent.scheduler.pacer import TokenBucket
 from hpcagent.scheduler.slurm import SlurmScheduler
 
@@ -117,7 +117,7 @@ def test_transient_then_success(tmp_path: Path) -> None:
 
 def test_timed_out_sbatch_that_was_accepted_is_not_submitted_twice(tmp_path: Path) -> None:
     fake = FakeSlurm(
-        sbatch=[TransientSchedulerError("sbatch timed out after 60s")],
+        sbatch=[CommandTimeout("sbatch timed out after 60s")],
         squeue=[res("91|91|PENDING|Priority|0||clearml_task_x\n")],
     )
     assert sched(fake).submit(tmp_path / "j.sh", job_name="clearml_task_x") == "91"
@@ -215,7 +215,7 @@ def test_controller_down_keeps_last_known_state(caplog: pytest.LogCaptureFixture
     answers: list[CommandResult | Exception] = [
         res("5|5|RUNNING|None|0|vm|a\n"),
         fx("squeue_unreachable", FIXTURES / "handmade"),
-        TransientSchedulerError("squeue timed out after 60s"),
+        CommandTimeout("squeue timed out after 60s"),
     ]
     s = sched(FakeSlurm(squeue=answers))
     assert s.status(["5"])["5"].state is JobState.RUNNING

@@ -287,7 +287,7 @@ def test_restart_adopts_submitted_job_by_name(rig: Rig) -> None:
 
 def test_submit_limit_puts_task_back_and_backs_off(rig: Rig) -> None:
     """sbatch refusing with a submit limit (faked at the subprocess seam only)."""
-    from hpcagent.scheduler.commands import CommandResult
+    from hpcagent.process import CommandResult
     from hpcagent.scheduler.slurm import SlurmScheduler
 
     calls: list[list[str]] = []
