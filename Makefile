@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-unit slurm-up slurm-down demo bench clean help cluster-up cluster-down cluster-test
+.PHONY: install lint test test-unit slurm-up slurm-down docker-up demo bench clean help cluster-up cluster-down cluster-test
 
 help:
 	@echo "make demo    install, then run an example task end to end on the embedded server"
@@ -33,10 +33,15 @@ slurm-up:
 slurm-down:
 	bash tests/slurm/cluster.sh down
 
+# The Docker engine for Docker mode and `hpcagent build` (installs docker.io and starts dockerd
+# as root when missing; idempotent).
+docker-up:
+	bash docker/engine.sh
+
 test-unit: install
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: install lint slurm-up
+test: install lint slurm-up docker-up
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install

@@ -6,6 +6,11 @@
 # minimal Debian bookworm root file system with debootstrap and imports it under the same tag, so
 # the Dockerfiles work unchanged. Debian's package mirrors must be reachable (they are needed by
 # the image builds anyway).
+#
+# Environment: BASE_IMAGE (tag), BASE_SUITE, DEBIAN_MIRROR; BASE_INCLUDE (extra packages for
+# debootstrap, e.g. python3,python3-venv); BASE_ROOTFS (an existing root filesystem to import
+# instead of running debootstrap); BASE_PULL=0 (a local-only tag: do not try a registry).
+# The container tests make their `hpcagent-test-base` image this way (tests/e2e/test_container_e2e.py).
 set -euo pipefail
 
 IMAGE="${BASE_IMAGE:-debian:bookworm-slim}"
@@ -18,8 +23,21 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 
 # A registry may be reachable after all: a pull is the cheapest way to get the real image.
-if timeout 60 docker pull "$IMAGE" >/dev/null 2>&1; then
+if [ "${BASE_PULL:-1}" != 0 ] && timeout 60 docker pull "$IMAGE" >/dev/null 2>&1; then
     echo "base image $IMAGE: pulled"
+    exit 0
+fi
+
+import_rootfs() {
+    tar -C "$1" -c . | docker import \
+        --change 'CMD ["bash"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        - "$IMAGE" >/dev/null
+}
+
+if [ -n "${BASE_ROOTFS:-}" ]; then
+    import_rootfs "$BASE_ROOTFS"
+    echo "base image $IMAGE: imported from $BASE_ROOTFS"
     exit 0
 fi
 
@@ -35,13 +53,12 @@ fi
 root="$(mktemp -d /var/tmp/hpcagent-rootfs.XXXXXX)"
 trap 'rm -rf "$root"' EXIT
 echo "base image $IMAGE: no registry, building it with debootstrap ($SUITE, minbase)"
-debootstrap --variant=minbase "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 \
+include=()
+[ -n "${BASE_INCLUDE:-}" ] && include=("--include=$BASE_INCLUDE")
+debootstrap --variant=minbase "${include[@]}" "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 \
     || { tail -20 "$root.log" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
 # Slim like the official image: no apt lists or caches in the layer.
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
-tar -C "$root" -c . | docker import \
-    --change 'CMD ["bash"]' \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    - "$IMAGE" >/dev/null
+import_rootfs "$root"
 echo "base image $IMAGE: imported"

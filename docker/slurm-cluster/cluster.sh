@@ -28,28 +28,7 @@ SERVICES=(mariadb slurmdbd slurmctld c1 c2 server submitter)
 log() { echo "cluster: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-ensure_docker() {
-    if ! command -v docker >/dev/null 2>&1 \
-        || { ! command -v dockerd >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; }; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-            log "installing Debian's docker.io"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io >/dev/null
-        else
-            die "the Docker engine is missing: install docker.io (Debian) or Docker CE"
-        fi
-    fi
-    docker info >/dev/null 2>&1 && return 0
-    # No systemd on the test machines: start the engine in the background ourselves.
-    [ "$(id -u)" = 0 ] || die "the Docker engine is not running and we are not root to start it"
-    log "starting dockerd (log: /var/log/hpcagent-dockerd.log)"
-    setsid dockerd >/var/log/hpcagent-dockerd.log 2>&1 </dev/null &
-    local i
-    for ((i = 0; i < 60; i++)); do
-        docker info >/dev/null 2>&1 && return 0
-        sleep 1
-    done
-    die "dockerd did not start, see /var/log/hpcagent-dockerd.log"
-}
+ensure_docker() { bash "$HERE/../engine.sh" || die "no Docker engine"; }
 
 # `docker compose` (v2 plugin) where present, else Debian's docker-compose (1.29).
 COMPOSE=()

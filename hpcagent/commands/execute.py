@@ -9,7 +9,6 @@ import click
 
 from hpcagent.api import ApiClient
 from hpcagent.config import load_settings
-from hpcagent.executor.container import ContainerSettings
 from hpcagent.executor.main import Executor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.task_info import worker_id
@@ -95,7 +94,7 @@ def execute_cmd(
         disable_monitoring=disable_monitoring,
         container=container,
         docker=docker,
-        container_settings=ContainerSettings.from_settings(settings),
+        container_settings=settings.container,
     )
     try:
         code = Executor(cfg, client, opts, bg_client=bg_client).run()

@@ -16,6 +16,7 @@ from hpcagent.config.loader import SECRET_KEYS, Layered, load_layers, parse_over
 from hpcagent.config.settings import (
     AgentSettings,
     ApiSettings,
+    ContainerSettings,
     ServerSettings,
     Settings,
     SlurmSettings,
@@ -26,6 +27,7 @@ __all__ = [
     "SECRET_KEYS",
     "AgentSettings",
     "ApiSettings",
+    "ContainerSettings",
     "Layered",
     "ServerSettings",
     "Settings",

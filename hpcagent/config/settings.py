@@ -28,7 +28,7 @@ class _Reader:
         self._values = layered.values
         self._sources = layered.sources
 
-    def _fail(self, key: str, expected: str) -> ConfigError:
+    def fail(self, key: str, expected: str) -> ConfigError:
         source = self._sources.get(key, "default")
         return ConfigError(
             f"config key {key} = {self._values.get(key)!r} (from {source}): expected {expected}"
@@ -39,7 +39,7 @@ class _Reader:
         if value is None:
             return default
         if isinstance(value, (dict, list)):
-            raise self._fail(key, "a string")
+            raise self.fail(key, "a string")
         return str(value)
 
     def get_int(self, key: str, default: int) -> int:
@@ -49,7 +49,7 @@ class _Reader:
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
-            raise self._fail(key, "an integer") from None
+            raise self.fail(key, "an integer") from None
 
     def get_float(self, key: str, default: float) -> float:
         value = self._values.get(key, default)
@@ -58,7 +58,7 @@ class _Reader:
                 raise ValueError
             return float(value)
         except (TypeError, ValueError):
-            raise self._fail(key, "a number") from None
+            raise self.fail(key, "a number") from None
 
     def get_bool(self, key: str, default: bool) -> bool:
         value = self._values.get(key, default)
@@ -69,7 +69,7 @@ class _Reader:
             return True
         if text in _FALSE:
             return False
-        raise self._fail(key, "true or false")
+        raise self.fail(key, "true or false")
 
     def get_list(self, key: str) -> list[str]:
         value = self._values.get(key, [])
@@ -78,7 +78,7 @@ class _Reader:
         if isinstance(value, str):
             return [value]
         if not isinstance(value, list):
-            raise self._fail(key, "a list")
+            raise self.fail(key, "a list")
         return [str(v) for v in value]
 
     def get_path(self, key: str) -> Path | None:
@@ -150,6 +150,30 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class ContainerSettings:
+    """The ``agent.container`` section plus ``agent.default_docker`` (docs/containers.md).
+
+    The one typed reading of these keys: the executor, the submitter's pull on submit and
+    ``hpcagent build`` all take this object, so each default lives in defaults.conf only.
+    """
+
+    binary: str = ""
+    cache_dir: Path = field(default_factory=lambda: Path("~/.hpcagent/containers").expanduser())
+    binds: tuple[str, ...] = ()
+    pull_on_submit: bool = False
+    pull_timeout_s: float = 1800.0
+    lock_timeout_s: float = 3600.0
+    mode: str = "host"
+    cleanenv: bool = True
+    env_passthrough: tuple[str, ...] = ()
+    docker_binary: str = "docker"
+    default_image: str = ""
+    default_arguments: tuple[str, ...] = ()
+    ssh_dir: Path | None = None
+    forward_ssh_agent: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration of one hpcagent process."""
 
@@ -158,6 +182,7 @@ class Settings:
     slurm: SlurmSettings
     server: ServerSettings
     layered: Layered = field(repr=False)
+    container: ContainerSettings = field(default_factory=ContainerSettings)
 
     def get(self, path: str, default: Any = None) -> Any:
         """Any value of the merged tree by dotted path (a leaf, or a sub-tree as a dict)."""
@@ -249,7 +274,38 @@ def build_settings(layered: Layered) -> Settings:
         port=r.get_int("server.port", 8008),
         max_body_mb=r.get_float("server.max_body_mb", 15.0),
     )
-    return Settings(api=api, agent=agent, slurm=slurm, server=server, layered=layered)
+    return Settings(
+        api=api,
+        agent=agent,
+        slurm=slurm,
+        server=server,
+        layered=layered,
+        container=_container(r, agent),
+    )
+
+
+def _container(r: _Reader, agent: AgentSettings) -> ContainerSettings:
+    mode = r.get_str("agent.container.mode", "host") or "host"
+    if mode not in ("host", "inside"):
+        raise r.fail("agent.container.mode", "host or inside")
+    ssh = r.get_str("agent.container.ssh_dir", "~/.ssh")
+    return ContainerSettings(
+        binary=r.get_str("agent.container.binary"),
+        cache_dir=r.get_path("agent.container.cache_dir")
+        or Path("~/.hpcagent/containers").expanduser(),
+        binds=tuple(r.get_list("agent.container.binds")),
+        pull_on_submit=r.get_bool("agent.container.pull_on_submit", False),
+        pull_timeout_s=r.get_float("agent.container.pull_timeout_sec", 1800.0),
+        lock_timeout_s=r.get_float("agent.container.lock_timeout_sec", 3600.0),
+        mode=mode,
+        cleanenv=r.get_bool("agent.container.cleanenv", True),
+        env_passthrough=tuple(r.get_list("agent.container.env_passthrough")),
+        docker_binary=r.get_str("agent.container.docker_binary", "docker") or "docker",
+        default_image=agent.default_docker_image.strip(),
+        default_arguments=tuple(agent.default_docker_arguments),
+        ssh_dir=Path(ssh).expanduser() if ssh else None,
+        forward_ssh_agent=r.get_bool("agent.container.forward_ssh_agent", True),
+    )
 
 
 def _derive(api_server: str, port: str, host_prefix: str) -> str:

@@ -181,6 +181,7 @@ def _serve(
         poll_interval_s=min(req.poll_interval_s, 1.0),
         config_file=req.job_config,
         container_mode=req.container_mode,
+        container=settings.container,
         hours=WorkingHours.parse(req.uptime, req.downtime),
         hpcagent_argv=hpcagent_argv,
         can_start=slots.can_start,

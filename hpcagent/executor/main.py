@@ -27,18 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
+from hpcagent.config import ContainerSettings
+from hpcagent.container.base import PreparedCommand, Session
+from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, open_session
 from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
 from hpcagent.executor import repo as repo_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
-from hpcagent.executor.container import ContainerSettings, PreparedCommand
-from hpcagent.executor.container_docker import abort_container
-from hpcagent.executor.container_setup import (
-    Session,
-    choose_mode,
-    command_wrapper,
-    inner_env,
-    open_session,
-)
 from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
 from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
@@ -519,6 +513,7 @@ class Executor:
                 interval=self.cfg.metrics_interval_s,
                 log=self.note,
                 root_pid=self.child.pid,
+                extra_roots=self._container_roots,
             ).start()
         try:
             code = self._wait(self.child)
@@ -541,9 +536,12 @@ class Executor:
 
     def _stop_child(self, child: ChildProcess, signum: int) -> int:
         code = child.terminate(self.cfg.kill_grace_s, signum)
-        if self._prep is not None:  # Docker: the container is the daemon's child, not ours
-            abort_container(self._prep)
+        if self.ctr is not None and self._prep is not None:  # Docker: the daemon's child
+            self.ctr.abort(self._prep)
         return code
+
+    def _container_roots(self) -> list[int]:  # Docker: the task is not in the child's tree
+        return [] if self.ctr is None or not self._prep else self.ctr.process_roots(self._prep)
 
     def _finish(self, code: int, tail: str) -> int:
         if self.abort is not None and not self.abort.write_status:

@@ -97,8 +97,11 @@ class GpuProbe:
 class Sampler:
     """Rates need two samples; this keeps the previous counters."""
 
-    def __init__(self, root_pid: int | None = None) -> None:
+    def __init__(
+        self, root_pid: int | None = None, extra_roots: Callable[[], list[int]] | None = None
+    ) -> None:
         self.root_pid = root_pid
+        self.extra_roots = extra_roots
         self._t = time.monotonic()
         self._disk = psutil.disk_io_counters()
         self._net = psutil.net_io_counters()
@@ -107,13 +110,23 @@ class Sampler:
         psutil.cpu_percent(percpu=True)
 
     def _tree(self) -> list[psutil.Process]:
+        """The task's processes: the child's tree plus the trees of ``extra_roots()`` (a Docker
+        container's init, which is the daemon's child, not ours)."""
         if self.root_pid is None:
             return []
-        try:
-            root = psutil.Process(self.root_pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        roots = [self.root_pid]
+        if self.extra_roots is not None:
+            try:
+                roots += [pid for pid in self.extra_roots() if pid not in roots]
+            except Exception as exc:  # metrics are best effort; the child's tree still counts
+                log.debug("container pids unavailable: %s", exc)
+        procs: list[psutil.Process] = []
+        for pid in roots:
+            try:
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
         # Reuse Process objects so cpu_percent() measures since the previous sample.
         keep: dict[int, psutil.Process] = {}
         for p in procs:
@@ -204,6 +217,7 @@ class Monitor(BackgroundThread):
         log: Logger,
         root_pid: int | None = None,
         gpu: GpuProbe | None = None,
+        extra_roots: Callable[[], list[int]] | None = None,
     ) -> None:
         super().__init__()
         self._send = send
@@ -212,7 +226,7 @@ class Monitor(BackgroundThread):
         self.worker = worker
         self.interval = max(0.5, interval)
         self.log = log
-        self.sampler = Sampler(root_pid)
+        self.sampler = Sampler(root_pid, extra_roots)
         self.gpu = gpu if gpu is not None else GpuProbe(os.environ.get("CUDA_VISIBLE_DEVICES"))
         if not self.gpu.available:
             self.log(f"GPU monitoring off: NVML not available ({self.gpu.error or 'no GPU'})")

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hpcagent.config import Settings
-    from hpcagent.executor.container import ContainerSettings
+    from hpcagent.config import ContainerSettings, Settings
 
 
 def _home() -> Path:

@@ -150,7 +150,7 @@ class VenvBuilder:
         wrap: Callable[[Sequence[str]], tuple[list[str], dict[str, str]]] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
-        # Container mode: every build command runs in the image (executor/container_setup.py).
+        # Container mode: every build command runs in the image (hpcagent/container/mode.py).
         self.wrap = wrap
         self.max_entries = max(1, max_entries)
         self.free_space_threshold_gb = free_space_threshold_gb

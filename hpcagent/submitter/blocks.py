@@ -14,84 +14,57 @@ key ``slurm.hpcagent_command`` (a command line, split like a shell would) says o
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpcagent.errors import CommandError, TemplateError
-from hpcagent.process import run_command
+from hpcagent.config import ContainerSettings
+from hpcagent.container.base import task_image
+from hpcagent.container.cache import ensure_image
+from hpcagent.container.shim import activate_line, template_wraps_agent_execute, wrapped_execute
+from hpcagent.errors import ContainerError, TemplateError
 from hpcagent.submitter.options import job_name
 from hpcagent.templating import RenderContext
 
 CONTAINER_MODES = ("singularity", "container")
-# The seed's template form `[srun] singularity exec ${CLEARML_AGENT_EXECUTE}` (docs/containers.md;
-# same rule as hpcagent.executor.container_shim.template_wraps_agent_execute).
-_WRAPPED = re.compile(r"\b(singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE\}")
-
-
-def task_image(task: Mapping[str, Any], config: Callable[..., Any]) -> str:
-    """The task's ``container.image``, else ``agent.default_docker.image``."""
-    container = task.get("container") or {}
-    image = str(container.get("image") or "").strip()
-    return image or str(config("agent.default_docker.image", "") or "").strip()
-
-
-def prepull_image(image: str, config_file: Path | None, timeout_s: float) -> str:
-    """Pull ``image`` once into the shared cache here (login node) and return the SIF path,
-    through the executor's pull-once code as a subprocess (agent.container.pull_on_submit)."""
-    argv = [sys.executable, "-m", "hpcagent.executor.container_cache", "pull", image]
-    if config_file is not None:
-        argv += ["--config-file", str(config_file)]
-    try:
-        res = run_command(argv, timeout=timeout_s)
-    except CommandError as exc:
-        raise TemplateError(f"pulling {image} failed: {exc}") from exc
-    lines = res.stdout.strip().splitlines()
-    if res.returncode != 0 or not lines:
-        raise TemplateError(f"pulling {image} failed: {res.stderr.strip()[-1000:]}")
-    return lines[-1]
 
 
 def prepull_for_task(
-    task: Mapping[str, Any],
-    config: Callable[..., Any],
-    container_mode: str | None,
-    config_file: Path | None,
+    task: Mapping[str, Any], cfg: ContainerSettings, container_mode: str | None
 ) -> str:
-    """The pre-pulled SIF for the task in singularity mode with
-    ``agent.container.pull_on_submit``; "" when that does not apply. Raises TemplateError."""
-    wanted = task_image(task, config) if container_mode == "singularity" else ""
-    if not wanted or str(config("agent.container.pull_on_submit", False)).lower() not in (
-        "true",
-        "1",
-        "yes",
-    ):
+    """The SIF pulled here (login node) into the shared cache for the task in singularity mode
+    with ``agent.container.pull_on_submit``; "" when that does not apply. The same pull-once
+    code the executor uses. Raises TemplateError when the pull fails."""
+    wanted = task_image(task, cfg) if container_mode == "singularity" else ""
+    if not wanted or not cfg.pull_on_submit:
         return ""
-    timeout = float(config("agent.container.pull_timeout_sec", 1800) or 1800) + 120
-    return prepull_image(wanted, config_file, timeout)
+    try:
+        return ensure_image(wanted, cfg)
+    except ContainerError as exc:
+        raise TemplateError(f"pulling {wanted} failed: {exc}") from exc
 
 
 def _wrapped_execute(
-    image: str, command: str, hpcagent: Sequence[str], config: Callable[..., Any]
+    image: str, command: str, hpcagent: Sequence[str], cfg: ContainerSettings
 ) -> tuple[str, str]:
     """For the seed's form: ``IMAGE <command>`` and, in mode host, the pre-setup line that
     puts hpcagent's singularity/apptainer shims first on PATH (they run the command on the
-    host; see hpcagent.executor.container_shim)."""
+    host; see hpcagent.container.shim)."""
     if not image:
         raise TemplateError(
             "singularity mode: the task has no container.image and agent.default_docker.image "
             "is empty"
         )
-    if "://" not in image and not image.startswith(("/", ".", "~")) and not image.endswith(".sif"):
-        image = "docker://" + image  # a bare Docker name, as ClearML configs usually hold
     shim = ""
-    if str(config("agent.container.mode", "host") or "host") == "host":
+    if cfg.mode == "host":
         python = hpcagent[0] if list(hpcagent[1:3]) == ["-m", "hpcagent"] else sys.executable
-        shim = f'eval "$({shlex.quote(python)} -m hpcagent.executor.container_shim activate)"'
-    return f"{shlex.quote(image)} {command}", shim
+        shim = activate_line(python)
+    try:
+        return wrapped_execute(image, command), shim
+    except ContainerError as exc:
+        raise TemplateError(str(exc)) from exc
 
 
 def hpcagent_argv(config: Callable[..., Any]) -> list[str]:
@@ -137,12 +110,14 @@ def build_context(
     project_name: str = "",
     template_text: str = "",
     image: str = "",
+    container: ContainerSettings | None = None,
 ) -> RenderContext:
     """The render context for one task (pre/post setup from ``slurm.pre_setup/post_setup``).
 
     In singularity mode with the seed's ``singularity exec ${CLEARML_AGENT_EXECUTE}`` in
     ``template_text``, the image goes in front of the command (``image``: a pre-pulled SIF,
     else the task's or the default image) and the shim line is added to the pre-setup.
+    ``container`` is ``Settings.container`` (defaults when not given).
     """
     pre = config("slurm.pre_setup", "") or ""
     post = config("slurm.post_setup", "") or ""
@@ -157,8 +132,9 @@ def build_context(
         config_file=config_file,
         container_mode=container_mode,
     )
-    if container_mode == "singularity" and _WRAPPED.search(template_text):
-        execute, shim = _wrapped_execute(image or task_image(task, config), execute, argv, config)
+    if container_mode == "singularity" and template_wraps_agent_execute(template_text):
+        cfg = container or ContainerSettings()
+        execute, shim = _wrapped_execute(image or task_image(task, cfg), execute, argv, cfg)
         pre = f"{pre}\n{shim}" if pre and shim else (pre or shim)
     return RenderContext(
         task=task,

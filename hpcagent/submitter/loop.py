@@ -290,9 +290,7 @@ class Submitter:
             log.info("task %s queue %s: skipped (task %s)", task_id, q.name, status)
             return "skipped"
         try:  # agent.container.pull_on_submit: pull on this (login) node before sbatch
-            image = prepull_for_task(
-                task, self.config, self.opts.container_mode, self.opts.config_file
-            )
+            image = prepull_for_task(task, self.opts.container, self.opts.container_mode)
         except TemplateError as exc:
             taskops.fail(self.client, task_id, "image pull failed", str(exc))
             self.ledger.mark_finished(task_id, f"failed: {exc}")
@@ -309,6 +307,7 @@ class Submitter:
             hpcagent=self.opts.hpcagent_argv,
             template_text=q.template.read_text(),
             image=image,
+            container=self.opts.container,
         )
         if self.opts.task_vars is not None:
             ctx = dataclasses.replace(ctx, extra={**ctx.extra, **self.opts.task_vars(task_id, q)})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcagent.config import ContainerSettings
 from hpcagent.submitter.worktime import WorkingHours
 
 
@@ -43,6 +44,8 @@ class SubmitterOptions:
     poll_interval_s: float = 5.0
     pull_interval_s: float = 0.25
     container_mode: str | None = None
+    #: ``Settings.container``: images, pull on submit, the shim's mode.
+    container: ContainerSettings = field(default_factory=ContainerSettings)
     config_file: Path | None = None
     hours: WorkingHours = field(default_factory=WorkingHours)
     max_pulls_per_cycle: int = 100

@@ -78,6 +78,7 @@ def dry_run(
             config_file=opts.config_file,
             container_mode=opts.container_mode,
             template_text=q.template.read_text(),
+            container=settings.container,
         )
         echo(f"# next task {task_id} from queue {q.name} with template {q.template}")
         echo(render_file(q.template, ctx).rstrip("\n"))
@@ -102,6 +103,7 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         poll_interval_s=poll,
         pull_interval_s=min(poll, float(settings.get("slurm.pull_interval_sec", 0.25) or 0.25)),
         container_mode=req.container_mode,
+        container=settings.container,
         config_file=req.job_config,
         hours=WorkingHours.parse(req.uptime or [], req.downtime or []),
     )

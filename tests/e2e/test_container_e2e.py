@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,11 @@ import psutil
 import pytest
 from filelock import FileLock
 
-from hpcagent.executor.container import (
-    ContainerRequest,
-    ContainerSession,
-    ContainerSettings,
-    PreparedCommand,
-    resolve_runtime,
-)
-from hpcagent.executor.container_cache import ensure_image
-from hpcagent.executor.container_docker import (
-    DockerSession,
-    abort_container,
-    container_name,
-    ensure_docker_image,
-)
+from hpcagent.config import ContainerSettings
+from hpcagent.container.apptainer import ApptainerSession, resolve_runtime
+from hpcagent.container.base import ContainerRequest, Session
+from hpcagent.container.cache import ensure_image
+from hpcagent.container.docker import DockerSession, container_name, ensure_docker_image
 from hpcagent.executor.process import ChildProcess, run_streamed
 
 # The first test may make the root filesystem (debootstrap, about a minute, more on a slow mirror).
@@ -112,7 +102,7 @@ def rootfs() -> Path:
     if not shutil.which("debootstrap"):
         _apt_install("debootstrap")
     if not _have_root() or not shutil.which("debootstrap"):
-        pytest.skip("needs root and debootstrap to make the test root filesystem")
+        pytest.fail("needs root and debootstrap to make the test root filesystem")
     ROOTFS.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ROOTFS) + ".lock", timeout=1800):
         if not (ROOTFS / "usr" / "bin" / "python3").exists():
@@ -133,7 +123,7 @@ def rootfs() -> Path:
             )
             if res.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-                pytest.skip(f"debootstrap failed (no Debian mirror?): {res.stderr[-500:]}")
+                pytest.fail(f"debootstrap failed (no Debian mirror?): {res.stderr[-500:]}")
             os.replace(tmp, ROOTFS)
     return ROOTFS
 
@@ -144,41 +134,35 @@ def bwrap() -> str:
         _apt_install("bubblewrap")
     found = shutil.which("bwrap")
     if not found:
-        pytest.skip("bubblewrap (bwrap) is missing and cannot be installed: no stand-in runtime")
+        pytest.fail("bubblewrap (bwrap) is missing and cannot be installed: no stand-in runtime")
     probe = subprocess.run(
         ["bwrap", "--bind", "/", "/", "--", "true"], capture_output=True, check=False
     )
     if probe.returncode != 0:
-        pytest.skip(f"bwrap cannot create namespaces here: {probe.stderr.decode()[-300:]}")
+        pytest.fail(f"bwrap cannot create namespaces here: {probe.stderr.decode()[-300:]}")
     return found
 
 
-def _docker_answers() -> bool:
-    res = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=60)
-    return res.returncode == 0
-
-
 @pytest.fixture(scope="session")
-def docker_image(rootfs: Path) -> Iterator[str]:
-    """The local ``hpcagent-test-base`` image (docker import of the root filesystem)."""
-    if not shutil.which("docker"):
-        _apt_install("docker.io")
-    if not shutil.which("docker"):
-        pytest.skip("docker is not installed and cannot be installed")
-    if not _docker_answers() and _have_root() and shutil.which("dockerd"):
-        with open("/tmp/hpcagent-dockerd.log", "ab") as log:
-            subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
-        for _ in range(60):
-            if _docker_answers():
-                break
-            time.sleep(1)
-    if not _docker_answers():
-        pytest.skip("the Docker daemon is not running and cannot be started here")
-    have = subprocess.run(["docker", "image", "inspect", DOCKER_IMAGE], capture_output=True)
-    if have.returncode != 0:
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", DOCKER_IMAGE], stdin=tar.stdout, check=True)
-        tar.wait()
+def docker_image(rootfs: Path) -> str:
+    """The local ``hpcagent-test-base`` image: the engine from docker/engine.sh (installs
+    docker.io and starts dockerd when missing, as ``make test`` does), the image imported from
+    the test root filesystem by docker/slurm-cluster/base-image.sh. No registry is needed."""
+    engine = subprocess.run(
+        ["bash", str(REPO / "docker" / "engine.sh")], capture_output=True, text=True, timeout=900
+    )
+    if engine.returncode != 0:
+        pytest.fail(f"no Docker engine (docker/engine.sh): {engine.stderr[-800:]}")
+    env = {**os.environ, "BASE_IMAGE": DOCKER_IMAGE, "BASE_ROOTFS": str(rootfs), "BASE_PULL": "0"}
+    base = subprocess.run(
+        ["bash", str(REPO / "docker" / "slurm-cluster" / "base-image.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    if base.returncode != 0:
+        pytest.fail(f"cannot make {DOCKER_IMAGE}: {base.stderr[-800:]}")
     return DOCKER_IMAGE
 
 
@@ -209,14 +193,11 @@ def _settings(work: dict[str, Path]) -> ContainerSettings:
     )
 
 
-def _run_task(session: ContainerSession | DockerSession, work: dict[str, Path]) -> list[str]:
+def _run_task(session: Session, work: dict[str, Path]) -> list[str]:
     """Build a venv with the image's Python, then run the task in it; check every argv."""
     venv = work["venvs"] / "image-venv"
-    kw = {"main": False} if isinstance(session, DockerSession) else {}
     setup = session.wrap(
-        [*session.python_argv(), "-m", "venv", "--without-pip", str(venv)],
-        cwd=work["workspace"],
-        **kw,
+        ["python3", "-m", "venv", "--without-pip", str(venv)], cwd=work["workspace"], main=False
     )
     code, tail = run_streamed(setup.argv, cwd=setup.cwd, env=setup.env, on_lines=lambda _: None)
     assert code == 0, tail
@@ -261,16 +242,17 @@ def _marker_procs(marker: str) -> list[psutil.Process]:
     return found
 
 
-def _abort_and_check(prep: PreparedCommand, marker: str, docker: bool) -> None:
+def _abort_and_check(session: Session, marker: str, cwd: Path) -> None:
     """Start a task that forks sleepers inside the container, abort it the way the executor
-    does (abort commands, then SIGTERM/SIGKILL to the process group), and look for leftovers."""
+    does (the session's abort, then SIGTERM/SIGKILL to the process group), and look for
+    leftovers."""
+    prep = session.wrap(_sleepers(marker), cwd=cwd)
     child = ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, on_lines=lambda _: None)
     deadline = time.monotonic() + 60
     while len(_marker_procs(marker)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(_marker_procs(marker)) >= 3, "the task's processes did not start"
-    if docker:
-        abort_container(prep)
+    session.abort(prep)
     child.terminate(grace_s=3.0)
     deadline = time.monotonic() + 20
     while _marker_procs(marker) and time.monotonic() < deadline:
@@ -286,8 +268,8 @@ def _sleepers(marker: str) -> list[str]:
 # -- the Singularity path, through the stand-in --------------------------------------------
 
 
-def _standin_session(work: dict[str, Path], rootfs: Path) -> ContainerSession:
-    session = ContainerSession(
+def _standin_session(work: dict[str, Path], rootfs: Path) -> ApptainerSession:
+    session = ApptainerSession(
         runtime=resolve_runtime(str(STANDIN)),
         image_path=str(rootfs),
         request=ContainerRequest(str(rootfs), ("--writable-tmpfs",)),
@@ -310,7 +292,7 @@ def test_standin_task_runs_in_sandbox(work: dict[str, Path], rootfs: Path, bwrap
 def test_standin_abort_leaves_no_process(work: dict[str, Path], rootfs: Path, bwrap: str) -> None:
     session = _standin_session(work, rootfs)
     marker = f"{300 + uuid.uuid4().int % 1000}.{os.getpid()}"
-    _abort_and_check(session.wrap(_sleepers(marker), cwd=work["workspace"]), marker, docker=False)
+    _abort_and_check(session, marker, work["workspace"])
 
 
 def test_standin_pulled_image_runs(
@@ -326,7 +308,7 @@ def test_standin_pulled_image_runs(
     sif = ensure_image("docker://lab/py:3.11", settings)
     assert sif.endswith(".sif")
     assert Path(sif).parent == settings.cache_dir
-    session = ContainerSession(
+    session = ApptainerSession(
         runtime=resolve_runtime(str(STANDIN)),
         image_path=sif,
         request=ContainerRequest("docker://lab/py:3.11"),
@@ -384,9 +366,9 @@ def test_docker_task_runs(work: dict[str, Path], docker_image: str) -> None:
 def test_docker_abort_leaves_no_container(work: dict[str, Path], docker_image: str) -> None:
     task_id = "abort-" + uuid.uuid4().hex[:8]
     session = _docker_session(work, docker_image, task_id)
-    ensure_docker_image(session.docker, docker_image)
+    ensure_docker_image(session.docker, docker_image, pull_timeout_s=600)
     marker = f"{300 + uuid.uuid4().int % 1000}.{os.getpid()}"
-    _abort_and_check(session.wrap(_sleepers(marker), cwd=work["workspace"]), marker, docker=True)
+    _abort_and_check(session, marker, work["workspace"])
     left = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"name={container_name(task_id)}"],
         capture_output=True,

@@ -26,17 +26,9 @@ import psutil
 import pytest
 from test_container_e2e import bwrap, docker_image, rootfs  # noqa: F401 - fixtures
 
-from hpcagent.executor.container_shim import install_shims, shim_pre_setup
-from hpcagent.executor.options import ExecuteOptions
+from hpcagent.container.shim import install_shims, shim_pre_setup
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(1800),
-    pytest.mark.skipif(
-        "docker" not in ExecuteOptions.__dataclass_fields__,
-        reason="the executor's container-mode integration (see docs/containers.md) is not in yet",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "fakes" / "apptainer-standin"

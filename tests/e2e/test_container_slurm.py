@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 from test_container_submitter import (  # noqa: F401 - helpers and the world fixture
-    NOT_INTEGRATED,
     _log,
     _slurm_argv,
     _status,
@@ -25,7 +24,7 @@ from test_container_submitter import (  # noqa: F401 - helpers and the world fix
     world,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.timeout(1800), NOT_INTEGRATED]
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 SRUN_TEMPLATE = """\
 #!/bin/bash

@@ -10,7 +10,6 @@ pre-pull (``agent.container.pull_on_submit``): one pull, the job uses the cached
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -23,16 +22,7 @@ from typing import Any
 import pytest
 from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 
-from hpcagent.executor.options import ExecuteOptions
-from hpcagent.submitter.blocks import build_context
-
-#: The submitter and executor hooks for container mode are in (see docs/containers.md).
-NOT_INTEGRATED = pytest.mark.skipif(
-    "template_text" not in inspect.signature(build_context).parameters
-    or "docker" not in ExecuteOptions.__dataclass_fields__,
-    reason="the submitter/executor container-mode integration (docs/containers.md) is not in",
-)
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800), NOT_INTEGRATED]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "fakes" / "apptainer-standin"
@@ -156,7 +146,7 @@ def test_seed_template_rendered_and_run(world: dict[str, Any], rootfs: Path, bwr
     line = next(x for x in out.splitlines() if x.startswith("singularity exec"))
     assert line.startswith(f"singularity exec --writable-tmpfs {rootfs} env ")
     assert line.endswith(f"-m hpcagent execute --id {task_id}")
-    assert "hpcagent.executor.container_shim activate" in out
+    assert "hpcagent.container.shim activate" in out
     assert server.secret_key not in out
     script = world["tmp"] / "job.sh"
     script.write_text("\n".join(x for x in out.splitlines() if not x.startswith("# next")) + "\n")

@@ -13,20 +13,12 @@ from typing import Any
 
 import pytest
 
+from hpcagent.config import ContainerSettings
+from hpcagent.container import docker as container_docker
+from hpcagent.container.apptainer import ApptainerSession, Runtime, build_exec_argv, split_env
+from hpcagent.container.base import Bind, ContainerRequest, is_secret_name, job_gpus
+from hpcagent.container.docker import DockerSession, build_docker_argv, gpu_args
 from hpcagent.errors import ContainerError
-from hpcagent.executor import container_docker
-from hpcagent.executor.container import (
-    Bind,
-    ContainerRequest,
-    ContainerSession,
-    ContainerSettings,
-    Runtime,
-    build_exec_argv,
-    is_secret_name,
-    job_gpus,
-    split_env,
-)
-from hpcagent.executor.container_docker import DockerSession, build_docker_argv, gpu_args
 from hpcagent.process import CommandResult
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "container"
@@ -75,13 +67,13 @@ SLURM_ENV = {
 
 def _session(
     dirs: dict[str, Path], runtime: Runtime, env: dict[str, str], **kw: Any
-) -> ContainerSession:
+) -> ApptainerSession:
     settings = ContainerSettings(
         binds=(f"{dirs['data']}:/data:ro",),
         cleanenv=kw.pop("cleanenv", True),
         env_passthrough=("MY_SITE_*",),
     )
-    session = ContainerSession(
+    session = ApptainerSession(
         runtime=runtime,
         image_path=str(dirs["image"]),
         request=ContainerRequest("docker://python:3.11", ("--writable-tmpfs",)),
@@ -180,7 +172,7 @@ def test_docker_session_wrap_and_abort(
     assert "SLURM_JOB_ID=9" in prep.argv
     setup = session.wrap(["python3", "-m", "venv", "v"], cwd=dirs["workspace"], main=False)
     assert setup.argv[setup.argv.index("--name") + 1].startswith("hpcagent-t_1-setup-")
-    container_docker.abort_container(prep)
+    session.abort(prep)
     assert calls[-1] == ["/usr/bin/docker", "kill", "hpcagent-t_1"]
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from hpcagent.config import ContainerSettings
+from hpcagent.container.apptainer import resolve_runtime
+from hpcagent.container.cache import cache_name, cached_image_path, ensure_image
 from hpcagent.errors import ContainerError
-from hpcagent.executor.container import ContainerSettings, resolve_runtime
-from hpcagent.executor.container_cache import cache_name, cached_image_path, ensure_image
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "fakes" / "apptainer-standin"
@@ -92,26 +93,29 @@ def test_failed_pull_leaves_nothing(tmp_path: Path, registry: Path) -> None:
     assert leftovers == []
 
 
+PULL_ONE = """
+import sys
+from hpcagent.config import load_settings
+from hpcagent.container.cache import ensure_image
+settings = load_settings(config_file=sys.argv[2])
+print(ensure_image(sys.argv[1], settings.container, log=lambda m: print(m, file=sys.stderr)))
+"""
+
+
 def test_four_concurrent_jobs_pull_once(
     tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Four processes want one image at once (the submitter's pre-pull entry point, as a job
-    would call it): exactly one pull runs, all four get the same complete SIF."""
+    """Four processes want one image at once (each loads the config and calls ensure_image, as
+    jobs and the submitter do): exactly one pull runs, all four get the same complete SIF."""
     cache = tmp_path / "cache"
     conf = tmp_path / "clearml.conf"
     conf.write_text(f'agent {{ container {{ binary: "{STANDIN}", cache_dir: "{cache}" }} }}\n')
     monkeypatch.setenv("APPTAINER_STANDIN_PULL_DELAY", "3")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    argv = [
-        sys.executable,
-        "-m",
-        "hpcagent.executor.container_cache",
-        "pull",
-        "docker://lab/tiny:1.0",
-    ]
+    argv = [sys.executable, "-c", PULL_ONE, "docker://lab/tiny:1.0"]
     procs = [
         subprocess.Popen(
-            [*argv, "--config-file", str(conf)],
+            [*argv, str(conf)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -9,30 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from hpcagent.config import load_settings
-from hpcagent.errors import ContainerError
-from hpcagent.executor.container import (
+from hpcagent.config import ContainerSettings, load_settings
+from hpcagent.container.apptainer import parse_version, resolve_runtime
+from hpcagent.container.base import (
     ContainerRequest,
-    ContainerSettings,
-    normalise_image,
-    parse_version,
     request_for_task,
-    resolve_runtime,
     running_inside_container,
     split_arguments,
 )
-from hpcagent.executor.container_shim import (
+from hpcagent.container.images import normalise_image
+from hpcagent.container.shim import (
     ENV_ARGS,
     ENV_BINARY,
     ENV_IMAGE,
     activate_line,
     install_shims,
-    render_agent_execute,
     request_from_env,
     shim_pre_setup,
     split_wrapped_call,
     template_wraps_agent_execute,
+    wrapped_execute,
 )
+from hpcagent.errors import ContainerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,7 +116,7 @@ def test_settings_from_config(tmp_path: Path) -> None:
         f' container {{ binary: /opt/apptainer, cache_dir: "{tmp_path}/c", binds: ["/a:/b:ro"],'
         " pull_on_submit: true, cleanenv: false } }\n"
     )
-    cfg = ContainerSettings.from_settings(load_settings(config_file=conf, env={}))
+    cfg = load_settings(config_file=conf, env={}).container
     assert cfg.binary == "/opt/apptainer"
     assert cfg.cache_dir == tmp_path / "c"
     assert cfg.binds == ("/a:/b:ro",)
@@ -140,13 +138,12 @@ def test_template_detection_and_render() -> None:
     assert template_wraps_agent_execute("apptainer exec ${CLEARML_AGENT_EXECUTE}")
     assert not template_wraps_agent_execute("srun ${CLEARML_AGENT_EXECUTE}\nsingularity exec x")
     assert (
-        render_agent_execute("t1", "docker://py:3.11", wrapped=True)
+        wrapped_execute("docker://py:3.11", "hpcagent execute --id t1")
         == "docker://py:3.11 hpcagent execute --id t1"
     )
-    assert (
-        render_agent_execute("t1", "/img dir/x.sif", wrapped=False)
-        == "hpcagent execute --id t1 --container '/img dir/x.sif'"
-    )
+    assert wrapped_execute("py:3.11", "x") == "docker://py:3.11 x"  # a bare Docker name
+    assert wrapped_execute("/img dir/x.sif", "x") == "'/img dir/x.sif' x"
+    assert wrapped_execute("library://lab/img:1", "x") == "library://lab/img:1 x"
     assert shim_pre_setup("/s d") == "export PATH='/s d':\"$PATH\""
 
 
@@ -191,7 +188,7 @@ def test_shim_end_to_end(tmp_path: Path) -> None:
         "PATH": f"{shims}:{real_dir}:{host_bin}:/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
     }
-    line = render_agent_execute("t9", "docker://py:3.11", wrapped=True)
+    line = wrapped_execute("docker://py:3.11", "hpcagent execute --id t9")
     script = (
         f"{shim_pre_setup(shims)}\n"
         f"singularity exec --nv -B /data {line}\n"

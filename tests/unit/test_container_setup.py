@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from hpcagent.errors import ContainerError
-from hpcagent.executor.container import ContainerSession, ContainerSettings
-from hpcagent.executor.container_setup import (
-    CONTAINER_PATH,
+from hpcagent.config import ContainerSettings
+from hpcagent.container.apptainer import ApptainerSession
+from hpcagent.container.base import CONTAINER_PATH
+from hpcagent.container.mode import (
     ContainerChoice,
     choose_mode,
     command_wrapper,
     inner_env,
     open_session,
 )
-from hpcagent.executor.container_shim import ENV_ARGS, ENV_BINARY, ENV_IMAGE
+from hpcagent.container.shim import ENV_ARGS, ENV_BINARY, ENV_IMAGE
+from hpcagent.errors import ContainerError
 
 STANDIN = Path(__file__).resolve().parents[2] / "tests" / "fakes" / "apptainer-standin"
 
@@ -73,7 +74,7 @@ def test_open_session_on_a_sandbox(tmp_path: Path) -> None:
         host_env={"PATH": "/usr/bin:/bin"},
         log=notes.append,
     )
-    assert isinstance(session, ContainerSession)
+    assert isinstance(session, ApptainerSession)
     assert session.image_path == str(sandbox)
     assert work.is_dir()
     assert cache.is_dir()

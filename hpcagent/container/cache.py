@@ -17,33 +17,27 @@ crashed pull leaves no stale lock. Where the shared filesystem has no ``flock`` 
 the ``flock`` mount option) it falls back to ``SoftFileLock`` (``O_EXCL`` file); see
 docs/containers.md for clearing a stale one.
 
-The submitter can pre-pull on the login node before ``sbatch`` (``agent.container
-.pull_on_submit``) with ``python -m hpcagent.executor.container_cache pull IMAGE``, which
-prints the SIF path; compute nodes without internet then find the image in the cache.
+The submitter calls :func:`ensure_image` itself on the login node before ``sbatch``
+(``agent.container.pull_on_submit``); compute nodes without internet then find the image in
+the cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
 import re
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
+from hpcagent.config import ContainerSettings
+from hpcagent.container.apptainer import Runtime, resolve_runtime
+from hpcagent.container.images import is_pull_source, normalise_image
 from hpcagent.errors import CommandError, ContainerError
-from hpcagent.executor.container import (
-    ContainerSettings,
-    Runtime,
-    is_pull_source,
-    normalise_image,
-    resolve_runtime,
-)
 from hpcagent.process import run_command
 
 Logger = Callable[[str], None]
@@ -143,32 +137,3 @@ def ensure_image(
         os.replace(tmp, target)
         log(f"pulled {source} in {time.monotonic() - started:.0f} s")
     return str(target)
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hpcagent.executor.container_cache pull IMAGE [--config-file F]``.
-
-    For the submitter (which must not import the executor): prints the local image path on
-    stdout, or one error line on stderr with the ContainerError exit code.
-    """
-    parser = argparse.ArgumentParser(prog="python -m hpcagent.executor.container_cache")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    pull = sub.add_parser("pull", help="pull IMAGE into the shared cache once; print its path")
-    pull.add_argument("image")
-    pull.add_argument("--config-file", default=None)
-    args = parser.parse_args(argv)
-    from hpcagent.config import load_settings
-    from hpcagent.errors import HpcAgentError
-
-    try:
-        settings = ContainerSettings.from_settings(load_settings(config_file=args.config_file))
-        path = ensure_image(args.image, settings, log=lambda m: print(m, file=sys.stderr))
-    except HpcAgentError as exc:
-        print(f"hpcagent: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

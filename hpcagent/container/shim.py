@@ -16,12 +16,12 @@ the executor on the host, driving the container (docs/containers.md), and suppor
 * ``mode: inside``: no shim; the real binary runs hpcagent in the image (which must contain
   it); the executor sees ``APPTAINER_CONTAINER`` and runs the task without nesting.
 
-Templates without the ``singularity exec`` prefix get ``hpcagent execute --id T --container
-IMAGE`` directly (:func:`render_agent_execute`).
+Templates without the ``singularity exec`` prefix get ``env HPCAGENT_CONTAINER_MODE=singularity
+hpcagent execute --id T`` (hpcagent.submitter.blocks).
 
-The submitter must not import the executor; its pre-setup line can simply be
-``eval "$(PYTHON -m hpcagent.executor.container_shim activate)"`` (:func:`activate_line`),
-which writes the shims on the node and prints the PATH line.
+The submitter's pre-setup line is ``eval "$(PYTHON -m hpcagent.container.shim activate)"``
+(:func:`activate_line`), which writes the shims on the node and prints the PATH line;
+:func:`wrapped_execute` puts the image in front of the command.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpcagent import process
-from hpcagent.executor.container import ContainerRequest, split_arguments
+from hpcagent.container.base import ContainerRequest, split_arguments
+from hpcagent.container.images import apptainer_image
 
 ENV_IMAGE = "HPCAGENT_CONTAINER_IMAGE"
 ENV_ARGS = "HPCAGENT_CONTAINER_ARGS"
@@ -50,22 +51,10 @@ def template_wraps_agent_execute(template_text: str) -> bool:
     return bool(_WRAPPED.search(template_text))
 
 
-def render_agent_execute(
-    task_id: str,
-    image: str,
-    *,
-    wrapped: bool,
-    hpcagent: str = "hpcagent",
-    extra: Sequence[str] = (),
-) -> str:
-    """The shell text for ``${CLEARML_AGENT_EXECUTE}`` in singularity mode (every word quoted).
-
-    ``wrapped`` (see :func:`template_wraps_agent_execute`): ``IMAGE hpcagent execute --id T``;
-    otherwise ``hpcagent execute --id T --container IMAGE``.
-    """
-    run = [hpcagent, "execute", "--id", task_id, *extra]
-    words = [image, *run] if wrapped else [*run, "--container", image]
-    return shlex.join(words)
+def wrapped_execute(image: str, command: str) -> str:
+    """``${CLEARML_AGENT_EXECUTE}`` for the seed's form: the image (a bare Docker name gets
+    ``docker://``), quoted, in front of ``command`` (already shell text)."""
+    return f"{shlex.quote(apptainer_image(image))} {command}"
 
 
 def shim_pre_setup(shim_dir: Path | str) -> str:
@@ -83,7 +72,7 @@ def activate_line(python: str) -> str:
     """The ``${CLEARML_PRE_SETUP}`` line for mode host that needs nothing prepared: it writes
     the shims on the node with ``python`` (which must import hpcagent there) and puts them
     first on PATH. The submitter builds it from its own interpreter, without importing this."""
-    return f'eval "$({shlex.quote(python)} -m hpcagent.executor.container_shim activate)"'
+    return f'eval "$({shlex.quote(python)} -m hpcagent.container.shim activate)"'
 
 
 def install_shims(directory: Path, python: str = sys.executable) -> Path:
@@ -97,7 +86,7 @@ def install_shims(directory: Path, python: str = sys.executable) -> Path:
         "#!/bin/sh\n"
         "# hpcagent shim (docs/containers.md): 'exec [FLAGS] IMAGE hpcagent execute ...' runs\n"
         "# the executor on the host; any other call goes to the real binary.\n"
-        f"exec {shlex.quote(python)} -m hpcagent.executor.container_shim shim "
+        f"exec {shlex.quote(python)} -m hpcagent.container.shim shim "
         f'"$(basename "$0")" {shlex.quote(str(directory))} "$@"\n'
     )
     for name in SHIM_NAMES:
@@ -195,9 +184,9 @@ def shim_exec(name: str, shim_dir: Path, args: Sequence[str]) -> int:
 
 def _main(argv: Sequence[str]) -> int:
     usage = (
-        "usage: python -m hpcagent.executor.container_shim activate [DIR]\n"
-        "       python -m hpcagent.executor.container_shim install DIR [PYTHON]\n"
-        "       python -m hpcagent.executor.container_shim shim NAME DIR [ARGS...]"
+        "usage: python -m hpcagent.container.shim activate [DIR]\n"
+        "       python -m hpcagent.container.shim install DIR [PYTHON]\n"
+        "       python -m hpcagent.container.shim shim NAME DIR [ARGS...]"
     )
     if argv and argv[0] == "activate":
         folder = Path(argv[1]) if len(argv) > 1 else default_shim_dir()

@@ -13,7 +13,8 @@ The executor (hpcagent.executor.main) calls, in order::
     #                command_wrapper(session, workdir)
     # run:  prep = session.wrap(argv, cwd=cwd, task_env=inner_env(child_env, env, venv_bin))
     #       ChildProcess(prep.argv, cwd=prep.cwd, env=prep.env, ...)
-    # abort: abort_container(prep) (Docker: docker kill), then the usual process-group stop.
+    # metrics: Monitor(..., extra_roots=lambda: session.process_roots(prep))
+    # abort: session.abort(prep) (Docker: docker kill), then the usual process-group stop.
 
 ``None`` from :func:`choose_mode` means "no container": either none was asked for, or this
 process already runs inside the image (``mode: inside``), where the task runs directly.
@@ -26,24 +27,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcagent.errors import ContainerError
-from hpcagent.executor.container import (
-    ContainerSession,
-    ContainerSettings,
+from hpcagent.config import ContainerSettings
+from hpcagent.container.apptainer import ApptainerSession, resolve_runtime
+from hpcagent.container.base import (
+    CONTAINER_PATH,
+    ContainerRequest,
+    Session,
     request_for_task,
-    resolve_runtime,
     running_inside_container,
 )
-from hpcagent.executor.container_cache import ensure_image
-from hpcagent.executor.container_docker import DockerSession, ensure_docker_image, resolve_docker
-from hpcagent.executor.container_shim import request_from_env
+from hpcagent.container.cache import ensure_image
+from hpcagent.container.docker import DockerSession, ensure_docker_image, resolve_docker
+from hpcagent.container.shim import request_from_env
+from hpcagent.errors import ContainerError
 
-Session = ContainerSession | DockerSession
 Logger = Callable[[str], None]
 #: Set by the submitter in ${CLEARML_AGENT_EXECUTE} (hpcagent.submitter.blocks).
 ENV_MODE = "HPCAGENT_CONTAINER_MODE"
-#: PATH inside an image (the host's PATH means nothing there).
-CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def open_session(
             "is empty"
         )
     if choice.image and choice.arguments:
-        request = type(request)(request.image, (*choice.arguments, *request.arguments))
+        request = ContainerRequest(request.image, (*choice.arguments, *request.arguments))
     session: Session
     if choice.kind == "docker":
         docker = resolve_docker(settings.docker_binary)
@@ -127,7 +127,7 @@ def open_session(
         log(f"container: {runtime.describe()}")
         local = ensure_image(request.image, settings, runtime, log=log)
         log(f"container: image {request.image} -> {local}")
-        session = ContainerSession(runtime, local, request, settings, host_env=env)
+        session = ApptainerSession(runtime, local, request, settings, host_env=env)
     for path in binds:
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
@@ -153,10 +153,7 @@ def command_wrapper(
     ``(argv, env)`` that runs it in the image, as a setup container for Docker."""
 
     def wrap(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-        if isinstance(session, DockerSession):
-            prep = session.wrap(argv, cwd=cwd, main=False)
-        else:
-            prep = session.wrap(argv, cwd=cwd)
+        prep = session.wrap(argv, cwd=cwd, main=False)
         return prep.argv, prep.env
 
     return wrap

@@ -1,13 +1,17 @@
 """Docker mode: ``hpcagent execute --id X --docker [IMAGE]`` (the seed agent's Docker mode).
 
+Docker and Podman (``agent.container.docker_binary: podman``) take the same argv here.
 As with Apptainer, hpcagent stays on the host and only the task's commands run in the
 container, each as ``docker run --rm --init --name hpcagent-<task> ... IMAGE cmd``, so logs
-(the ``docker run`` client's stdout), metrics, the venv cache and the final status work the
-same way. Differences the executor must know (see :class:`DockerSession`):
+(the ``docker run`` client's stdout), the venv cache and the final status work the same way.
+Differences the executor must know (see :class:`DockerSession`):
 
 * The container is a child of the Docker daemon, not of the executor: killing the ``docker
-  run`` client's process group is not enough. On abort run every ``PreparedCommand.abort_argv``
-  with ``run_command`` (``docker kill``); the client then exits on its own.
+  run`` client's process group is not enough. On abort :meth:`DockerSession.abort` runs
+  ``docker kill``; the client then exits on its own.
+* For the same reason the executor's metrics would see only the client: the container's init
+  (``docker inspect --format {{.State.Pid}}``, a host pid, since Docker shares the host's
+  kernel) is handed to the monitor by :meth:`DockerSession.process_roots`.
 * A container left over by a crashed run of the same task (same name) is removed first.
 * Only ``--rm`` containers are made, and each runs one command, so nothing accumulates.
 """
@@ -21,27 +25,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcagent.errors import CommandError, ContainerError
-from hpcagent.executor.container import (
+from hpcagent.config import ContainerSettings
+from hpcagent.container.base import (
+    ENV_NAME,
     Bind,
     ContainerRequest,
-    ContainerSettings,
     PreparedCommand,
     is_secret_name,
     job_gpus,
     passthrough_env,
+    probe_python,
+    ssh_binds,
+    unique_binds,
 )
+from hpcagent.container.images import docker_image_name
+from hpcagent.errors import CommandError, ContainerError
 from hpcagent.process import CommandResult, run_command
 
 DOCKER_TIMEOUT_S = 120.0
-PULL_TIMEOUT_S = 1800.0
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_.-]+")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def docker_image_name(image: str) -> str:
-    """``docker://repo:tag`` → ``repo:tag``; Docker has no scheme."""
-    return image[len("docker://") :] if image.startswith("docker://") else image
 
 
 def container_name(task_id: str, suffix: str = "") -> str:
@@ -50,7 +52,8 @@ def container_name(task_id: str, suffix: str = "") -> str:
     return name[:128]
 
 
-def _docker(argv: list[str], timeout: float = DOCKER_TIMEOUT_S) -> CommandResult:
+def docker(argv: list[str], timeout: float = DOCKER_TIMEOUT_S) -> CommandResult:
+    """One Docker client command through the process seam; a start failure is a ContainerError."""
     try:
         return run_command(argv, timeout=timeout)
     except CommandError as exc:
@@ -62,25 +65,25 @@ def resolve_docker(binary: str = "docker") -> str:
     found = shutil.which(binary)
     if not found:
         raise ContainerError(f"docker client not found: {binary} (agent.container.docker_binary)")
-    res = _docker([found, "version", "--format", "{{.Server.Version}}"])
+    res = docker([found, "version", "--format", "{{.Server.Version}}"])
     if res.returncode != 0:
         detail = (res.stderr.strip() or res.stdout.strip())[-500:]
         raise ContainerError(f"the Docker daemon does not answer: {detail}")
     return found
 
 
-def ensure_docker_image(docker: str, image: str, *, pull_timeout_s: float = PULL_TIMEOUT_S) -> str:
+def ensure_docker_image(client: str, image: str, *, pull_timeout_s: float) -> str:
     """The image id of ``image``; pulls it when it is not present locally."""
     name = docker_image_name(image)
-    res = _docker([docker, "image", "inspect", "--format", "{{.Id}}", name])
+    res = docker([client, "image", "inspect", "--format", "{{.Id}}", name])
     if res.returncode != 0:
-        pulled = _docker([docker, "pull", name], timeout=pull_timeout_s)
+        pulled = docker([client, "pull", name], timeout=pull_timeout_s)
         if pulled.returncode != 0:
             detail = (pulled.stderr.strip() or pulled.stdout.strip())[-1000:]
             raise ContainerError(
                 f"docker image {name} is not present and cannot be pulled: {detail}"
             )
-        res = _docker([docker, "image", "inspect", "--format", "{{.Id}}", name])
+        res = docker([client, "image", "inspect", "--format", "{{.Id}}", name])
         if res.returncode != 0:
             raise ContainerError(f"docker image {name} not found after pull")
     return str(res.stdout).strip()
@@ -97,7 +100,7 @@ def gpu_args(env: Mapping[str, str], force: bool | None = None) -> list[str]:
 
 
 def build_docker_argv(
-    docker: str,
+    client: str,
     image: str,
     command: Sequence[str],
     *,
@@ -110,30 +113,26 @@ def build_docker_argv(
     network: str = "host",
     extra_args: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
-    """``[docker, run, --rm, --init, --name N, gpus, --user?, --network?, -v.., -w W, -e.., *extra,
-    image, *command]``.
+    """``[docker, run, --rm, --init, --name N, gpus, --user?, --network?, -v.., -w W, -e..,
+    *extra, image, *command]``.
 
     Returns ``(argv, hidden)``: secret variables appear in argv by name only (``-e NAME``) and
     their values are in ``hidden``, which the caller adds to the docker client's environment.
     """
     if not command:
         raise ContainerError("nothing to run in the container")
-    argv = [docker, "run", "--rm", "--init", "--name", name, *gpus]
+    argv = [client, "run", "--rm", "--init", "--name", name, *gpus]
     if user:
         argv += ["--user", user]
     if network and not any(a.startswith(("--network", "--net")) for a in extra_args):
         argv += ["--network", network]
-    seen: set[str] = set()
-    for bind in binds:
-        spec = bind.spec()
-        if bind.target not in seen:
-            seen.add(bind.target)
-            argv += ["-v", spec]
+    for _, spec in unique_binds(binds):
+        argv += ["-v", spec]
     argv += ["-w", str(workdir)]
     hidden: dict[str, str] = {}
     for key in sorted(env or {}):
         value = (env or {})[key]
-        if not _ENV_NAME.match(key):
+        if not ENV_NAME.match(key):
             raise ContainerError(f"invalid environment variable name {key!r}")
         if is_secret_name(key) or "\n" in value:
             argv += ["-e", key]
@@ -146,7 +145,7 @@ def build_docker_argv(
 
 @dataclass
 class DockerSession:
-    """One task's Docker container setup; same role and methods as ``ContainerSession``."""
+    """One task's Docker container setup (a :class:`~hpcagent.container.base.Session`)."""
 
     docker: str
     image: str
@@ -161,9 +160,6 @@ class DockerSession:
 
     def add_bind(self, path: Path | str, *, read_only: bool = False) -> None:
         self.binds.append(Bind(Path(path), "", read_only))
-
-    def all_binds(self) -> list[Bind]:
-        return [*self.binds, *(Bind.parse(spec) for spec in self.settings.binds)]
 
     def _user(self) -> str:
         # As root the task runs as root in the container (files in the workspace stay the
@@ -186,12 +182,15 @@ class DockerSession:
         """
         self._count += 1
         name = container_name(self.task_id, "" if main else f"setup-{self._count}")
-        _docker([self.docker, "rm", "--force", name])  # absent: harmless non-zero exit
+        docker([self.docker, "rm", "--force", name])  # absent: harmless non-zero exit
         gpus = gpu_args(self.host_env, self.gpus)
+        # As root inside, ssh looks in /root/.ssh (its passwd home), as clearml-agent maps it.
+        ssh, ssh_env = ssh_binds(self.settings, self.host_env, "" if self._user() else "/root/.ssh")
         inner = passthrough_env(self.host_env, self.settings.env_passthrough)
         if gpus[1:2] != ["all"] and gpus:
             # Docker renumbers the devices it passes from 0: the host's indices are wrong inside.
             inner.pop("CUDA_VISIBLE_DEVICES", None)
+        inner.update(ssh_env)
         inner.update(task_env or {})
         if self._user():
             inner.setdefault("HOME", str(cwd))  # a writable HOME for pip and friends
@@ -201,7 +200,7 @@ class DockerSession:
             command,
             name=name,
             workdir=cwd,
-            binds=self.all_binds(),
+            binds=[*self.binds, *(Bind.parse(spec) for spec in self.settings.binds), *ssh],
             env=inner,
             gpus=gpus,
             user=self._user(),
@@ -210,32 +209,38 @@ class DockerSession:
         )
         run_env = dict(self.host_env)
         run_env.update(hidden)
-        return PreparedCommand(argv, run_env, cwd, abort_argv=[[self.docker, "kill", name]])
-
-    def python_argv(self, python: str = "python3") -> list[str]:
-        return [python]
+        return PreparedCommand(
+            argv, run_env, cwd, abort_argv=[[self.docker, "kill", name]], container=name
+        )
 
     def python_version(self, cwd: Path, python: str = "python3") -> str:
-        prep = self.wrap(
-            [python, "-c", "import platform; print(platform.python_version())"],
-            cwd=cwd,
-            main=False,
-        )
-        res = run_command(prep.argv, timeout=300.0, env=prep.env, cwd=cwd)
-        if res.returncode != 0:
-            detail = (res.stderr.strip() or res.stdout.strip())[-1000:]
-            raise ContainerError(f"{python} in {self.image} failed: {detail}")
-        return res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+        return probe_python(self, cwd, python, self.image)
 
     def cache_key(self) -> str:
         """The image id (``sha256:...``): a re-tagged image gets new venvs."""
-        return ensure_docker_image(self.docker, self.image)
+        return ensure_docker_image(
+            self.docker, self.image, pull_timeout_s=self.settings.pull_timeout_s
+        )
 
+    def abort(self, prepared: PreparedCommand) -> None:
+        """``docker kill NAME``; a container already gone is fine."""
+        for argv in prepared.abort_argv:
+            try:
+                run_command(argv, timeout=DOCKER_TIMEOUT_S)
+            except CommandError:
+                continue
 
-def abort_container(prepared: PreparedCommand, timeout: float = DOCKER_TIMEOUT_S) -> None:
-    """Run ``prepared.abort_argv`` (``docker kill NAME``); a container already gone is fine."""
-    for argv in prepared.abort_argv:
+    def process_roots(self, prepared: PreparedCommand) -> list[int]:
+        """The host pid of the container's init (``--init``: the task is its child), or none
+        while the container is not (or no longer) running."""
+        if not prepared.container:
+            return []
         try:
-            run_command(argv, timeout=timeout)
-        except CommandError:
-            continue
+            res = docker(
+                [self.docker, "inspect", "--format", "{{.State.Pid}}", prepared.container],
+                timeout=30.0,
+            )
+        except ContainerError:
+            return []
+        text = res.stdout.strip()
+        return [int(text)] if res.returncode == 0 and text.isdigit() and int(text) > 0 else []
