@@ -8,6 +8,7 @@ clear line on stderr and the error's exit code (see ``hpcagent.errors``).
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
@@ -25,7 +26,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("hpcagent.commands.config_cmd", "init_cmd"),
     ("hpcagent.commands.server", "server_cmd"),
     ("hpcagent.commands.task", "task_group"),
-    ("hpcagent.commands.task", "queue_group"),
+    ("hpcagent.commands.task_edit", "task_group"),  # edit, delete, scalars
+    ("hpcagent.commands.queue", "queue_group"),
+    ("hpcagent.commands.queue", "workers_group"),
     ("hpcagent.commands.execute", "execute_cmd"),
     ("hpcagent.commands.daemon", "daemon_cmd"),
 ]
@@ -83,19 +86,47 @@ def _register(group: click.Group, entries: Sequence[tuple[str, str]]) -> None:
 _register(main_group, COMMANDS)
 
 
-def run(command: Callable[..., object], args: Sequence[str] | None = None) -> int:
-    """Run a click command; map hpcagent errors to one stderr line and an exit code."""
+def _fail(message: str, code: int, kind: str, as_json: bool) -> int:
+    """Print one error line on stderr (JSON with ``--json``) and return ``code``."""
+    if as_json:
+        doc = {"error": {"message": message, "exit_code": code, "kind": kind}}
+        click.echo(json.dumps(doc, sort_keys=True), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
+    return code
+
+
+def _usage_hint(exc: click.ClickException) -> str:
+    """Click's usage error as one line, pointing at the command's --help."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(ctx, click.Context):
+        message = f"{message.rstrip('.')} (see '{ctx.command_path} --help')"
+    return message
+
+
+def run(
+    command: Callable[..., object], args: Sequence[str] | None = None, prog_name: str | None = None
+) -> int:
+    """Run a click command; map hpcagent errors to one stderr line and an exit code.
+
+    Every error, click's usage errors included, is one line ``error: <message>`` on stderr;
+    with ``--json`` on the command line it is one JSON object
+    ``{"error": {"message", "exit_code", "kind"}}`` on stderr instead. ``prog_name`` names the
+    program in messages (default: ``hpcagent`` for the main group, else the command's name).
+    """
+    argv = list(args) if args is not None else sys.argv[1:]
+    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     try:
-        rv = command.main(args=list(args) if args is not None else None, standalone_mode=False)  # type: ignore[attr-defined]
+        if prog_name is None:
+            prog_name = "hpcagent" if command is main_group else getattr(command, "name", None)
+        rv = command.main(args=argv, prog_name=prog_name, standalone_mode=False)  # type: ignore[attr-defined]
     except HpcAgentError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code, type(exc).__name__, as_json)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
+        return _fail("aborted", 130, "Abort", as_json)
     except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        return _fail(_usage_hint(exc), exc.exit_code, type(exc).__name__, as_json)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:

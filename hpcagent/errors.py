@@ -70,7 +70,25 @@ class ApiError(HpcAgentError):
 
 
 class AuthError(ApiError):
-    """Credentials are missing or were rejected (HTTP 401)."""
+    """Credentials were rejected (HTTP 401). Missing credentials are a :class:`ConfigError`."""
+
+
+class NotFoundError(ApiError):
+    """A name or id the user gave (queue, project, task) is unknown to the server; the message
+    names it without a status code (the server's reply, when there was one, is in the fields)."""
+
+    def __init__(self, endpoint: str, result_code: int, subcode: int, message: str) -> None:
+        super().__init__(endpoint, result_code, subcode, message)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TaskEndedError(HpcAgentError):
+    """A task that a command waited for (``task log --follow``) ended failed or stopped."""
+
+    exit_code = 8
 
 
 class ServerUnreachable(HpcAgentError):

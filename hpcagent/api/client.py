@@ -12,7 +12,11 @@ Contract (see ``reference/clearml-api.md`` §1):
   read without verifying the signature) and once after a 401, after which the call is repeated.
 * Connection errors, timeouts, HTTP 429 and 5xx are retried with jittered exponential backoff;
   any other 4xx fails at once. When the retry budget is spent the call raises
-  :class:`~hpcagent.errors.ServerUnreachable` naming the host.
+  :class:`~hpcagent.errors.ServerUnreachable` naming the host and the reason in a few words.
+  Long-running parts (submitter, executor, daemon) keep the patient configured budget
+  (``api.http.retries``); commands a person waits for use :data:`INTERACTIVE` (a wrong URL
+  fails within :meth:`RetryPolicy.worst_case_s` seconds).
+* Missing credentials are a :class:`~hpcagent.errors.ConfigError`, found before any request.
 * Secrets and the Authorization header are never logged.
 """
 
@@ -24,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -72,6 +77,32 @@ class _Transient(Exception):
         self.response = response
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a client retries an unanswered call: ``retries`` more attempts after the first, each
+    connect limited to ``connect_timeout_s``, waits of at most ``backoff_s * 2**n`` (jittered)
+    capped at ``backoff_max_s``."""
+
+    retries: int
+    backoff_s: float
+    backoff_max_s: float
+    connect_timeout_s: float
+
+    def worst_case_s(self) -> float:
+        """Longest a call to a server that never accepts a connection takes (name resolution
+        aside): every attempt's connect timeout plus the longest wait before each retry."""
+        waits = sum(
+            min(self.backoff_max_s, self.backoff_s * 2.0**n) for n in range(max(0, self.retries))
+        )
+        return (self.retries + 1) * self.connect_timeout_s + waits
+
+
+#: The policy of commands a person waits for (``hpcagent task …``, ``queue …``, ``workers …``):
+#: a wrong or dead server URL fails in under 5 s (3 attempts), not after the patient budget of
+#: the long-running parts.
+INTERACTIVE = RetryPolicy(retries=2, backoff_s=0.25, backoff_max_s=1.0, connect_timeout_s=1.2)
+
+
 def _is_transient_status(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -79,12 +110,13 @@ def _is_transient_status(status: int) -> bool:
 class ApiClient:
     """A ClearML REST client bound to one server and one key pair.
 
-    ``timeout_s`` is the read timeout of every request (the connect timeout is the smaller of it
-    and 10 s); ``retries`` is how many times a transient failure is retried (so a call makes at
-    most ``retries + 1`` attempts); the wait between attempts grows exponentially from
-    ``backoff_s`` with full jitter, capped at ``backoff_max_s``. ``worker`` goes into the
-    ``X-ClearML-Worker`` header (hostname when empty). Thread-safe: the executor shares one
-    client between its log, ping and abort-poll threads.
+    ``timeout_s`` is the read timeout of every request (the connect timeout is
+    ``connect_timeout_s``, by default the smaller of it and 10 s); ``retries`` is how many times
+    a transient failure is retried (so a call makes at most ``retries + 1`` attempts); the wait
+    between attempts grows exponentially from ``backoff_s`` with full jitter, capped at
+    ``backoff_max_s``. ``worker`` goes into the ``X-ClearML-Worker`` header (hostname when
+    empty). Thread-safe: the executor shares one client between its log, ping and abort-poll
+    threads.
     """
 
     def __init__(
@@ -101,13 +133,15 @@ class ApiClient:
         max_req_size: int = DEFAULT_MAX_REQ_SIZE,
         method: str = "post",
         token: str | None = None,
+        connect_timeout_s: float | None = None,
     ) -> None:
         if not host:
             raise ConfigError("no API server configured (api.api_server / CLEARML_API_HOST)")
         self.host = host.rstrip("/")
         self._access_key = access_key
         self._secret_key = secret_key
-        self.timeout = (min(10.0, timeout_s), timeout_s)
+        connect = min(10.0, timeout_s) if connect_timeout_s is None else connect_timeout_s
+        self.timeout = (connect, timeout_s)
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -150,6 +184,18 @@ class ApiClient:
         }
         kwargs.update(overrides)
         return cls(api.api_server, api.access_key, api.secret_key, **kwargs)
+
+    @classmethod
+    def interactive(cls, settings: Settings, policy: RetryPolicy = INTERACTIVE) -> ApiClient:
+        """A client for a command a person waits for: ``policy`` in place of the configured
+        retry budget, so that a wrong URL fails fast with one line."""
+        return cls.from_settings(
+            settings,
+            retries=min(policy.retries, settings.api.retries),
+            backoff_s=policy.backoff_s,
+            backoff_max_s=policy.backoff_max_s,
+            connect_timeout_s=policy.connect_timeout_s,
+        )
 
     def close(self) -> None:
         self._session.close()
@@ -225,12 +271,9 @@ class ApiClient:
     def _login(self) -> None:
         """Get a new token with Basic auth; the caller holds ``self._lock``."""
         if not self._access_key or not self._secret_key:
-            raise AuthError(
-                "auth.login",
-                401,
-                20,
+            raise ConfigError(
                 f"no credentials for {self.host}: set api.credentials in clearml.conf "
-                "(hpcagent init) or CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY",
+                "(hpcagent init) or CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY"
             )
         basic = base64.b64encode(f"{self._access_key}:{self._secret_key}".encode()).decode()
         headers = {"Content-Type": JSON, "Authorization": f"Basic {basic}"}
@@ -258,7 +301,7 @@ class ApiClient:
                     method, url, data=payload, headers=dict(headers), timeout=self.timeout
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(f"{type(exc).__name__}: {_short(exc)}") from exc
+                raise _Transient(_reason(exc, self.timeout)) from exc
             if _is_transient_status(resp.status_code):
                 raise _Transient(f"HTTP {resp.status_code}", resp)
             return resp
@@ -308,15 +351,28 @@ class _RetryAfterOr:
             return self.fallback(state)
 
 
-def _short(exc: BaseException) -> str:
-    """The innermost reason of a requests error, without the long urllib3 repr."""
-    text = str(exc)
-    markers = ("Failed to establish a new connection: ", "Read timed out", "Connection aborted")
-    for marker in markers:
-        if marker in text:
-            idx = text.index(marker)
-            return text[idx : idx + 120].rstrip("')\"")
-    return text[:160]
+def _reason(exc: BaseException, timeout: tuple[float, float]) -> str:
+    """A few words on why a request got no answer (never urllib3's long repr, never cut)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:  # the cause chain and the wrapped reasons (requests wraps urllib3 wraps socket)
+        cur = todo.pop(0)
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, socket.gaierror) or type(cur).__name__ == "NameResolutionError":
+            return "cannot resolve the host name"
+        if isinstance(cur, ConnectionRefusedError) or "Connection refused" in str(cur):
+            return "connection refused"
+        if isinstance(cur, requests.ConnectTimeout) or type(cur).__name__ == "ConnectTimeoutError":
+            return f"no connection within {timeout[0]:g} s"
+        if isinstance(cur, requests.ReadTimeout) or type(cur).__name__ == "ReadTimeoutError":
+            return f"no answer within {timeout[1]:g} s"
+        nested = [getattr(cur, "reason", None), cur.__cause__, cur.__context__, *cur.args]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    return type(exc).__name__
 
 
 def token_refresh_time(token: str, now: float | None = None) -> float:

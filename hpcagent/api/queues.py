@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from hpcagent.api.base import Service, drop_none
-from hpcagent.errors import ApiError
+from hpcagent.errors import ApiError, NotFoundError
 
 _ID_RE = re.compile(r"^[-a-f0-9]{30,}$")
 
@@ -41,7 +41,7 @@ class QueuesService(Service):
 
         Like the agent, the server is asked with an escaped (regex-safe) name and the exact
         match is picked here. With ``create`` a missing queue is created; otherwise a missing
-        queue raises ApiError 400/701.
+        queue raises NotFoundError (an ApiError, 400/701 as clearml-server's invalid queue id).
         """
         found = self.get_all(name=re.escape(name), only_fields=["id", "name"])
         for queue in found:
@@ -49,7 +49,7 @@ class QueuesService(Service):
                 return queue
         if create:
             return {"id": self.create(name), "name": name}
-        raise ApiError("queues.get_all", 400, 701, f"no queue named {name!r}")
+        raise NotFoundError("queues.get_all", 400, 701, f"no queue named {name!r}")
 
     def resolve(self, name_or_id: str, *, create: bool = False) -> dict[str, Any]:
         """A queue given by id (30+ hex chars, checked with the server) or by name."""

@@ -19,80 +19,47 @@ import click
 
 from hpcagent.api import ApiClient
 from hpcagent.api.tasks import TASK_STATUSES
-from hpcagent.config import Settings, load_settings
-from hpcagent.errors import ApiError, UsageError
+from hpcagent.commands.common import clip, emit_json, get_client, json_option, local_time, table
+from hpcagent.errors import ApiError, NotFoundError, TaskEndedError, UsageError
 
-_CLIENT_KEY = "hpcagent.api_client"
 #: Statuses in which a task may still produce log lines.
 _LIVE_STATUSES = {"queued", "in_progress"}
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 
-
-def get_client(ctx: click.Context) -> ApiClient:
-    """The API client of this invocation, created once from the context's settings.
-
-    The top-level group puts ``{"config_file": ...}`` (or a ``Settings``) in ``ctx.obj``; an
-    ``ApiClient`` stored under ``ctx.obj["client"]`` is used as it is (embedding, tests).
-    """
-    root = ctx.find_root()
-    cached = root.meta.get(_CLIENT_KEY)
-    if isinstance(cached, ApiClient):
-        return cached
-    obj = ctx.find_object(dict) or {}
-    client = obj.get("client")
-    if not isinstance(client, ApiClient):
-        settings = ctx.find_object(Settings) or obj.get("settings")
-        if not isinstance(settings, Settings):
-            settings = load_settings(config_file=obj.get("config_file"))
-        client = ApiClient.from_settings(settings)
-    root.meta[_CLIENT_KEY] = client
-    return client
-
-
-def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+def _resolve_queue(client: ApiClient, queue: str | None) -> str | None:
+    """The id of ``queue`` (name or id) when given; an unknown queue fails before anything is
+    created."""
+    return str(client.queues.resolve(queue)["id"]) if queue else None
 
 
 def _enqueue_and_print(
     client: ApiClient,
     task_id: str,
-    queue: str | None,
+    queue_id: str | None,
     command: str,
     as_json: bool,
     **extra: str | None,
 ) -> None:
-    """The end of ``task create`` / ``task clone``: enqueue the new task when ``queue`` (name or
-    id) is given, then print its id, or JSON with its id, queue id and ``extra``."""
-    queue_id = None
-    if queue:
-        queue_id = str(client.queues.resolve(queue)["id"])
-        client.tasks.enqueue(
-            task_id, queue_id, status_reason=f"enqueued by hpcagent task {command}"
-        )
+    """The end of ``task create`` / ``task clone``: enqueue the new task in ``queue_id`` when
+    given, then print its id, or JSON with its id, queue id and ``extra``. When the enqueue
+    fails the new task's id is printed all the same and the error says the task exists."""
+    try:
+        if queue_id:
+            client.tasks.enqueue(
+                task_id, queue_id, status_reason=f"enqueued by hpcagent task {command}"
+            )
+    except ApiError as exc:
+        click.echo(json.dumps({"id": task_id, **extra, "queue": None}) if as_json else task_id)
+        raise type(exc)(
+            exc.endpoint,
+            exc.result_code,
+            exc.subcode,
+            f"task {task_id} was created but not enqueued: {exc.message}",
+        ) from exc
     if as_json:
-        _emit_json({"id": task_id, **extra, "queue": queue_id})
+        emit_json({"id": task_id, **extra, "queue": queue_id})
     else:
         click.echo(task_id)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print ``rows`` as left-aligned columns under ``headers``."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _short_time(value: Any) -> str:
-    """An ISO timestamp without sub-seconds and time zone, for tables."""
-    text = str(value or "")
-    return text[:19]
-
-
-def _clip(text: Any, width: int = 50) -> str:
-    s = " ".join(str(text or "").split())
-    return s if len(s) <= width else s[: width - 1] + "…"
 
 
 def _parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
@@ -210,6 +177,7 @@ def create_cmd(
         hyperparams["properties"] = _param_items("properties", props)
 
     client = get_client(ctx)
+    queue_id = _resolve_queue(client, queue)
     project_id = client.projects.get_or_create(project)
     task_id = client.tasks.create(name, project_id, type=task_type, comment="created by hpcagent")
     fields: dict[str, Any] = {"script": script_section}
@@ -222,7 +190,7 @@ def create_cmd(
             "setup_shell_script": "",
         }
     client.tasks.edit(task_id, **fields)
-    _enqueue_and_print(client, task_id, queue, "create", as_json, project=project_id)
+    _enqueue_and_print(client, task_id, queue_id, "create", as_json, project=project_id)
 
 
 @task_group.command("enqueue")
@@ -236,7 +204,7 @@ def enqueue_cmd(ctx: click.Context, task_id: str, queue: str, as_json: bool) -> 
     q = client.queues.resolve(queue)
     reply = client.tasks.enqueue(task_id, str(q["id"]), status_reason="enqueued by hpcagent")
     if as_json:
-        _emit_json({"id": task_id, "queue": q["id"], "queue_name": q.get("name"), **reply})
+        emit_json({"id": task_id, "queue": q["id"], "queue_name": q.get("name"), **reply})
     else:
         click.echo(f"task {task_id} queued in {q.get('name') or q['id']}")
 
@@ -277,7 +245,7 @@ def list_cmd(
     if project:
         proj = client.projects.by_name(project)
         if proj is None:
-            raise UsageError(f"no project named {project!r}")
+            raise NotFoundError("projects.get_all", 400, 101, f"no project named {project!r}")
         filters["project"] = [proj["id"]]
     tasks = client.tasks.get_all(**filters)
     names = _queue_names(client)
@@ -289,20 +257,25 @@ def list_cmd(
     tasks.sort(key=lambda t: str(t.get("last_update") or t.get("created") or ""), reverse=True)
     tasks = tasks[: max(0, limit)]
     if as_json:
-        _emit_json(tasks)
+        emit_json(tasks)
         return
     rows = [
         [
             t.get("id"),
-            _clip(t.get("name"), 30),
+            t.get("name"),
             t.get("status"),
             names.get(str((t.get("execution") or {}).get("queue") or ""), ""),
-            _short_time(t.get("last_update") or t.get("created")),
-            _clip(t.get("status_message"), 40),
+            local_time(t.get("last_update") or t.get("created")),
+            clip(t.get("status_message"), 200),
         ]
         for t in tasks
     ]
-    _table(["ID", "NAME", "STATUS", "QUEUE", "UPDATED", "MESSAGE"], rows)
+    table(
+        ["ID", "NAME", "STATUS", "QUEUE", "UPDATED", "MESSAGE"],
+        rows,
+        empty="no tasks match",
+        shrink=("NAME", "MESSAGE"),
+    )
 
 
 @task_group.command("show")
@@ -314,7 +287,7 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
     client = get_client(ctx)
     task = client.tasks.get_by_id(task_id)
     if as_json:
-        _emit_json(task)
+        emit_json(task)
         return
     script = task.get("script") or {}
     execution = task.get("execution") or {}
@@ -335,10 +308,10 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
         ("status_reason", task.get("status_reason")),
         ("status_message", task.get("status_message")),
         ("queue", f"{queue_name} ({queue_id})" if queue_name else queue_id),
-        ("created", task.get("created")),
-        ("started", task.get("started")),
-        ("completed", task.get("completed")),
-        ("last_update", task.get("last_update")),
+        ("created", local_time(task.get("created"))),
+        ("started", local_time(task.get("started"))),
+        ("completed", local_time(task.get("completed"))),
+        ("last_update", local_time(task.get("last_update"))),
         ("last_worker", task.get("last_worker")),
         ("repository", script.get("repository")),
         ("branch", script.get("branch")),
@@ -347,7 +320,7 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
         ("working_dir", script.get("working_dir")),
         ("binary", script.get("binary")),
         ("script text", f"{len(script.get('diff') or '')} chars" if script.get("diff") else ""),
-        ("requirements", ", ".join(pip.splitlines()) if pip else ""),
+        ("requirements", pip),
         ("container", " ".join(filter(None, [container.get("image"), container.get("arguments")]))),
     ]
     for section, params in sorted((task.get("hyperparams") or {}).items()):
@@ -356,8 +329,9 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
             lines.append((f"{section}/{key}", value))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        if value not in (None, ""):
-            click.echo(f"{key:<{width}}  {value}")
+        if value not in (None, ""):  # a value of several lines (requirements) stays aligned
+            text = str(value).replace("\n", "\n" + " " * (width + 2))
+            click.echo(f"{key:<{width}}  {text}")
 
 
 def _iter_log(client: ApiClient, task_id: str, state: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -395,7 +369,10 @@ def _iter_log(client: ApiClient, task_id: str, state: dict[str, Any]) -> Iterato
 @json_option
 @click.pass_context
 def log_cmd(ctx: click.Context, task_id: str, follow: bool, interval: float, as_json: bool) -> None:
-    """Print the console log of a task (JSON: one event object per line)."""
+    """Print the console log of a task (JSON: one event object per line).
+
+    With --follow, wait until the task ends: exit 0 when it completed, 8 when it failed or was
+    stopped (so that ``task log ID --follow && next`` waits for success)."""
     client = get_client(ctx)
     client.tasks.get_status(task_id)  # a clear error for an unknown task
     state: dict[str, Any] = {"last_ts": None, "seen": set()}
@@ -409,12 +386,25 @@ def log_cmd(ctx: click.Context, task_id: str, follow: bool, interval: float, as_
 
     emit_new()
     while follow:
-        live = client.tasks.get_status(task_id).get("status") in _LIVE_STATUSES
+        status = client.tasks.get_status(task_id)
+        live = status.get("status") in _LIVE_STATUSES
         if live:
             time.sleep(interval)
         emit_new()  # once more after the end: lines sent just before the final status
         if not live:
+            _check_ended(client, task_id, status)
             return
+
+
+def _check_ended(client: ApiClient, task_id: str, status: dict[str, Any]) -> None:
+    """Raise TaskEndedError when the task ended failed or stopped (a created task, never run,
+    also counts: following it cannot wait for anything)."""
+    state = str(status.get("status") or "")
+    if state in ("completed", "published", "closed"):
+        return
+    task = client.tasks.get_by_id(task_id)
+    why = task.get("status_message") or task.get("status_reason") or "no reason given"
+    raise TaskEndedError(f"task {task_id} is {state}: {why}")
 
 
 @task_group.command("abort")
@@ -427,7 +417,7 @@ def abort_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
     client.tasks.stop(task_id, status_reason="aborted by user (hpcagent task abort)")
     status = client.tasks.get_status(task_id)
     if as_json:
-        _emit_json(status)
+        emit_json(status)
     elif status.get("status") == "stopped":
         click.echo(f"task {task_id} stopped")
     else:
@@ -455,13 +445,14 @@ def clone_cmd(
     """Clone a task, optionally changing arguments and enqueuing it; print the new id."""
     overrides = _parse_pairs(args, "--args")
     client = get_client(ctx)
+    queue_id = _resolve_queue(client, queue)
     new_id = client.tasks.clone(task_id, new_task_name=name)
     if overrides:
         # hyperparams are replaced whole by tasks.edit: read, merge, write back (as the SDK does)
         hyper = dict(client.tasks.get_by_id(new_id).get("hyperparams") or {})
         hyper["Args"] = {**(hyper.get("Args") or {}), **_param_items("Args", overrides)}
         client.tasks.edit(new_id, hyperparams=hyper)
-    _enqueue_and_print(client, new_id, queue, "clone", as_json, parent=task_id)
+    _enqueue_and_print(client, new_id, queue_id, "clone", as_json, parent=task_id)
 
 
 @task_group.command("reset")
@@ -475,56 +466,6 @@ def reset_cmd(ctx: click.Context, task_id: str, force: bool, as_json: bool) -> N
     client.tasks.reset(task_id, force=force)
     status = client.tasks.get_status(task_id)
     if as_json:
-        _emit_json(status)
+        emit_json(status)
     else:
         click.echo(f"task {task_id} is {status.get('status')}")
-
-
-# -- queue ---------------------------------------------------------------------------------------
-
-
-@click.group("queue")
-def queue_group() -> None:
-    """Create and list queues."""
-
-
-@queue_group.command("create")
-@click.argument("name")
-@json_option
-@click.pass_context
-def queue_create_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Create queue NAME; print its id."""
-    client = get_client(ctx)
-    try:
-        existing = client.queues.by_name(name)
-    except ApiError as exc:
-        if exc.subcode != 701:
-            raise
-    else:
-        raise UsageError(f"queue {name!r} already exists (id {existing['id']})")
-    queue_id = client.queues.create(name)
-    if as_json:
-        _emit_json({"id": queue_id, "name": name})
-    else:
-        click.echo(queue_id)
-
-
-@queue_group.command("list")
-@json_option
-@click.pass_context
-def queue_list_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List queues with the number of pending tasks."""
-    client = get_client(ctx)
-    queues = client.queues.get_all()
-    rows = []
-    for q in sorted(queues, key=lambda q: str(q.get("name", "")).lower()):
-        entries = q.get("entries")
-        if isinstance(entries, list):
-            pending = len(entries)
-        else:
-            pending = client.queues.get_num_entries(str(q["id"]))
-        rows.append({"id": q.get("id"), "name": q.get("name"), "pending": pending})
-    if as_json:
-        _emit_json(rows)
-    else:
-        _table(["ID", "NAME", "PENDING"], [[r["id"], r["name"], r["pending"]] for r in rows])

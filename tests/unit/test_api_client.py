@@ -225,10 +225,12 @@ def test_bad_credentials_is_auth_error_not_retried(stub: Stub) -> None:
     assert len(stub.calls("auth.login")) == 1
 
 
-def test_missing_credentials() -> None:
+def test_missing_credentials_is_config_error_before_any_request() -> None:
     client = ApiClient("http://127.0.0.1:9", "", "")
-    with pytest.raises(AuthError, match="no credentials"):
+    with pytest.raises(ConfigError, match="no credentials") as info:
         client.send("tasks.get_all", {})
+    assert info.value.exit_code == 3
+    assert client.requests_sent == 0
 
 
 def test_no_host_is_config_error() -> None:

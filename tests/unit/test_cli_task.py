@@ -1,7 +1,8 @@
 """``hpcagent task …`` / ``hpcagent queue …`` end to end against the real embedded server.
 
 Commands run through ``hpcagent.cli.run`` (the same path as the console script: errors become
-one ``error: …`` line on stderr and an exit status) with a clearml.conf pointing at the server.
+one ``error: …`` line on stderr and an exit status) with a clearml.conf pointing at the server
+(fixtures ``cli`` and ``api`` in tests/unit/conftest.py).
 """
 
 from __future__ import annotations
@@ -9,73 +10,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_helpers import Invoke, ok, one_error_line, write_conf
 
 from hpcagent.api import ApiClient
-from hpcagent.cli import main_group, run
-
-Invoke = Callable[..., tuple[int, str, str]]
-
-
-def write_conf(path: Path, url: str, key: str, secret: str, retries: int = 2) -> Path:
-    path.write_text(
-        "api {\n"
-        f"  api_server: {json.dumps(url)}\n"
-        f"  credentials {{ access_key: {json.dumps(key)}, secret_key: {json.dumps(secret)} }}\n"
-        f"  http {{ retries: {retries}, timeout_sec: 10 }}\n"
-        "}\n"
-    )
-    return path
-
-
-@pytest.fixture
-def cli(
-    embedded_server: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Invoke:
-    for var in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    conf = write_conf(
-        tmp_path / "clearml.conf",
-        embedded_server.url,
-        embedded_server.access_key,
-        embedded_server.secret_key,
-    )
-
-    def invoke(*args: str, conf_file: Path = conf) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = run(main_group, ["--config-file", str(conf_file), *args])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return invoke
-
-
-@pytest.fixture
-def api(embedded_server: Any) -> ApiClient:
-    return ApiClient(
-        embedded_server.url, embedded_server.access_key, embedded_server.secret_key, retries=2
-    )
-
-
-def ok(result: tuple[int, str, str]) -> str:
-    rc, out, err = result
-    assert rc == 0, err
-    return out
-
-
-def one_error_line(result: tuple[int, str, str], code: int) -> str:
-    rc, out, err = result
-    assert rc == code, (out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_queue_create_and_list(cli: Invoke) -> None:
@@ -86,8 +26,10 @@ def test_queue_create_and_list(cli: Invoke) -> None:
     assert any(line.split() == [qid, "gpu", "0"] for line in table.splitlines())
     listed = json.loads(ok(cli("queue", "list", "--json")))
     assert {"id": qid, "name": "gpu", "pending": 0} in listed
-    line = one_error_line(cli("queue", "create", "GPU"), 2)
-    assert "already exists" in line
+    # idempotent: an existing queue (name matched ignoring case, as the agent does) is no error
+    assert ok(cli("queue", "create", "GPU")).strip() == qid
+    again = json.loads(ok(cli("queue", "create", "gpu", "--json")))
+    assert again == {"id": qid, "name": "gpu", "created": False}
 
 
 def test_create_from_script_and_show(cli: Invoke, tmp_path: Path) -> None:
@@ -219,9 +161,30 @@ def test_log_and_follow(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
 
     thread = threading.Thread(target=writer)
     thread.start()
-    followed = ok(cli("task", "log", tid, "--follow", "--interval", "0.1")).splitlines()
+    rc, out, err = cli("task", "log", tid, "--follow", "--interval", "0.1")
     thread.join()
-    assert followed == [f"line {i}" for i in range(5)] + ["later 1", "later 2"]
+    assert out.splitlines() == [f"line {i}" for i in range(5)] + ["later 1", "later 2"]
+    # a failed task makes --follow fail, so that it can be used to wait for success
+    assert rc == 8, err
+    assert err.strip() == f"error: task {tid} is failed: test over"
+
+
+def test_follow_exit_status_is_the_tasks(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    ok(cli("queue", "create", "fq"))
+    ids = [
+        ok(cli("task", "create", "--project", "p", "--name", n, "--script", str(script),
+               "--enqueue", "fq")).strip()
+        for n in ("done one", "stopped one")
+    ]  # fmt: skip
+    for tid in ids:
+        api.tasks.started(tid)
+    api.tasks.completed(ids[0])
+    api.tasks.stop(ids[1], force=True)
+    assert cli("task", "log", ids[0], "--follow")[0] == 0
+    line = one_error_line(cli("task", "log", ids[1], "--follow"), 8)
+    assert line.startswith(f"error: task {ids[1]} is stopped")
 
 
 def test_unknown_task_is_one_line_api_error(cli: Invoke) -> None:
@@ -242,3 +205,83 @@ def test_unreachable_server_exit_code(cli: Invoke, tmp_path: Path) -> None:
     conf = write_conf(tmp_path / "dead.conf", f"http://127.0.0.1:{port}", "k", "s", retries=1)
     line = one_error_line(cli("queue", "list", conf_file=conf), 5)
     assert f"127.0.0.1:{port}" in line
+
+
+def test_edit_delete_and_scalars(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    tid = ok(cli("task", "create", "--project", "p", "--name", "édit me", "--script", str(script),
+                 "--args", "lr=0.1", "--args", "epochs=3")).strip()  # fmt: skip
+    out = ok(cli("task", "edit", tid, "--name", "edited 'quoted' name", "--args", "lr=0.5",
+                 "--packages", "numpy==2.0 pandas", "--container", "python:3.11"))  # fmt: skip
+    assert out.strip() == f"task {tid}: changed container, hyperparams, name, script"
+    task = json.loads(ok(cli("task", "show", tid, "--json")))
+    assert task["name"] == "edited 'quoted' name"
+    assert {k: v["value"] for k, v in task["hyperparams"]["Args"].items()} == {
+        "lr": "0.5",
+        "epochs": "3",
+    }
+    assert task["script"]["requirements"]["pip"] == "numpy==2.0\npandas\n"
+    assert task["script"]["diff"] == "pass\n"  # what was not given stays
+    assert task["container"]["image"] == "python:3.11"
+    shown = ok(cli("task", "show", tid))  # requirements one per line, aligned
+    req = [line for line in shown.splitlines() if "numpy" in line or "pandas" in line]
+    assert len(req) == 2
+    assert req[0].index("numpy") == req[1].index("pandas")
+    line = one_error_line(cli("task", "edit", tid), 2)
+    assert "nothing to change" in line
+
+    ok(cli("queue", "create", "eq"))
+    ok(cli("task", "enqueue", tid, "-q", "eq"))
+    line = one_error_line(cli("task", "edit", tid, "--name", "later"), 2)
+    assert "is queued, not a draft" in line
+    ok(cli("task", "edit", tid, "--name", "forced", "--force"))
+
+    assert ok(cli("task", "scalars", tid)).strip() == f"task {tid} reported no scalars"
+    api.events.add_scalars(tid, [("loss", "train", v, i) for i, v in enumerate([0.9, 0.4, 0.6])])
+    rows = json.loads(ok(cli("task", "scalars", tid, "--json")))
+    assert rows == [
+        {"metric": "loss", "variant": "train", "last": 0.6, "min": 0.4, "max": 0.9, "iter": 2}
+    ]
+    table_lines = ok(cli("task", "scalars", tid)).splitlines()
+    assert table_lines[0].split() == ["METRIC", "VARIANT", "LAST", "MIN", "MAX", "ITER"]
+    assert table_lines[-1].split() == ["loss", "train", "0.6", "0.4", "0.9", "2"]
+
+    assert ok(cli("task", "delete", tid)).strip() == f"deleted task {tid}"
+    one_error_line(cli("task", "show", tid), 4)
+
+
+def test_queue_show_move_delete(cli: Invoke, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    qid = ok(cli("queue", "create", "mq")).strip()
+    ids = [
+        ok(cli("task", "create", "--project", "p", "--name", f"t {i}", "--script", str(script),
+               "--enqueue", "mq")).strip()
+        for i in range(3)
+    ]  # fmt: skip
+    assert ok(cli("queue", "move", "mq", ids[2], "front")).strip() == (
+        f"task {ids[2]} is at position 0 in mq"
+    )
+    order = [e["id"] for e in json.loads(ok(cli("queue", "show", "mq", "--json")))["entries"]]
+    assert order == [ids[2], ids[0], ids[1]]
+    moved = json.loads(ok(cli("queue", "move", "mq", ids[2], "down", "--count", "2", "--json")))
+    assert moved == {"queue": qid, "task": ids[2], "position": 2}
+    table_lines = ok(cli("queue", "show", "mq")).splitlines()
+    assert [line.split()[1] for line in table_lines[2:]] == [ids[0], ids[1], ids[2]]
+    line = one_error_line(cli("queue", "delete", "mq"), 4)
+    assert "mq has pending tasks; --force deletes it anyway" in line
+    assert ok(cli("queue", "delete", "mq", "--force")).strip() == "deleted queue mq"
+    assert ok(cli("queue", "list")).strip() == "no queues (hpcagent queue create NAME makes one)"
+
+
+def test_workers_list(cli: Invoke, api: ApiClient) -> None:
+    assert ok(cli("workers", "list")).strip() == "no workers reported in the last 10 minutes"
+    qid = ok(cli("queue", "create", "wq")).strip()
+    api.workers.register("login1:slurm", queues=[qid])
+    api.workers.status_report("login1:slurm", queues=[qid])
+    rows = ok(cli("workers", "list")).splitlines()
+    assert rows[0].split() == ["WORKER", "QUEUES", "TASK", "LAST", "SEEN"]
+    assert rows[-1].split()[:2] == ["login1:slurm", "wq"]
+    listed = json.loads(ok(cli("workers", "list", "--json")))
+    assert [w["id"] for w in listed] == ["login1:slurm"]

@@ -1,0 +1,193 @@
+"""How the interactive commands fail: a dead or wrong server URL, missing credentials, unknown
+names, usage errors, ``--json`` errors, a task created but not enqueued.
+
+Attempts are counted at the client's one network seam (``requests.Session.request``, the real
+call underneath); the time bound follows from the policy's arithmetic, never from a clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cli_helpers import Invoke, ok, one_error_line, write_conf
+
+from hpcagent.api import ApiClient
+from hpcagent.api.client import INTERACTIVE
+from hpcagent.cli import main_group, run
+from hpcagent.config import load_settings
+from hpcagent.errors import ApiError
+
+
+@pytest.fixture
+def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """URLs of every HTTP request sent, through the real ``requests`` call."""
+    sent: list[str] = []
+    real = requests.Session.request
+
+    def counting(self: requests.Session, method: str, url: str, **kw: Any) -> Any:
+        sent.append(url)
+        return real(self, method, url, **kw)
+
+    monkeypatch.setattr(requests.Session, "request", counting)
+    return sent
+
+
+@pytest.fixture
+def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """``hpcagent ARGS`` with no server behind and no CLEARML_* variables."""
+    for var in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CLEARML_CONFIG_FILE", raising=False)
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = run(main_group, list(args))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return invoke
+
+
+def closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+def test_interactive_policy_fits_five_seconds() -> None:
+    assert INTERACTIVE.worst_case_s() <= 5.0
+    assert INTERACTIVE.retries >= 1  # one blip is still forgiven
+
+
+@pytest.mark.parametrize("command", [["task", "list"], ["queue", "list"], ["workers", "list"]])
+def test_closed_port_fails_fast_with_one_line(
+    bare: Any,
+    tmp_path: Path,
+    attempts: list[str],
+    caplog: pytest.LogCaptureFixture,
+    command: list[str],
+) -> None:
+    port = closed_port()
+    # the configured budget is the patient one (8 retries); interactive commands do not use it
+    conf = write_conf(tmp_path / "dead.conf", f"http://127.0.0.1:{port}", "k", "s", retries=8)
+    with caplog.at_level(logging.DEBUG):
+        rc, out, err = bare("--config-file", str(conf), *command)
+    assert (rc, out) == (5, "")
+    assert err.splitlines() == [
+        f"error: API server http://127.0.0.1:{port} unreachable after "
+        f"{INTERACTIVE.retries + 1} attempts (auth.login: connection refused)"
+    ]
+    assert len(attempts) == INTERACTIVE.retries + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_unresolvable_host_says_so(bare: Any, tmp_path: Path, attempts: list[str]) -> None:
+    conf = write_conf(tmp_path / "dns.conf", "http://nosuch.invalid:8008", "k", "s", retries=8)
+    rc, _, err = bare("--config-file", str(conf), "task", "list")
+    assert rc == 5
+    assert err.splitlines() == [
+        "error: API server http://nosuch.invalid:8008 unreachable after "
+        f"{INTERACTIVE.retries + 1} attempts (auth.login: cannot resolve the host name)"
+    ]
+    assert len(attempts) == INTERACTIVE.retries + 1
+
+
+def test_long_running_parts_keep_the_configured_budget(tmp_path: Path) -> None:
+    conf = write_conf(tmp_path / "c.conf", "http://127.0.0.1:1", "k", "s", retries=8)
+    settings = load_settings(config_file=str(conf))
+    assert ApiClient.from_settings(settings).retries == 8
+    quick = ApiClient.interactive(settings)
+    assert (quick.retries, quick.timeout[0]) == (INTERACTIVE.retries, INTERACTIVE.connect_timeout_s)
+
+
+def test_no_credentials_is_a_configuration_error(bare: Any, attempts: list[str]) -> None:
+    rc, out, err = bare("task", "list")  # no ~/clearml.conf, no variables
+    assert (rc, out) == (3, "")
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: no credentials for http://127.0.0.1:8008")
+    assert "401" not in err
+    assert attempts == []
+
+
+def test_json_errors_are_json(bare: Any, tmp_path: Path) -> None:
+    port = closed_port()
+    conf = write_conf(tmp_path / "dead.conf", f"http://127.0.0.1:{port}", "k", "s")
+    rc, out, err = bare("--config-file", str(conf), "queue", "list", "--json")
+    assert (rc, out) == (5, "")
+    doc = json.loads(err)
+    assert doc["error"]["exit_code"] == 5
+    assert doc["error"]["kind"] == "ServerUnreachable"
+    assert f"127.0.0.1:{port}" in doc["error"]["message"]
+    rc, _, err = bare("task", "list", "--json", "--nosuch")
+    assert rc == 2
+    assert json.loads(err)["error"]["kind"] == "NoSuchOption"
+
+
+def test_click_usage_errors_have_the_same_prefix(bare: Any) -> None:
+    rc, out, err = bare("task", "list", "--nosuch")
+    assert (rc, out) == (2, "")
+    assert err.splitlines() == [
+        "error: No such option '--nosuch' (see 'hpcagent task list --help')"
+    ]
+
+
+def test_version(bare: Any) -> None:
+    from hpcagent import __version__
+
+    rc, out, _ = bare("--version")
+    assert rc == 0
+    assert out.strip() == f"hpcagent, version {__version__}"
+
+
+def test_unknown_names_are_the_same_error(cli: Invoke) -> None:
+    project = one_error_line(cli("task", "list", "--project", "nosuch"), 4)
+    queue = one_error_line(cli("task", "list", "-q", "nosuch"), 4)
+    assert project == "error: no project named 'nosuch'"
+    assert queue == "error: no queue named 'nosuch'"
+
+
+def test_create_with_unknown_queue_creates_nothing(cli: Invoke, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    line = one_error_line(
+        cli("task", "create", "--project", "p", "--name", "n q", "--script", str(script),
+            "--enqueue", "nosuch"),
+        4,
+    )  # fmt: skip
+    assert line == "error: no queue named 'nosuch'"
+    assert json.loads(ok(cli("task", "list", "--json"))) == []
+
+
+def test_create_then_enqueue_refused_prints_the_id(
+    cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    ok(cli("queue", "create", "q1"))
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise ApiError("tasks.enqueue", 400, 110, "Invalid task status")
+
+    monkeypatch.setattr("hpcagent.api.tasks.TasksService.enqueue", refuse)
+    rc, out, err = cli(
+        "task", "create", "--project", "p", "--name", "n q", "--script", str(script),
+        "--enqueue", "q1",
+    )  # fmt: skip
+    assert rc == 4
+    task_id = out.strip()
+    assert len(task_id) == 32
+    assert err.splitlines() == [
+        f"error: tasks.enqueue: 400/110 task {task_id} was created but not enqueued: "
+        "Invalid task status"
+    ]
+    listed = json.loads(ok(cli("task", "list", "--json")))
+    assert [t["id"] for t in listed] == [task_id]
