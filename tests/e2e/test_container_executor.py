@@ -45,6 +45,14 @@ if marker:
     subprocess.Popen(["sh", "-c", f"sleep {marker}; echo {marker}"])
     print("sleeping", flush=True)
     time.sleep(float(marker))
+burn = os.environ.get("BURN_SECONDS")
+if burn:  # 300 MB touched and one core busy: what the metrics must see of the container
+    block = bytearray(300 * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    end = time.time() + float(burn)
+    while time.time() < end:
+        pass
 print("task done", flush=True)
 """
 
@@ -207,6 +215,29 @@ def test_execute_docker_flag(setup: dict[str, Any], docker_image: str) -> None: 
     )
     lines = _check_completed(server, task_id, res.stdout + res.stderr)
     assert "inside container docker" in lines
+
+
+def _series_max(server: Any, task_id: str, variant: str) -> float:
+    scalars = server.send("events.scalar_metrics_iter_histogram", {"task": task_id})
+    return max(scalars[":monitor:machine"][variant]["y"])
+
+
+@pytest.mark.docker
+def test_docker_metrics_see_the_container(setup: dict[str, Any], docker_image: str) -> None:  # noqa: F811
+    """The task runs under the Docker daemon, not under the executor: the process metrics must
+    still be the container's (300 MB, a busy core), not the ``docker run`` client's."""
+    server = setup["server"]
+    task_id = _task(server, image=docker_image, env={"BURN_SECONDS": "8"})
+    res = subprocess.run(
+        _execute_argv(task_id, "--docker"),
+        env=_env(setup["conf"]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    _check_completed(server, task_id, res.stdout + res.stderr)
+    assert _series_max(server, task_id, "process_memory_gb") > 0.25
+    assert _series_max(server, task_id, "process_cpu_usage") > 50.0
 
 
 def _marker_procs(marker: str) -> list[int]:
