@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY as ARGS_ON_ARGV
+
 #: Job scripts and outputs must be readable by slurmd: keep them off pytest's private tmp.
 SLURM_WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
 
@@ -229,12 +231,16 @@ def create_task(
     enqueue: bool = True,
     setup_shell_script: str = "",
 ) -> str:
-    hyper = {
+    hyper: dict[str, Any] = {
         "Args": {
             k: {"section": "Args", "name": k, "value": v, "type": "str"}
             for k, v in (args or {}).items()
         }
     }
+    if args:  # as `hpcagent task create --args` records them: on the script's command line
+        hyper["properties"] = {
+            ARGS_ON_ARGV: {"section": "properties", "name": ARGS_ON_ARGV, "value": "true"}
+        }
     body: dict[str, Any] = {
         "name": name,
         "type": "training",

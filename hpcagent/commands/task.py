@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from hpcagent.api import ApiClient
-from hpcagent.api.tasks import TASK_STATUSES
+from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY, TASK_STATUSES
 from hpcagent.commands.common import clip, emit_json, get_client, json_option, local_time, table
 from hpcagent.errors import ApiError, NotFoundError, TaskEndedError, UsageError
 
@@ -111,7 +111,13 @@ def task_group() -> None:
     help="A requirements.txt to install.",
 )
 @click.option("--packages", help='Packages to install, space separated: "numpy==2.0 pandas".')
-@click.option("--args", "args", multiple=True, help="Script argument k=v (hyperparams Args).")
+@click.option(
+    "--args",
+    "args",
+    multiple=True,
+    help="Script argument on its command line: name=value (--name value), -x=value, "
+    "name=true (a flag), name=[1,2] (nargs), 1=value (first positional).",
+)
 @click.option("--container", help="Container image to run the task in.")
 @click.option("--container-args", default="", help="Extra container arguments (one string).")
 @click.option("--user-property", multiple=True, help="User property k=v (hyperparams properties).")
@@ -170,10 +176,12 @@ def create_cmd(
     elif packages:
         script_section["requirements"] = {"pip": "\n".join(packages.split()) + "\n"}
     hyperparams: dict[str, Any] = {}
+    props = _parse_pairs(user_property, "--user-property")
     if args:
         hyperparams["Args"] = _param_items("Args", _parse_pairs(args, "--args"))
-    if user_property:
-        props = _parse_pairs(user_property, "--user-property")
+        # The script gets these on its command line, as typed (docs/executor.md, "Arguments").
+        props.setdefault(ARGS_ON_ARGV_PROPERTY, "true")
+    if props:
         hyperparams["properties"] = _param_items("properties", props)
 
     client = get_client(ctx)

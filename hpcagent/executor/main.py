@@ -33,13 +33,14 @@ from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, ope
 from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
 from hpcagent.executor import repo as repo_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
+from hpcagent.executor.arguments import args_on_argv, args_to_argv, sdk_env
 from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
 from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.process import ChildProcess, run_streamed
 from hpcagent.executor.task_info import (
+    TERMINAL_STATUSES,
     TaskInfo,
-    args_to_argv,
     entry_argv,
     final_status,
     rank,
@@ -135,19 +136,40 @@ class Executor:
 
     # -- status calls ------------------------------------------------------------------------
 
-    def _status(self, action: str, reason: str, message: str) -> None:
+    def _status(self, action: str, reason: str, message: str, *, force: bool = True) -> None:
         if self.rank != 0:
             return
         body = {
             "task": self.task_id,
             "status_reason": reason,
             "status_message": message,
-            "force": True,
+            "force": force,
         }
         try:
             self.client.send(f"tasks.{action}", body)
         except Exception as exc:
             self.note(f"could not set the task {action}: {exc}", "ERROR")
+
+    def _end(self, action: str, reason: str, message: str) -> None:
+        """Set the final status, unless the task ended itself (clearml-api.md §4.4).
+
+        A status the task set (the SDK's ``mark_failed``/``mark_completed``, a pipeline
+        controller failing) is never overwritten: the current status is read first and left
+        when it is already final, and the call goes without ``force`` as clearml-agent sends
+        it, so the server refuses what its state machine refuses (``failed`` -> ``completed``).
+        """
+        if self.rank != 0:
+            return
+        current = ""
+        with contextlib.suppress(Exception):  # unknown: let the server's state machine judge
+            data = self.client.send(
+                "tasks.get_all", {"id": [self.task_id], "only_fields": ["id", "status"]}
+            )
+            current = str(((data.get("tasks") or [{}])[0] or {}).get("status") or "")
+        if current in TERMINAL_STATUSES:
+            self.note(f"the task set its own final status ({current}); leaving it")
+            return
+        self._status(action, reason, message, force=False)
 
     # -- main --------------------------------------------------------------------------------
 
@@ -325,11 +347,11 @@ class Executor:
                 EnvironmentSetupError: "environment setup failed",
             }.get(type(exc), "executor failed")
             self.note(f"{kind}: {exc}", "ERROR")
-            self._status("failed", kind, str(exc)[-2000:])
+            self._end("failed", kind, str(exc)[-2000:])
             return exc.exit_code
         except Exception as exc:  # a bug or an API failure: still leave the task failed
             self.note(f"executor failed: {type(exc).__name__}: {exc}", "ERROR")
-            self._status("failed", "executor failed", f"{type(exc).__name__}: {exc}"[-2000:])
+            self._end("failed", "executor failed", f"{type(exc).__name__}: {exc}"[-2000:])
             if self.child is not None and self.child.poll() is None:
                 self.child.terminate(self.cfg.kill_grace_s)
             return ExecutorError.exit_code
@@ -458,13 +480,9 @@ class Executor:
                 "  }\n}\n"
             )
         venv_bin = str(python.parent)
+        env = sdk_env(env, task_id=self.task_id, config_file=str(conf), worker=self.worker)
         env.update(
             {
-                "CLEARML_TASK_ID": self.task_id,
-                "CLEARML_CONFIG_FILE": str(conf),
-                "CLEARML_LOG_TASK_TO_BACKEND": "0",
-                "TRAINS_LOG_TASK_TO_BACKEND": "0",
-                "CLEARML_WORKER_ID": self.worker,
                 "CLEARML_API_HOST": self.cfg.api_server,
                 "CLEARML_WEB_HOST": web,
                 "CLEARML_FILES_HOST": files,
@@ -487,7 +505,7 @@ class Executor:
             argv = entry_argv(str(python), task.script)
         except ValueError as exc:
             raise ExecutorError(str(exc)) from exc
-        if self.cfg.args_to_cli:
+        if args_on_argv(task.properties, self.cfg.args_to_cli):
             argv += args_to_argv(task.args)
         env = self.child_env(task, python, code_dir)
         self._status(
@@ -557,7 +575,7 @@ class Executor:
         if self.shipper is not None:
             # One delivery attempt first, so that the log is complete when the status changes.
             self.shipper.flush_once()
-        self._status(final.action, final.reason, final.message)
+        self._end(final.action, final.reason, final.message)
         if self._signal_num:
             return 128 + self._signal_num
         if final.action != "failed":

@@ -15,7 +15,7 @@ hpcagent-specific keys (all optional)::
     executor.log_flush_interval_sec   2      log shipping period (capped at 2 s)
     executor.log_spool_max_mb         256    disk bound for undelivered logs
     executor.final_flush_timeout_sec  60     how long to try delivering logs at the end
-    executor.args_to_cli              true   render Args/* on the command line
+    executor.args_to_cli              false  Args/* on argv for every task (executor/arguments.py)
     agent.package_manager.extra_args  []     extra arguments for pip/uv install
     agent.package_manager.system_site_packages  false
     agent.enable_task_env             true   export hyperparams section "Environment"
@@ -60,7 +60,7 @@ class ExecutorConfig:
     vcs_cache_path: Path | None = field(default_factory=lambda: _home() / ".clearml" / "vcs-cache")
     extra_setup_script: str = ""
     enable_task_env: bool = True
-    args_to_cli: bool = True
+    args_to_cli: bool = False
     task_ping_interval_s: float = 60.0
     metrics_interval_s: float = 30.0
     abort_poll_interval_s: float = 2.0
@@ -99,7 +99,7 @@ class ExecutorConfig:
             vcs_cache_path=agent.vcs_cache_path,
             extra_setup_script=agent.extra_setup_script,
             enable_task_env=bool(get("agent.enable_task_env", True)),
-            args_to_cli=bool(get("executor.args_to_cli", True)),
+            args_to_cli=bool(get("executor.args_to_cli", False)),
             task_ping_interval_s=agent.task_ping_interval_s,
             metrics_interval_s=agent.metrics_interval_s,
             abort_poll_interval_s=min(5.0, agent.abort_poll_interval_s),

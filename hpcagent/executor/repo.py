@@ -7,7 +7,8 @@ Repository flow (docs/executor.md):
    file lock, so concurrent jobs on a shared filesystem fetch once at a time;
 3. a cheap local clone (hard links) of the mirror becomes the workspace;
 4. checkout: ``version_num``, else ``tag``, else ``branch``, else the default branch;
-5. ``script.diff`` is applied with ``git apply``; a diff that does not apply is an error.
+5. ``script.diff`` is applied as clearml-agent applies it (``git apply --unidiff-zero``, see
+   :func:`apply_diff`); a diff that does not apply fails with the rejected hunks.
 
 Credentials (``agent.git_user``/``agent.git_pass``) never appear in argv, logs or printed URLs:
 git asks for them through a ``GIT_ASKPASS`` helper that reads them from its environment, and
@@ -215,22 +216,67 @@ def checkout(
     return sha
 
 
+#: Files a diff changes (``--- a/<path>``); the agent creates the missing ones before applying.
+_DIFF_OLD_FILE = re.compile(r"^--- a/(?P<path>.+?)\t?$", re.MULTILINE)
+
+
 def apply_diff(repo_dir: Path, diff: str, git_env: GitEnv, log: Logger) -> None:
-    """Apply the task's uncommitted changes; a diff that does not apply raises RepositoryError."""
+    """Apply the task's uncommitted changes as clearml-agent does; raise RepositoryError
+    with the rejected hunks when the diff does not apply.
+
+    The agent's rules: ``git apply --unidiff-zero`` (``clearml-task`` and the SDK may record
+    diffs without context lines), the diff text ends with an extra newline (a diff whose last
+    line lost its newline is not "corrupt"), and every file the diff changes (``--- a/path``)
+    that the commit lacks is created empty first (a file the user never committed but
+    changed). New and deleted files are git's own business (``/dev/null``).
+    """
     if not diff.strip():
         return
+    root = repo_dir.resolve()
+    for match in _DIFF_OLD_FILE.finditer(diff):
+        target = (repo_dir / match.group("path")).resolve()
+        if root in target.parents and not os.path.lexists(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+            log(f"created {match.group('path')} (changed by the diff, missing in the commit)")
     patch = repo_dir / ".git" / "hpcagent-task.diff"
-    patch.write_text(diff if diff.endswith("\n") else diff + "\n")
+    patch.write_text(diff + "\n")
+    base = ["apply", "--unidiff-zero", "--whitespace=nowarn"]
     try:
-        _git(
-            ["apply", "--whitespace=nowarn", str(patch)],
-            env=git_env.env,
-            cwd=repo_dir,
-            what="applying the task's git diff",
-        )
+        try:
+            _git(
+                [*base, str(patch)],
+                env=git_env.env,
+                cwd=repo_dir,
+                what="applying the task's git diff (script.diff)",
+            )
+        except RepositoryError as exc:
+            raise RepositoryError(
+                str(exc) + _rejected_hunks(repo_dir, patch, base, git_env)
+            ) from exc
     finally:
         patch.unlink(missing_ok=True)
     log("applied the task's uncommitted changes (script.diff)")
+
+
+def _rejected_hunks(repo_dir: Path, patch: Path, base: list[str], git_env: GitEnv) -> str:
+    """The hunks git rejects (``--reject`` writes them to ``*.rej``), for the task's log; the
+    workspace is thrown away after a failed apply, so the partial apply does no harm."""
+    try:
+        run_command(
+            ["git", *base, "--reject", str(patch)],
+            timeout=GIT_TIMEOUT_S,
+            env=dict(git_env.env),
+            cwd=repo_dir,
+        )
+    except CommandError:
+        return ""
+    parts = []
+    for rej in sorted(repo_dir.rglob("*.rej")):
+        if ".git" not in rej.relative_to(repo_dir).parts:
+            rel = rej.relative_to(repo_dir)
+            parts.append(f"\nrejected hunk(s) of {str(rel)[: -len('.rej')]}:\n{rej.read_text()}")
+    return "".join(parts)[-3000:]
 
 
 def write_literal_script(script: ScriptInfo, code_dir: Path, log: Logger) -> Path:

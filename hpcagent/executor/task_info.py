@@ -1,23 +1,19 @@
 """What the executor reads from a task, and the pure rules it applies to it.
 
 Everything here is free of I/O so it can be unit-tested: parsing the task dict
-(``tasks.get_by_id`` shape, see clearml-api.md §3), the Args-to-command-line rule,
-the worker id and rank rules, the "should this task still run" decision and the
-exit-code-to-status mapping.
+(``tasks.get_by_id`` shape, see clearml-api.md §3), the worker id and rank rules, the "should
+this task still run" decision and the exit-code-to-status mapping. The Args rule lives in
+:mod:`hpcagent.executor.arguments`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-#: Names an ``Args/*`` hyperparameter may have to be put on the command line.
-_ARG_NAME = re.compile(r"^-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 #: Statuses after which a task must not be (re)started without ``--force``.
 TERMINAL_STATUSES = frozenset(
@@ -115,34 +111,6 @@ def _section_items(section: Any) -> tuple[tuple[str, str], ...]:
             name, value = str(key), item
         items.append((name, "" if value is None else str(value)))
     return tuple(items)
-
-
-def args_to_argv(args: tuple[tuple[str, str], ...]) -> list[str]:
-    """Render ``Args/*`` hyperparameters as command-line arguments.
-
-    The rule (documented in docs/executor.md):
-
-    * the name gets ``--`` unless it already starts with ``-``;
-    * value ``"true"`` (any case) gives the bare flag ``--name``;
-    * value ``"false"`` (any case), an empty value or ``"None"`` gives nothing;
-    * any other value gives ``--name`` followed by the value as ONE argv item (no shell, no
-      splitting, so values cannot inject anything);
-    * names that do not look like option names (e.g. positional ``_positional``-style keys
-      with spaces) are skipped.
-    """
-    argv: list[str] = []
-    for name, value in args:
-        if not _ARG_NAME.match(name):
-            continue
-        flag = name if name.startswith("-") else f"--{name}"
-        low = value.strip().lower()
-        if low in ("false", "", "none"):
-            continue
-        if low == "true":
-            argv.append(flag)
-            continue
-        argv.extend([flag, value])
-    return argv
 
 
 def entry_argv(python: str, script: ScriptInfo) -> list[str]:

@@ -432,7 +432,8 @@ def test_dynamic_gpus_fifty_random_tasks_never_overallocate(rig: Rig) -> None:
                 "requirements": {"pip": ""},
             },
             "hyperparams": {
-                "Args": {k: {"section": "Args", "name": k, "value": v} for k, v in args.items()}
+                "Args": {k: {"section": "Args", "name": k, "value": v} for k, v in args.items()},
+                "properties": {"args-on-argv": {"name": "args-on-argv", "value": "true"}},
             },
         }
         tid = str(rig.server.send("tasks.create", body)["id"])

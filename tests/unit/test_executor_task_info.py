@@ -1,4 +1,4 @@
-"""Pure rules of the executor: task parsing, Args rule, worker id, rank, should_run, status."""
+"""Pure rules of the executor: task parsing, worker id, rank, should_run, status."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from hpcagent.executor.task_info import (
     ScriptInfo,
     TaskInfo,
-    args_to_argv,
     entry_argv,
     final_status,
     rank,
@@ -57,20 +56,6 @@ def test_from_task_reads_script_args_env_container() -> None:
 def test_entry_point_with_dir_prefix_when_no_working_dir() -> None:
     t = TaskInfo.from_task({"id": "x", "script": {"entry_point": "sub:run.py", "working_dir": ""}})
     assert (t.script.working_dir, t.script.entry_point) == ("sub", "run.py")
-
-
-def test_args_rule() -> None:
-    argv = args_to_argv(
-        (
-            ("lr", "0.01"),
-            ("flag", "True"),
-            ("off", "false"),
-            ("empty", ""),
-            ("--already", "x y; rm -rf /"),
-            ("bad name", "1"),
-        )
-    )
-    assert argv == ["--lr", "0.01", "--flag", "--already", "x y; rm -rf /"]
 
 
 def test_entry_argv_variants() -> None:
