@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY as ARGS_ON_ARGV
+from hpcagent.server.auth import Credentials, clearml_conf_snippet
 
 #: Job scripts and outputs must be readable by slurmd: keep them off pytest's private tmp.
 SLURM_WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
@@ -326,3 +328,29 @@ def repo_script(s: dict[str, Any], **over: Any) -> dict[str, Any]:
     }
     script.update(over)
     return script
+
+
+def run_sdk(server: Any, tmp_path: Path, script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` with the official SDK against ``server`` (the embedded server fixture),
+    with nothing but a clearml.conf written from the server's own snippet; return its
+    ``RESULT {json}`` line."""
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(
+        clearml_conf_snippet(server.url, Credentials(server.access_key, server.secret_key))
+    )
+    env = clean_env()
+    env.update({"CLEARML_CONFIG_FILE": str(conf), "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines, proc.stdout + proc.stderr
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from hpcagent.server.files import FilesLimits
 from hpcagent.server.runner import (
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
@@ -45,6 +46,20 @@ from hpcagent.server.runner import (
     help="Largest request body accepted (like api.http.max_req_size); larger gets 413.",
 )
 @click.option(
+    "--files-max-mb",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Largest file the files server (/files) accepts, in MiB (0: no limit); larger gets 413.",
+)
+@click.option(
+    "--files-min-free-mb",
+    default=1024.0,
+    show_default=True,
+    type=float,
+    help="Free space an upload must leave on the data dir's disk, in MiB; else 507.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -57,6 +72,8 @@ def server_cmd(
     access_key: str | None,
     secret_key: str | None,
     max_body_mb: float,
+    files_max_mb: float,
+    files_min_free_mb: float,
     log_level: str,
 ) -> None:
     """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR)."""
@@ -64,6 +81,8 @@ def server_cmd(
         raise click.UsageError("--access-key and --secret-key must be given together")
     if max_body_mb <= 0:
         raise click.UsageError("--max-body-mb must be positive")
+    if files_max_mb < 0 or files_min_free_mb < 0:
+        raise click.UsageError("--files-max-mb and --files-min-free-mb must not be negative")
     serve(
         ServerOptions(
             host=host,
@@ -73,6 +92,10 @@ def server_cmd(
             secret_key=secret_key,
             max_body=int(max_body_mb * 1024 * 1024),
             log_level=log_level,
+            files_limits=FilesLimits(
+                max_bytes=int(files_max_mb * 1024 * 1024),
+                min_free_bytes=int(files_min_free_mb * 1024 * 1024),
+            ),
         )
     )
 

@@ -12,8 +12,10 @@ the single SQLite connection is used serially and each request is atomic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,12 +37,15 @@ from hpcagent.server.fields import (
     ApiFault,
     opt_int,
 )
+from hpcagent.server.files import FileStore
+from hpcagent.server.files_http import FilesHttp
 from hpcagent.server.store import Store
 
 log = logging.getLogger("hpcagent.server")
 
 _PATH_RE = re.compile(r"^/?(v(?P<ver>\d+\.?\d+)/)?(?P<ep>[A-Za-z_]\w+\.[A-Za-z_]\w+)/?$")
 DEFAULT_MAX_BODY = 15 * 1024 * 1024
+FILE_SWEEP_INTERVAL_S = 2.0
 
 # Endpoints whose body is not a JSON object (json-lines or a JSON list); they parse ctx.raw.
 RAW_BODY_ENDPOINTS = frozenset({"events.add_batch"})
@@ -54,6 +59,7 @@ class Ctx:
 
     store: Store
     endpoint: str
+    files: FileStore | None = None
     identity: dict[str, Any] = field(default_factory=dict)
     raw: bytes = b""
     content_type: str = ""
@@ -73,10 +79,19 @@ Handler = Callable[[Ctx, dict[str, Any]], dict[str, Any]]
 
 def all_routes() -> dict[str, Handler]:
     """Every implemented endpoint, by ``service.action`` name."""
-    from hpcagent.server.routes import events, projects, queues, task_status, tasks, workers
+    from hpcagent.server.routes import (
+        events,
+        models,
+        projects,
+        queues,
+        task_outputs,
+        task_status,
+        tasks,
+        workers,
+    )
 
     table: dict[str, Handler] = {}
-    for module in (projects, tasks, task_status, queues, workers, events):
+    for module in (projects, tasks, task_outputs, task_status, queues, workers, events, models):
         table.update(module.ROUTES)
     table["debug.ping"] = lambda ctx, body: {"msg": "hpcagent embedded server"}
     table["auth.login"] = lambda ctx, body: {}  # answered by ServerApp._dispatch itself
@@ -133,25 +148,44 @@ class ServerApp:
         store: Store,
         auth: Authenticator,
         *,
+        files: FileStore | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         debug_errors: bool = False,
     ) -> None:
         self.store = store
         self.auth = auth
+        self.files = files
         self.max_body = max_body
         self.debug_errors = debug_errors
         self.routes = all_routes()
+        files_routes = FilesHttp(files, auth).routes() if files is not None else []
         self.asgi = Starlette(
-            routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT"])],
+            routes=[
+                *files_routes,
+                Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT"]),
+            ],
             lifespan=self._lifespan,
         )
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(self._sweep_files()) if self.files is not None else None
         yield
+        if sweeper is not None:
+            sweeper.cancel()
         # Graceful shutdown: every request committed already; checkpoint and close.
         self.store.close()
         log.info("database closed")
+
+    async def _sweep_files(self) -> None:
+        """Delete the files of deleted tasks and models once their grace period is over."""
+        assert self.files is not None
+        while True:
+            await asyncio.sleep(FILE_SWEEP_INTERVAL_S)
+            try:
+                self.files.delete_urls(self.store.take_due_file_deletions(time.time()))
+            except Exception:  # never let the sweeper die; it retries next round
+                log.exception("deleting the files of deleted tasks/models failed")
 
     async def _read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -206,6 +240,7 @@ class ServerApp:
         ctx = Ctx(
             store=self.store,
             endpoint=endpoint,
+            files=self.files,
             raw=raw,
             content_type=headers.get("content-type", ""),
             worker_header=headers.get("x-clearml-worker") or headers.get("x-trains-worker") or "",
@@ -248,6 +283,13 @@ class ServerApp:
         return body
 
 
-def create_app(store: Store, auth: Authenticator, *, max_body: int = DEFAULT_MAX_BODY) -> ServerApp:
-    """Build the server application around an open store and an authenticator."""
-    return ServerApp(store, auth, max_body=max_body)
+def create_app(
+    store: Store,
+    auth: Authenticator,
+    *,
+    files: FileStore | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> ServerApp:
+    """Build the server application around an open store, an authenticator and (optionally)
+    the files store served under ``/files``."""
+    return ServerApp(store, auth, files=files, max_body=max_body)

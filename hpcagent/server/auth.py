@@ -32,6 +32,7 @@ from hpcagent.server.fields import (
     MISSING_CREDENTIALS,
     ApiFault,
 )
+from hpcagent.server.files import FILES_PREFIX
 
 API_VERSION = "2.23"
 SERVER_VERSION = "1.17.0"
@@ -110,11 +111,22 @@ def load_or_create_jwt_secret(data_dir: Path) -> bytes:
     return secret
 
 
+def embedded_urls(api_server: str) -> tuple[str, str]:
+    """``(web_server, files_server)`` of an embedded server reached at ``api_server``: the web
+    UI is served at its root and the files under ``/files``. Written out explicitly because the
+    SDK can guess them only for port 8008 or an ``api.`` host name."""
+    base = api_server.rstrip("/")
+    return base, base + FILES_PREFIX
+
+
 def clearml_conf_snippet(api_server: str, creds: Credentials) -> str:
-    """A clearml.conf ``api`` section pointing at this server."""
+    """A clearml.conf ``api`` section pointing at this server (API, web and files URLs)."""
+    web_server, files_server = embedded_urls(api_server)
     return (
         "api {\n"
         f"    api_server: {api_server}\n"
+        f"    web_server: {web_server}\n"
+        f"    files_server: {files_server}\n"
         "    credentials {\n"
         f'        access_key: "{creds.access_key}"\n'
         f'        secret_key: "{creds.secret_key}"\n'

@@ -18,6 +18,9 @@ from typing import Any
 VALIDATION = (400, 12)
 INVALID_TASK_ID = (400, 101)
 INVALID_TASK_STATUS = (400, 110)
+INVALID_MODEL_ID = (400, 201)
+MODEL_IN_USE = (400, 205)
+MODEL_CREATING_TASK_EXISTS = (400, 206)
 INVALID_PROJECT_ID = (400, 401)
 INVALID_QUEUE_ID = (400, 701)
 QUEUE_NOT_EMPTY = (400, 702)
@@ -165,6 +168,16 @@ def opt_list(body: dict[str, Any], field: str) -> list[Any] | None:
         return None
     if not isinstance(value, list):
         raise _bad(field, "an array", value)
+    return value
+
+
+def req_list(body: dict[str, Any], field: str) -> list[Any]:
+    """A required JSON array field."""
+    value = opt_list(body, field)
+    if value is None:
+        raise ApiFault(
+            VALIDATION, f"Validation error: missing required field '{field}'", {"field": field}
+        )
     return value
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -27,6 +27,7 @@ from hpcagent.server.auth import (
     load_or_create_credentials,
     load_or_create_jwt_secret,
 )
+from hpcagent.server.files import FilesLimits, FileStore
 from hpcagent.server.store import Store
 
 DEFAULT_DATA_DIR = Path("~/.hpcagent/server")
@@ -47,6 +48,7 @@ class ServerOptions:
     secret_key: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     log_level: str = "info"
+    files_limits: FilesLimits = field(default_factory=FilesLimits)
 
 
 class _Server(uvicorn.Server):
@@ -61,7 +63,7 @@ class _Server(uvicorn.Server):
 
 
 def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials]:
-    """Create the data dir (0700), load or make the keys and open the store."""
+    """Create the data dir (0700), load or make the keys, open the store and the files."""
     data_dir = options.data_dir.expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +71,10 @@ def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials]:
         creds = load_or_create_credentials(data_dir, options.access_key, options.secret_key)
         secret = load_or_create_jwt_secret(data_dir)
         store = Store(data_dir / "server.db")
+        files = FileStore(data_dir / "files", options.files_limits)
     except (OSError, ValueError, KeyError) as exc:
         raise ServerError(f"cannot prepare the server data dir {data_dir}: {exc}") from exc
-    app = create_app(store, Authenticator(creds, secret), max_body=options.max_body)
+    app = create_app(store, Authenticator(creds, secret), files=files, max_body=options.max_body)
     return app, creds
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from hpcagent.server.fields import (
+    INVALID_MODEL_ID,
     INVALID_PROJECT_ID,
     INVALID_QUEUE_ID,
     INVALID_TASK_ID,
@@ -48,6 +49,13 @@ CREATE INDEX IF NOT EXISTS queue_entries_queue ON queue_entries(queue, seq);
 CREATE INDEX IF NOT EXISTS queue_entries_task ON queue_entries(task);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, last_activity REAL NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT, task TEXT, created TEXT NOT NULL,
+    doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS models_task ON models(task);
+-- Files-store URLs of deleted tasks/models, deleted after a grace period: the SDK deletes them
+-- itself right after tasks.delete (as with ClearML, whose server deletes them asynchronously).
+CREATE TABLE IF NOT EXISTS file_deletions (url TEXT NOT NULL, due REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, type TEXT NOT NULL,
     ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL);
@@ -146,6 +154,19 @@ class Store:
         sql = f"SELECT doc FROM {table} {where} ORDER BY created"  # noqa: S608
         return [orjson.loads(r[0]) for r in self.conn.execute(sql, args)]
 
+    def _query_docs(
+        self, table: str, filters: tuple[tuple[str, list[str] | None], ...]
+    ) -> list[dict[str, Any]]:
+        """Documents whose ``column IN values`` for every filter whose values are not None."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, values in filters:
+            if values is not None:
+                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+                args.extend(values)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._all_docs(table, where, tuple(args))
+
     # ---- tasks -------------------------------------------------------------------------------
 
     def get_task(self, task_id: str) -> dict[str, Any]:
@@ -186,14 +207,54 @@ class Store:
         statuses: list[str] | None,
     ) -> list[dict[str, Any]]:
         """Tasks filtered in SQL by id/project/status (other filters are applied by the caller)."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        for column, values in (("id", ids), ("project", projects), ("status", statuses)):
-            if values is not None:
-                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-                args.extend(values)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return self._all_docs("tasks", where, tuple(args))
+        return self._query_docs("tasks", (("id", ids), ("project", projects), ("status", statuses)))
+
+    # ---- models ------------------------------------------------------------------------------
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        """The model document; ``400/201`` when there is none."""
+        doc = self._get_doc("models", model_id) if isinstance(model_id, str) else None
+        if doc is None:
+            raise ApiFault(INVALID_MODEL_ID, f"Invalid model id: {model_id}", {"id": model_id})
+        return doc
+
+    def put_model(self, doc: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO models(id, name, project, task, created, doc) "
+            "VALUES (?,?,?,?,?,?)",
+            (
+                doc["id"],
+                doc.get("name") or "",
+                doc.get("project"),
+                doc.get("task"),
+                doc["created"],
+                dumps(doc),
+            ),
+        )
+
+    def delete_model(self, model_id: str) -> int:
+        return int(self.conn.execute("DELETE FROM models WHERE id=?", (model_id,)).rowcount)
+
+    def query_models(
+        self, ids: list[str] | None, projects: list[str] | None, tasks: list[str] | None
+    ) -> list[dict[str, Any]]:
+        """Models filtered in SQL by id/project/task (other filters are applied by the caller)."""
+        return self._query_docs("models", (("id", ids), ("project", projects), ("task", tasks)))
+
+    # ---- deferred file deletions ---------------------------------------------------------------
+
+    def defer_file_deletions(self, urls: list[str], due: float) -> None:
+        self.conn.executemany(
+            "INSERT INTO file_deletions(url, due) VALUES (?,?)", [(u, due) for u in urls]
+        )
+
+    def take_due_file_deletions(self, now: float) -> list[str]:
+        """Remove and return the URLs whose grace period is over."""
+        with self.write():
+            rows = self.conn.execute("SELECT url FROM file_deletions WHERE due<=?", (now,))
+            urls = [str(r[0]) for r in rows]
+            self.conn.execute("DELETE FROM file_deletions WHERE due<=?", (now,))
+        return urls
 
     # ---- projects ----------------------------------------------------------------------------
 

@@ -1,20 +1,19 @@
 """The official ``clearml`` SDK (2.1.12, a test dependency) against the embedded server.
 
-The SDK runs in a subprocess with CLEARML_API_HOST/KEYS and CLEARML_CONFIG_FILE pointing at a
-temporary clearml.conf (api/web/files servers), like a user's machine would.
+The SDK runs in a subprocess with CLEARML_CONFIG_FILE pointing at a temporary clearml.conf
+written from the server's own snippet (api/web/files servers), like a user's machine would.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_sdk
 
 pytest.importorskip("clearml")
 
@@ -53,49 +52,9 @@ SDK_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_sdk(server: Any, tmp_path: Path, script: str) -> dict[str, Any]:
-    conf = tmp_path / "clearml.conf"
-    base = server.url.rsplit(":", 1)[0]
-    conf.write_text(
-        "api {\n"
-        f'  api_server: "{server.url}"\n'
-        f'  web_server: "{base}:1"\n'
-        f'  files_server: "{base}:2"\n'
-        f'  credentials {{ access_key: "{server.access_key}",\n'
-        f'                 secret_key: "{server.secret_key}" }}\n'
-        "}\n"
-    )
-    env = dict(os.environ)
-    env.update(
-        {
-            "CLEARML_CONFIG_FILE": str(conf),
-            "CLEARML_API_HOST": server.url,
-            "CLEARML_WEB_HOST": f"{base}:1",
-            "CLEARML_FILES_HOST": f"{base}:2",
-            "CLEARML_API_ACCESS_KEY": server.access_key,
-            "CLEARML_API_SECRET_KEY": server.secret_key,
-            "HOME": str(tmp_path),
-        }
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert lines, proc.stdout + proc.stderr
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    return result
-
-
 def test_sdk_create_enqueue_get_task(embedded_server: Any, tmp_path: Path) -> None:
     queue = embedded_server.send("queues.create", {"name": "sdk-queue"})["id"]
-    result = _run_sdk(embedded_server, tmp_path, SDK_SCRIPT)
+    result = run_sdk(embedded_server, tmp_path, SDK_SCRIPT)
     assert result["name"] == "sdk-task"
     assert result["by_name"] == result["id"]
     assert result["status"] == "queued"
@@ -140,7 +99,7 @@ INIT_SCRIPT = textwrap.dedent(
 
 
 def test_sdk_local_task_init_reports_and_completes(embedded_server: Any, tmp_path: Path) -> None:
-    result = _run_sdk(embedded_server, tmp_path, INIT_SCRIPT)
+    result = run_sdk(embedded_server, tmp_path, INIT_SCRIPT)
     assert result["status"] == "completed"
     assert "loss" in result["scalars"], result
     assert result["scalars"]["loss"]["train"]["x"] == [0, 1, 2, 3, 4]

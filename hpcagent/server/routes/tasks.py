@@ -25,7 +25,7 @@ from hpcagent.server.fields import (
     project_fields,
     req_str,
 )
-from hpcagent.server.statemachine import CREATED, IN_PROGRESS, PUBLISHED, PUBLISHING
+from hpcagent.server.statemachine import CREATED, PUBLISHED, PUBLISHING
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -142,7 +142,7 @@ def _sort_key(order: str) -> tuple[str, bool]:
     return (order[1:], True) if order.startswith("-") else (order.lstrip("+"), False)
 
 
-def _field_key(key: str) -> Callable[[dict[str, Any]], str]:
+def field_key(key: str) -> Callable[[dict[str, Any]], str]:
     def get(task: dict[str, Any]) -> str:
         return str(task.get(key) or "")
 
@@ -173,7 +173,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         out.append(task)
     for order in reversed(order_by):
         key, reverse = _sort_key(order)
-        out.sort(key=_field_key(key), reverse=reverse)
+        out.sort(key=field_key(key), reverse=reverse)
     if page_size is not None and page_size > 0:
         start = (page or 0) * page_size
         out = out[start : start + page_size]
@@ -360,25 +360,6 @@ def get_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"params": params}
 
 
-def delete(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    task = ctx.store.get_task(req_str(body, "task"))
-    if task.get("status") == IN_PROGRESS and not opt_bool(body, "force"):
-        raise ApiFault(
-            INVALID_TASK_STATUS,
-            "Invalid task status: task is in progress (use force)",
-            {"id": task["id"]},
-        )
-    with ctx.store.write():
-        deleted_events = ctx.store.delete_task(task["id"])
-    return {
-        "deleted": 1,
-        "updated_children": 0,
-        "updated_models": 0,
-        "events": {"deleted": deleted_events},
-        "urls": {},
-    }
-
-
 ROUTES: dict[str, Handler] = {
     "tasks.create": create,
     "tasks.get_by_id": get_by_id,
@@ -390,5 +371,4 @@ ROUTES: dict[str, Handler] = {
     "tasks.clone": clone,
     "tasks.edit_hyper_params": edit_hyper_params,
     "tasks.get_hyper_params": get_hyper_params,
-    "tasks.delete": delete,
 }
