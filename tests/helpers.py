@@ -270,11 +270,16 @@ def hpcagent_argv(*args: str) -> list[str]:
 
 
 def run_execute(
-    task_id: str, conf: Path, *extra: str, timeout: float = 300
+    task_id: str,
+    conf: Path,
+    *extra: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``hpcagent execute --id TASK *extra`` with ``conf``; ``env`` is added to the clean env."""
     return subprocess.run(
         hpcagent_argv("execute", "--id", task_id, *extra),
-        env=executor_env(conf),
+        env={**executor_env(conf), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

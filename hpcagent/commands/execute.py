@@ -19,7 +19,7 @@ from hpcagent.executor.task_info import worker_id
 @click.option(
     "--force",
     is_flag=True,
-    help="Run even when the task is no longer queued/handed to this job (aborted, reset, done).",
+    help="Run whatever the task's status and the job recorded on it (published: never).",
 )
 @click.option("--clone", is_flag=True, help="Run a fresh clone of the task instead of the task.")
 @click.option(
@@ -61,12 +61,14 @@ def execute_cmd(
     """Run task TASK on this machine and keep the server informed until it ends.
 
     \b
-    Steps: fetch the task; run it only if it is queued or handed to this job (--force
-    overrides); mark it started; clone its repository at its commit through the per-user
-    cache and apply its diff (or write its stored script); run the setup scripts; build or
-    reuse a cached venv from its requirements (uv, else pip); run the entry point with the
-    task's Args as --name value options; stream the output as task log events (buffered on
-    disk while the server is unreachable); poll for abort every few seconds; report machine
+    Steps: fetch the task; run it when it is queued, handed to this job, or asked for by
+    hand in created/stopped/failed/completed (not when a job launched for it finds it reset
+    or aborted; --force overrides); mark it started; clone its repository at its commit
+    through the per-user cache and apply its diff (or write its stored script); run the
+    setup scripts; build or reuse a cached venv from its requirements (uv, else pip); run
+    the entry point (Args reach SDK scripts through Task.init(), others with args-on-argv on
+    the command line); stream the output as task log events (buffered on disk while the
+    server is unreachable); poll for abort every few seconds; report machine
     and GPU metrics; mark the task completed, failed (exit code + last lines) or stopped.
 
     \b

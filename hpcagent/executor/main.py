@@ -43,6 +43,7 @@ from hpcagent.executor.task_info import (
     TaskInfo,
     entry_argv,
     final_status,
+    job_id,
     rank,
     requirements_lines,
     runtime_record,
@@ -189,9 +190,7 @@ class Executor:
             self.task_id = str(self.client.send("tasks.clone", {"task": self.task_id})["id"])
             self.note(f"running clone {self.task_id} of task {task.id}")
             task = self._fetch(self.task_id)
-        ok, why = should_run(
-            task, self.env.get("SLURM_JOB_ID", ""), self.opts.force or self.opts.clone
-        )
+        ok, why = should_run(task, job_id(self.env), self.opts.force or self.opts.clone)
         if not ok:
             self.note(f"not running task {task.id}: {why}")
             return 0

@@ -9,6 +9,7 @@ this task still run" decision and the exit-code-to-status mapping. The Args rule
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from collections.abc import Mapping
@@ -168,36 +169,51 @@ def rank(env: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-def should_run(task: TaskInfo, slurm_job_id: str, force: bool) -> tuple[bool, str]:
-    """Decide whether the task is still meant to run here; returns ``(run, reason)``.
+def job_id(env: Mapping[str, str]) -> str:
+    """The scheduler job this process runs in: ``SLURM_JOB_ID``, else the local scheduler's
+    ``HPCAGENT_JOB_ID`` (``hpcagent daemon``), else ""."""
+    return env.get("SLURM_JOB_ID") or env.get("HPCAGENT_JOB_ID") or ""
 
-    * ``queued`` runs (the executor dequeues it);
-    * ``in_progress`` runs when it is not being stopped and either no Slurm job is
-      recorded on it (property ``slurm-job-id`` from the submitter, else
-      ``runtime.slurm_job_id`` from an earlier executor) or the recorded job is ours (it
-      was handed to this job); a task recorded for another job (or for a job while we run
-      outside Slurm) does not run;
-    * ``created`` (reset or dequeued meanwhile) and finished statuses do not run;
-    * ``force`` overrides everything.
+
+def should_run(task: TaskInfo, job: str, force: bool) -> tuple[bool, str]:
+    """Decide whether the task runs here; returns ``(run, reason)``. ``job`` is
+    :func:`job_id` ("" when run by hand).
+
+    The job recorded on the task (property ``slurm-job-id`` from the submitter, else
+    ``runtime.slurm_job_id`` from an earlier executor) tells a run the submitter launched for
+    this task (``job`` is the recorded one) from a run asked for by hand:
+
+    * ``queued`` runs (the executor dequeues it), unless another job that the submitter
+      still reports pending in the status message holds it;
+    * ``in_progress`` runs when it is not being stopped and either no job is recorded or
+      the recorded job is ours; a task recorded for another job does not run;
+    * ``created``, ``stopped``, ``failed`` and ``completed`` run when asked by hand, as
+      ``clearml-agent execute --id`` runs them; a launched run does not (the task was
+      reset, aborted or ended while its job waited);
+    * ``published``, ``publishing`` and ``closed`` never run; ``force`` overrides everything.
     """
     if force:
         return True, "forced"
+    recorded = str(task.properties.get("slurm-job-id") or task.runtime.get("slurm_job_id") or "")
+    launched = bool(job) and recorded == job
     if task.status == "queued":
+        if (
+            recorded
+            and not launched
+            and re.search(rf"\b{re.escape(recorded)}\b", task.status_message)
+        ):
+            return False, f"the task is held by job {recorded} ({task.status_message})"
         return True, "queued"
     if task.status == "in_progress":
         if "stopping" in task.status_message:
             return False, "the task is being stopped"
-        recorded = str(
-            task.properties.get("slurm-job-id") or task.runtime.get("slurm_job_id") or ""
-        )
-        if not recorded or recorded == slurm_job_id:
+        if not recorded or launched:
             return True, "in progress, handed to this job"
-        return (
-            False,
-            f"the task belongs to Slurm job {recorded}, not {slurm_job_id or 'this process'}",
-        )
-    if task.status == "created":
-        return False, "the task was reset or dequeued (status created)"
+        return False, f"the task belongs to job {recorded}, not {job or 'this process'}"
+    if task.status in ("created", "stopped", "failed", "completed"):
+        if launched:
+            return False, f"the task was reset, aborted or ended meanwhile (status {task.status})"
+        return True, f"asked for by id (status {task.status})"
     return False, f"the task is {task.status or 'in an unknown state'}"
 
 

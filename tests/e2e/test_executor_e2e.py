@@ -229,12 +229,16 @@ def test_server_down_during_run_every_line_once(env_setup: dict[str, Any]) -> No
 
 
 def test_task_stopped_meanwhile_is_not_run_unless_forced(env_setup: dict[str, Any]) -> None:
+    """A run launched for the task (its job recorded on it) does not start a task aborted
+    while the job waited."""
     s = env_setup
     server = s["server"]
     script = {"entry_point": "m.py", "diff": "print('RAN-IT')\n", "requirements": {"pip": ""}}
     task_id = create_task(server, script=script)
+    prop = {"section": "properties", "name": "slurm-job-id", "value": "4242"}
+    server.send("tasks.edit_hyper_params", {"task": task_id, "hyperparams": [prop]})
     server.send("tasks.stop", {"task": task_id})  # queued -> stopped (aborted while pending)
-    res = run_execute(task_id, s["conf"])
+    res = run_execute(task_id, s["conf"], env={"HPCAGENT_JOB_ID": "4242"})
     assert res.returncode == 0
     assert "not running task" in res.stdout
     assert "RAN-IT" not in res.stdout
@@ -243,6 +247,34 @@ def test_task_stopped_meanwhile_is_not_run_unless_forced(env_setup: dict[str, An
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "RAN-IT" in forced.stdout
     assert get_task(server, task_id)["status"] == "completed"
+
+
+def test_execute_by_id_runs_created_stopped_failed_and_clone(env_setup: dict[str, Any]) -> None:
+    """Asked for by hand, a task in created, stopped or failed runs as under
+    ``clearml-agent execute --id`` (moved to in_progress, then its final status); ``--clone``
+    runs a fresh copy and leaves the original as it was."""
+    s = env_setup
+    server = s["server"]
+    script = {"entry_point": "m.py", "diff": "print('RAN-IT')\n", "requirements": {"pip": ""}}
+    created = create_task(server, script=script, enqueue=False)
+    stopped = create_task(server, script=script)
+    server.send("tasks.stop", {"task": stopped})
+    failed = create_task(server, script=script, enqueue=False)
+    server.send("tasks.failed", {"task": failed, "force": True})
+    for task_id, before in ((created, "created"), (stopped, "stopped"), (failed, "failed")):
+        assert get_task(server, task_id)["status"] == before
+        res = run_execute(task_id, s["conf"], "--disable-monitoring")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "RAN-IT" in res.stdout
+        task = get_task(server, task_id)
+        assert task["status"] == "completed", (before, task["status"])
+        assert task["started"]
+    original = get_task(server, failed)
+    res = run_execute(failed, s["conf"], "--clone", "--disable-monitoring")
+    assert res.returncode == 0, res.stdout + res.stderr
+    clones = server.send("tasks.get_all", {"parent": [failed], "only_fields": ["id", "status"]})
+    assert [c["status"] for c in clones["tasks"]] == ["completed"]
+    assert get_task(server, failed)["status_changed"] == original["status_changed"]
 
 
 def test_rank_other_than_zero_writes_no_status(env_setup: dict[str, Any]) -> None:

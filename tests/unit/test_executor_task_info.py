@@ -11,6 +11,7 @@ from hpcagent.executor.task_info import (
     TaskInfo,
     entry_argv,
     final_status,
+    job_id,
     rank,
     requirements_lines,
     should_run,
@@ -100,9 +101,21 @@ def test_worker_id_and_rank() -> None:
         ("in_progress", "", {"slurm_job_id": "4"}, "5", False),
         ("in_progress", "", {"slurm_job_id": "4"}, "", False),
         ("in_progress", "stopping", {}, "", False),
-        ("created", "", {}, "", False),
-        ("stopped", "", {}, "", False),
-        ("completed", "", {}, "", False),
+        # asked for by hand, as clearml-agent execute --id: created/stopped/failed/completed run
+        ("created", "", {}, "", True),
+        ("stopped", "", {}, "", True),
+        ("failed", "", {"slurm_job_id": "4"}, "", True),
+        ("completed", "", {}, "", True),
+        ("stopped", "", {"slurm_job_id": "4"}, "9", True),  # by hand inside another allocation
+        # launched for this task, which was reset/aborted/ended while the job waited
+        ("created", "", {"slurm_job_id": "5"}, "5", False),
+        ("stopped", "", {"slurm_job_id": "5"}, "5", False),
+        ("published", "", {}, "", False),
+        ("closed", "", {}, "", False),
+        # queued and held by a job the submitter reports pending: only that job runs it
+        ("queued", "slurm job 4: PENDING (Priority)", {"slurm_job_id": "4"}, "", False),
+        ("queued", "slurm job 4: PENDING", {"slurm_job_id": "4"}, "4", True),
+        ("queued", "", {"slurm_job_id": "4"}, "", True),  # re-enqueued after job 4
     ],
 )
 def test_should_run(
@@ -123,3 +136,9 @@ def test_final_status_mapping() -> None:
     assert final_status(-15, aborted=True).action == "stopped"
     sig = final_status(143, signal_name="SIGTERM")
     assert (sig.action, sig.reason) == ("stopped", "terminated by signal SIGTERM")
+
+
+def test_job_id_slurm_then_local_scheduler() -> None:
+    assert job_id({"SLURM_JOB_ID": "7", "HPCAGENT_JOB_ID": "3"}) == "7"
+    assert job_id({"HPCAGENT_JOB_ID": "3"}) == "3"
+    assert job_id({}) == ""
