@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     created TEXT NOT NULL, doc BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_project ON tasks(project);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
 CREATE TABLE IF NOT EXISTS queues (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, doc BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS queues_name ON queues(name);
@@ -67,6 +69,26 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_scalar_point ON events(task, metric, va
 """
 
 CHECKPOINT_INTERVAL_S = 0.5
+#: Task fields that are columns, so tasks.get_all can sort and page them in SQL.
+TASK_SORT_COLUMNS = frozenset({"id", "name", "project", "status", "created"})
+
+
+def _order_term(column: str, descending: bool) -> str:
+    # project may be NULL: it sorts as "" (as str(value or "") does in tasks.get_all); the other
+    # columns are NOT NULL and stay bare, so that their indexes serve the ORDER BY.
+    expr = "COALESCE(project, '')" if column == "project" else column
+    return f"{expr} {'DESC' if descending else 'ASC'}"
+
+
+def _where(filters: tuple[tuple[str, list[str] | None], ...]) -> tuple[str, list[Any]]:
+    """``WHERE column IN (...) AND ...`` for every filter whose values are not None."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for column, values in filters:
+        if values is not None:
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            args.extend(values)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
 def dumps(value: Any) -> bytes:
@@ -158,13 +180,7 @@ class Store:
         self, table: str, filters: tuple[tuple[str, list[str] | None], ...]
     ) -> list[dict[str, Any]]:
         """Documents whose ``column IN values`` for every filter whose values are not None."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        for column, values in filters:
-            if values is not None:
-                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-                args.extend(values)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = _where(filters)
         return self._all_docs(table, where, tuple(args))
 
     # ---- tasks -------------------------------------------------------------------------------
@@ -208,6 +224,30 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Tasks filtered in SQL by id/project/status (other filters are applied by the caller)."""
         return self._query_docs("tasks", (("id", ids), ("project", projects), ("status", statuses)))
+
+    def iter_tasks(
+        self,
+        ids: list[str] | None,
+        projects: list[str] | None,
+        statuses: list[str] | None,
+        order: list[tuple[str, bool]],
+    ) -> Iterator[dict[str, Any]]:
+        """Tasks filtered in SQL by id/project/status (other filters are the caller's), streamed
+        in ``order`` (``(column, descending)`` pairs over :data:`TASK_SORT_COLUMNS`, then
+        ``created``), so a caller that wants one page reads only as many documents as it needs."""
+        where, args = _where((("id", ids), ("project", projects), ("status", statuses)))
+        keys = [_order_term(column, desc) for column, desc in order if column in TASK_SORT_COLUMNS]
+        sql = f"SELECT doc FROM tasks {where} ORDER BY {', '.join([*keys, 'created'])}"  # noqa: S608
+        for row in self.conn.execute(sql, args):
+            yield orjson.loads(row[0])
+
+    def task_status_counts(self) -> dict[str | None, dict[str, int]]:
+        """``{project id (None: no project): {status: tasks}}`` over every task."""
+        counts: dict[str | None, dict[str, int]] = {}
+        rows = self.conn.execute("SELECT project, status, COUNT(*) FROM tasks GROUP BY 1, 2")
+        for project, status, count in rows:
+            counts.setdefault(project, {})[str(status)] = int(count)
+        return counts
 
     # ---- models ------------------------------------------------------------------------------
 

@@ -280,3 +280,52 @@ def test_clone_hyperparams_delete_ping(srv: Server) -> None:
     assert srv.send("tasks.delete", {"task": source, "force": True})["deleted"] == 1
     assert srv.send("tasks.delete", {"task": clone})["deleted"] == 1
     assert _err(srv, "tasks.get_by_id", {"task": clone}) == (400, 101)
+
+
+def test_get_all_pages_in_sql_order_as_the_full_sort(srv: Server) -> None:
+    """Column sorts (name/status/created/...) stream from SQL and stop at the page; the pages
+    are the slices of the full, Python-sorted list (ties in creation order), as before."""
+    project = srv.send("projects.create", {"name": f"p-{uuid.uuid4().hex[:6]}"})["id"]
+    names = ["b", "a", "c", "a", "B", "é", "b"]
+    ids = [_new_task(srv, project=project, name=n, tags=["odd"] if i % 2 else []) for i, n in
+           enumerate(names)]  # fmt: skip
+    srv.send("tasks.enqueue", {"task": ids[2], "queue_name": f"q-{uuid.uuid4().hex[:6]}"})
+
+    def page(order: list[str], number: int, size: int, **extra: Any) -> list[str]:
+        body = {"project": [project], "order_by": order, "page": number, "page_size": size}
+        return [t["id"] for t in srv.send("tasks.get_all", {**body, **extra})["tasks"]]
+
+    for order in (["name"], ["-name"], ["-created"], ["status", "-name"], ["-last_update"]):
+        everything = page(order, 0, 100)
+        assert len(everything) == len(ids)
+        assert page(order, 0, 3) + page(order, 1, 3) + page(order, 2, 3) == everything
+    by_name = page(["name"], 0, 100)
+    assert [names[ids.index(i)] for i in by_name] == ["B", "a", "a", "b", "b", "c", "é"]
+    assert by_name[1:3] == [ids[1], ids[3]]  # equal names: creation order
+    assert page(["-name"], 0, 100)[4:6] == [ids[1], ids[3]]
+    assert page(["name"], 0, 2, tags=["odd"]) == [ids[1], ids[3]]
+    assert page(["name"], 1, 2, tags=["odd"]) == [ids[5]]
+
+
+def test_get_all_filters_by_execution_queue(srv: Server) -> None:
+    queue = srv.send("queues.create", {"name": f"q-{uuid.uuid4().hex[:6]}"})["id"]
+    task_id = _new_task(srv)
+    _new_task(srv)
+    srv.send("tasks.enqueue", {"task": task_id, "queue": queue})
+    found = srv.send("tasks.get_all", {"execution.queue": [queue]})["tasks"]
+    assert [t["id"] for t in found] == [task_id]
+
+
+def test_projects_get_all_ex_include_stats(srv: Server) -> None:
+    project = srv.send("projects.create", {"name": f"p-{uuid.uuid4().hex[:6]}"})["id"]
+    empty = srv.send("projects.create", {"name": f"p-{uuid.uuid4().hex[:6]}"})["id"]
+    for _ in range(3):
+        _new_task(srv, project=project)
+    queued = _new_task(srv, project=project)
+    srv.send("tasks.enqueue", {"task": queued, "queue_name": f"q-{uuid.uuid4().hex[:6]}"})
+    reply = srv.send("projects.get_all_ex", {"id": [project, empty], "include_stats": True})
+    stats = {p["id"]: p["stats"]["active"] for p in reply["projects"]}
+    assert stats[project] == {"status_count": {"created": 3, "queued": 1}, "total_tasks": 4}
+    assert stats[empty] == {"status_count": {}, "total_tasks": 0}
+    plain = srv.send("projects.get_all", {"id": [project]})["projects"][0]
+    assert "stats" not in plain

@@ -10,6 +10,7 @@ from hpcagent.server.fields import (
     ListFilter,
     new_id,
     now_iso,
+    opt_bool,
     opt_str,
     opt_str_list,
     project_fields,
@@ -21,14 +22,25 @@ if TYPE_CHECKING:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Projects; ``include_stats`` adds ClearML's ``stats.active.status_count`` (tasks per
+    status) and ``stats.active.total_tasks`` to each."""
     wanted = ListFilter.from_body(body, with_tags=False)
-    return {
-        "projects": [
-            project_fields(project, wanted.only_fields)
-            for project in ctx.store.all_projects(wanted.ids)
-            if wanted.admits(project)
-        ]
-    }
+    counts = ctx.store.task_status_counts() if opt_bool(body, "include_stats") else None
+    out = []
+    for project in ctx.store.all_projects(wanted.ids):
+        if not wanted.admits(project):
+            continue
+        doc = project_fields(project, wanted.only_fields)
+        if counts is not None:
+            status_count = counts.get(project["id"], {})
+            doc["stats"] = {
+                "active": {
+                    "status_count": status_count,
+                    "total_tasks": sum(status_count.values()),
+                }
+            }
+        out.append(doc)
+    return {"projects": out}
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hpcagent.server.fields import (
     req_str,
 )
 from hpcagent.server.statemachine import CREATED, PUBLISHED, PUBLISHING
+from hpcagent.server.store import TASK_SORT_COLUMNS
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -150,33 +151,45 @@ def field_key(key: str) -> Callable[[dict[str, Any]], str]:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Filter, sort and page tasks. When every ``order_by`` key is a column
+    (:data:`TASK_SORT_COLUMNS`) the tasks stream from SQL in that order and reading stops once
+    the page is full, so the first page of a large database costs a page, not the database."""
     wanted = ListFilter.from_body(body)
     projects = opt_str_list(body, "project")
     statuses = opt_str_list(body, "status")
-    types = opt_str_list(body, "type")
-    parents = opt_str_list(body, "parent")
-    users = opt_str_list(body, "user")
-    order_by = opt_str_list(body, "order_by") or []
+    others = {
+        "type": opt_str_list(body, "type"),
+        "parent": opt_str_list(body, "parent"),
+        "user": opt_str_list(body, "user"),
+    }
+    queues = opt_str_list(body, "execution.queue")
+    order = [_sort_key(o) for o in opt_str_list(body, "order_by") or []]
     page = opt_int(body, "page")
     page_size = opt_int(body, "page_size") or opt_int(body, "size")
-    tasks = ctx.store.query_tasks(wanted.ids, projects, statuses)
-    out = []
-    for task in tasks:
+
+    def admits(task: dict[str, Any]) -> bool:
         if not wanted.admits(task):
-            continue
-        if types is not None and task.get("type") not in types:
-            continue
-        if parents is not None and task.get("parent") not in parents:
-            continue
-        if users is not None and task.get("user") not in users:
-            continue
-        out.append(task)
-    for order in reversed(order_by):
-        key, reverse = _sort_key(order)
-        out.sort(key=field_key(key), reverse=reverse)
-    if page_size is not None and page_size > 0:
-        start = (page or 0) * page_size
-        out = out[start : start + page_size]
+            return False
+        if any(values is not None and task.get(k) not in values for k, values in others.items()):
+            return False
+        return queues is None or (task.get("execution") or {}).get("queue") in queues
+
+    paged = page_size is not None and page_size > 0
+    start = (page or 0) * (page_size or 0)
+    out: list[dict[str, Any]] = []
+    if all(key in TASK_SORT_COLUMNS for key, _ in order):
+        stop = start + (page_size or 0) if paged else None
+        for task in ctx.store.iter_tasks(wanted.ids, projects, statuses, order):
+            if admits(task):
+                out.append(task)
+                if stop is not None and len(out) >= stop:
+                    break
+    else:
+        out = [t for t in ctx.store.query_tasks(wanted.ids, projects, statuses) if admits(t)]
+        for key, reverse in reversed(order):
+            out.sort(key=field_key(key), reverse=reverse)
+    if paged:
+        out = out[start : start + (page_size or 0)]
     return {"tasks": [project_fields(t, wanted.only_fields) for t in out]}
 
 
