@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-unit slurm-up slurm-down docker-up demo bench clean help cluster-up cluster-down cluster-test
+.PHONY: install lint test test-unit slurm-up slurm-down docker-up browser demo bench clean help cluster-up cluster-down cluster-test
 
 help:
 	@echo "make demo    install, then run an example task end to end on the embedded server"
@@ -38,10 +38,14 @@ slurm-down:
 docker-up:
 	bash docker/engine.sh
 
+# Debian's chromium + chromium-driver for the web UI's browser tests (tests/ui)
+browser:
+	bash tests/ui/install-browser.sh
+
 test-unit: install
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: install lint slurm-up docker-up
+test: install lint slurm-up docker-up browser
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install

@@ -4,7 +4,8 @@
 REAL ``hpcagent server`` subprocess on a free port with a temporary data dir and preset keys.
 They offer ``.url``, ``.access_key``, ``.secret_key``, ``.data_dir``, ``.stop()``, ``.start()``
 (restart on the same port and data), plus ``.token()`` and ``.send(endpoint, body)`` helpers
-that use plain ``requests``.
+that use plain ``requests``. ``ui_browser`` (session scope) is a real headless Chromium on
+``embedded_server_session`` (tests/ui_browser.py).
 """
 
 from __future__ import annotations
@@ -191,3 +192,22 @@ def make_embedded_server(tmp_path: Path) -> Iterator[Callable[..., EmbeddedServe
     finally:
         for server in made:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def ui_browser(
+    embedded_server_session: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A real headless Chromium (tests/ui_browser.py) on ``embedded_server_session``; fails
+    (never skips) when chromium or chromedriver is missing: ``make browser`` installs them."""
+    from ui_browser import UiBrowser, browser_missing
+
+    why = browser_missing()
+    if why:
+        pytest.fail(why)
+    root = tmp_path_factory.mktemp("chromium")
+    browser = UiBrowser(embedded_server_session, root / "profile", root / "downloads")
+    try:
+        yield browser
+    finally:
+        browser.quit()

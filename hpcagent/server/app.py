@@ -159,9 +159,12 @@ class ServerApp:
         self.debug_errors = debug_errors
         self.routes = all_routes()
         files_routes = FilesHttp(files, auth).routes() if files is not None else []
+        from hpcagent.server.ui import ui_routes  # the web UI, on the same port
+
         self.asgi = Starlette(
             routes=[
                 *files_routes,
+                *ui_routes(self),
                 Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT"]),
             ],
             lifespan=self._lifespan,

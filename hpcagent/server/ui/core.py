@@ -1,0 +1,206 @@
+"""What every page and action of the web UI shares: templates, sessions, and :meth:`Ui.call`,
+the one way the UI reads or changes anything.
+
+:meth:`Ui.call` runs the REST API's own handler (``ServerApp.routes[endpoint]``) in-process with
+the signed-in identity, so an action from a web page goes through exactly the code, state
+machine and errors of the same call over the wire; the UI never opens a second path into the
+database.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from hpcagent.server.fields import ApiFault
+from hpcagent.server.ui import present
+from hpcagent.server.ui.session import CsrfError, UiSessions, secure_headers
+
+if TYPE_CHECKING:
+    from hpcagent.server.app import ServerApp
+
+log = logging.getLogger("hpcagent.server.ui")
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+Identity = dict[str, Any]
+PageHandler = Callable[[Request, Identity], Awaitable[Response]]
+
+
+class Ui:
+    """The UI's shared state around one :class:`ServerApp`."""
+
+    def __init__(self, app: ServerApp) -> None:
+        self.app = app
+        self.sessions = UiSessions(app.auth)
+        self.env = Environment(
+            loader=FileSystemLoader(str(TEMPLATES)),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(present.FILTERS)
+
+    # ---- the one way in ----------------------------------------------------------------------
+
+    def call(self, identity: Identity, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run the REST endpoint ``endpoint`` with ``body`` as ``identity``; raises ApiFault."""
+        from hpcagent.server.app import Ctx
+
+        handler = self.app.routes[endpoint]
+        ctx = Ctx(store=self.app.store, endpoint=endpoint, identity=identity)
+        return handler(ctx, body)
+
+    def has(self, endpoint: str) -> bool:
+        """Whether the server implements ``endpoint`` (models, files: other modules add them)."""
+        return endpoint in self.app.routes
+
+    # ---- responses ---------------------------------------------------------------------------
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **values: Any
+    ) -> Response:
+        values.setdefault("csrf", self.sessions.csrf_token(request))
+        values.setdefault("request_path", request.url.path)
+        html = self.env.get_template(template).render(**values)
+        return secure_headers(HTMLResponse(html, status_code=status_code))
+
+    def error(
+        self, request: Request, status_code: int, message: str, *, signed_in: bool = True
+    ) -> Response:
+        return self.render(request, "error.html", status_code, message=message, signed_in=signed_in)
+
+    @staticmethod
+    def json(data: Any, status_code: int = 200) -> Response:
+        body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+        return secure_headers(
+            Response(body, status_code=status_code, media_type="application/json")
+        )
+
+    @staticmethod
+    def redirect(url: str) -> Response:
+        return secure_headers(RedirectResponse(url, status_code=303))
+
+    # ---- guards ------------------------------------------------------------------------------
+
+    def page(self, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
+        """A signed-in GET page: no session sends the browser to the sign-in form."""
+
+        async def endpoint(request: Request) -> Response:
+            identity = self.sessions.identity(request)
+            if identity is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return self.redirect("/login?" + present.urlencode({"next": target}))
+            return await self._guarded(request, identity, handler)
+
+        return endpoint
+
+    def data(self, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
+        """A signed-in JSON read for the page scripts: 401 JSON without a session."""
+
+        async def endpoint(request: Request) -> Response:
+            identity = self.sessions.identity(request)
+            if identity is None:
+                return self.json({"error": "not signed in"}, 401)
+            try:
+                return await handler(request, identity)
+            except ApiFault as fault:
+                return self.json({"error": fault.message}, fault.code)
+
+        return endpoint
+
+    def action(self, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
+        """A signed-in POST with a valid CSRF token (403 otherwise)."""
+
+        async def endpoint(request: Request) -> Response:
+            identity = self.sessions.identity(request)
+            if identity is None:
+                return self.error(request, 401, "Sign in first.", signed_in=False)
+            refused = await self.refuse_form(request, self.sessions.check_csrf)
+            if refused is not None:
+                return refused
+            return await self._guarded(request, identity, handler)
+
+        return endpoint
+
+    async def refuse_form(
+        self,
+        request: Request,
+        check: Callable[[Request, str | None], None],
+        *,
+        signed_in: bool = True,
+    ) -> Response | None:
+        """The 4xx page when the request's form is malformed or ``check`` (a CSRF check of the
+        form's ``csrf`` or ``nonce`` field) refuses it; None when it may go on."""
+        try:
+            form = await read_form(request)
+            check(request, form_str(form, "csrf") or form_str(form, "nonce") or None)
+        except ApiFault as fault:
+            return self.error(request, fault.code, fault.message, signed_in=signed_in)
+        except CsrfError as exc:
+            log.warning("refused %s %s: %s", request.method, request.url.path, exc)
+            return self.error(request, 403, f"Refused: {exc}.", signed_in=signed_in)
+        return None
+
+    async def _guarded(
+        self, request: Request, identity: Identity, handler: PageHandler
+    ) -> Response:
+        try:
+            return await handler(request, identity)
+        except ApiFault as fault:
+            # The API's own error (unknown task, forbidden status change, bad value): a 4xx
+            # page with its message, exactly what the REST call would have answered.
+            return self.error(request, fault.code, fault.message)
+
+
+MAX_FORM_BYTES = 4 * 1024 * 1024
+
+
+async def read_form(request: Request) -> FormData:
+    """The submitted ``application/x-www-form-urlencoded`` form (the only kind the UI's forms
+    send; no multipart parser needed). Other bodies, or more than 4 MB, are a 400."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await request.body()
+    if raw and content_type != "application/x-www-form-urlencoded":
+        raise bad_request("Forms must be sent as application/x-www-form-urlencoded.")
+    if len(raw) > MAX_FORM_BYTES:
+        raise bad_request("Form too large.")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20000
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad_request(f"Malformed form: {exc}") from exc
+    items: list[tuple[str, str | UploadFile]] = list(pairs)
+    return FormData(items)
+
+
+def form_str(form: Any, name: str, default: str = "") -> str:
+    """A text field of a submitted form ("" for files or missing fields)."""
+    value = form.get(name)
+    return value if isinstance(value, str) else default
+
+
+def bad_request(message: str) -> ApiFault:
+    """A 400/12 validation fault raised by the UI's own form checks."""
+    from hpcagent.server.fields import VALIDATION
+
+    return ApiFault(VALIDATION, message)
+
+
+def safe_next(target: str, default: str = "/tasks") -> str:
+    """A same-site path to go back to (never another host: no open redirect)."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return default

@@ -1,0 +1,223 @@
+// hpcagent web UI: the little script the server-rendered pages need.
+// Data from the server is only ever inserted with textContent (never innerHTML): a task name
+// or a log line is text, whatever it contains. Loaded from /static (the CSP allows no inline
+// script); Plotly comes from /static/plotly.min.js, shipped by the plotly Python package.
+"use strict";
+
+(function () {
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function getJSON(url) {
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) {
+        return r.json().then(function (body) {
+          if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
+          return body;
+        });
+      });
+  }
+
+  function showError(box, err) {
+    box.appendChild(el("p", "error", String(err && err.message ? err.message : err)));
+  }
+
+  // ---- confirmations and selections --------------------------------------------------------
+  document.addEventListener("click", function (ev) {
+    var target = ev.target;
+    if (target && target.dataset && target.dataset.confirm) {
+      if (!window.confirm(target.dataset.confirm)) ev.preventDefault();
+    }
+  });
+  var all = document.getElementById("select-all");
+  if (all) {
+    all.addEventListener("change", function () {
+      document.querySelectorAll(".select-row").forEach(function (box) { box.checked = all.checked; });
+    });
+  }
+
+  // ---- console -------------------------------------------------------------------------------
+  function Console(box) {
+    var base = "/data/tasks/" + encodeURIComponent(box.dataset.task) + "/console";
+    var oldest = null, newest = null, total = 0;
+    var search = document.getElementById("console-search");
+    var tail = document.getElementById("console-tail");
+    var count = document.getElementById("console-count");
+    var older = document.getElementById("console-older");
+
+    function render(lines) {
+      var frag = document.createDocumentFragment();
+      lines.forEach(function (ev) {
+        var parts = ev.msg.replace(/\n$/, "").split("\n");
+        parts.forEach(function (text) {
+          var row = el("div", "line" + (ev.level === "error" ? " err" : ""), text);
+          row.dataset.ts = ev.ts;
+          frag.appendChild(row);
+        });
+      });
+      return frag;
+    }
+    function applySearch() {
+      var q = (search.value || "").toLowerCase();
+      var shown = 0, rows = box.children;
+      for (var i = 0; i < rows.length; i++) {
+        var hit = !q || rows[i].textContent.toLowerCase().indexOf(q) >= 0;
+        rows[i].hidden = !hit;
+        if (hit) shown++;
+      }
+      count.textContent = shown + " lines shown, " + total + " events in all";
+    }
+    function load(url, where) {
+      return getJSON(url).then(function (data) {
+        total = data.total;
+        if (!data.lines.length) { applySearch(); return 0; }
+        var first = data.lines[0].ts, last = data.lines[data.lines.length - 1].ts;
+        var atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+        var frag = render(data.lines);
+        if (where === "top") {
+          var before = box.scrollHeight;
+          box.insertBefore(frag, box.firstChild);
+          box.scrollTop += box.scrollHeight - before;
+        } else {
+          box.appendChild(frag);
+          if (atBottom || where === "init") box.scrollTop = box.scrollHeight;
+        }
+        if (oldest === null || first < oldest) oldest = first;
+        if (newest === null || last > newest) newest = last;
+        applySearch();
+        return data.lines.length;
+      }).catch(function (err) { showError(box, err); });
+    }
+    load(base, "init");
+    older.addEventListener("click", function () {
+      if (oldest !== null) load(base + "?before=" + oldest, "top");
+    });
+    search.addEventListener("input", applySearch);
+    window.setInterval(function () {
+      if (tail.checked && !document.hidden) {
+        load(base + (newest === null ? "" : "?after=" + newest), newest === null ? "init" : "bottom");
+      }
+    }, 2000);
+  }
+  var consoleBox = document.getElementById("console");
+  if (consoleBox) Console(consoleBox);
+
+  // ---- scalars -----------------------------------------------------------------------------
+  function smooth(ys, weight) {
+    if (!weight) return ys;
+    var out = [], last = null;
+    ys.forEach(function (y) {
+      if (typeof y !== "number") { out.push(y); return; }
+      last = last === null ? y : last * weight + (1 - weight) * y;
+      out.push(last);
+    });
+    return out;
+  }
+  function Scalars(box) {
+    var base = "/data/tasks/" + encodeURIComponent(box.dataset.task) + "/scalars";
+    var slider = document.getElementById("smoothing");
+    var sliderValue = document.getElementById("smoothing-value");
+    var axis = document.getElementById("x-axis");
+    var logScale = document.getElementById("log-scale");
+    var data = null;
+
+    function draw() {
+      box.textContent = "";
+      var weight = parseFloat(slider.value) || 0;
+      sliderValue.textContent = weight.toFixed(2);
+      var metrics = Object.keys(data).sort();
+      if (!metrics.length) { box.appendChild(el("p", "", "No scalars reported.")); return; }
+      metrics.forEach(function (metric) {
+        var card = el("div", "chart-card");
+        card.appendChild(el("h3", "chart-title", metric));
+        var plot = el("div", "chart scalar-chart");
+        plot.dataset.metric = metric;
+        card.appendChild(plot);
+        box.appendChild(card);
+        var traces = Object.keys(data[metric]).sort().map(function (variant) {
+          var series = data[metric][variant];
+          var xs = axis.value === "time" ? series.x.map(function (ms) { return new Date(ms); }) : series.x;
+          return { x: xs, y: smooth(series.y, weight), name: variant, mode: "lines+markers",
+                   type: "scatter", marker: { size: 4 } };
+        });
+        window.Plotly.newPlot(plot, traces, {
+          margin: { t: 10, r: 10, b: 40, l: 60 }, height: 300,
+          xaxis: { title: { text: axis.value === "time" ? "time" : "iteration" } },
+          yaxis: { type: logScale.checked ? "log" : "linear" }, showlegend: true
+        }, { displaylogo: false, responsive: true });
+      });
+    }
+    function fetchData() {
+      getJSON(base + "?x=" + axis.value).then(function (d) { data = d; draw(); })
+        .catch(function (err) { showError(box, err); });
+    }
+    slider.addEventListener("input", function () { if (data) draw(); });
+    logScale.addEventListener("change", function () { if (data) draw(); });
+    axis.addEventListener("change", fetchData);
+    fetchData();
+  }
+
+  // ---- plots and debug samples ---------------------------------------------------------------
+  function Events(box, kind) {
+    var base = "/data/tasks/" + encodeURIComponent(box.dataset.task) + "/events?kind=" + kind;
+    var more = el("button", "more", "Load more");
+    more.type = "button";
+    var scroll = "";
+    var shown = 0;
+    function add(ev) {
+      var card = el("div", kind === "plot" ? "chart-card" : "sample");
+      var title = ev.metric + (ev.variant ? " / " + ev.variant : "") +
+        (ev.iter !== null && ev.iter !== undefined ? " · iteration " + ev.iter : "");
+      card.appendChild(el("h3", "chart-title", title));
+      if (kind === "plot") {
+        var plot = el("div", "chart plot-chart");
+        card.appendChild(plot);
+        box.insertBefore(card, more);
+        var fig = ev.figure || {};
+        var layout = Object.assign({ height: 360 }, fig.layout || {});
+        window.Plotly.newPlot(plot, fig.data || [], layout, { displaylogo: false, responsive: true });
+      } else {
+        var url = ev.url || "";
+        if (/^(https?:\/\/|\/)/.test(url)) {
+          var link = el("a");
+          link.href = url;
+          var img = el("img", "debug-image");
+          img.src = url;
+          img.alt = title;
+          link.appendChild(img);
+          card.appendChild(link);
+        } else {
+          card.appendChild(el("p", "mono", url));
+        }
+        box.insertBefore(card, more);
+      }
+    }
+    function load() {
+      getJSON(base + (scroll ? "&scroll=" + encodeURIComponent(scroll) : "")).then(function (data) {
+        data.events.forEach(add);
+        shown += data.events.length;
+        scroll = data.scroll;
+        more.hidden = !data.events.length || shown >= data.total;
+        if (!shown) box.insertBefore(el("p", "", kind === "plot" ? "No plots reported." : "No debug samples reported."), more);
+      }).catch(function (err) { showError(box, err); });
+    }
+    box.appendChild(more);
+    more.addEventListener("click", load);
+    load();
+  }
+
+  function whenPlotly(fn) {
+    if (window.Plotly) { fn(); return; }
+    window.addEventListener("load", fn);
+  }
+  var scalarBox = document.getElementById("scalars");
+  if (scalarBox) whenPlotly(function () { Scalars(scalarBox); });
+  var plotBox = document.getElementById("plots");
+  if (plotBox) whenPlotly(function () { Events(plotBox, "plot"); });
+  var debugBox = document.getElementById("debug");
+  if (debugBox) Events(debugBox, "debug");
+})();
