@@ -15,12 +15,14 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 from ui_browser import UiBrowser
 
 pytestmark = pytest.mark.ui
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_LINE = "<script>alert('log')</script> & <b>not bold</b>"
+ARTIFACT = bytes(range(256)) * 40
 
 
 def add_events(srv: Any, events: list[dict[str, Any]]) -> None:
@@ -62,20 +64,19 @@ def world(embedded_server_session: Any) -> dict[str, Any]:
             "properties": {"owner": {"section": "properties", "name": "owner", "value": HOSTILE}},
         },
         configuration={"General": {"name": "General", "value": "batch: 32", "type": "yaml"}},
-        execution={
-            "queue": None,
-            "artifacts": [
-                {
-                    "key": "weights",
-                    "type": "custom",
-                    "mode": "output",
-                    "uri": "/static/favicon.svg",
-                    "content_size": 210,
-                    "hash": "0" * 64,
-                }
-            ],
-        },
     )
+    # an artifact stored on the server's files server, as the SDK uploads it
+    path = f"ui/task.{main}/artifacts/weights/weights-{suffix}.bin"
+    reply = requests.post(
+        f"{srv.url}/files",
+        files={path: (path.rsplit("/", 1)[1], ARTIFACT)},
+        headers={"Authorization": f"Bearer {srv.token()}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    artifact = {"key": "weights", "type": "custom", "mode": "output",
+                "uri": f"{srv.url}/files/{path}", "content_size": len(ARTIFACT)}  # fmt: skip
+    srv.send("tasks.add_or_update_artifacts", {"task": main, "artifacts": [artifact]})
     others = [new_task(srv, f"sweep {i:02d} {suffix}", project=project) for i in range(30)]
     now = int(time.time() * 1000)
     events: list[dict[str, Any]] = []
@@ -128,7 +129,7 @@ def test_sign_in_refuses_wrong_keys_and_signs_out(ui_browser: UiBrowser) -> None
     ui_browser.sign_in()
     ui_browser.wait("#task-table")
     assert ui_browser.path() == "/tasks"
-    cookie = ui_browser.driver.get_cookie("hpcagent_session")
+    cookie = ui_browser.driver.get_cookie("clearml_token_basic")
     assert cookie is not None
     assert cookie["httpOnly"] is True
     assert cookie["sameSite"] == "Strict"
@@ -267,9 +268,9 @@ def test_task_page_tabs(ui: UiBrowser, world: dict[str, Any]) -> None:
     ui.screenshot("task-plots")
     ui.open(f"/tasks/{main}?tab=artifacts")
     link = ui.wait("#artifacts a.artifact-link")
-    assert link.text == "/static/favicon.svg"
+    assert link.text.endswith(f"weights-{world['suffix']}.bin")
     link.click()
-    assert b"<svg" in ui.downloaded("favicon.svg").read_bytes()
+    assert ui.downloaded(f"weights-{world['suffix']}.bin").read_bytes() == ARTIFACT
     ui.screenshot("task-artifacts")
     assert ui.errors() == []
 

@@ -27,8 +27,11 @@ from starlette.responses import Response
 
 from hpcagent.server.auth import Authenticator
 from hpcagent.server.fields import ApiFault
+from hpcagent.server.files_http import TOKEN_COOKIE
 
-SESSION_COOKIE = "hpcagent_session"
+# The session cookie has the name of the ClearML web UI's token cookie, which the files server
+# also accepts (files_http.TOKEN_COOKIE): artifact and model links download with the session.
+SESSION_COOKIE = TOKEN_COOKIE
 LOGIN_COOKIE = "hpcagent_login"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
