@@ -153,11 +153,14 @@ class TemplateError(HpcAgentError):
         template: str = "",
         line: int | None = None,
         placeholder: str = "",
+        column: int | None = None,
     ) -> None:
         self.template = template
         self.line = line
+        self.column = column
         self.placeholder = placeholder
         where = template + (f":{line}" if line is not None else "")
+        where += f":{column}" if line is not None and column is not None else ""
         super().__init__(f"{where}: {message}" if where else message)
 
 

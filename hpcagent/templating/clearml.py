@@ -1,109 +1,104 @@
-"""The ClearML-style ``${CLEARML_...}`` template renderer.
+"""The ClearML-style ``${CLEARML_...}`` template renderer (grammar in ``analysis.py``).
 
-Grammar of a placeholder (anything else is left to the shell)::
-
-    ${NAME[.dotted.path][|filter[(args)]]...[:default]}
-
-``NAME`` is ``CLEARML_<UPPER_NAME>``, ``CLEARML_TASK``, ``CONFIG`` or
-``CLEARML_CONFIG``. Filters run left to right on the value (or the default).
-``$${CLEARML_...}`` produces the literal text ``${CLEARML_...}``. Unbraced
-``$CLEARML_X`` and every other ``$VAR``/``${VAR}`` are shell text, untouched.
+A value is looked up, the default used when it is missing, ``null`` or empty, the filters
+applied left to right, and the result placed by the rule of the context it sits in
+(``values.py`` for shell text and comments, ``directives.py`` for ``#SBATCH`` lines).
 """
 
 from __future__ import annotations
 
-import re
+import logging
+import threading
 
-from hpcagent.errors import TemplateError
+from hpcagent.templating.analysis import Slot, parse
 from hpcagent.templating.context import RenderContext
-from hpcagent.templating.shell_context import ShellContextTracker
-from hpcagent.templating.values import FILTERS, UnsafeValue, apply_filter, make_safe, to_text
-
-PLACEHOLDER = re.compile(
-    r"(?P<escape>\$\$(?=\{(?:CLEARML_|CONFIG\.)))"
-    r"|\$\{(?P<key>(?:CLEARML_[A-Za-z0-9_]+|CONFIG)(?:\.[^{}|:\s()]+)?)"
-    r"(?P<filters>(?:\|[A-Za-z_]+(?:\([^(){}\n]*\))?)*)"
-    r"(?::(?P<default>[^{}\n]*))?\}"
+from hpcagent.templating.directives import place
+from hpcagent.templating.values import (
+    DIRECTIVE_SAFE,
+    UnsafeValue,
+    apply_filter,
+    check_no_control,
+    clean_comment,
+    make_safe,
+    to_text,
 )
-_FILTER = re.compile(r"\|([A-Za-z_]+)(?:\(([^()]*)\))?")
-_MALFORMED = re.compile(r"\$\{(?:CLEARML_|CONFIG\.)[^}\n]*\}?")
+
+log = logging.getLogger("hpcagent.templating")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+def warn_once(key: str, message: str) -> None:
+    """Log ``message`` once per process for ``key`` (not once per task)."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning("%s", message)
 
 
 def render_clearml(text: str, ctx: RenderContext, template_name: str = "<template>") -> str:
     """Render ``text`` against ``ctx``.
 
-    Raises :class:`TemplateError` (naming the template, the line and the placeholder)
-    for an unknown or malformed placeholder, a missing value without default, an
-    unknown filter, or a value that cannot be placed safely where it stands.
+    Raises :class:`TemplateError` (naming the template, line, column and placeholder)
+    for a static problem of the template (see :func:`analysis.problems`), an unknown
+    name, a missing value without default outside comments, or a value that cannot be
+    placed where it stands (a control character in shell text, a non-number for
+    ``--nodes`` ...). A value in a comment never fails: it loses its control characters,
+    and a missing one renders empty, with one warning per template line.
     """
-    tracker = ShellContextTracker()
+    parsed = parse(text, template_name)
+    if parsed.errors:
+        raise parsed.errors[0]
     out: list[str] = []
-    pos = 0
-
-    def fail(msg: str, start: int, placeholder: str) -> TemplateError:
-        return TemplateError(
-            f"placeholder {placeholder}: {msg}",
-            template=template_name,
-            line=_line_of(text, start),
-            placeholder=placeholder,
-        )
-
-    def emit_literal(chunk: str, start: int) -> None:
-        bad = _MALFORMED.search(chunk)
-        if bad:
-            raise fail("malformed placeholder", start + bad.start(), bad.group(0))
-        out.append(chunk)
-        tracker.feed(chunk)
-
-    for m in PLACEHOLDER.finditer(text):
-        emit_literal(text[pos : m.start()], pos)
-        pos = m.end()
-        if m.group("escape"):
-            out.append("$")
-            tracker.feed("$")
-            continue
-        placeholder = m.group(0)
-        key = m.group("key")
-        filters = _FILTER.findall(m.group("filters") or "")
-        default = m.group("default")
-        blocks = ctx.blocks
-        if key in blocks:
-            if filters or default is not None:
-                raise fail("block placeholders take no filter or default", m.start(), placeholder)
-            if tracker.context() != "normal":
-                raise fail(
-                    "block placeholders must stand in plain shell text", m.start(), placeholder
-                )
-            out.append(blocks[key])
-            tracker.feed(blocks[key])
-            continue
-        try:
-            value = ctx.lookup(key)
-        except KeyError:
-            raise fail("unknown name", m.start(), placeholder) from None
-        text_value = None if value is None else to_text(value)
-        if text_value is None or (text_value == "" and default is not None):
-            if default is None:
-                raise fail("no value and no default", m.start(), placeholder)
-            text_value = default
-        for fname, fargs in filters:
-            if fname not in FILTERS:
-                raise fail(f"unknown filter {fname!r}", m.start(), placeholder)
-            args = [a.strip() for a in fargs.split(",")] if fargs else []
-            try:
-                text_value = apply_filter(text_value, fname, args)
-            except TypeError as exc:
-                msg = f"bad arguments for filter {fname!r}: {exc}"
-                raise fail(msg, m.start(), placeholder) from None
-        try:
-            safe = make_safe(text_value, tracker.context(), tracker.heredoc_delimiter)
-        except UnsafeValue as exc:
-            raise fail(str(exc), m.start(), placeholder) from None
-        out.append(safe)
-        tracker.feed(safe)
-    emit_literal(text[pos:], pos)
+    for part in parsed.parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif part.block:
+            out.append(ctx.blocks[part.key])
+        else:
+            out.append(_render_slot(part, ctx, template_name))
     return "".join(out)
+
+
+def _render_slot(slot: Slot, ctx: RenderContext, name: str) -> str:
+    try:
+        value = ctx.lookup(slot.key)
+    except KeyError:
+        raise slot.error(name, "unknown name") from None
+    text = None if value is None else to_text(value)
+    if text is None or (text == "" and slot.default is not None):
+        if slot.default is None:
+            if slot.in_comment:
+                warn_once(
+                    f"{name}:{slot.line}:{slot.column}",
+                    f"{name}:{slot.line}:{slot.column}: placeholder {slot.placeholder} has no "
+                    "value for some tasks; it renders empty in that comment",
+                )
+                return ""
+            raise slot.error(name, "no value and no default")
+        text = slot.default
+    try:
+        for fname, args in slot.filters:
+            try:
+                text = apply_filter(text, fname, args)
+            except TypeError as exc:
+                raise UnsafeValue(f"bad arguments for filter {fname!r}: {exc}") from None
+        return _place(text, slot)
+    except UnsafeValue as exc:
+        if slot.in_comment:
+            return ""
+        raise slot.error(name, str(exc)) from None
+
+
+def _place(text: str, slot: Slot) -> str:
+    if slot.mark.refused:  # accepted at parse time only with a safe filter
+        if text and not DIRECTIVE_SAFE.fullmatch(text):
+            raise UnsafeValue(f"value {text!r} is not plain after its filters")
+        return text
+    if slot.spot is not None:
+        if slot.spot.state == "comment":
+            return clean_comment(text)
+        check_no_control(text)  # sbatch reads line by line
+        return place(text, slot.spot)
+    return make_safe(text, slot.mark.context)

@@ -1,4 +1,18 @@
-"""What a template can refer to: the task, the queue, the worker, config and blocks."""
+"""What a template can refer to: the task, the queue, the worker, config and blocks.
+
+The variable model (docs/templates.md has the table):
+
+* ``CLEARML_QUEUE_NAME``, ``CLEARML_QUEUE_ID``, ``CLEARML_WORKER_ID``, ``CLEARML_JOB_NAME``,
+  ``CLEARML_PROJECT_ID``, ``CLEARML_PROJECT_NAME``: single values.
+* ``CLEARML_TASK.<path>``: any field of the task as ``tasks.get_all`` returns it.
+  The fields that hold the id of another entity (:data:`REF_FIELDS`: ``project``,
+  ``parent``, ``execution.queue``) are ``{id, name}``: ``${CLEARML_TASK.project.id}``,
+  ``${CLEARML_TASK.project.name}``; the bare field still renders the id, as in ClearML
+  (``${CLEARML_TASK.project}``). The id comes from the task itself; the name is asked of
+  ``RenderContext.names`` only when a template uses it.
+* ``CONFIG.<path>`` / ``CLEARML_CONFIG.<path>``: the agent configuration.
+* ``CLEARML_PRE_SETUP``, ``CLEARML_AGENT_EXECUTE``, ``CLEARML_POST_SETUP``: trusted blocks.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +20,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Task fields holding the id of another entity → the kind of that entity.
+REF_FIELDS: dict[str, str] = {"project": "project", "parent": "task", "execution.queue": "queue"}
+
+#: The single-value names every render context has (``extra`` may add more).
+SCALAR_NAMES = (
+    "CLEARML_QUEUE_NAME",
+    "CLEARML_QUEUE_ID",
+    "CLEARML_WORKER_ID",
+    "CLEARML_JOB_NAME",
+    "CLEARML_PROJECT_ID",
+    "CLEARML_PROJECT_NAME",
+)
+BLOCK_NAMES = ("CLEARML_PRE_SETUP", "CLEARML_AGENT_EXECUTE", "CLEARML_POST_SETUP")
+
 
 def _no_config(path: str, default: Any = None) -> Any:
     return default
+
+
+def _no_names(kind: str, entity_id: str) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -16,9 +48,11 @@ class RenderContext:
     """Everything a template is rendered against.
 
     ``task`` is the task dict as ``tasks.get_all`` returns it. ``config`` looks up a
-    dotted path in the agent configuration (``Settings.get``). The three blocks are
+    dotted path in the agent configuration (``Settings.get``). ``names(kind, id)`` gives
+    the name of a project, task or queue (``None`` when unknown); the submitter passes a
+    cached lookup (:class:`hpcagent.templating.entities.NameCache`). The three blocks are
     trusted text built by the submitter from configuration, never from the task.
-    ``extra`` adds more ``CLEARML_<NAME>`` values (for example ``CLEARML_PROJECT_NAME``).
+    ``extra`` adds more ``CLEARML_<NAME>`` values (for example ``CLEARML_DAEMON_GPUS``).
     """
 
     task: Mapping[str, Any]
@@ -30,6 +64,7 @@ class RenderContext:
     agent_execute: str = ""
     post_setup: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    names: Callable[[str, str], str | None] = _no_names
 
     @property
     def blocks(self) -> dict[str, str]:
@@ -40,12 +75,24 @@ class RenderContext:
             "CLEARML_POST_SETUP": self.post_setup,
         }
 
+    def ref(self, path: str) -> dict[str, Any] | None:
+        """``{id, name}`` of the entity the task field ``path`` points to (None: no id)."""
+        entity_id = lookup_path(self.task, path.split("."))
+        if entity_id is None or entity_id == "":
+            return None
+        entity_id = str(entity_id)
+        return {"id": entity_id, "name": self.names(REF_FIELDS[path], entity_id)}
+
     def scalars(self) -> dict[str, Any]:
         """The job-level scalar names (values still to be made safe)."""
+        project = self.ref("project") or {}
         out: dict[str, Any] = {
             "CLEARML_QUEUE_NAME": self.queue_name,
             "CLEARML_QUEUE_ID": self.queue_id,
             "CLEARML_WORKER_ID": self.worker_id,
+            "CLEARML_JOB_NAME": f"clearml_task_{self.task.get('id', '')}",
+            "CLEARML_PROJECT_ID": project.get("id"),
+            "CLEARML_PROJECT_NAME": project.get("name"),
         }
         out.update(self.extra)
         return out
@@ -53,36 +100,68 @@ class RenderContext:
     def lookup(self, key: str) -> Any:
         """Resolve a placeholder key; return ``None`` when there is no value.
 
-        ``CLEARML_TASK.<path>`` walks the task dict, ``CONFIG.<path>`` (or
-        ``CLEARML_CONFIG.<path>``) asks the configuration; other names are scalars.
-        Raises ``KeyError`` for a name that is not known at all.
+        ``CLEARML_TASK.<path>`` walks the task dict (with :data:`REF_FIELDS` as
+        ``{id, name}``), ``CONFIG.<path>`` (or ``CLEARML_CONFIG.<path>``) asks the
+        configuration; other names are scalars. Raises ``KeyError`` for a name that is
+        not known at all.
         """
         root, _, path = key.partition(".")
         if root == "CLEARML_TASK":
-            return lookup_path(self.task, path.split(".")) if path else None
+            return self._task_field(path) if path else None
         if root in ("CONFIG", "CLEARML_CONFIG"):
-            if not path:
-                return None
-            value = self.config(path, None)
-            return value
+            return self.config(path, None) if path else None
         if path:
             raise KeyError(key)
-        scalars = self.scalars()
-        if root not in scalars:
+        if root in self.extra:
+            value = self.extra[root]
+        elif root in SCALAR_NAMES:
+            value = self.scalars()[root]
+        else:
             raise KeyError(key)
-        value = scalars[root]
         return value if value != "" else None
 
+    def _task_field(self, path: str) -> Any:
+        for ref_path in REF_FIELDS:
+            if path == ref_path:  # the bare field: its id, as ClearML renders it
+                return lookup_path(self.task, path.split("."))
+            if path.startswith(ref_path + "."):
+                rest = path[len(ref_path) + 1 :]
+                if rest == "id":
+                    return lookup_path(self.task, ref_path.split("."))
+                if rest == "name":
+                    ref = self.ref(ref_path)
+                    return ref["name"] if ref else None
+        return lookup_path(self.task, path.split("."))
+
     def jinja_vars(self) -> dict[str, Any]:
-        """The same context for Jinja2 templates."""
-        out: dict[str, Any] = dict(self.scalars())
+        """The same context for Jinja2 templates (``CLEARML_TASK`` with the refs resolved)."""
+        out: dict[str, Any] = {k: v for k, v in self.scalars().items() if v is not None}
         out.update(self.blocks)
-        out["CLEARML_TASK"] = self.task
-        out["task"] = self.task
+        task = _RefTask(self)
+        out["CLEARML_TASK"] = task
+        out["task"] = task
         out["queue_name"] = self.queue_name
         out["queue_id"] = self.queue_id
         out["worker_id"] = self.worker_id
         return out
+
+
+class _RefTask(dict):  # type: ignore[type-arg]
+    """The task dict for Jinja2, where ``project``/``parent`` are ``{id, name}``."""
+
+    def __init__(self, ctx: RenderContext) -> None:
+        super().__init__(ctx.task)
+        for path in ("project", "parent"):
+            ref = ctx.ref(path)
+            if ref is not None:
+                self[path] = EntityRef(ref)
+
+
+class EntityRef(dict):  # type: ignore[type-arg]
+    """``{id, name}`` that prints as its id (``{{ task.project }}`` is the project id)."""
+
+    def __str__(self) -> str:
+        return str(self["id"])
 
 
 def lookup_path(obj: Any, parts: list[str]) -> Any:

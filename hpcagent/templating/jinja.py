@@ -1,14 +1,21 @@
 """Jinja2 templates (``*.j2``): StrictUndefined, ``shquote`` and the same context.
 
 Safety: every ``{{ ... }}`` output passes through ``finalize``. Output of the quoting
-filters (``shquote``, ``sbatch_value``, ``slug``) and the trusted blocks is emitted
-as it is; any other value is emitted only when it matches the directive-safe charset
-(ids, numbers, simple names). Anything else is refused, so a task value cannot reach
-the script unquoted by accident.
+filters (``shquote``, ``sbatch_value``, ``slug``, ``int``) and the trusted blocks is
+emitted as it is; any other value is emitted only when it matches the directive-safe
+charset (ids, numbers, simple names). Anything else is refused, so a task value cannot
+reach the script unquoted by accident.
+
+:func:`jinja_problems` reads the template's shell text the way ``analysis.py`` reads a
+``*.template`` (each ``{{ ... }}`` as a plain word, ``{% %}``/``{# #}`` as nothing): an
+expression where no quoting protects a value (a here-document, arithmetic, ``bash -c`` ...)
+needs ``|int`` or ``|slug``, and ``|shquote`` inside ``"..."`` or ``'...'`` is refused (its
+quotes would be literal there, and ``$(...)`` in the value would run).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import traceback
 from typing import Any
@@ -16,15 +23,19 @@ from typing import Any
 import jinja2
 
 from hpcagent.errors import TemplateError
-from hpcagent.templating.context import RenderContext
+from hpcagent.templating.context import BLOCK_NAMES, RenderContext
+from hpcagent.templating.shell_context import ShellContextTracker
 from hpcagent.templating.values import (
     DIRECTIVE_SAFE,
     UnsafeValue,
     check_directive,
     check_no_control,
     slug,
+    to_int,
     to_text,
 )
+
+_TAG = re.compile(r"\{\{(?P<expr>.*?)\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
 class _Safe(str):
@@ -45,6 +56,10 @@ def _sbatch_value(value: Any) -> _Safe:
 
 def _slug(value: Any) -> _Safe:
     return _Safe(slug(to_text(value)))
+
+
+def _int(value: Any) -> _Safe:
+    return _Safe(to_int(to_text(value)))
 
 
 def _finalize(value: Any) -> Any:
@@ -83,10 +98,14 @@ def render_jinja(text: str, ctx: RenderContext, template_name: str = "<template>
     env.filters["shquote"] = _shquote
     env.filters["sbatch_value"] = _sbatch_value
     env.filters["slug"] = _slug
+    env.filters["int"] = _int
     variables = ctx.jinja_vars()
     for key in ("CLEARML_PRE_SETUP", "CLEARML_AGENT_EXECUTE", "CLEARML_POST_SETUP"):
         variables[key] = _Safe(variables[key])
     variables["CONFIG"] = _ConfigProxy(ctx)
+    found = jinja_problems(text, template_name)
+    if found:
+        raise found[0]
     try:
         template = env.get_template(template_name)
     except jinja2.TemplateSyntaxError as exc:
@@ -98,6 +117,54 @@ def render_jinja(text: str, ctx: RenderContext, template_name: str = "<template>
     except (jinja2.UndefinedError, UnsafeValue, jinja2.TemplateError) as exc:
         line = _line_from_traceback(exc, template_name)
         raise TemplateError(str(exc), template=template_name, line=line) from None
+
+
+def jinja_problems(text: str, template_name: str) -> list[TemplateError]:
+    """Syntax errors and unsafe placements of a Jinja2 template (see the module docstring)."""
+    try:
+        jinja2.Environment(autoescape=False).parse(text, template_name)  # noqa: S701
+    except jinja2.TemplateSyntaxError as exc:
+        return [
+            TemplateError(f"syntax error: {exc.message}", template=template_name, line=exc.lineno)
+        ]
+    tracker = ShellContextTracker()
+    found: list[TemplateError] = []
+    pos = 0
+    for m in _TAG.finditer(text):
+        tracker.feed(text[pos : m.start()])
+        pos = m.end()
+        expr = m.group("expr")
+        if expr is None:
+            continue
+        mark = tracker.mark()
+        tracker.feed("x")
+        filters = set(re.findall(r"\|\s*([A-Za-z_]+)", expr))
+        line = text.count("\n", 0, m.start()) + 1
+        column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        why = ""
+        if any(b in expr for b in BLOCK_NAMES):
+            why = (
+                ""
+                if mark.context == "normal"
+                else "block placeholders must stand in plain shell text"
+            )
+        elif mark.refused and not filters & {"int", "slug"}:
+            why = f"sits in {mark.refused}; no quoting protects a task value there: |int or |slug"
+        elif "shquote" in filters and mark.context in ("single", "double"):
+            why = (
+                "|shquote inside quotes: its quotes would be literal there; put it in a plain word"
+            )
+        if why:
+            found.append(
+                TemplateError(
+                    f"{{{{{expr}}}}}: {why}",
+                    template=template_name,
+                    line=line,
+                    column=column,
+                    placeholder=m.group(0),
+                )
+            )
+    return found
 
 
 class _ConfigProxy:

@@ -1,19 +1,19 @@
-"""Turning looked-up values into text, filters, and the safety rules per context.
+"""Turning looked-up values into text, filters, and the safety rules per shell context.
 
 The rules (documented in docs/templates.md):
 
 * Every value is converted to text first: booleans as ``true``/``false``, numbers via
-  ``str``, lists and dicts as compact JSON, ``None`` counts as missing.
+  ``str``, a list of plain values joined with ``,`` (as ClearML does), other lists and
+  dicts as compact JSON, an entity reference as its id; ``None`` counts as missing.
 * A value may not contain control characters (newline, carriage return, NUL, ...;
-  tab is allowed outside directives). So no value can ever add a line.
-* ``directive`` context (``#SBATCH`` lines, other full-line comments, the ``#!`` line):
-  the value must match :data:`DIRECTIVE_SAFE` (letters, digits and ``_.,:=@%+/-``),
-  must not start with ``-`` and must not be empty. Otherwise the task fails. The
-  ``slug`` filter maps a free-form value into that charset.
+  tab is allowed) where it is code: so no value can ever add a line. In a comment
+  (:func:`clean_comment`) they are removed instead, so a comment never fails a task.
 * ``normal`` context: ``shlex.quote``; ``single``: ``'`` becomes ``'\\''``; ``double``:
-  ``\\ " $ ``` get a backslash; here-document bodies: ``\\ $ ``` get a backslash
-  (unquoted delimiter) or nothing (quoted delimiter), and a value containing the
-  delimiter is refused; ``comment`` (after a command): as it is.
+  ``\\ " $ ``` get a backslash; the ``#!`` line: plain characters only.
+  ``#SBATCH`` lines are placed by ``directives.py``.
+* The filters in :data:`SAFE_FILTERS` (``int``, ``slug``) limit a value to characters no
+  shell context gives a meaning to; only they make a value acceptable where quoting
+  cannot protect it (see ``shell_context.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
+from hpcagent.templating.context import EntityRef
+
 DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_.,:=@%+/-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9_.,:=@%+/-]")
 _DOUBLE_SPECIAL = re.compile(r'([\\"$`])')
-_HEREDOC_SPECIAL = re.compile(r"([\\$`])")
 
 
 class UnsafeValue(ValueError):
@@ -41,6 +42,12 @@ def to_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
         return str(value)
+    if isinstance(value, EntityRef):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (bool, int, float, str)) for v in value
+    ):
+        return ",".join(to_text(v) for v in value)
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
@@ -56,6 +63,14 @@ def _strip(value: str, chars: str | None = None) -> str:
     return value.strip(chars)
 
 
+def to_int(value: str) -> str:
+    """The ``int`` filter: the value as a whole number, else the task fails."""
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise UnsafeValue(f"value {value!r} is not a whole number (|int)")
+    return str(int(text))
+
+
 FILTERS: dict[str, Callable[..., str]] = {
     "strip": _strip,
     "lstrip": lambda v, chars=None: v.lstrip(chars),
@@ -65,10 +80,14 @@ FILTERS: dict[str, Callable[..., str]] = {
     "capitalize": lambda v: v.capitalize(),
     "title": lambda v: v.title(),
     "slug": slug,
+    "int": to_int,
+    "remove_newlines": lambda v: v.replace("\n", ""),
     # ClearML's "raw" keeps newlines; here nothing may bypass the safety rules, so it
     # is accepted for compatibility and does nothing.
     "raw": lambda v: v,
 }
+#: Filters whose output no shell context gives a meaning to (see shell_context.py).
+SAFE_FILTERS = frozenset({"int", "slug"})
 
 
 def apply_filter(value: str, name: str, args: list[str]) -> str:
@@ -84,24 +103,31 @@ def check_no_control(value: str) -> None:
 
 
 def check_directive(value: str) -> str:
-    """Validate a value for an ``#SBATCH`` (or other full-line comment) line."""
+    """Validate a plain value (the ``#!`` line, Jinja2's ``sbatch_value``)."""
     if not value:
-        raise UnsafeValue("empty value in an #SBATCH/comment line")
+        raise UnsafeValue("empty value in a directive or #! line")
     if not DIRECTIVE_SAFE.fullmatch(value):
         bad = sorted({c for c in value if not DIRECTIVE_SAFE.fullmatch(c)})
         raise UnsafeValue(
-            f"value {value!r} has characters not allowed in an #SBATCH/comment line: "
+            f"value {value!r} has characters not allowed in a directive or #! line: "
             f"{''.join(bad)!r} (allowed: letters, digits and _.,:=@%+/-; try |slug)"
         )
     if value.startswith("-"):
-        raise UnsafeValue(f"value {value!r} starts with '-' in an #SBATCH/comment line")
+        raise UnsafeValue(f"value {value!r} starts with '-' in a directive or #! line")
     return value
 
 
-def make_safe(value: str, context: str, heredoc_delimiter: str | None = None) -> str:
-    """Return ``value`` made safe for ``context`` (see the module docstring)."""
+def clean_comment(value: str) -> str:
+    """A value in a comment: control characters (newlines included) removed."""
+    return _CONTROL.sub("", value)
+
+
+def make_safe(value: str, context: str) -> str:
+    """Return ``value`` made safe for the shell ``context`` (see the module docstring)."""
+    if context in ("comment", "comment_line"):
+        return clean_comment(value)
     check_no_control(value)
-    if context == "directive":
+    if context == "shebang":
         return check_directive(value)
     if context == "normal":
         return shlex.quote(value)
@@ -109,15 +135,4 @@ def make_safe(value: str, context: str, heredoc_delimiter: str | None = None) ->
         return value.replace("'", "'\\''")
     if context == "double":
         return _DOUBLE_SPECIAL.sub(r"\\\1", value)
-    if context in ("heredoc_literal", "heredoc_expand"):
-        if heredoc_delimiter and heredoc_delimiter in value:
-            raise UnsafeValue(f"value contains the here-document delimiter {heredoc_delimiter!r}")
-        if context == "heredoc_expand":
-            return _HEREDOC_SPECIAL.sub(r"\\\1", value)
-        return value
-    if context == "comment":
-        return value
-    raise UnsafeValue(
-        "placeholder sits in a shell construct where no value can be placed safely "
-        "(backticks, $'...', ${...} or $((...))); move it to a plain or quoted word"
-    )
+    raise UnsafeValue(f"no value can be placed safely in context {context!r}")
