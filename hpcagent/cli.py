@@ -31,6 +31,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("hpcagent.commands.queue", "workers_group"),
     ("hpcagent.commands.execute", "execute_cmd"),
     ("hpcagent.commands.daemon", "daemon_cmd"),
+    ("hpcagent.commands.templates", "templates_group"),
 ]
 
 #: The ``hpcagent-slurm`` command.

@@ -28,6 +28,7 @@ from hpcagent.commands.longrunning import (
 )
 from hpcagent.errors import UsageError
 from hpcagent.submitter.instance import SUBMITTER_FILES, cmdline
+from hpcagent.templating import check_file, resolve_template
 
 log = logging.getLogger("hpcagent.submitter")
 
@@ -36,13 +37,13 @@ def _pair_templates(templates: tuple[str, ...], queues: tuple[str, ...]) -> list
     if not queues:
         raise UsageError("give at least one --queue")
     if len(templates) == 1:
-        return [(q, Path(templates[0])) for q in queues]
+        return [(q, resolve_template(templates[0])) for q in queues]
     if len(templates) != len(queues):
         raise UsageError(
             f"{len(templates)} templates for {len(queues)} queues: give one template for all "
             "queues, or one per queue (in the same order)"
         )
-    return [(q, Path(t)) for q, t in zip(queues, templates, strict=True)]
+    return [(q, resolve_template(t)) for q, t in zip(queues, templates, strict=True)]
 
 
 def _is_submitter(pid: int) -> bool:
@@ -244,6 +245,8 @@ def slurm_cmd(
     for _, path in pairs:
         if not path.is_file():
             raise UsageError(f"template file not found: {path}")
+    for path in dict.fromkeys(p for _, p in pairs):
+        check_file(path)  # exit 7 with file:line:column before any task is taken
     if mode == "detached":
         detach(state, SUBMITTER_FILES, entry="slurm_main", name="hpcagent-slurm")
         return

@@ -45,7 +45,7 @@ from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name
 from hpcagent.submitter.outputs import write_script
 from hpcagent.submitter.track import Tracker, crashpoint
 from hpcagent.submitter.worktime import force_from_properties, force_from_tags, may_pull
-from hpcagent.templating import render_file
+from hpcagent.templating import NameCache, api_fetch, render_file
 
 log = logging.getLogger("hpcagent.submitter")
 
@@ -74,6 +74,7 @@ class Submitter:
         self._props_sent: dict[str, str] = {}
         self._props_sent_at = 0.0
         self.submitted_total = 0
+        self.names = NameCache(api_fetch(client.send))  # project/queue names for templates
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -242,6 +243,7 @@ class Submitter:
     def _pull(self) -> int:
         if time.monotonic() < self._backoff_until:
             return 0
+        self.names.new_round()
         allowed = self._switches()
         live = self.ledger.live_by_queue()
         limit = self.opts.max_jobs
@@ -309,6 +311,7 @@ class Submitter:
             image=image,
             container=self.opts.container,
         )
+        ctx = dataclasses.replace(ctx, names=self.names)
         if self.opts.task_vars is not None:
             ctx = dataclasses.replace(ctx, extra={**ctx.extra, **self.opts.task_vars(task_id, q)})
         try:

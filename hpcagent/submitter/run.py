@@ -6,6 +6,7 @@ second one on the same folder is refused, so two processes never pull for the sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from hpcagent.submitter.ledger import Ledger
 from hpcagent.submitter.loop import Submitter
 from hpcagent.submitter.options import QueueRef, SubmitterOptions
 from hpcagent.submitter.worktime import WorkingHours
-from hpcagent.templating import render_file
+from hpcagent.templating import NameCache, api_fetch, render_file
 
 
 @dataclass
@@ -80,6 +81,7 @@ def dry_run(
             template_text=q.template.read_text(),
             container=settings.container,
         )
+        ctx = dataclasses.replace(ctx, names=NameCache(api_fetch(client.send)))
         echo(f"# next task {task_id} from queue {q.name} with template {q.template}")
         echo(render_file(q.template, ctx).rstrip("\n"))
         return

@@ -17,6 +17,14 @@ BUILTIN: dict[str, str] = {
     "jinja": "slurm.example.j2",
 }
 
+#: Built-in name → what it is for (``hpcagent templates list``).
+ABOUT: dict[str, str] = {
+    "example": "the ClearML Slurm Glue documentation's example, verbatim",
+    "gpu": "GPU jobs; partition, GPUs, CPUs, memory, time from task user properties",
+    "singularity": "for --singularity-mode: the task runs inside its container image",
+    "jinja": "the example in Jinja2 (*.j2)",
+}
+
 
 def builtin_dir() -> Path:
     """The folder of the shipped templates."""

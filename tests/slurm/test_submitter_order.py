@@ -21,7 +21,8 @@ from helpers import (
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
-TEMPLATE = "#!/bin/bash\n#SBATCH --output=/dev/null\ntrue\n"
+# ":" keeps the executor from running (a template without the block is refused at start).
+TEMPLATE = "#!/bin/bash\n#SBATCH --output=/dev/null\n: ${CLEARML_AGENT_EXECUTE}\n"
 
 
 @pytest.mark.parametrize("fairness", [False, True])

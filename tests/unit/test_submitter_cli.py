@@ -16,6 +16,7 @@ TEMPLATE = """#!/bin/bash
 #SBATCH --nodes=${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}
 echo ${CLEARML_TASK.name}
 sleep 8
+: ${CLEARML_AGENT_EXECUTE}
 """
 
 
