@@ -80,6 +80,7 @@ Handler = Callable[[Ctx, dict[str, Any]], dict[str, Any]]
 def all_routes() -> dict[str, Handler]:
     """Every implemented endpoint, by ``service.action`` name."""
     from hpcagent.server.routes import (
+        event_reads,
         events,
         models,
         projects,
@@ -91,7 +92,17 @@ def all_routes() -> dict[str, Handler]:
     )
 
     table: dict[str, Handler] = {}
-    for module in (projects, tasks, task_outputs, task_status, queues, workers, events, models):
+    for module in (
+        projects,
+        tasks,
+        task_outputs,
+        task_status,
+        queues,
+        workers,
+        events,
+        event_reads,
+        models,
+    ):
         table.update(module.ROUTES)
     table["debug.ping"] = lambda ctx, body: {"msg": "hpcagent embedded server"}
     table["auth.login"] = lambda ctx, body: {}  # answered by ServerApp._dispatch itself

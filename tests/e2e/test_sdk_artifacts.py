@@ -231,3 +231,65 @@ print("RESULT " + json.dumps({"x": Task.get_task(task_id=task_id).artifacts["x"]
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+EVENTS_SCRIPT = """
+import json, sys
+from pathlib import Path
+from clearml import StorageManager, Task
+
+work = Path(sys.argv[1])
+task = Task.init(project_name="events", task_name="reports everything",
+                 auto_connect_frameworks=False, auto_resource_monitoring=False)
+logger = task.get_logger()
+figure = {"data": [{"type": "bar", "x": ["a", "b"], "y": [3, 4], "name": "bars ü"}],
+          "layout": {"title": "my plot"}}
+for i in range(3):
+    logger.report_plotly("plots", "bar", iteration=i, figure=figure)
+logger.report_single_value("accuracy", 0.93)
+logger.report_single_value("f1 score", 0.5)
+images = {}
+for i in range(3):
+    png = work / f"img{i}.png"
+    png.write_bytes(b"\\x89PNG fake image " + bytes([i]) * 100)
+    images[i] = png.read_bytes()
+    logger.report_image("debug", "sample", iteration=i, local_path=str(png))
+task.flush(wait_for_uploads=True)
+task_id = task.id
+task.close()
+
+got = Task.get_task(task_id=task_id)
+plots = got.get_reported_plots(max_iterations=2)
+samples = got.get_debug_samples("debug", "sample")
+copies = {s["iter"]: Path(StorageManager.get_local_copy(s["url"])).read_bytes() for s in samples}
+print("RESULT " + json.dumps({
+    "id": task_id,
+    "plots": [{"iter": p["iter"], "metric": p["metric"], "variant": p["variant"],
+               "plot": json.loads(p["plot_str"])} for p in plots],
+    "single": got.get_reported_single_values(),
+    "sample_iters": sorted(s["iter"] for s in samples),
+    "images_equal": all(copies[i] == images[i] for i in range(3)),
+}))
+"""
+
+
+def test_sdk_plots_single_values_and_debug_images_read_back(
+    embedded_server: Any, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_sdk(embedded_server, tmp_path, EVENTS_SCRIPT, str(work))
+    assert [(p["metric"], p["variant"], p["iter"]) for p in result["plots"]] == [
+        ("plots", "bar", 2),
+        ("plots", "bar", 1),
+    ]
+    plot = result["plots"][0]["plot"]
+    assert plot["data"][0]["x"] == ["a", "b"]
+    assert plot["data"][0]["y"] == [3, 4]
+    assert plot["data"][0]["name"] == "bars ü"
+    assert result["single"] == {"accuracy": 0.93, "f1 score": 0.5}
+    assert result["sample_iters"] == [0, 1, 2]
+    assert result["images_equal"] is True
+    # the single values (iteration -2**31) stay out of the scalar plots, as with ClearML
+    hist = embedded_server.send("events.scalar_metrics_iter_histogram", {"task": result["id"]})
+    assert all(x >= 0 for m in hist.values() for s in m.values() for x in s["x"]), hist

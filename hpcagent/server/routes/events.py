@@ -1,5 +1,5 @@
-"""``events.*``: add_batch (json-lines or a JSON list), get_task_log, get_task_events,
-scalar_metrics_iter_histogram.
+"""``events.*``: add_batch (json-lines or a JSON list), get_task_log, get_task_events (the
+other reads are in ``event_reads``).
 
 ``add_batch`` is the hot path (console logs and scalars): lines are parsed with orjson, the raw
 line is stored as the event document when it needed no change, rows go in with one
@@ -22,10 +22,10 @@ from hpcagent.server.fields import (
     now_iso,
     opt_bool,
     opt_int,
-    opt_list,
     opt_str,
     req_str,
 )
+from hpcagent.server.routes.event_reads import clean, metric_filter, wanted
 from hpcagent.server.store import dumps
 
 if TYPE_CHECKING:
@@ -172,12 +172,6 @@ def _known_tasks(ctx: Ctx, task_ids: set[str]) -> set[str]:
     return {r[0] for r in ctx.store.conn.execute(sql, ids)}
 
 
-def _clean(doc: bytes) -> dict[str, Any]:
-    ev: dict[str, Any] = orjson.loads(doc)
-    ev.pop("method", None)
-    return ev
-
-
 def get_task_log(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Log events in pages of ``batch_size`` from ``from_timestamp`` (ms), newest first by
     default (``navigate_earlier``); ``order`` asc|desc overrides the order of the page."""
@@ -198,38 +192,13 @@ def get_task_log(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         f"SELECT doc FROM events WHERE task=? AND type=?{cond} "  # noqa: S608
         f"ORDER BY ts {direction}, seq {direction} LIMIT ?"
     )
-    events = [_clean(r[0]) for r in ctx.store.conn.execute(sql, args)]
+    events = [clean(r[0]) for r in ctx.store.conn.execute(sql, args)]
     if (order == "asc" and earlier) or (order == "desc" and not earlier):
         events.reverse()
     total = ctx.store.conn.execute(
         "SELECT COUNT(*) FROM events WHERE task=? AND type=?", (task_id, LOG)
     ).fetchone()[0]
     return {"events": events, "returned": len(events), "total": int(total)}
-
-
-def _metric_filter(body: dict[str, Any]) -> dict[str, set[str]] | None:
-    items = opt_list(body, "metrics")
-    if not items:
-        return None
-    wanted: dict[str, set[str]] = {}
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("metric"), str):
-            raise ApiFault(
-                VALIDATION,
-                "Validation error: field 'metrics' must be an array of {metric, variants} objects",
-                {"field": "metrics"},
-            )
-        wanted[item["metric"]] = set(item.get("variants") or [])
-    return wanted
-
-
-def _wanted(wanted: dict[str, set[str]] | None, metric: str | None, variant: str | None) -> bool:
-    if wanted is None:
-        return True
-    if metric not in wanted:
-        return False
-    variants = wanted[metric]
-    return not variants or variant in variants
 
 
 def get_task_events(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +209,7 @@ def get_task_events(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     batch = max(1, min(opt_int(body, "batch_size", 500) or 500, 10000))
     descending = opt_str(body, "order") == "desc"
     scroll = opt_str(body, "scroll_id")
-    wanted = _metric_filter(body)
+    flt = metric_filter(body)
     args: list[Any] = [task_id]
     cond = ""
     if ev_type:
@@ -262,51 +231,16 @@ def get_task_events(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     last_seq: int | None = None
     for seq, metric, variant, doc in ctx.store.conn.execute(sql, args):
         last_seq = seq
-        if _wanted(wanted, metric, variant):
-            events.append(_clean(doc))
+        if wanted(flt, metric, variant):
+            events.append(clean(doc))
             if len(events) >= batch:
                 break
     scroll_id = str(last_seq) if last_seq is not None else (scroll or "")
     return {"events": events, "returned": len(events), "total": int(total), "scroll_id": scroll_id}
 
 
-def scalar_metrics_iter_histogram(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    """``{metric: {variant: {name, x, y}}}`` of the task's scalar events."""
-    task_id = req_str(body, "task")
-    ctx.store.get_task(task_id)
-    key = opt_str(body, "key", "iter")
-    samples = opt_int(body, "samples")
-    wanted = _metric_filter(body)
-    rows = ctx.store.conn.execute(
-        "SELECT metric, variant, iter, ts, doc FROM events WHERE task=? AND type=? "
-        "ORDER BY iter, ts, seq",
-        (task_id, SCALAR),
-    )
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for metric, variant, it, ts, doc in rows:
-        if not _wanted(wanted, metric, variant):
-            continue
-        value = orjson.loads(doc).get("value")
-        series = out.setdefault(metric or "", {}).setdefault(
-            variant or "", {"name": variant or "", "x": [], "y": []}
-        )
-        series["x"].append(ts if key in ("timestamp", "iso_time") else it)
-        series["y"].append(value)
-    if samples and samples > 0:
-        for variants in out.values():
-            for series in variants.values():
-                n = len(series["x"])
-                if n > samples:
-                    step = n / samples
-                    picks = [int(i * step) for i in range(samples)]
-                    series["x"] = [series["x"][i] for i in picks]
-                    series["y"] = [series["y"][i] for i in picks]
-    return out
-
-
 ROUTES: dict[str, Handler] = {
     "events.add_batch": add_batch,
     "events.get_task_log": get_task_log,
     "events.get_task_events": get_task_events,
-    "events.scalar_metrics_iter_histogram": scalar_metrics_iter_histogram,
 }
