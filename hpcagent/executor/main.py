@@ -32,6 +32,7 @@ from hpcagent.container.base import PreparedCommand, Session
 from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, open_session
 from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
 from hpcagent.executor import repo as repo_mod
+from hpcagent.executor import requirements as requirements_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
 from hpcagent.executor.arguments import args_on_argv, args_to_argv, sdk_env
 from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
@@ -45,11 +46,10 @@ from hpcagent.executor.task_info import (
     final_status,
     job_id,
     rank,
-    requirements_lines,
     runtime_record,
     should_run,
 )
-from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python, spec_requirements
+from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python
 
 
 class Client(Protocol):
@@ -336,7 +336,7 @@ class Executor:
             self._setup_scripts(task, cwd)
             if self._stopping():
                 return self._finish(-1, "")
-            python = self._environment(task, repo_root)
+            python = self._environment(task, cwd, repo_root)
             if self._stopping():
                 return self._finish(-1, "")
             return self._execute(task, python, cwd, code_dir)
@@ -410,17 +410,25 @@ class Executor:
                     f"the {label} failed with exit code {code}: " + " | ".join(tail[-5:])
                 )
 
-    def _environment(self, task: TaskInfo, repo_root: Path | None) -> Path:
+    def _environment(self, task: TaskInfo, cwd: Path, repo_root: Path | None) -> Path:
         assert self._workdir is not None
-        reqs, source = spec_requirements(
-            task.script.requirements_pip, repo_root, requirements_lines
+        folders = [] if repo_root is None else list(dict.fromkeys([cwd, repo_root]))
+        chosen = requirements_mod.choose(
+            task.script.requirements_pip,
+            folders,
+            manager=self.cfg.package_manager,
+            log=self.note,
         )
+        reqs, source = list(chosen.lines), chosen.source
         if self.ctr is not None:  # the image's own Python; venvs cached per image
             python, version = "python3", self.ctr.python_version(self._workdir)
             image, manager = self.ctr.cache_key(), "pip"
         else:
-            python, version = resolve_python(self.cfg.python_binary, task.script.binary)
-            image, manager = task.container_image, self.cfg.package_manager
+            python, version = resolve_python(
+                self.cfg.python_binary, task.script.binary, chosen.python, self.note
+            )
+            image = task.container_image
+            manager = "pip" if self.cfg.package_manager == "pip" else "uv"
         spec = VenvSpec(
             python=python,
             python_version=version,

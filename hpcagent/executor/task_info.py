@@ -130,18 +130,6 @@ def entry_argv(python: str, script: ScriptInfo) -> list[str]:
     return [python, "-u", *parts]  # "-m pkg.mod ..." and "script.py ..." alike
 
 
-def requirements_lines(text: str | None) -> list[str]:
-    """Stripped, non-empty, non-comment requirement lines, in their original order."""
-    if not text:
-        return []
-    out: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            out.append(line)
-    return out
-
-
 def worker_id(env: Mapping[str, str] | None = None, configured: str = "") -> str:
     """``CLEARML_WORKER_ID``, else the configured id, else ``<host>:slurm-<job>``, else
     ``<host>:<pid>``."""

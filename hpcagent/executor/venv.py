@@ -105,20 +105,33 @@ def find_uv() -> str | None:
     return str(beside) if beside.exists() else None
 
 
-def resolve_python(configured: str, task_binary: str) -> tuple[str, str]:
-    """Pick the interpreter: ``agent.python_binary``, else the task's ``pythonX.Y`` if present,
-    else the one running hpcagent. Returns ``(path, version)``."""
+def resolve_python(
+    configured: str, task_binary: str, recorded: str = "", log: Logger | None = None
+) -> tuple[str, str]:
+    """Pick the interpreter; returns ``(path, version)``.
+
+    ``agent.python_binary``, else the task's ``pythonX.Y`` binary, else ``python<recorded>``
+    (the SDK's ``# Python X.Y`` requirements header), else the interpreter running hpcagent.
+    When the task wants a version this node lacks, ``log`` gets one line saying so.
+    """
     candidates: list[str] = []
     if configured:
         candidates.append(configured)
     base = os.path.basename(task_binary or "")
     if base.startswith("python") and base not in ("python", "python3"):
         candidates.append(base)
+    if recorded:
+        candidates.append(f"python{recorded}")
     for cand in candidates:
         path = shutil.which(cand) or (cand if os.path.isabs(cand) and os.path.exists(cand) else "")
         if path:
             res = _run([path, "-c", "import platform;print(platform.python_version())"], "python")
             return path, res.stdout.strip()
+    if candidates and log is not None:
+        log(
+            f"Python {' / '.join(candidates)} (recorded on the task) not found on this node;"
+            f" using Python {platform.python_version()} ({sys.executable})"
+        )
     return sys.executable, platform.python_version()
 
 
@@ -331,23 +344,6 @@ class VenvBuilder:
             for line in text.splitlines():
                 if line.strip():
                     self.log(line)
-
-
-def spec_requirements(
-    task_reqs: str | None, repo_root: Path | None, lines_of: Callable[[str | None], list[str]]
-) -> tuple[list[str], str]:
-    """The requirement lines to install and where they came from.
-
-    The task's ``script.requirements.pip`` wins when set; else the repository's
-    ``requirements.txt``; else nothing.
-    """
-    if task_reqs is not None and lines_of(task_reqs):
-        return lines_of(task_reqs), "task"
-    if repo_root is not None:
-        req = repo_root / "requirements.txt"
-        if req.is_file():
-            return lines_of(req.read_text()), str(req)
-    return [], "none"
 
 
 def split_extra_args(args: Sequence[str]) -> tuple[str, ...]:

@@ -13,7 +13,6 @@ from hpcagent.executor.task_info import (
     final_status,
     job_id,
     rank,
-    requirements_lines,
     should_run,
     worker_id,
 )
@@ -51,7 +50,7 @@ def test_from_task_reads_script_args_env_container() -> None:
     assert t.environment == (("FOO", "bar"),)
     assert t.container_image == "img"
     assert t.setup_shell_script == "echo hi"
-    assert requirements_lines(t.script.requirements_pip) == ["numpy", "requests==2"]
+    assert t.script.requirements_pip == "numpy\n# c\n\nrequests==2\n"
 
 
 def test_entry_point_with_dir_prefix_when_no_working_dir() -> None:
