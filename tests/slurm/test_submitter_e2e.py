@@ -42,8 +42,14 @@ ${CLEARML_POST_SETUP}
 """
 LATER_TEMPLATE = "#!/bin/bash\n#SBATCH --begin=now+3600\n${CLEARML_AGENT_EXECUTE}\n"
 BADPART_TEMPLATE = "#!/bin/bash\n#SBATCH --partition=nosuchpartition\n${CLEARML_AGENT_EXECUTE}\n"
-MISSING_TEMPLATE = "#!/bin/bash\n#SBATCH --mem=${CLEARML_TASK.hyperparams.properties.mem.value}\n"
-LIMITED_TEMPLATE = "#!/bin/bash\n#SBATCH --output=limited-%j.out\nsleep 3\n"
+MISSING_TEMPLATE = (
+    "#!/bin/bash\n#SBATCH --mem=${CLEARML_TASK.hyperparams.properties.mem.value}\n"
+    "${CLEARML_AGENT_EXECUTE}\n"
+)
+# ":" keeps the executor from running (a template without the block is refused at start)
+LIMITED_TEMPLATE = (
+    "#!/bin/bash\n#SBATCH --output=limited-%j.out\nsleep 3\n: ${CLEARML_AGENT_EXECUTE}\n"
+)
 SHORT_TEMPLATE = (
     "#!/bin/bash\n#SBATCH --time=00:01:00\n#SBATCH --output=short-%j.out\n"
     "${CLEARML_AGENT_EXECUTE}\n"
