@@ -359,3 +359,28 @@ def run_sdk(server: Any, tmp_path: Path, script: str, *args: str) -> dict[str, A
     assert lines, proc.stdout + proc.stderr
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
     return result
+
+
+def wait_status(
+    server: Any, task_id: str, statuses: tuple[str, ...], *, log: Path, timeout: float = 300
+) -> None:
+    """Wait until the task's status is one of ``statuses``; on a timeout fail with the task and
+    the tail of ``log`` (the submitter's)."""
+    try:
+        wait_for(lambda: get_task(server, task_id)["status"] in statuses, timeout, 0.5)
+    except AssertionError:
+        tail = log.read_text()[-4000:]
+        raise AssertionError(
+            f"task {task_id}: {get_task(server, task_id)}\n--- submitter log ---\n{tail}"
+        ) from None
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM a child and wait for it (SIGKILL after ``timeout``)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -117,6 +117,29 @@ class UiBrowser:
         self.find("#secret_key").send_keys(secret_key or self.server.secret_key)
         self.find("#sign-in").click()
 
+    def clone_and_edit(self, task_id: str, name: str, param: str, value: str) -> str:
+        """In the UI: clone the task as ``name``, set ``param`` (``Section/name``) to ``value``
+        in the draft editor, save; returns the clone's id (the browser is on its page)."""
+        self.open(f"/tasks/{task_id}")
+        field = self.find("#clone-name")
+        field.clear()
+        field.send_keys(name)
+        self.find("#clone").click()
+        self.wait("#edit-form")
+        clone_id = self.path().split("/")[2]
+        field = self.find(f"input[data-param='{param}']")
+        field.clear()
+        field.send_keys(value)
+        return clone_id
+
+    def save_and_enqueue(self, queue_id: str) -> None:
+        """Save the draft editor, then enqueue the task to ``queue_id`` from its page."""
+        self.find("#save").click()
+        self.wait("#panel-configuration")
+        self.find(f"#enqueue-queue option[value='{queue_id}']").click()
+        self.find("#enqueue").click()
+        self.wait_until(lambda: self.text("#task-status") == "queued")
+
     def accept_confirm(self) -> str:
         """Accept the confirm() dialog an action opened; returns its text."""
         alert = WebDriverWait(self.driver, 10).until(ec.alert_is_present())

@@ -15,7 +15,6 @@ One submitter serves five queues, each with its own template:
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -115,24 +114,11 @@ class E2E:
     def task(self, tid: str) -> dict[str, Any]:
         return dict(h.get_task(self.server, tid))
 
-    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> Any:
-        try:
-            return h.wait_for(
-                lambda: self.task(tid)["status"] in statuses, timeout=timeout, interval=0.5
-            )
-        except AssertionError:
-            log = self.log.read_text()[-4000:]
-            raise AssertionError(
-                f"task {tid}: {self.task(tid)}\n--- submitter log ---\n{log}"
-            ) from None
+    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
+        h.wait_status(self.server, tid, statuses, log=self.log, timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        h.stop_process(self.proc)
         subprocess.run(["scancel", "--name", "xx"], capture_output=True, timeout=30)
 
 

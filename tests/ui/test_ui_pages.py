@@ -284,24 +284,11 @@ def test_console_download_has_every_line(ui: UiBrowser, world: dict[str, Any]) -
 
 def test_clone_edit_enqueue(ui: UiBrowser, world: dict[str, Any]) -> None:
     srv = world["srv"]
-    ui.open(f"/tasks/{world['main']}")
-    name = ui.find("#clone-name")
-    name.clear()
-    name.send_keys("clone with lr 0.25")
-    ui.find("#clone").click()
-    ui.wait("#edit-form")
-    clone_id = ui.path().split("/")[2]
-    lr = ui.find("input[data-param='Args/lr']")
-    lr.clear()
-    lr.send_keys("0.25")
+    clone_id = ui.clone_and_edit(world["main"], "clone with lr 0.25", "Args/lr", "0.25")
     ui.find("#edit-commit").clear()
     ui.find("#edit-commit").send_keys("def456")
     ui.screenshot("task-edit")
-    ui.find("#save").click()
-    ui.wait("#panel-configuration")
-    ui.find(f"#enqueue-queue option[value='{world['queue']}']").click()
-    ui.find("#enqueue").click()
-    ui.wait_until(lambda: ui.text("#task-status") == "queued")
+    ui.save_and_enqueue(world["queue"])
     clone = srv.send("tasks.get_by_id", {"task": clone_id})["task"]
     assert clone["name"] == "clone with lr 0.25"
     assert clone["parent"] == world["main"]
