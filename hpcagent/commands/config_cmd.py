@@ -9,8 +9,10 @@ from typing import Any
 
 import click
 
+from hpcagent.api.probe import derived_web_files, probe_server
 from hpcagent.config import Settings, load_settings
 from hpcagent.errors import ConfigError, UsageError
+from hpcagent.server.auth import embedded_urls
 
 
 def settings_from_context(ctx: click.Context, **overrides: Any) -> Settings:
@@ -74,6 +76,31 @@ def render_conf(values: dict[str, str]) -> str:
     return CONF_TEMPLATE.format(**{k: json.dumps(v) for k, v in values.items()})
 
 
+def _web_and_files(
+    api_server: str, access_key: str, secret_key: str, web: str, files: str, *, check: bool
+) -> tuple[str, str]:
+    """The web and files URLs to write: given ones win; else the embedded server's own (found
+    by logging in, which also checks URL and keys), else the SDK's derivation."""
+    embedded = False
+    if check:
+        info = probe_server(api_server, access_key, secret_key)
+        embedded = info.embedded
+        click.echo(
+            f"{api_server}: keys accepted ("
+            + ("hpcagent embedded server" if embedded else f"ClearML server {info.server_version}")
+            + f", API {info.api_version})"
+        )
+    if web and files:
+        return web, files
+    derived = embedded_urls(api_server) if embedded else derived_web_files(api_server)
+    if derived is None:
+        raise ConfigError(
+            f"cannot derive the web and files servers from {api_server} (the clearml SDK "
+            "knows them only for port 8008 or an api. host): give --web-server and --files-server"
+        )
+    return web or derived[0], files or derived[1]
+
+
 @click.command("init")
 @click.option(
     "--output",
@@ -89,8 +116,18 @@ def render_conf(values: dict[str, str]) -> str:
     envvar="CLEARML_API_SECRET_KEY",
     help="Secret key (or set CLEARML_API_SECRET_KEY, so it stays out of the process list).",
 )
-@click.option("--web-server", default="", help="Web UI URL (derived from the API URL if empty).")
-@click.option("--files-server", default="", help="Files server URL (derived if empty).")
+@click.option(
+    "--web-server",
+    default="",
+    help="Web UI URL (else: the embedded server's own, or derived as the clearml SDK does).",
+)
+@click.option("--files-server", default="", help="Files server URL (else found like --web-server).")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Write without logging in first (offline); --web-server/--files-server then needed "
+    "unless the SDK can derive them.",
+)
 @click.option("--git-user", default="")
 @click.option("--git-pass", default="", envvar="CLEARML_AGENT_GIT_PASS")
 @click.option("--no-input", is_flag=True, help="Never prompt; fail if a required value is missing.")
@@ -104,8 +141,14 @@ def init_cmd(
     git_user: str,
     git_pass: str,
     no_input: bool,
+    no_check: bool,
 ) -> None:
     """Write a clearml.conf for hpcagent (prompts for what flags did not give).
+
+    Before writing, it logs in to the API server with the keys: a URL that does not answer as a
+    ClearML server, or keys it refuses, fail with exit status 3 and say which. The web and
+    files servers are written out (the SDK cannot guess them on most ports): those of the
+    embedded server, or derived as the SDK does (port 8008 or an ``api.`` host).
 
     An existing file is never overwritten: remove or move it first. The file is created with
     mode 0600 because it holds the secret key.
@@ -131,10 +174,14 @@ def init_cmd(
     access_key = access_key or click.prompt("Access key")
     secret_key = secret_key or click.prompt("Secret key", hide_input=True)
     if not str(api_server).startswith(("http://", "https://")):
-        raise ConfigError(f"API server {api_server!r} is not an http(s):// URL")
+        raise ConfigError(f"API server URL failed: {api_server!r} is not an http(s):// URL")
+    api_server = str(api_server).rstrip("/")
+    web_server, files_server = _web_and_files(
+        api_server, str(access_key), str(secret_key), web_server, files_server, check=not no_check
+    )
     text = render_conf(
         {
-            "api_server": str(api_server).rstrip("/"),
+            "api_server": api_server,
             "web_server": web_server,
             "files_server": files_server,
             "access_key": str(access_key),

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from hpcagent.cli import main_group
+from hpcagent.cli import main_group, run
 from hpcagent.config import load_settings
 from hpcagent.config.loader import parse_override_value
 from hpcagent.errors import ConfigError
@@ -175,41 +177,95 @@ def test_config_show_masks_secrets_and_names_sources(conf_file: Path) -> None:
     assert "env:CLEARML_WORKER_ID" in result.output
 
 
-def test_init_writes_0600_and_never_overwrites(tmp_path: Path) -> None:
+def _init_args(target: Path, url: str, key: str = "AK", *extra: str) -> list[str]:
+    return ["init", "--output", str(target), "--api-server", url, "--access-key", key,
+            "--no-input", *extra]  # fmt: skip
+
+
+def test_init_checks_the_server_and_writes_0600_never_overwriting(
+    tmp_path: Path, embedded_server: Any
+) -> None:
+    srv = embedded_server
     target = tmp_path / "clearml.conf"
     runner = CliRunner()
-    args = [
-        "init",
-        "--output",
-        str(target),
-        "--api-server",
-        "http://h:8008",
-        "--access-key",
-        "AK",
-        "--no-input",
-    ]
-    result = runner.invoke(main_group, args, env={"CLEARML_API_SECRET_KEY": "SK"})
+    args = _init_args(target, srv.url, srv.access_key)
+    result = runner.invoke(main_group, args, env={"CLEARML_API_SECRET_KEY": srv.secret_key})
     assert result.exit_code == 0, result.output
+    assert "keys accepted (hpcagent embedded server" in result.output
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     settings = load_settings(config_file=target, env={})
     assert (settings.api.api_server, settings.api.access_key, settings.api.secret_key) == (
-        "http://h:8008",
-        "AK",
-        "SK",
+        srv.url,
+        srv.access_key,
+        srv.secret_key,
     )
+    # web and files servers written out: the SDK cannot guess them on a random port
+    flat = settings.flat()
+    assert flat["api.web_server"] == srv.url
+    assert flat["api.files_server"] == srv.url + "/files"
     before = target.read_text()
     again = runner.invoke(main_group, args, env={"CLEARML_API_SECRET_KEY": "OTHER"})
     assert again.exit_code != 0
     assert target.read_text() == before
 
 
-def test_init_prompts_when_flags_missing(tmp_path: Path) -> None:
+def test_init_names_what_failed_and_writes_nothing(
+    tmp_path: Path,
+    embedded_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = embedded_server
+    target = tmp_path / "clearml.conf"
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    cases = [
+        (dead, srv.access_key, srv.secret_key, "API server URL failed: nothing answers"),
+        (srv.url + "/files", srv.access_key, srv.secret_key, "API server URL failed"),
+        (srv.url, srv.access_key, "wrong-secret", "credentials failed"),
+        (srv.url, "WRONGKEY", srv.secret_key, "credentials failed"),
+    ]
+    for url, key, secret, message in cases:
+        monkeypatch.setenv("CLEARML_API_SECRET_KEY", secret)
+        assert run(main_group, _init_args(target, url, key)) == 3, url
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert not target.exists()
+
+
+def test_init_offline_derives_like_the_sdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = CliRunner()
+    env = {"CLEARML_API_SECRET_KEY": "SK"}
+    first = tmp_path / "a.conf"
+    ok = runner.invoke(main_group, _init_args(first, "http://h:8008", "AK", "--no-check"), env=env)
+    assert ok.exit_code == 0, ok.output
+    flat = load_settings(config_file=first, env={}).flat()
+    assert (flat["api.web_server"], flat["api.files_server"]) == ("http://h:8080", "http://h:8081")
+    second = tmp_path / "b.conf"
+    named = runner.invoke(
+        main_group, _init_args(second, "https://api.example.org", "AK", "--no-check"), env=env
+    )
+    assert named.exit_code == 0, named.output
+    flat = load_settings(config_file=second, env={}).flat()
+    assert flat["api.files_server"] == "https://files.example.org"
+    third = tmp_path / "c.conf"
+    monkeypatch.setenv("CLEARML_API_SECRET_KEY", "SK")
+    assert run(main_group, _init_args(third, "http://h:9999", "AK", "--no-check")) == 3
+    assert "--web-server and --files-server" in capsys.readouterr().err
+    assert not third.exists()
+
+
+def test_init_prompts_when_flags_missing(tmp_path: Path, embedded_server: Any) -> None:
+    srv = embedded_server
     target = tmp_path / "clearml.conf"
     result = CliRunner().invoke(
         main_group,
         ["init", "--output", str(target)],
-        input="http://p:8008\nPK\nPS\n",
+        input=f"{srv.url}\n{srv.access_key}\n{srv.secret_key}\n",
         env={"CLEARML_API_SECRET_KEY": None},
     )
     assert result.exit_code == 0, result.output
-    assert load_settings(config_file=target, env={}).api.access_key == "PK"
+    assert load_settings(config_file=target, env={}).api.access_key == srv.access_key
