@@ -45,7 +45,44 @@ def _setup_logging(debug: bool) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: Options of the ``hpcagent`` group that may also come after the sub-command (as
+#: ``hpcagent-slurm`` takes them): ``hpcagent task list --config-file c.conf``.
+GLOBAL_FLAGS = ("--debug",)
+GLOBAL_OPTIONS = ("--config-file",)
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move the group's own options that come after the sub-command in front of it (nothing
+    after ``--`` moves)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if arg in GLOBAL_FLAGS or (name in GLOBAL_OPTIONS and "=" in arg):
+            front.append(arg)
+        elif arg in GLOBAL_OPTIONS and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class _MainGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(list(args)))
+
+
+@click.group(
+    cls=_MainGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="hpcagent")
 @click.option(
     "--config-file",

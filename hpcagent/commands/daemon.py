@@ -7,6 +7,7 @@ detached daemon, and supplies the machine/GPU statistics for the worker reports.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -21,8 +22,10 @@ from hpcagent.commands.longrunning import (
     container_kind,
     container_options,
     detach,
+    docker_overrides,
     private_dir,
     running,
+    setup_logging,
     stop,
     work_hours,
 )
@@ -84,11 +87,48 @@ def _stop(state_dir: Path, worker_id: str) -> None:
     )
 
 
+def _status(state_dir: Path, worker_id: str, as_json: bool) -> None:
+    """Print whether the daemon of ``worker_id`` runs and the tasks its ledger holds."""
+    from hpcagent.submitter.ledger import Ledger
+
+    pid = running(state_dir, DAEMON_FILES, _is_daemon)
+    ledger = Ledger(state_dir / "ledger.sqlite")
+    try:
+        live = ledger.live()
+    finally:
+        ledger.close()
+    rows = [
+        {"task": e.task_id, "queue": e.queue_name, "state": e.state, "job": e.job_id} for e in live
+    ]
+    if as_json:
+        doc = {
+            "worker": worker_id,
+            "running": pid is not None,
+            "pid": pid,
+            "state_dir": str(state_dir),
+            "log": str(DAEMON_FILES.log_in(state_dir)),
+            "tasks": rows,
+        }
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    click.echo(
+        f"daemon {worker_id}: {f'running (pid {pid})' if pid is not None else 'not running'}"
+    )
+    click.echo(f"log: {DAEMON_FILES.log_in(state_dir)}")
+    from hpcagent.commands.common import table
+
+    table(
+        ["TASK", "QUEUE", "STATE", "JOB"],
+        [[r["task"], r["queue"], r["state"], r["job"] or "-"] for r in rows],
+        empty="no tasks",
+    )
+
+
 def _detach(state_dir: Path, worker_id: str) -> None:
     pid = running(state_dir, DAEMON_FILES, _is_daemon)
     if pid is not None:
         raise UsageError(f"daemon {worker_id} already runs (pid {pid}); --stop stops it")
-    detach(state_dir, DAEMON_FILES, entry="main", name=f"daemon {worker_id}")
+    detach(state_dir, DAEMON_FILES, entry="main", name=f"daemon {worker_id}", script="hpcagent")
 
 
 @click.command(
@@ -126,6 +166,13 @@ def _detach(state_dir: Path, worker_id: str) -> None:
 @click.option(
     "--stop", "mode", flag_value="stop", help="Stop the background daemon with these GPU options."
 )
+@click.option(
+    "--status",
+    "mode",
+    flag_value="status",
+    help="Whether the daemon with these GPU options runs, and its tasks.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --status: JSON output.")
 @click.option("--uptime", multiple=True, metavar="SPAN", help='Pull only then, e.g. "17-20 SUN".')
 @click.option("--downtime", multiple=True, metavar="SPAN", help="Never pull in these hours.")
 @click.option(
@@ -152,7 +199,9 @@ def daemon_cmd(
     create_queue: bool,
     singularity_mode: bool,
     container_mode: bool,
+    docker: str | None,
     mode: str,
+    as_json: bool,
     uptime: tuple[str, ...],
     downtime: tuple[str, ...],
     poll_interval: float | None,
@@ -172,7 +221,7 @@ def daemon_cmd(
     from hpcagent.daemon import run as d
     from hpcagent.daemon.gpus import parse_gpus, parse_queue
 
-    kind = container_kind(singularity_mode, container_mode)
+    kind = container_kind(singularity_mode, container_mode, docker)
     if gpus is not None and cpu_only:
         raise UsageError("give --gpus or --cpu-only, not both")
     if dynamic_gpus and not gpus:
@@ -183,7 +232,9 @@ def daemon_cmd(
         if demand is not None and gpu_list is not None and demand.min > len(gpu_list):
             raise UsageError(f"queue {name} needs {demand.min} GPUs; --gpus has {len(gpu_list)}")
     obj = ctx.find_object(dict) or {}
-    settings = load_settings(config_file=obj.get("config_file"), cli_overrides={})
+    settings = load_settings(
+        config_file=obj.get("config_file"), cli_overrides=docker_overrides(docker)
+    )
     host = d.default_host()
     worker_id = d.worker_id_for(host, gpu_list, dynamic=dynamic_gpus, services=services is not None)
     root = Path(
@@ -193,6 +244,9 @@ def daemon_cmd(
     if mode == "stop":
         _stop(state, worker_id)
         return
+    if mode == "status":
+        _status(state, worker_id, as_json)
+        return
     if not parsed:
         raise UsageError("give at least one --queue")
     if mode == "detached":
@@ -200,6 +254,7 @@ def daemon_cmd(
         return
     from hpcagent.submitter.outputs import write_job_config
 
+    setup_logging(bool(obj.get("debug")))
     uptime_spans, downtime_spans = work_hours(settings, uptime, downtime)
     poll = poll_interval or float(settings.get("agent.polling_interval", 5) or 5)
     req = d.DaemonRequest(

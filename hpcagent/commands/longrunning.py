@@ -9,6 +9,8 @@ and which processes are its own, so that messages and files stay those of that c
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -55,7 +57,17 @@ class GreedyCommand(click.Command):
 
 
 def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The ``--singularity-mode`` and ``--container-mode`` flags (see :func:`container_kind`)."""
+    """The ``--singularity-mode`` and ``--container-mode`` flags and clearml-agent's
+    ``--docker [IMAGE]`` (see :func:`container_kind` and :func:`docker_overrides`)."""
+    f = click.option(
+        "--docker",
+        default=None,
+        is_flag=False,
+        flag_value="",
+        metavar="[IMAGE]",
+        help="As clearml-agent: run tasks in Docker (--container-mode); IMAGE is the default "
+        "image for tasks without one (agent.default_docker.image).",
+    )(f)
     f = click.option(
         "--container-mode",
         is_flag=True,
@@ -68,13 +80,22 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def container_kind(singularity_mode: bool, container_mode: bool) -> str | None:
-    """``"singularity"``, ``"container"`` or None (no container); both flags are a usage error."""
+def container_kind(
+    singularity_mode: bool, container_mode: bool, docker: str | None = None
+) -> str | None:
+    """``"singularity"``, ``"container"`` (``--container-mode`` or ``--docker``) or None (no
+    container); Singularity with Docker is a usage error."""
+    container_mode = container_mode or docker is not None
     if singularity_mode and container_mode:
-        raise UsageError("give --singularity-mode or --container-mode, not both")
+        raise UsageError("give --singularity-mode or --container-mode/--docker, not both")
     if singularity_mode:
         return "singularity"
     return "container" if container_mode else None
+
+
+def docker_overrides(docker: str | None) -> dict[str, Any]:
+    """The configuration ``--docker IMAGE`` sets: IMAGE as ``agent.default_docker.image``."""
+    return {"agent.default_docker.image": docker} if docker else {}
 
 
 def work_hours(
@@ -128,16 +149,71 @@ def stop(
     click.echo(f"stopped {name} (pid {pid})")
 
 
-def detach(state_dir: Path, files: InstanceFiles, *, entry: str, name: str) -> None:
+#: Set for a detached process: the log file it writes (and rotates) itself.
+LOG_FILE_ENV = "HPCAGENT_LOG_FILE"
+#: A detached process's log is rotated at this size, keeping this many old files (.1 … .N).
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
+
+
+def self_argv(script: str, entry: str) -> list[str]:
+    """How to start this program again: its console script ``script`` run by this interpreter
+    (so that ``ps`` and ``pgrep -f hpcagent-slurm`` show the name), else ``python -c`` calling
+    ``hpcagent.cli.<entry>`` with the name in a comment."""
+    found = Path(sys.argv[0]) if Path(sys.argv[0]).name == script else None
+    if found is None or not found.is_file():
+        found = Path(sys.executable).parent / script
+    if found.is_file():
+        return [sys.executable, str(found)]
+    return [sys.executable, "-c", f"from hpcagent.cli import {entry}; {entry}()  # {script}"]
+
+
+def detach(state_dir: Path, files: InstanceFiles, *, entry: str, name: str, script: str) -> None:
     """Run this command again in the background with ``--foreground`` (in place of
-    ``--detached``), through ``from hpcagent.cli import <entry>; <entry>()``; its output is
-    appended to ``state_dir``'s log file and its pid written to the pid file (the process
-    writes the same pid again when it takes the state folder's lock)."""
+    ``--detached``) as :func:`self_argv` starts it; it writes its log to ``state_dir``'s log
+    file (rotated, see :func:`setup_logging`; anything else it prints is appended there too)
+    and its pid goes to the pid file (the process writes the same pid again when it takes the
+    state folder's lock)."""
     log_path, pid_file = files.log_in(state_dir), files.pid_in(state_dir)
     from hpcagent import process
 
     argv = [a for a in sys.argv[1:] if a not in ("--detached", "--foreground")]
-    code = f"from hpcagent.cli import {entry}; {entry}()"
-    pid = process.detach([sys.executable, "-c", code, *argv, "--foreground"], log_path=log_path)
+    env = {**os.environ, LOG_FILE_ENV: str(log_path)}
+    pid = process.detach(
+        [*self_argv(script, entry), *argv, "--foreground"], log_path=log_path, env=env
+    )
     pid_file.write_text(f"{pid}\n")
     click.echo(f"{name} running in the background: pid {pid}, log {log_path}")
+
+
+class _FollowingRotatingHandler(logging.handlers.RotatingFileHandler):
+    """Rotates the log and points stdout/stderr (fds 1, 2) at the new file, so that what is
+    printed outside logging (a traceback) lands in the current log too."""
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.stream is not None:
+            for fd in (1, 2):
+                os.dup2(self.stream.fileno(), fd)
+
+
+def setup_logging(debug: bool) -> Path | None:
+    """Log at INFO (DEBUG with ``debug``) to stderr, or, in a detached process
+    (:data:`LOG_FILE_ENV` set), to that file rotated at :data:`LOG_MAX_BYTES` with
+    :data:`LOG_BACKUPS` old files kept; returns that file (None on stderr)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):  # basicConfig's or ours; a test harness's handlers stay
+        if type(old) in (logging.StreamHandler, _FollowingRotatingHandler):
+            root.removeHandler(old)
+    log_file = os.environ.get(LOG_FILE_ENV, "")
+    handler: logging.Handler
+    if log_file:
+        handler = _FollowingRotatingHandler(
+            log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    return Path(log_file) if log_file else None

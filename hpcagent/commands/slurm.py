@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,10 @@ from hpcagent.commands.longrunning import (
     container_kind,
     container_options,
     detach,
+    docker_overrides,
     private_dir,
     running,
+    setup_logging,
     stop,
     work_hours,
 )
@@ -71,7 +72,10 @@ def _status(state_dir: Path, as_json: bool) -> None:
     finally:
         ledger.close()
     pid = running(state_dir, SUBMITTER_FILES, _is_submitter)
-    queues: dict[str, int] = {}
+    from hpcagent.submitter.run import read_serving
+
+    serving = read_serving(state_dir) if pid is not None else {}
+    queues: dict[str, int] = {str(q.get("name")): 0 for q in serving.get("queues") or []}
     for e in live:
         queues[e.queue_name] = queues.get(e.queue_name, 0) + 1
     held = held_jobs(live)  # what the submitter reports as worker runtime properties
@@ -199,6 +203,7 @@ def slurm_cmd(
     queues: tuple[str, ...],
     singularity_mode: bool,
     container_mode: bool,
+    docker: str | None,
     max_jobs: int | None,
     order_fairness: bool,
     poll_interval: float | None,
@@ -220,16 +225,13 @@ def slurm_cmd(
       hpcagent-slurm --template-files templates/slurm.example.template --queue default
     """
     debug = debug or os.environ.get("CLEARML_SLURM_GLUE_DEBUG") == "1"
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(debug)
     from hpcagent.config import load_settings
 
     overrides: dict[str, Any] = {}
     if state_dir:
         overrides["slurm.state_dir"] = state_dir
+    overrides.update(docker_overrides(docker))
     settings = load_settings(config_file=config_file, cli_overrides=overrides)
     state = private_dir(settings.slurm.state_dir)
     if show_status:
@@ -238,7 +240,7 @@ def slurm_cmd(
     if mode == "stop":
         _stop(state)
         return
-    mode_of_container = container_kind(singularity_mode, container_mode)
+    mode_of_container = container_kind(singularity_mode, container_mode, docker)
     pairs = _pair_templates(templates, queues) if templates else None
     if pairs is None:
         raise UsageError("give --template-files")
@@ -248,7 +250,13 @@ def slurm_cmd(
     for path in dict.fromkeys(p for _, p in pairs):
         check_file(path)  # exit 7 with file:line:column before any task is taken
     if mode == "detached":
-        detach(state, SUBMITTER_FILES, entry="slurm_main", name="hpcagent-slurm")
+        detach(
+            state,
+            SUBMITTER_FILES,
+            entry="slurm_main",
+            name="hpcagent-slurm",
+            script="hpcagent-slurm",
+        )
         return
     from hpcagent.submitter.outputs import write_job_config
     from hpcagent.submitter.run import RunRequest, run_submitter

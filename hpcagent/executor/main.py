@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -518,7 +519,8 @@ class Executor:
         self._status(
             "started", "worker starting task execution", f"Changed by hpcagent {self.worker}"
         )
-        self.note("running: " + " ".join(argv[1:] if argv[0] == str(python) else argv))
+        shown = [os.path.basename(argv[0]) if argv[0] == str(python) else argv[0], *argv[1:]]
+        self.note("running: " + shlex.join(shown))  # python -u train.py, quoted as a shell would
         if self.ctr is not None:
             self._prep = self.ctr.wrap(
                 argv, cwd=cwd, task_env=inner_env(env, self.env, str(python.parent))

@@ -106,10 +106,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(options: ServerOptions, out: TextIO | None = None) -> None:
     """Run the server until SIGINT/SIGTERM."""
-    logging.basicConfig(
-        level=getattr(logging, options.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, options.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # ``hpcagent server`` configured logging before: obey
     sock = _bind(options.host, options.port)
     try:
         app, creds = prepare(options)

@@ -7,11 +7,15 @@ second one on the same folder is refused, so two processes never pull for the sa
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcagent import __version__
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
 from hpcagent.scheduler.base import Scheduler
@@ -22,6 +26,8 @@ from hpcagent.submitter.loop import Submitter
 from hpcagent.submitter.options import QueueRef, SubmitterOptions
 from hpcagent.submitter.worktime import WorkingHours
 from hpcagent.templating import NameCache, api_fetch, render_file
+
+log = logging.getLogger("hpcagent.submitter")
 
 
 @dataclass
@@ -117,9 +123,69 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         ledger = Ledger(req.state_dir / "ledger.sqlite")
         scheduler = make_scheduler(req.scheduler_kind, req.state_dir, req.sbatch_available)
         submitter = Submitter(client, scheduler, ledger, opts, settings.get)
+        log_start(settings, req, opts, scheduler)
+        write_serving(req.state_dir, opts)
         try:
             submitter.start()
+            log.info(
+                "re-adopted %d job(s) from the last run; serving",
+                sum(1 for e in ledger.live() if e.job_id),
+            )
             submitter.run(stop)
         finally:
             submitter.shutdown()
+            live = sum(1 for e in ledger.live() if e.job_id)
             ledger.close()
+            (req.state_dir / SERVING_FILE).unlink(missing_ok=True)
+            log.info(
+                "hpcagent-slurm stopped (pid %d); %d job(s) keep running and are re-adopted by "
+                "the next start",
+                os.getpid(),
+                live,
+            )
+
+
+#: The queues a running submitter serves (``--status`` reads it; removed when it stops).
+SERVING_FILE = "serving.json"
+
+
+def write_serving(state_dir: Path, opts: SubmitterOptions) -> None:
+    doc = {
+        "worker": opts.worker_id,
+        "pid": os.getpid(),
+        "queues": [{"id": q.id, "name": q.name, "template": str(q.template)} for q in opts.queues],
+    }
+    (state_dir / SERVING_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def read_serving(state_dir: Path) -> dict[str, Any]:
+    """What :func:`write_serving` wrote ({} when no submitter runs or it cannot be read)."""
+    try:
+        doc = json.loads((state_dir / SERVING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def log_start(
+    settings: Settings, req: RunRequest, opts: SubmitterOptions, scheduler: Scheduler
+) -> None:
+    """The lifecycle lines at start: version, pid, and the configuration in effect."""
+    log.info(
+        "hpcagent-slurm %s started (pid %d, worker %s, state %s)",
+        __version__,
+        os.getpid(),
+        opts.worker_id,
+        req.state_dir,
+    )
+    log.info(
+        "config: api %s; scheduler %s; queues %s; max jobs %s; poll %gs; container mode %s; "
+        "job config %s",
+        settings.api.api_server,
+        type(scheduler).__name__,
+        ", ".join(f"{q.name} <- {q.template}" for q in opts.queues),
+        opts.max_jobs if opts.max_jobs is not None else "no limit",
+        opts.poll_interval_s,
+        opts.container_mode or "none",
+        opts.config_file,
+    )

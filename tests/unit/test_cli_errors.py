@@ -191,3 +191,54 @@ def test_create_then_enqueue_refused_prints_the_id(
     ]
     listed = json.loads(ok(cli("task", "list", "--json")))
     assert [t["id"] for t in listed] == [task_id]
+
+
+def test_global_options_may_follow_the_sub_command(
+    bare: Any, tmp_path: Path, embedded_server: Any
+) -> None:
+    from hpcagent.cli import hoist_global_options
+
+    args = ["task", "list", "--config-file", "c", "--debug", "--", "--debug"]
+    assert hoist_global_options(args) == [
+        "--config-file", "c", "--debug", "task", "list", "--", "--debug",
+    ]  # fmt: skip
+    conf = write_conf(
+        tmp_path / "c.conf",
+        embedded_server.url,
+        embedded_server.access_key,
+        embedded_server.secret_key,
+    )
+    qid = ok(bare("queue", "create", "after", f"--config-file={conf}")).strip()
+    listed = json.loads(ok(bare("queue", "list", "--json", "--config-file", str(conf))))
+    assert [q["id"] for q in listed] == [qid]
+
+
+def test_server_log_level_debug_shows_debug_lines(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    port = closed_port()
+    env = {
+        **os.environ,
+        "HPCAGENT_SERVER_ACCESS_KEY": "AKAKAKAKAKAKAKAKAKAK",
+        "HPCAGENT_SERVER_SECRET_KEY": "s" * 40,
+    }
+    log = tmp_path / "server.log"
+    argv = [sys.executable, "-m", "hpcagent", "server", "--port", str(port), "--data-dir",
+            str(tmp_path / "d"), "--log-level", "debug"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/no/such/path", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "DEBUG hpcagent.server: unknown path /no/such/path" in log.read_text()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +126,76 @@ def test_services_mode_takes_an_optional_number(
     ctx = daemon_cmd.make_context("daemon", args)
     assert ctx.params["services"] == services
     assert ctx.params["queues"] == queues
+
+
+@pytest.mark.parametrize(
+    ("args", "docker", "gpus"),
+    [
+        (["--docker", "--gpus", "0", "--queue", "q"], "", "0"),  # clearml-agent's habit
+        (["--queue", "q", "--docker"], "", None),
+        (
+            ["--docker", "nvidia/cuda:12.4.1-runtime", "--queue", "q"],
+            "nvidia/cuda:12.4.1-runtime",
+            None,
+        ),
+        (["--queue", "q"], None, None),
+    ],
+)
+def test_docker_takes_an_optional_image(
+    args: list[str], docker: str | None, gpus: str | None
+) -> None:
+    ctx = daemon_cmd.make_context("daemon", args)
+    assert (ctx.params["docker"], ctx.params["gpus"], ctx.params["queues"]) == (
+        docker,
+        gpus,
+        ("q",),
+    )
+
+
+def test_docker_runs_in_container_mode_with_the_default_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpcagent.daemon.run as daemon_run
+
+    seen: list[Any] = []
+    monkeypatch.setattr(
+        daemon_run, "run_daemon", lambda settings, req, **kw: seen.append((settings, req))
+    )
+    conf = tmp_path / "c.conf"
+    conf.write_text('api { api_server: "http://127.0.0.1:9" }\n')
+    common = ["--config-file", str(conf), "daemon", "--state-dir", str(tmp_path / "s")]
+    assert (
+        run(main_group, [*common, "--docker", "python:3.12-slim", "--gpus", "0", "--queue", "q"])
+        == 0
+    )
+    assert run(main_group, [*common, "--docker", "--cpu-only", "--queue", "q"]) == 0
+    (s1, r1), (s2, r2) = seen
+    assert (r1.container_mode, s1.container.default_image) == ("container", "python:3.12-slim")
+    assert (r2.container_mode, s2.container.default_image) == ("container", "")
+    assert run(main_group, [*common, "--docker", "--singularity-mode", "--queue", "q"]) == 2
+
+
+def test_status_of_a_daemon_that_does_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "c.conf"
+    conf.write_text('api { api_server: "http://127.0.0.1:9" }\n')
+    common = [
+        "--config-file",
+        str(conf),
+        "daemon",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--gpus",
+        "1",
+    ]
+    capsys.readouterr()
+    assert run(main_group, [*common, "--status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["running"] is False
+    assert doc["worker"].endswith(":gpu1")
+    assert doc["tasks"] == []
+    assert run(main_group, [*common, "--status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(":gpu1: not running")
+    assert out[-1] == "no tasks"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,68 @@ def test_dry_run_detached_status_stop(tmp_path: Path, embedded_server: Any) -> N
     assert after["running"] is False
     log = (tmp_path / "state" / "hpcagent-slurm.log").read_text()
     assert f"task {tid} queue cliq job 1: submitted" in log
+
+
+def test_detached_process_name_lifecycle_log_and_idle_status(
+    tmp_path: Path, embedded_server: Any
+) -> None:
+    conf = _conf(tmp_path, embedded_server)
+    tmpl = tmp_path / "t.template"
+    tmpl.write_text(TEMPLATE)
+    embedded_server.send("queues.create", {"name": "idle q"})
+    base = ["--config-file", str(conf), "--scheduler", "local", "--template-files", str(tmpl)]
+    det = _run(*base, "--queue", "idle q", "--detached", "--poll-interval", "0.5", cwd=tmp_path)
+    assert det.returncode == 0, det.stderr
+    try:
+        data: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not data.get("queues"):
+            st = _run("--config-file", str(conf), "--status", "--json", cwd=tmp_path)
+            data = json.loads(st.stdout)
+            time.sleep(0.3)
+        # the queue it serves is listed even with no job in it
+        assert data["running"] is True
+        assert data["queues"] == {"idle q": 0}
+        pid = int(data["pid"])
+        # a recognisable process: pgrep -f hpcagent-slurm finds it
+        found = subprocess.run(
+            ["pgrep", "-f", "hpcagent-slurm"], capture_output=True, text=True, check=False
+        )
+        assert str(pid) in found.stdout.split()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert Path(argv[1].decode()).name == "hpcagent-slurm"
+    finally:
+        stop = _run("--config-file", str(conf), "--stop", cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    log = (tmp_path / "state" / "hpcagent-slurm.log").read_text()
+    assert f"hpcagent-slurm 0.1.0 started (pid {pid}" in log
+    assert "config: api http://127.0.0.1:" in log
+    assert f"queues idle q <- {tmpl}" in log
+    assert "re-adopted 0 job(s) from the last run; serving" in log
+    assert f"hpcagent-slurm stopped (pid {pid}); 0 job(s) keep running" in log
+
+
+ROTATE = """
+import logging, os, sys
+from hpcagent.commands import longrunning
+longrunning.LOG_MAX_BYTES = 2000
+longrunning.LOG_BACKUPS = 2
+path = longrunning.setup_logging(False)
+for i in range(200):
+    logging.getLogger("t").info("line %d %s", i, "x" * 40)
+print("printed after rotation", file=sys.stderr, flush=True)
+"""
+
+
+def test_detached_log_is_rotated(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    env = {**clean_env(), "HPCAGENT_LOG_FILE": str(log)}
+    with log.open("ab") as out:  # as detach() starts it: output appended to the log
+        subprocess.run([sys.executable, "-c", ROTATE], stdout=out, stderr=out, env=env, check=True)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["d.log", "d.log.1", "d.log.2"]
+    assert all(p.stat().st_size <= 2100 for p in tmp_path.iterdir())
+    text = log.read_text()
+    assert "line 199" in text
+    # what is printed outside logging follows into the current file
+    assert "printed after rotation" in text
