@@ -16,7 +16,7 @@ TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
 #SBATCH --nodes=${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}
 echo ${CLEARML_TASK.name}
-sleep 8
+sleep 30
 : ${CLEARML_AGENT_EXECUTE}
 """
 
