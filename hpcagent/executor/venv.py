@@ -32,8 +32,10 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,9 @@ from hpcagent.process import CommandResult, run_command
 MARKER = ".hpcagent-complete"
 KEY_VERSION = "hpcagent-venv-v1"
 INSTALL_TIMEOUT_S = 3600.0
+#: A build step (venv, install, freeze) still running prints a line this often, so that a long
+#: install is never mistaken for a hung one (at most 5 s of silence).
+PROGRESS_EVERY_S = 4.0
 LOCK_TIMEOUT_S = 3600.0
 _UNKEYABLE_PREFIXES = ("-r", "--requirement", "-e", "--editable", "-c", ".", "/", "file:")
 
@@ -150,6 +155,25 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> Comma
     return res
 
 
+@contextmanager
+def progress(log: Logger, what: str, every_s: float) -> Iterator[None]:
+    """While the block runs, ``log`` "<what>: still running (N s)" every ``every_s`` seconds."""
+    done = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            log(f"{what}: still running ({time.monotonic() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, name="venv-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 class VenvBuilder:
     """Builds venvs, through the cache when one is configured."""
 
@@ -161,7 +185,9 @@ class VenvBuilder:
         free_space_threshold_gb: float = 2.0,
         log: Logger = print,
         wrap: Callable[[Sequence[str]], tuple[list[str], dict[str, str]]] | None = None,
+        progress_every_s: float = PROGRESS_EVERY_S,
     ) -> None:
+        self.progress_every_s = progress_every_s
         self.cache_dir = cache_dir
         # Container mode: every build command runs in the image (hpcagent/container/mode.py).
         self.wrap = wrap
@@ -334,10 +360,11 @@ class VenvBuilder:
         return str(self._run(freeze, "listing installed packages").stdout)
 
     def _run(self, argv: list[str], what: str) -> CommandResult:
-        if self.wrap is None:
-            return _run(argv, what)
-        wrapped, env = self.wrap(argv)
-        return _run(wrapped, what, env)
+        with progress(self.log, what, self.progress_every_s):
+            if self.wrap is None:
+                return _run(argv, what)
+            wrapped, env = self.wrap(argv)
+            return _run(wrapped, what, env)
 
     def _logged(self, res: CommandResult) -> None:
         for text in (res.stdout, res.stderr):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,22 @@ def test_low_free_space_evicts_then_builds_outside_cache(tmp_path: Path) -> None
     assert venv.python.exists()
     assert not [p for p in cache.iterdir() if p.is_dir()]  # the old entry was evicted first
     assert any("free space" in n for n in notes)
+
+
+def test_a_slow_build_step_prints_progress_lines(tmp_path: Path) -> None:
+    """A real build whose every step is slowed by a real ``sleep`` in front of it (through the
+    container-mode wrap seam) says it is still running, in lines that name the step."""
+    notes: list[str] = []
+
+    def slow(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        return ["bash", "-c", 'sleep 1; exec "$@"', "slow", *argv], dict(os.environ)
+
+    built = VenvBuilder(cache_dir=None, log=notes.append, wrap=slow, progress_every_s=0.2).prepare(
+        _spec(manager="pip"), tmp_path / "job"
+    )
+    assert built.python.exists()
+    beats = [n for n in notes if n.endswith(" s)") and ": still running (" in n]
+    steps = {b.split(": still running")[0] for b in beats}
+    assert steps == {"python -m venv", "listing installed packages"}
+    assert len(beats) >= 4
+    assert venv_mod.PROGRESS_EVERY_S <= 5.0
