@@ -1,7 +1,8 @@
 """The ClearML-style ``${CLEARML_...}`` template renderer (grammar in ``analysis.py``).
 
-A value is looked up, the default used when it is missing, ``null`` or empty, the filters
-applied left to right, and the result placed by the rule of the context it sits in
+A value is looked up, the default used when it is missing, ``null`` or empty, its newlines
+removed unless it has ``|raw`` (as ClearML does), the filters applied left to right, and
+the result placed by the rule of the context it sits in
 (``values.py`` for shell text and comments, ``directives.py`` for ``#SBATCH`` lines).
 """
 
@@ -78,6 +79,8 @@ def _render_slot(slot: Slot, ctx: RenderContext, name: str) -> str:
                 return ""
             raise slot.error(name, "no value and no default")
         text = slot.default
+    if "raw" not in {f for f, _ in slot.filters}:
+        text = text.replace("\n", "")  # ClearML's default remove_newlines (|raw keeps them)
     try:
         for fname, args in slot.filters:
             try:

@@ -147,13 +147,18 @@ class RenderContext:
 
 
 class _RefTask(dict):  # type: ignore[type-arg]
-    """The task dict for Jinja2, where ``project``/``parent`` are ``{id, name}``."""
+    """The task dict for Jinja2, where the :data:`REF_FIELDS` are ``{id, name}``."""
 
     def __init__(self, ctx: RenderContext) -> None:
         super().__init__(ctx.task)
-        for path in ("project", "parent"):
+        for path in REF_FIELDS:
             ref = ctx.ref(path)
-            if ref is not None:
+            if ref is None:
+                continue
+            head, _, leaf = path.rpartition(".")
+            if head:  # execution.queue: a copy of the execution section with the ref in it
+                self[head] = {**(self.get(head) or {}), leaf: EntityRef(ref)}
+            else:
                 self[path] = EntityRef(ref)
 
 

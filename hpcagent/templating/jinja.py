@@ -1,7 +1,8 @@
 """Jinja2 templates (``*.j2``): StrictUndefined, ``shquote`` and the same context.
 
 Safety: every ``{{ ... }}`` output passes through ``finalize``. Output of the quoting
-filters (``shquote``, ``sbatch_value``, ``slug``, ``int``) and the trusted blocks is
+filters (``shquote``, ``sbatch_quote``, ``sbatch_value``, ``slug``, ``int``) and the
+trusted blocks is
 emitted as it is; any other value is emitted only when it matches the directive-safe
 charset (ids, numbers, simple names). Anything else is refused, so a task value cannot
 reach the script unquoted by accident.
@@ -9,8 +10,10 @@ reach the script unquoted by accident.
 :func:`jinja_problems` reads the template's shell text the way ``analysis.py`` reads a
 ``*.template`` (each ``{{ ... }}`` as a plain word, ``{% %}``/``{# #}`` as nothing): an
 expression where no quoting protects a value (a here-document, arithmetic, ``bash -c`` ...)
-needs ``|int`` or ``|slug``, and ``|shquote`` inside ``"..."`` or ``'...'`` is refused (its
-quotes would be literal there, and ``$(...)`` in the value would run).
+needs ``|int`` or ``|slug``, ``|shquote`` inside ``"..."`` or ``'...'`` is refused (its
+quotes would be literal there, and ``$(...)`` in the value would run), and
+``|sbatch_quote`` (free text quoted the way sbatch reads ``#SBATCH`` lines) belongs in an
+unquoted value of an ``#SBATCH`` line only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import jinja2
 
 from hpcagent.errors import TemplateError
 from hpcagent.templating.context import BLOCK_NAMES, RenderContext
+from hpcagent.templating.directives import Spot, locate, place
 from hpcagent.templating.shell_context import ShellContextTracker
 from hpcagent.templating.values import (
     DIRECTIVE_SAFE,
@@ -56,6 +60,12 @@ def _sbatch_value(value: Any) -> _Safe:
 
 def _slug(value: Any) -> _Safe:
     return _Safe(slug(to_text(value)))
+
+
+def _sbatch_quote(value: Any) -> _Safe:
+    text = to_text(value)
+    check_no_control(text)
+    return _Safe(place(text, Spot("word", "--comment")))
 
 
 def _int(value: Any) -> _Safe:
@@ -99,6 +109,7 @@ def render_jinja(text: str, ctx: RenderContext, template_name: str = "<template>
     env.filters["sbatch_value"] = _sbatch_value
     env.filters["slug"] = _slug
     env.filters["int"] = _int
+    env.filters["sbatch_quote"] = _sbatch_quote
     variables = ctx.jinja_vars()
     for key in ("CLEARML_PRE_SETUP", "CLEARML_AGENT_EXECUTE", "CLEARML_POST_SETUP"):
         variables[key] = _Safe(variables[key])
@@ -150,6 +161,10 @@ def jinja_problems(text: str, template_name: str) -> list[TemplateError]:
             )
         elif mark.refused and not filters & {"int", "slug"}:
             why = f"sits in {mark.refused}; no quoting protects a task value there: |int or |slug"
+        elif "sbatch_quote" in filters and (
+            mark.context != "directive" or locate(mark.line_text, "").state not in ("word", "start")
+        ):
+            why = "|sbatch_quote belongs in an unquoted value of an #SBATCH line"
         elif "shquote" in filters and mark.context in ("single", "double"):
             why = (
                 "|shquote inside quotes: its quotes would be literal there; put it in a plain word"

@@ -82,8 +82,8 @@ FILTERS: dict[str, Callable[..., str]] = {
     "slug": slug,
     "int": to_int,
     "remove_newlines": lambda v: v.replace("\n", ""),
-    # ClearML's "raw" keeps newlines; here nothing may bypass the safety rules, so it
-    # is accepted for compatibility and does nothing.
+    # ClearML's "raw" keeps newlines (the renderer then does not remove them); a newline
+    # in shell text or a directive is still refused: no filter bypasses the safety rules.
     "raw": lambda v: v,
 }
 #: Filters whose output no shell context gives a meaning to (see shell_context.py).

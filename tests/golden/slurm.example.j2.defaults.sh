@@ -3,7 +3,7 @@
 #SBATCH --output=task-4f6c0a8e2b9d4c1fa7e3b5d6c8f0a1b2-%j.log
 #SBATCH --ntasks=1
 #SBATCH --nodes=1
-#SBATCH --comment=train_resnet__lr=0.1___it_s__fast
+#SBATCH --comment="train resnet (lr=0.1); it's $fast"
 
 module load python/3.11
 

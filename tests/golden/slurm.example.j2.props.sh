@@ -4,7 +4,7 @@
 #SBATCH --ntasks=1
 #SBATCH --nodes=2
 #SBATCH --time=08:00:00
-#SBATCH --comment=train_resnet__lr=0.1___it_s__fast
+#SBATCH --comment="train resnet (lr=0.1); it's $fast"
 
 module load python/3.11
 

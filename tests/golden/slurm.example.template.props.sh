@@ -7,7 +7,7 @@
 # 4f6c0a8e2b9d4c1fa7e3b5d6c8f0a1b2
 # train resnet (lr=0.1); it's $fast
 # 0a1b2c3d4e5f60718293a4b5c6d7e8f9
-# 
+# alice's key
 
 
 # example

@@ -173,3 +173,20 @@ def test_jinja_shquote_inside_double_quotes_refused() -> None:
     text = "#!/bin/bash\nbash -c {{ CLEARML_TASK.name | shquote }}\n{{ CLEARML_AGENT_EXECUTE }}\n"
     assert "sits in" in str(check_string(text, "t.j2")[0])
     assert check_string("{% if %}\n", "s.j2")[0].line == 1
+
+
+def test_jinja_sbatch_quote_free_text_and_its_place() -> None:
+    text = (
+        "#!/bin/bash\n#SBATCH --comment={{ CLEARML_TASK.name | sbatch_quote }}\n"
+        "echo {{ CLEARML_TASK.project.name | shquote }} {{ CLEARML_TASK.execution.queue.name }}\n"
+        "{{ CLEARML_AGENT_EXECUTE }}\n"
+    )
+    assert check_string(text, "t.j2") == []
+    task = {"id": "t1", "name": 'it\'s "q" # x', "project": "p1", "execution": {"queue": "q1"}}
+    names = {("project", "p1"): "My P", ("queue", "q1"): "gpu"}
+    ctx = RenderContext(task=task, agent_execute="run", names=lambda k, i: names.get((k, i)))
+    out = render_string(text, ctx, "t.j2").split("\n")
+    assert out[1] == '#SBATCH --comment="it\'s \\"q\\" # x"'
+    assert out[2] == "echo 'My P' gpu"
+    bad = "#!/bin/bash\necho {{ CLEARML_TASK.name | sbatch_quote }}\n{{ CLEARML_AGENT_EXECUTE }}\n"
+    assert "belongs in an unquoted value of an #SBATCH line" in str(check_string(bad, "b.j2")[0])

@@ -48,6 +48,7 @@ def _task(with_props: bool) -> dict[str, Any]:
             "cpus": "16",
             "memory": "64G",
             "time_limit": "08:00:00",
+            "user_key": "alice's key",
         }
         task["hyperparams"]["properties"] = {
             k: {"section": "properties", "name": k, "value": v} for k, v in props.items()

@@ -113,10 +113,19 @@ def test_errors_name_template_line_placeholder(
 
 
 def test_control_characters_rejected_in_code() -> None:
-    task = {**TASK, "name": "a\nb"}
+    task = {**TASK, "name": "a\rb"}
     for text in ("echo ${CLEARML_TASK.name}", "echo '${CLEARML_TASK.name}'"):
         with pytest.raises(TemplateError, match="control character"):
             r(text, task=task)
+
+
+def test_newlines_removed_by_default_as_in_clearml() -> None:
+    task = {**TASK, "name": "a\nb; c"}
+    assert r("echo ${CLEARML_TASK.name}", task=task) == "echo 'ab; c'"
+    assert r("#SBATCH --comment=${CLEARML_TASK.name}", task=task) == '#SBATCH --comment="ab; c"'
+    with pytest.raises(TemplateError, match="control character"):  # |raw keeps them: refused
+        r("echo ${CLEARML_TASK.name|raw}", task=task)
+    assert r("# ${CLEARML_TASK.name|raw}", task=task) == "# ab; c"  # a comment never fails
 
 
 def test_full_line_comment_cannot_become_directive() -> None:
