@@ -62,6 +62,16 @@ NUMERIC: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
+#: Options whose value may be the next argument (``-J NAME``), so it may start with ``-``.
+TAKES_VALUE = frozenset(
+    {*NUMERIC, "-J", "--job-name", "--comment", "-o", "--output", "-e", "--error", "-i",
+     "--input", "-p", "--partition", "-A", "--account", "-q", "--qos", "--gres", "-D",
+     "--chdir", "-C", "--constraint", "-w", "--nodelist", "-x", "--exclude", "-a", "--array",
+     "-d", "--dependency", "--begin", "--mail-user", "--mail-type", "--export", "-L",
+     "--licenses", "--reservation", "--wckey", "--signal"}
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Spot:
     """Where a placeholder sits in a directive line (computed once per template)."""
@@ -159,8 +169,16 @@ def place(value: str, spot: Spot) -> str:
                 "it could add an option: put it after an option (--comment=...) or use |slug"
             )
         return value
-    if spot.state == "start" and not value:
-        raise UnsafeValue(f"empty value for {spot.option}")
-    if PLAIN.fullmatch(value) and not (spot.state == "start" and value.startswith(":")):
+    if spot.state == "start":
+        if not value:
+            raise UnsafeValue(f"empty value for {spot.option}")
+        if value.startswith("-") and spot.option not in TAKES_VALUE:
+            raise UnsafeValue(
+                f"value {value!r} starts with '-' after {spot.option}, which may take no "
+                "value: write --option=value"
+            )
+        if _SEPARATOR.match(value) or value.startswith(":"):
+            return '"' + value + '"'  # sbatch would read it as a het-job separator / fail
+    if PLAIN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

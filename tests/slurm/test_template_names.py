@@ -45,6 +45,9 @@ QUOTED = FREE_TEXT.replace(
 ).replace("--job-name=${CLEARML_TASK.name}", "--job-name='${CLEARML_TASK.name}'")
 
 
+SPACED = FREE_TEXT.replace("--job-name=", "-J ").replace("--comment=", "--comment ")
+
+
 def _scontrol(job: str) -> dict[str, str]:
     """JobName and Comment from ``scontrol show job -o`` (scontrol ends its Comment field
     with a space, so two spaces come before StdErr)."""
@@ -83,7 +86,7 @@ def _need_slurm() -> None:
     h.require_slurm()
 
 
-@pytest.mark.parametrize("template", [FREE_TEXT, QUOTED], ids=["plain", "quoted"])
+@pytest.mark.parametrize("template", [FREE_TEXT, QUOTED, SPACED], ids=["plain", "quoted", "spaced"])
 @pytest.mark.parametrize("name", NAMES, ids=["parens", "quotes", "cyrillic", "long300"])
 def test_scontrol_shows_the_exact_name(template: str, name: str) -> None:
     work = h.slurm_workdir("names")
@@ -109,9 +112,10 @@ def test_scontrol_shows_the_exact_name(template: str, name: str) -> None:
         ),
     )
 )
-def test_adversarial_names_read_back_by_sbatch(name: str) -> None:
+@pytest.mark.parametrize("template", [FREE_TEXT, SPACED], ids=["plain", "spaced"])
+def test_adversarial_names_read_back_by_sbatch(template: str, name: str) -> None:
     work = h.slurm_workdir("names-adv")
-    job = _submit_held(_render(FREE_TEXT, name), work)
+    job = _submit_held(_render(template, name), work)
     try:
         shown = _scontrol(job)
         assert shown["Comment"] == name

@@ -119,6 +119,18 @@ def test_control_characters_rejected_in_code() -> None:
             r(text, task=task)
 
 
+def test_values_standing_as_arguments_in_sbatch_lines() -> None:
+    def name(v: str) -> dict[str, Any]:
+        return {**TASK, "name": v}
+
+    assert r("#SBATCH -J ${CLEARML_TASK.name}", task=name("hetjob")) == '#SBATCH -J "hetjob"'
+    assert r("#SBATCH -J ${CLEARML_TASK.name}", task=name("-x")) == "#SBATCH -J -x"
+    with pytest.raises(TemplateError, match="may take no value"):
+        r("#SBATCH --exclusive ${CLEARML_TASK.name}", task=name("--wrap=touch x"))
+    with pytest.raises(TemplateError, match="could add an option"):
+        r("#SBATCH ${CLEARML_TASK.name}", task=name("--wrap=x"))
+
+
 def test_newlines_removed_by_default_as_in_clearml() -> None:
     task = {**TASK, "name": "a\nb; c"}
     assert r("echo ${CLEARML_TASK.name}", task=task) == "echo 'ab; c'"

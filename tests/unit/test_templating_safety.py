@@ -140,6 +140,9 @@ def sbatch_args(line: str) -> list[str]:
     while True:
         while i < len(rest) and rest[i].isspace():
             i += 1
+        head = rest[i:].lower()
+        for word in ("hetjob", "packjob"):  # a het-job separator where an argument starts
+            assert not (head.startswith(word) and head[len(word) : len(word) + 1].strip() == "")
         arg: list[str] | None = None
         quote, escape = "", False
         while i < len(rest) and (quote or not rest[i].isspace()):
@@ -166,7 +169,6 @@ def sbatch_args(line: str) -> list[str]:
         assert not quote, f"sbatch: unmatched quote in {line!r}"
         if arg is None:
             return args
-        assert not ("".join(arg).lower().startswith(("hetjob", "packjob")) and not args)
         args.append("".join(arg))
 
 
