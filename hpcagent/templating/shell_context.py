@@ -23,7 +23,8 @@ template is refused at start unless the placeholder has a filter that limits it 
 characters): a here-document body, arithmetic (``(( ))``, ``$(( ))``, ``let``,
 ``declare -i``, an array subscript, ``[[ ... -gt ... ]]``), the argument of a command that
 runs its argument as code (``eval``, ``bash -c``, ``srun bash -c``, ``ssh``, ``trap``,
-``python -c`` ...), right after a backslash, inside backticks, ``$'...'`` or a shell
+``python -c`` ...), a pipeline, here-string or process substitution read by a shell or an
+interpreter (``echo ${X} | bash``, ``bash <<< ${X}``), right after a backslash, inside backticks, ``$'...'`` or a shell
 ``${...}`` expansion, and the first word of a comment line (it could become ``#SBATCH``).
 """
 
@@ -75,6 +76,16 @@ class _Heredoc:
     quoted: bool
 
 
+def _runs_code(word: str) -> bool:
+    """``word`` is a command that runs the text it reads as code (a shell, an interpreter)."""
+    base = word.rsplit("/", 1)[-1]
+    return (
+        base in _SHELLS
+        or base in ("eval", "source", ".", "xargs", "parallel", "perl", "ruby", "node", "php")
+        or re.fullmatch(r"python[0-9.]*", base) is not None
+    )
+
+
 def _unquote(word: str) -> str:
     return word.replace("'", "").replace('"', "").replace("\\", "")
 
@@ -99,6 +110,9 @@ class ShellContextTracker:
         self._saved: list[tuple[str, list[str]]] = []  # words outside each $( / (
         self._dbrack: list[Mark] | None = None  # marks inside an open [[ ... ]]
         self._dbrack_arith = False
+        self._pipeline: list[Mark] = []  # marks of the pipeline read so far
+        self._after_pipe = False  # the next first word reads the pipeline's output
+        self._procsub_of: list[str] = []  # first word of the command around each <( ... )
 
     # -- public -----------------------------------------------------------------
     def context(self) -> str:
@@ -126,8 +140,10 @@ class ShellContextTracker:
         """The :class:`Mark` of a placeholder at the current position."""
         ctx = self.context()
         mark = Mark(ctx, self._refusal(ctx), self._line, [_unquote(w) for w in self._words])
-        if self._dbrack is not None and ctx in ("normal", "single", "double"):
-            self._dbrack.append(mark)
+        if ctx in ("normal", "single", "double"):
+            if self._dbrack is not None:
+                self._dbrack.append(mark)
+            self._pipeline.append(mark)
         return mark
 
     def feed(self, text: str) -> None:
@@ -158,6 +174,11 @@ class ShellContextTracker:
 
     def _command_refusal(self) -> str | None:
         words = [_unquote(w) for w in self._words]
+        if words and "<<<" in words and _runs_code(words[0]):
+            return f"a here-string read by '{words[0]}', which runs it as code"
+        outer = next((w for w in reversed(self._procsub_of) if w), "")
+        if _runs_code(outer):
+            return f"a process substitution read by '{outer}', which runs it as code"
         for i, word in enumerate(words):
             base = word.rsplit("/", 1)[-1]
             rest = words[i + 1 :]
@@ -183,6 +204,13 @@ class ShellContextTracker:
             return
         word = _unquote(self._word)
         self._word = ""
+        if self._after_pipe and not self._words:
+            self._after_pipe = False
+            if _runs_code(word):
+                for mark in self._pipeline:
+                    mark.refused = (
+                        mark.refused or f"a pipeline into '{word}', which runs it as code"
+                    )
         if word == "[[":
             self._dbrack, self._dbrack_arith = [], False
         elif word == "]]" and self._dbrack is not None:
@@ -194,9 +222,12 @@ class ShellContextTracker:
             self._dbrack_arith = True
         self._words.append(word)
 
-    def _end_command(self) -> None:
+    def _end_command(self, pipe: bool = False) -> None:
         self._end_word()
         self._words = []
+        self._after_pipe = pipe
+        if not pipe:
+            self._pipeline = []
 
     def _newline(self) -> None:
         line = self._line
@@ -309,7 +340,8 @@ class ShellContextTracker:
             self._end_word()
             return 1
         if c in ";&|":
-            self._end_command()
+            single_pipe = c == "|" and nxt != "|" and self._prev != "|"
+            self._end_command(pipe=single_pipe)
             return 1
         if c == "$" and nxt == "'":
             self._stack.append("ansi")
@@ -321,21 +353,25 @@ class ShellContextTracker:
             self._line += "("
             return 2
         if c == "(":
+            procsub = self._prev in "<>" and self._line[-2:-1] in ("<", ">")
             self._end_word()
             self._stack.append("paren")
             self._saved.append(("", self._words))
+            self._procsub_of.append(_unquote(self._words[0]) if procsub and self._words else "")
             self._words = []
             return 1
         if c == ")":
             self._end_word()
             if self._stack[-1] in ("paren", "cmdsub"):
-                self._stack.pop()
+                if self._stack.pop() == "paren" and self._procsub_of:
+                    self._procsub_of.pop()
                 self._word, self._words = self._saved.pop() if self._saved else ("", [])
             return 1
         if c == "<" and nxt == "<":
             self._end_word()
             if text[i + 2 : i + 3] == "<":  # here-string: an ordinary word follows
                 self._line += "<<"
+                self._words.append("<<<")
                 return 3
             return self._heredoc_start(text, i)
         if c in "<>":

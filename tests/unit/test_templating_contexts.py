@@ -46,6 +46,10 @@ REFUSED = [
     ("echo `echo {v}`", "backtick", "slug"),
     ("echo ${{X:-{v}}}", "backtick", "slug"),
     ("#{v}", "first word of a comment line", "int"),
+    ("echo {v} | bash", "pipeline into 'bash'", "slug"),
+    ("printf '%s' {v} | sort | python3", "pipeline into 'python3'", "slug"),
+    ("bash <<< {v}", "here-string read by 'bash'", "slug"),
+    ("bash <(echo {v})", "process substitution read by 'bash'", "slug"),
 ]
 
 ACCEPTED = [
@@ -57,6 +61,9 @@ ACCEPTED = [
     "srun echo {v}",
     '[[ {v} == "x" ]] || echo no',
     "echo hi  # {v}",
+    "echo {v} | cat",
+    "cat <<< {v}",
+    "diff <(echo {v}) <(echo x) || true",
     "# task {v}",
     "bash -c 'echo \"$1\"' _ {v}",  # refused too: the check cannot tell $1 from code
 ]
