@@ -192,6 +192,34 @@ class JobStatus:
         return self.state.is_active
 
 
+#: Slurm pending reasons that mean the job, as asked, can never start: it asks for more CPUs,
+#: GPUs, memory, nodes or time than the partition or any of its nodes has (with
+#: ``EnforcePartLimits=NO`` sbatch accepts such a job and it pends forever), or for an account,
+#: QOS or constraint that does not exist. Transient reasons (Resources, Priority, limits on
+#: running jobs) are not here.
+NEVER_RUNS_REASONS = frozenset(
+    {
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxGRESPerJob",
+        "QOSMaxMemoryPerJob",
+        "QOSMaxNodePerJobLimit",
+        "QOSMaxWallDurationPerJobLimit",
+    }
+)
+
+
+def never_runs(js: JobStatus) -> bool:
+    """Whether ``js`` is a pending job that Slurm will never start (see
+    :data:`NEVER_RUNS_REASONS`)."""
+    return js.state is JobState.PENDING and js.reason in NEVER_RUNS_REASONS
+
+
 def unknown_status(job_id: str, reason: str, source: str = "none") -> JobStatus:
     """The status of a job that could not be found."""
     return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason, source=source)

@@ -52,6 +52,10 @@ class SubmitterOptions:
     limit_backoff_s: float = 60.0
     lost_grace_s: float = 300.0
     stop_grace_s: float = 30.0
+    #: A job that pends for a reason meaning it can never start (``never_runs``) is cancelled
+    #: and its task failed with that reason after this long; 0 keeps it pending (its task's
+    #: status message shows the reason).
+    never_runs_fail_s: float = 60.0
     hpcagent_argv: list[str] | None = None
     # Hooks for other front ends (``hpcagent daemon``); None keeps hpcagent-slurm's behaviour.
     #: Called before each pop: may a task from this queue start now (free GPUs, slots)?

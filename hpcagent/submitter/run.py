@@ -114,6 +114,7 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         container=settings.container,
         config_file=req.job_config,
         hours=WorkingHours.parse(req.uptime or [], req.downtime or []),
+        never_runs_fail_s=float(settings.get("slurm.never_runs_fail_sec", 60) or 0),
     )
     if req.dry_run:
         dry_run(client, settings, opts, echo)

@@ -26,6 +26,7 @@ from hpcagent.scheduler.base import (
     JobState,
     JobStatus,
     Scheduler,
+    never_runs,
     unknown_status,
 )
 from hpcagent.submitter import taskops
@@ -75,6 +76,7 @@ class Tracker:
         self.opts = options
         self._unknown_since: dict[str, float] = {}
         self._stopping_since: dict[str, float] = {}
+        self._never_since: dict[str, float] = {}
         self._cancelled: set[str] = set()
         self._nodes_recorded: set[str] = set()
         self._last_message: dict[str, str] = {}
@@ -138,7 +140,8 @@ class Tracker:
                 first = self._stopping_since.setdefault(tid, time.monotonic())
                 return time.monotonic() - first >= self.opts.stop_grace_s
             self._progress(entry, js, status)
-            return False
+            return self._never_runs(entry, js, status)
+
         if js.state.is_terminal:
             self._finish(entry, js, task)
             return False
@@ -148,6 +151,32 @@ class Tracker:
         else:
             log.debug("task %s job %s: not found yet (%s)", tid, job, js.reason)
         return False
+
+    def _never_runs(self, entry: Entry, js: JobStatus, status: str) -> bool:
+        """A job Slurm will never start: after ``never_runs_fail_s`` fail its task with Slurm's
+        reason and have the job cancelled (True)."""
+        tid = entry.task_id
+        if not never_runs(js) or status != "queued" or self.opts.never_runs_fail_s <= 0:
+            self._never_since.pop(tid, None)
+            return False
+        first = self._never_since.setdefault(tid, time.monotonic())
+        if time.monotonic() - first < self.opts.never_runs_fail_s:
+            return False
+        label = f"{self.opts.job_label} {entry.job_id} cannot start ({js.reason})"
+        taskops.fail(
+            self.client,
+            tid,
+            label,
+            f"{label}: Slurm keeps the job pending for {js.reason}, which means it asks for "
+            "more than the partition or any of its nodes offers (CPUs, GPUs, memory, nodes, "
+            "time) or for an account, QOS or constraint that does not exist; the job was "
+            f"cancelled after {self.opts.never_runs_fail_s:g} s (slurm.never_runs_fail_sec). "
+            "Change the task's resource properties or the queue's template.",
+        )
+        log.info(
+            "task %s queue %s job %s: %s, task failed", tid, entry.queue_name, entry.job_id, label
+        )
+        return True
 
     def _progress(self, entry: Entry, js: JobStatus, status: str) -> None:
         tid, job = entry.task_id, str(entry.job_id)
@@ -251,7 +280,7 @@ class Tracker:
         return tail(path)
 
     def _forget(self, tid: str) -> None:
-        for d in (self._unknown_since, self._stopping_since, self._last_message):
+        for d in (self._unknown_since, self._stopping_since, self._last_message, self._never_since):
             d.pop(tid, None)
         self._nodes_recorded.discard(tid)
 

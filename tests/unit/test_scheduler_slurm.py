@@ -301,3 +301,13 @@ def test_sacct_failure_keeps_last_known_state(caplog: pytest.LogCaptureFixture) 
     assert (st.state, st.source) == (JobState.RUNNING, "cache")
     assert "sacct failed" in caplog.text
     assert s.status(["8"])["8"].state is JobState.COMPLETED
+
+
+def test_never_runs_only_for_pending_reasons_that_cannot_change() -> None:
+    from hpcagent.scheduler.base import JobState, JobStatus, never_runs
+
+    assert never_runs(JobStatus("1", JobState.PENDING, reason="PartitionConfig"))
+    assert never_runs(JobStatus("1", JobState.PENDING, reason="PartitionTimeLimit"))
+    assert not never_runs(JobStatus("1", JobState.PENDING, reason="Resources"))
+    assert not never_runs(JobStatus("1", JobState.PENDING, reason="Priority"))
+    assert not never_runs(JobStatus("1", JobState.RUNNING, reason="PartitionConfig"))
