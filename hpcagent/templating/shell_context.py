@@ -24,8 +24,9 @@ characters): a here-document body, arithmetic (``(( ))``, ``$(( ))``, ``let``,
 ``declare -i``, an array subscript, ``[[ ... -gt ... ]]``), the argument of a command that
 runs its argument as code (``eval``, ``bash -c``, ``srun bash -c``, ``ssh``, ``trap``,
 ``python -c`` ...), a pipeline, here-string or process substitution read by a shell or an
-interpreter (``echo ${X} | bash``, ``bash <<< ${X}``), right after a backslash, inside backticks, ``$'...'`` or a shell
-``${...}`` expansion, and the first word of a comment line (it could become ``#SBATCH``).
+interpreter (``echo ${X} | bash``, ``bash <<< ${X}``), right after a backslash, inside
+backticks, ``$'...'`` or a shell ``${...}`` expansion, and the first word of a comment line
+(it could become ``#SBATCH``).
 """
 
 from __future__ import annotations
