@@ -83,17 +83,18 @@ class RenderContext:
         entity_id = str(entity_id)
         return {"id": entity_id, "name": self.names(REF_FIELDS[path], entity_id)}
 
-    def scalars(self) -> dict[str, Any]:
-        """The job-level scalar names (values still to be made safe)."""
-        project = self.ref("project") or {}
+    def scalars(self, with_names: bool = True) -> dict[str, Any]:
+        """The job-level scalar names (values still to be made safe); ``with_names=False``
+        leaves out ``CLEARML_PROJECT_NAME`` (no name lookup)."""
         out: dict[str, Any] = {
             "CLEARML_QUEUE_NAME": self.queue_name,
             "CLEARML_QUEUE_ID": self.queue_id,
             "CLEARML_WORKER_ID": self.worker_id,
             "CLEARML_JOB_NAME": f"clearml_task_{self.task.get('id', '')}",
-            "CLEARML_PROJECT_ID": project.get("id"),
-            "CLEARML_PROJECT_NAME": project.get("name"),
+            "CLEARML_PROJECT_ID": self._task_field("project.id"),
         }
+        if with_names:
+            out["CLEARML_PROJECT_NAME"] = self._task_field("project.name")
         out.update(self.extra)
         return out
 
@@ -114,8 +115,12 @@ class RenderContext:
             raise KeyError(key)
         if root in self.extra:
             value = self.extra[root]
+        elif root == "CLEARML_PROJECT_ID":
+            value = self._task_field("project.id")
+        elif root == "CLEARML_PROJECT_NAME":  # asked of ``names`` only when a template uses it
+            value = self._task_field("project.name")
         elif root in SCALAR_NAMES:
-            value = self.scalars()[root]
+            value = self.scalars(with_names=False)[root]
         else:
             raise KeyError(key)
         return value if value != "" else None

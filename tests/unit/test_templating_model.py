@@ -182,3 +182,19 @@ def test_slurm_refuses_bad_template_at_start(tmp_path: Path, embedded_server: An
     assert server.send("queues.get_num_entries", {"queue": qid})["num"] == 1
     task = server.send("tasks.get_by_id", {"task": tid})["task"]
     assert task["status"] == "queued"
+
+
+def test_names_are_asked_only_when_used() -> None:
+    calls: list[tuple[str, str]] = []
+    ctx = RenderContext(
+        task={"id": "t", "name": "n", "project": "p", "execution": {"queue": "q"}},
+        agent_execute="run",
+        names=lambda kind, eid: calls.append((kind, eid)) or "N",
+    )
+    seed = (
+        Path(__file__).resolve().parents[2] / "templates" / "slurm.example.template"
+    ).read_text()
+    render_string(seed, ctx, "example.template")  # .project.id: from the task itself
+    assert calls == []
+    render_string("# ${CLEARML_PROJECT_NAME} ${CLEARML_TASK.execution.queue.name}\n", ctx, "n")
+    assert calls == [("project", "p"), ("queue", "q")]
