@@ -30,6 +30,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("hpcagent.commands.queue", "queue_group"),
     ("hpcagent.commands.queue", "workers_group"),
     ("hpcagent.commands.execute", "execute_cmd"),
+    ("hpcagent.commands.build", "build_cmd"),
     ("hpcagent.commands.daemon", "daemon_cmd"),
     ("hpcagent.commands.templates", "templates_group"),
 ]

@@ -10,6 +10,7 @@ and ``hpcagent build`` (docs/containers.md).
 | ``cache`` | ``ensure_image``: pull once into the shared SIF cache (executor and submitter) |
 | ``shim`` | the seed's ``singularity exec ${CLEARML_AGENT_EXECUTE}`` form |
 | ``mode`` | the executor's entry: ``choose_mode``, ``open_session``, ``inner_env`` |
+| ``build`` | ``hpcagent build``: Dockerfile, Apptainer ``.def`` (spython), the image build |
 
 The package imports config, errors and the process seam only; the executor, the submitter and
 the commands import it.

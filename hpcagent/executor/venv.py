@@ -26,6 +26,7 @@ at local files (``-r``, ``-e``, paths) cannot be keyed and always get a fresh ve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -278,7 +279,8 @@ class VenvBuilder:
             return None
         if not os.path.lexists(entry / "bin" / "python"):  # an in-image venv links into it
             return None
-        os.utime(marker)  # LRU clock
+        with contextlib.suppress(OSError):  # a read-only cache: a SIF from `hpcagent build`
+            os.utime(marker)  # LRU clock
         self.log(f"venv cache: hit {key[:16]}")
         return Venv(entry, str(info.get("freeze", "")), cached=True, built=False, key=key)
 
