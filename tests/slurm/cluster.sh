@@ -28,7 +28,8 @@ CLUSTER=${HPCAGENT_SLURM_CLUSTER:-hpcagent}
 NOACCT_MIN_JOB_AGE=${NOACCT_MIN_JOB_AGE:-10}
 DB_PASS_FILE=$BASE/dbpass
 MYSQL_SOCK=/run/mysqld/mysqld.sock
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+# systemd: systemd-analyze checks the unit files of docs/deploy.md (tests/unit/test_deploy_doc.py)
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server systemd)
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
