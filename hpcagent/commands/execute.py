@@ -72,7 +72,9 @@ def execute_cmd(
     and GPU metrics; mark the task completed, failed (exit code + last lines) or stopped.
 
     \b
-    Exit status: 0 completed or stopped by the user; the task's exit code when it failed;
+    Exit status: 0 completed or stopped by the user (inside a Slurm job an abort ends with
+    scancel of the job, so that sacct shows it CANCELLED; slurm.cancel_job_on_abort: false
+    keeps the job's own end); the task's exit code when it failed;
     128+N when this process got signal N (SIGTERM/SIGUSR2 are forwarded to the task);
     10 repository/diff failure; 11 environment/setup-script failure; 8 other executor error.
 
@@ -98,9 +100,21 @@ def execute_cmd(
         docker=docker,
         container_settings=settings.container,
     )
+    executor = Executor(cfg, client, opts, bg_client=bg_client)
     try:
-        code = Executor(cfg, client, opts, bg_client=bg_client).run()
+        code = executor.run()
     finally:
         client.close()
         bg_client.close()
+    if executor.abort is not None and settings.get("slurm.cancel_job_on_abort", True):
+        # The task is stopped and reported: end the Slurm job as cancelled, not completed.
+        from hpcagent.errors import SchedulerError
+        from hpcagent.scheduler.slurm import cancel_own_job
+
+        try:
+            cancel_own_job()
+        except SchedulerError as exc:
+            click.echo(
+                f"hpcagent: could not cancel this Slurm job after the abort: {exc}", err=True
+            )
     ctx.exit(code)

@@ -373,6 +373,21 @@ class SlurmScheduler(Scheduler):
             raise SchedulerError(f"scancel failed: {'; '.join(real)}", stderr=res.stderr)
 
 
+def cancel_own_job(environ: Mapping[str, str] | None = None) -> str | None:
+    """``scancel`` the Slurm job this process runs in (``SLURM_JOB_ID``), from rank 0 only
+    (``SLURM_PROCID``); the job id, or None outside a job or on another rank.
+
+    The executor calls it after it stopped an aborted task and reported it, so that the job
+    ends ``CANCELLED`` in ``sacct`` (as a cancelled job should), not ``COMPLETED 0:0``.
+    Raises :class:`~hpcagent.errors.SchedulerError` when scancel fails."""
+    env = os.environ if environ is None else environ
+    job = env.get("SLURM_JOB_ID", "").strip()
+    if not job or env.get("SLURM_PROCID", "0") not in ("", "0"):
+        return None
+    SlurmScheduler(submit_attempts=1).cancel([job])
+    return job
+
+
 def clean_slurm_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of the environment without the variables that leak from a surrounding job into
     a child job (SLURM_* except SLURM_CONF, XDG_*, DBUS_*)."""

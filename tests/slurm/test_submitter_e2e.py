@@ -231,6 +231,11 @@ def test_abort_while_running_stops(e2e: E2E) -> None:
     e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=90)
     assert e2e.task(tid)["status"] == "stopped"
     h.wait_for(lambda: _sacct(job) not in ("", "RUNNING", "PENDING"), timeout=60, interval=0.5)
+    # the executor scancels its job after reporting the abort: CANCELLED, not COMPLETED 0:0
+    assert _sacct(job) == "CANCELLED"
+    # and the submitter, seeing the job CANCELLED, leaves the task stopped (not failed)
+    h.wait_for(lambda: f"job {job}: CANCELLED" in e2e.log.read_text(), timeout=60, interval=0.5)
+    assert e2e.task(tid)["status"] == "stopped"
 
 
 def test_time_limit_fails_task_naming_timeout(e2e: E2E) -> None:
