@@ -94,24 +94,24 @@ def _apt_install(*packages: str) -> None:
         subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True, timeout=600)
 
 
-@pytest.fixture(scope="session")
-def rootfs() -> Path:
-    """A bookworm root filesystem with python3 and venv (debootstrap, ~1 min, cached)."""
-    if (ROOTFS / "usr" / "bin" / "python3").exists():
-        return ROOTFS
+def make_rootfs(target: Path, include: str, probe: str = "usr/bin/python3") -> Path:
+    """A bookworm root filesystem with the ``include`` packages (debootstrap, ~1 min, cached
+    at ``target``; ``probe`` tells that it is complete). Fails the test where it cannot."""
+    if (target / probe).exists():
+        return target
     if not shutil.which("debootstrap"):
         _apt_install("debootstrap")
     if not _have_root() or not shutil.which("debootstrap"):
         pytest.fail("needs root and debootstrap to make the test root filesystem")
-    ROOTFS.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(ROOTFS) + ".lock", timeout=1800):
-        if not (ROOTFS / "usr" / "bin" / "python3").exists():
-            tmp = ROOTFS.with_name(ROOTFS.name + f".tmp{os.getpid()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=1800):
+        if not (target / probe).exists():
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
             res = subprocess.run(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    "--include=python3,python3-venv",
+                    f"--include={include}",
                     "bookworm",
                     str(tmp),
                     "http://deb.debian.org/debian",
@@ -124,8 +124,36 @@ def rootfs() -> Path:
             if res.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 pytest.fail(f"debootstrap failed (no Debian mirror?): {res.stderr[-500:]}")
-            os.replace(tmp, ROOTFS)
-    return ROOTFS
+            os.replace(tmp, target)
+    return target
+
+
+def import_image(name: str, root: Path) -> str:
+    """``name`` in the local Docker engine, imported from ``root`` by
+    docker/slurm-cluster/base-image.sh (no registry), the engine from docker/engine.sh (installs
+    docker.io and starts dockerd when missing, as ``make test`` does)."""
+    engine = subprocess.run(
+        ["bash", str(REPO / "docker" / "engine.sh")], capture_output=True, text=True, timeout=900
+    )
+    if engine.returncode != 0:
+        pytest.fail(f"no Docker engine (docker/engine.sh): {engine.stderr[-800:]}")
+    env = {**os.environ, "BASE_IMAGE": name, "BASE_ROOTFS": str(root), "BASE_PULL": "0"}
+    base = subprocess.run(
+        ["bash", str(REPO / "docker" / "slurm-cluster" / "base-image.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    if base.returncode != 0:
+        pytest.fail(f"cannot make {name}: {base.stderr[-800:]}")
+    return name
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    """A bookworm root filesystem with python3 and venv."""
+    return make_rootfs(ROOTFS, "python3,python3-venv")
 
 
 @pytest.fixture(scope="session")
@@ -145,25 +173,8 @@ def bwrap() -> str:
 
 @pytest.fixture(scope="session")
 def docker_image(rootfs: Path) -> str:
-    """The local ``hpcagent-test-base`` image: the engine from docker/engine.sh (installs
-    docker.io and starts dockerd when missing, as ``make test`` does), the image imported from
-    the test root filesystem by docker/slurm-cluster/base-image.sh. No registry is needed."""
-    engine = subprocess.run(
-        ["bash", str(REPO / "docker" / "engine.sh")], capture_output=True, text=True, timeout=900
-    )
-    if engine.returncode != 0:
-        pytest.fail(f"no Docker engine (docker/engine.sh): {engine.stderr[-800:]}")
-    env = {**os.environ, "BASE_IMAGE": DOCKER_IMAGE, "BASE_ROOTFS": str(rootfs), "BASE_PULL": "0"}
-    base = subprocess.run(
-        ["bash", str(REPO / "docker" / "slurm-cluster" / "base-image.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    if base.returncode != 0:
-        pytest.fail(f"cannot make {DOCKER_IMAGE}: {base.stderr[-800:]}")
-    return DOCKER_IMAGE
+    """The local ``hpcagent-test-base`` image, imported from the test root filesystem."""
+    return import_image(DOCKER_IMAGE, rootfs)
 
 
 @pytest.fixture
