@@ -157,7 +157,7 @@ def place(value: str, spot: Spot) -> str:
             raise UnsafeValue(f"value {value!r} is not valid for {spot.option}: expected {what}")
         return value
     if spot.state == "dq":
-        return value.replace("\\", "\\\\").replace('"', '\\"')
+        return _double_quoted(value)[1:-1]
     if spot.state == "sq":
         return value.replace("\\", "\\\\").replace("'", "\\'")
     if spot.state == "start" and not spot.option:
@@ -178,7 +178,12 @@ def place(value: str, spot: Spot) -> str:
                 "value: write --option=value"
             )
         if _SEPARATOR.match(value) or value.startswith(":"):
-            return '"' + value + '"'  # sbatch would read it as a het-job separator / fail
+            return _double_quoted(value)  # else a het-job separator / fatal for sbatch
     if PLAIN.fullmatch(value):
         return value
+    return _double_quoted(value)
+
+
+def _double_quoted(value: str) -> str:
+    """``"value"`` with ``\\`` and ``"`` escaped, as sbatch's splitter reads it back."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -21,10 +21,12 @@ can be checked once, when the submitter starts. The contexts:
 A placeholder where no quoting can protect the value gets a *refusal* instead (the
 template is refused at start unless the placeholder has a filter that limits it to safe
 characters): a here-document body, arithmetic (``(( ))``, ``$(( ))``, ``let``,
-``declare -i``, an array subscript, ``[[ ... -gt ... ]]``), the argument of a command that
-runs its argument as code (``eval``, ``bash -c``, ``srun bash -c``, ``ssh``, ``trap``,
-``python -c`` ...), a pipeline, here-string or process substitution read by a shell or an
-interpreter (``echo ${X} | bash``, ``bash <<< ${X}``), right after a backslash, inside
+``declare -i``, an array subscript, ``[[ ... -gt ... ]]``), a variable name or the value of
+``declare -a/-A/-n`` (``declare``, ``local``, ``read``, ``printf -v``, ``test -v`` ...: bash
+evaluates subscripts there), the argument of a command that runs its argument as code
+(``eval``, ``bash -c``, ``srun bash -c``, ``ssh``, ``trap``, ``python -c`` ...), a pipeline,
+here-string or process substitution read by a shell or an interpreter
+(``echo ${X} | bash``, ``bash <<< ${X}``), right after a backslash, inside
 backticks, ``$'...'`` or a shell ``${...}`` expansion, and the first word of a comment line
 (it could become ``#SBATCH``).
 """
@@ -49,12 +51,13 @@ _CODE_FLAG = {
     "node": "e",
     "Rscript": "e",
 }
-_ALWAYS_CODE = frozenset({"eval", "trap", "ssh", "watch", "xargs", "parallel"})
+_ALWAYS_CODE = frozenset({"eval", "trap", "ssh", "watch", "xargs", "parallel", "alias"})
 _ARITH_OPS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 _ASSIGN_SUBSCRIPT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\[[^\]]*$")
 
 HEREDOC = "a here-document body (its text may be read by a shell or a program as code)"
 ARITH = "arithmetic (bash evaluates $(...) inside array subscripts of the value)"
+NAME = "a variable name (bash evaluates $(...) in array subscripts of names)"
 BACKSLASH = "right after a backslash (it would unquote the value's first character)"
 CONSTRUCT = "a backtick, $'...' or ${...} expansion, where no quoting is both safe and exact"
 FIRST_WORD = "the first word of a comment line (the value could turn it into a directive)"
@@ -180,9 +183,22 @@ class ShellContextTracker:
         outer = next((w for w in reversed(self._procsub_of) if w), "")
         if _runs_code(outer):
             return f"a process substitution read by '{outer}', which runs it as code"
+        if (
+            words
+            and words[-1] in ("-v", "-R")
+            and any(w in ("test", "[", "[[", "printf") for w in words)
+        ):
+            return NAME
         for i, word in enumerate(words):
             base = word.rsplit("/", 1)[-1]
             rest = words[i + 1 :]
+            if base in ("unset", "read", "mapfile", "readarray"):
+                return NAME
+            if base in ("declare", "typeset", "local", "readonly", "export") and (
+                "=" not in self._word  # the name itself, or the value of a ref/array:
+                or any(re.fullmatch(r"-[A-Za-z]*[naA][A-Za-z]*", w) for w in rest)
+            ):
+                return NAME
             if base in _ALWAYS_CODE:
                 return f"an argument of '{base}', which runs it as shell code"
             if base == "let":

@@ -104,7 +104,9 @@ def test_scontrol_shows_the_exact_name(template: str, name: str) -> None:
 )
 @given(
     name=st.one_of(
-        st.sampled_from(["a # b", "\\", '"', "'", "hetjob", "packjob x", ":x", "-J x", "%j %x"]),
+        st.sampled_from(
+            ["a # b", "\\", '"', "'", "hetjob", "packjob x", 'HETJOB "x', ":x", "-J x", "%j %x"]
+        ),
         st.text(
             alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
             min_size=1,
