@@ -285,26 +285,26 @@ def build_settings(layered: Layered) -> Settings:
 
 
 def _container(r: _Reader, agent: AgentSettings) -> ContainerSettings:
-    mode = r.get_str("agent.container.mode", "host") or "host"
+    d = ContainerSettings()  # the typed defaults (defaults.conf states the same for users)
+    mode = r.get_str("agent.container.mode", d.mode) or d.mode
     if mode not in ("host", "inside"):
         raise r.fail("agent.container.mode", "host or inside")
     ssh = r.get_str("agent.container.ssh_dir", "~/.ssh")
     return ContainerSettings(
-        binary=r.get_str("agent.container.binary"),
-        cache_dir=r.get_path("agent.container.cache_dir")
-        or Path("~/.hpcagent/containers").expanduser(),
+        binary=r.get_str("agent.container.binary", d.binary),
+        cache_dir=r.get_path("agent.container.cache_dir") or d.cache_dir,
         binds=tuple(r.get_list("agent.container.binds")),
-        pull_on_submit=r.get_bool("agent.container.pull_on_submit", False),
-        pull_timeout_s=r.get_float("agent.container.pull_timeout_sec", 1800.0),
-        lock_timeout_s=r.get_float("agent.container.lock_timeout_sec", 3600.0),
+        pull_on_submit=r.get_bool("agent.container.pull_on_submit", d.pull_on_submit),
+        pull_timeout_s=r.get_float("agent.container.pull_timeout_sec", d.pull_timeout_s),
+        lock_timeout_s=r.get_float("agent.container.lock_timeout_sec", d.lock_timeout_s),
         mode=mode,
-        cleanenv=r.get_bool("agent.container.cleanenv", True),
+        cleanenv=r.get_bool("agent.container.cleanenv", d.cleanenv),
         env_passthrough=tuple(r.get_list("agent.container.env_passthrough")),
-        docker_binary=r.get_str("agent.container.docker_binary", "docker") or "docker",
+        docker_binary=r.get_str("agent.container.docker_binary") or d.docker_binary,
         default_image=agent.default_docker_image.strip(),
         default_arguments=tuple(agent.default_docker_arguments),
         ssh_dir=Path(ssh).expanduser() if ssh else None,
-        forward_ssh_agent=r.get_bool("agent.container.forward_ssh_agent", True),
+        forward_ssh_agent=r.get_bool("agent.container.forward_ssh_agent", d.forward_ssh_agent),
     )
 
 

@@ -30,7 +30,7 @@ from hpcagent.container.shim import (
     template_wraps_agent_execute,
     wrapped_execute,
 )
-from hpcagent.errors import ContainerError
+from hpcagent.errors import ConfigError, ContainerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,6 +123,19 @@ def test_settings_from_config(tmp_path: Path) -> None:
     assert cfg.pull_on_submit is True
     assert cfg.cleanenv is False
     assert (cfg.default_image, cfg.default_arguments) == ("docker://py:3", ("--nv",))
+    assert cfg.ssh_dir == Path("~/.ssh").expanduser()  # mapped by default, as clearml-agent
+    assert cfg.forward_ssh_agent is True
+    assert cfg.pull_timeout_s == 1800.0  # from defaults.conf
+
+
+def test_settings_reject_a_bad_mode(tmp_path: Path) -> None:
+    conf = tmp_path / "clearml.conf"
+    conf.write_text('agent { container { mode: sideways, ssh_dir: "" } }\n')
+    with pytest.raises(ConfigError, match=r"agent\.container\.mode"):
+        load_settings(config_file=conf, env={})
+    conf.write_text('agent { container { ssh_dir: "", pull_on_submit: maybe } }\n')
+    with pytest.raises(ConfigError, match="pull_on_submit"):
+        load_settings(config_file=conf, env={})
 
 
 def test_inside_detection() -> None:
