@@ -36,11 +36,15 @@ CREATE TABLE IF NOT EXISTS projects (
 CREATE INDEX IF NOT EXISTS projects_name ON projects(name);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT, status TEXT NOT NULL,
-    created TEXT NOT NULL, doc BLOB NOT NULL);
+    created TEXT NOT NULL, doc BLOB NOT NULL, started TEXT, last_update TEXT);
 CREATE INDEX IF NOT EXISTS tasks_project ON tasks(project);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
+-- The task table's status filter in creation order, and task counts per project and status
+-- (projects.get_all_ex include_stats), read from the indexes alone.
+CREATE INDEX IF NOT EXISTS tasks_status_created ON tasks(status, created);
+CREATE INDEX IF NOT EXISTS tasks_project_status ON tasks(project, status);
 CREATE TABLE IF NOT EXISTS queues (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, doc BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS queues_name ON queues(name);
@@ -70,14 +74,25 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_scalar_point ON events(task, metric, va
 
 CHECKPOINT_INTERVAL_S = 0.5
 #: Task fields that are columns, so tasks.get_all can sort and page them in SQL.
-TASK_SORT_COLUMNS = frozenset({"id", "name", "project", "status", "created"})
+TASK_SORT_COLUMNS = frozenset(
+    {"id", "name", "project", "status", "created", "started", "last_update"}
+)
+#: Task columns added after the first schema (Store._add_task_columns); they may be NULL.
+LATER_TASK_COLUMNS = ("started", "last_update")
+
+
+def _later_columns(doc: dict[str, Any]) -> tuple[str | None, str | None]:
+    started, last_update = doc.get("started"), doc.get("last_update")
+    return (
+        started if isinstance(started, str) else None,
+        last_update if isinstance(last_update, str) else None,
+    )
 
 
 def _order_term(column: str, descending: bool) -> str:
-    # project may be NULL: it sorts as "" (as str(value or "") does in tasks.get_all); the other
-    # columns are NOT NULL and stay bare, so that their indexes serve the ORDER BY.
-    expr = "COALESCE(project, '')" if column == "project" else column
-    return f"{expr} {'DESC' if descending else 'ASC'}"
+    # NULL sorts first ascending, last descending: as "" does in tasks.get_all's Python sort
+    # (str(value or "")), so both orders agree, and the bare column keeps its index usable.
+    return f"{column} {'DESC' if descending else 'ASC'}"
 
 
 def _where(filters: tuple[tuple[str, list[str] | None], ...]) -> tuple[str, list[Any]]:
@@ -110,6 +125,7 @@ class Store:
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(SCHEMA)
         self._depth = 0
+        self._add_task_columns()
         # WAL checkpoints run in a background thread (own connection; sqlite releases the GIL
         # during I/O), so a request never pays for copying the WAL into the database file.
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -118,6 +134,23 @@ class Store:
             target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
         )
         self._checkpointer.start()
+
+    def _add_task_columns(self) -> None:
+        """Give a database made before ``started``/``last_update`` were columns those columns
+        (filled from the documents), and index them (sorting the task table by them in SQL)."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(tasks)")}
+        missing = [c for c in LATER_TASK_COLUMNS if c not in have]
+        if missing:
+            with self.write() as conn:
+                for column in missing:
+                    conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
+                rows = conn.execute("SELECT id, doc FROM tasks").fetchall()
+                conn.executemany(
+                    "UPDATE tasks SET started=?, last_update=? WHERE id=?",
+                    [(*_later_columns(orjson.loads(doc)), task_id) for task_id, doc in rows],
+                )
+        for column in LATER_TASK_COLUMNS:
+            self.conn.execute(f"CREATE INDEX IF NOT EXISTS tasks_{column} ON tasks({column})")
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -198,8 +231,8 @@ class Store:
 
     def put_task(self, doc: dict[str, Any]) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO tasks(id, name, project, status, created, doc) "
-            "VALUES (?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO tasks(id, name, project, status, created, doc, started, "
+            "last_update) VALUES (?,?,?,?,?,?,?,?)",
             (
                 doc["id"],
                 doc.get("name") or "",
@@ -207,6 +240,7 @@ class Store:
                 doc["status"],
                 doc["created"],
                 dumps(doc),
+                *_later_columns(doc),
             ),
         )
 

@@ -156,7 +156,7 @@ def scalar_histogram(
     """``{metric: {variant: {name, x, y}}}`` of one task (single values left out)."""
     rows = store.conn.execute(
         "SELECT metric, variant, iter, ts, doc FROM events WHERE task=? AND type=? "
-        "AND (iter IS NULL OR iter > ?) ORDER BY iter, ts, seq",
+        "AND (iter IS NULL OR iter > ?)",  # no ORDER BY: each series is sorted below
         (task_id, SCALAR, SINGLE_VALUE_ITER),
     )
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
