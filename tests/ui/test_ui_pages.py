@@ -10,8 +10,10 @@ clone run with the edited value) is tests/slurm/test_ui_slurm.py.
 from __future__ import annotations
 
 import json
+import struct
 import time
 import uuid
+import zlib
 from typing import Any
 
 import pytest
@@ -23,12 +25,42 @@ pytestmark = pytest.mark.ui
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_LINE = "<script>alert('log')</script> & <b>not bold</b>"
 ARTIFACT = bytes(range(256)) * 40
+MODEL = b"model weights " * 100
 
 
 def add_events(srv: Any, events: list[dict[str, Any]]) -> None:
     data = b"\n".join(json.dumps(ev).encode() for ev in events)
     reply = srv.request("events.add_batch", data=data)
     assert reply.status_code == 200, reply.text
+
+
+def upload(srv: Any, path: str, content: bytes) -> str:
+    """Store ``content`` on the server's files server, as the SDK uploads; returns its URL."""
+    reply = requests.post(
+        f"{srv.url}/files",
+        files={path: (path.rsplit("/", 1)[1], content)},
+        headers={"Authorization": f"Bearer {srv.token()}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    return f"{srv.url}/files/{path}"
+
+
+def png(width: int, height: int) -> bytes:
+    """A red RGB PNG of ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def new_task(srv: Any, name: str, **fields: Any) -> str:
@@ -67,16 +99,17 @@ def world(embedded_server_session: Any) -> dict[str, Any]:
     )
     # an artifact stored on the server's files server, as the SDK uploads it
     path = f"ui/task.{main}/artifacts/weights/weights-{suffix}.bin"
-    reply = requests.post(
-        f"{srv.url}/files",
-        files={path: (path.rsplit("/", 1)[1], ARTIFACT)},
-        headers={"Authorization": f"Bearer {srv.token()}"},
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
     artifact = {"key": "weights", "type": "custom", "mode": "output",
-                "uri": f"{srv.url}/files/{path}", "content_size": len(ARTIFACT)}  # fmt: skip
+                "uri": upload(srv, path, ARTIFACT), "content_size": len(ARTIFACT)}  # fmt: skip
     srv.send("tasks.add_or_update_artifacts", {"task": main, "artifacts": [artifact]})
+    model_uri = upload(srv, f"ui/task.{main}/models/model-{suffix}.pt", MODEL)
+    body = {"name": f"model {suffix}", "uri": model_uri, "framework": "PyTorch", "task": main}
+    model = srv.send("models.create", body)["id"]
+    srv.send(
+        "tasks.add_or_update_model",
+        {"task": main, "name": "best", "model": model, "type": "output"},
+    )
+    image_url = upload(srv, f"ui/task.{main}/metrics/sample-{suffix}.png", png(8, 6))
     others = [new_task(srv, f"sweep {i:02d} {suffix}", project=project) for i in range(30)]
     now = int(time.time() * 1000)
     events: list[dict[str, Any]] = []
@@ -98,6 +131,10 @@ def world(embedded_server_session: Any) -> dict[str, Any]:
     events.append(
         {"task": main, "type": "plot", "metric": "histogram", "variant": "classes", "iter": 0,
          "plot_str": json.dumps(figure), "timestamp": now}
+    )  # fmt: skip
+    events.append(
+        {"task": main, "type": "training_debug_image", "metric": "samples", "variant": "input",
+         "iter": 3, "url": image_url, "timestamp": now}
     )  # fmt: skip
     add_events(srv, events)
     return {
@@ -271,7 +308,17 @@ def test_task_page_tabs(ui: UiBrowser, world: dict[str, Any]) -> None:
     assert link.text.endswith(f"weights-{world['suffix']}.bin")
     link.click()
     assert ui.downloaded(f"weights-{world['suffix']}.bin").read_bytes() == ARTIFACT
+    model_link = ui.find("#models a.model-link")
+    assert model_link.text.endswith(f"model-{world['suffix']}.pt")
+    model_link.click()
+    assert ui.downloaded(f"model-{world['suffix']}.pt").read_bytes() == MODEL
+    assert "PyTorch" in ui.text("#models")
     ui.screenshot("task-artifacts")
+    ui.open(f"/tasks/{main}?tab=debug")
+    image = ui.wait("#debug img.debug-image")
+    ui.wait_until(lambda: ui.js("return arguments[0].naturalWidth", image) == 8, what="image")
+    assert "samples / input · iteration 3" in ui.text("#debug")
+    ui.screenshot("task-debug-samples")
     assert ui.errors() == []
 
 
@@ -331,3 +378,49 @@ def test_bulk_archive_and_enqueue(ui: UiBrowser, world: dict[str, Any]) -> None:
     assert len(ui.find_all("#task-table td.name a")) >= 3
     for task_id in picked:
         assert "archived" in srv.send("tasks.get_by_id", {"task": task_id})["task"]["system_tags"]
+
+
+def test_console_pages_across_a_shared_timestamp(ui: UiBrowser, world: dict[str, Any]) -> None:
+    """Events that share a millisecond across page boundaries are all shown, once, in order;
+    the live tail adds new events of the newest millisecond once."""
+    srv = world["srv"]
+    task = new_task(srv, "console paging", project=world["project"])
+    t0 = int(time.time() * 1000)
+    stamps = [t0] * 5 + [t0 + 1] * 10 + [t0 + 2] * 10
+    add_events(srv, [{"task": task, "type": "log", "msg": f"line {i:02d}", "timestamp": ts}
+                     for i, ts in enumerate(stamps)])  # fmt: skip
+    ui.open(f"/tasks/{task}?tab=console&console_page=4")
+
+    def shown() -> list[str]:
+        return [e.text for e in ui.find_all("#console .line")]
+
+    ui.wait_until(lambda: shown() == [f"line {i:02d}" for i in range(21, 25)], what="newest 4")
+    for _ in range(8):
+        ui.find("#console-older").click()
+        time.sleep(0.3)
+    ui.wait_until(lambda: len(shown()) == 25, what="all 25 lines")
+    assert shown() == [f"line {i:02d}" for i in range(25)]
+    add_events(srv, [{"task": task, "type": "log", "msg": f"late {i}", "timestamp": t0 + 2}
+                     for i in range(3)])  # fmt: skip
+    ui.wait_until(lambda: len(shown()) == 28, 20, "tail")
+    assert shown()[25:] == ["late 0", "late 1", "late 2"]
+    time.sleep(2.5)  # another tail poll: nothing shown twice
+    assert len(shown()) == 28
+    assert ui.errors() == []
+
+
+def test_hostile_query_values_get_4xx_or_defaults(ui: UiBrowser, world: dict[str, Any]) -> None:
+    session = ui.session()
+    url = world["srv"].url
+    huge = "9" * 5000
+    page = session.get(f"{url}/tasks?size={huge}&page={huge}&sort=;drop&status=nope")
+    assert page.status_code == 200
+    assert session.get(f"{url}/tasks/{world['main']}?tab=console&console_page={huge}").ok
+    reply = session.get(f"{url}/data/tasks/{world['main']}/console?before={huge}")
+    assert reply.status_code == 400
+    assert "before" in reply.json()["error"]
+    assert session.get(f"{url}/data/tasks/{'f' * 32}/console").status_code == 400
+    assert session.get(f"{url}/tasks/{'f' * 32}").status_code == 400
+    assert session.get(f"{url}/data/tasks/{world['main']}/events?kind=x").status_code == 400
+    assert session.get(f"{url}/static/..%2Fcore.py").status_code == 404
+    assert requests.get(f"{url}/data/tasks/{world['main']}/console").status_code == 401

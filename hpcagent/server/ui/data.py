@@ -20,6 +20,7 @@ from hpcagent.server.ui.core import STATIC, Identity, Ui, bad_request
 from hpcagent.server.ui.session import secure_headers
 
 CONSOLE_PAGE = 1000  # log events per console page
+MAX_BATCH = 10000  # the most events.get_task_log returns at once
 SCALAR_SAMPLES = 2000  # points per series the charts draw (the server samples longer ones)
 EVENT_TYPES = {"plot": "plot", "debug": "training_debug_image"}
 STATIC_FILES = {"ui.js": "text/javascript", "ui.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -56,18 +57,30 @@ def log_lines(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def routes(ui: Ui) -> list[BaseRoute]:
     async def console(request: Request, identity: Identity) -> Response:
-        """A page of the console: the newest (default), those ``before`` a timestamp (older
-        pages), or those ``after`` one (the live tail); always oldest first."""
+        """A page of the console, always oldest first: the newest ``size`` events (default),
+        those before the ``before`` timestamp (older pages) or after ``after`` (the live tail).
+
+        Events can share a millisecond, so a page boundary can fall inside one timestamp: the
+        page script says how many events of that boundary timestamp it already shows
+        (``skip``); the page asks for the boundary timestamp again and leaves those out, so no
+        line is lost or shown twice."""
         task_id = request.path_params["task_id"]
         before = _int_param(request, "before")
         after = _int_param(request, "after")
-        body: dict[str, Any] = {"task": task_id, "batch_size": CONSOLE_PAGE, "order": "asc"}
+        skip = max(0, min(_int_param(request, "skip") or 0, MAX_BATCH - CONSOLE_PAGE))
+        size = max(1, min(_int_param(request, "size") or CONSOLE_PAGE, CONSOLE_PAGE))
+        body: dict[str, Any] = {"task": task_id, "batch_size": size, "order": "asc"}
         if after is not None:
-            body.update(navigate_earlier=False, from_timestamp=after)
+            body.update(navigate_earlier=False, from_timestamp=after - 1, batch_size=size + skip)
         elif before is not None:
-            body.update(navigate_earlier=True, from_timestamp=before)
+            body.update(navigate_earlier=True, from_timestamp=before + 1, batch_size=size + skip)
         data = ui.call(identity, "events.get_task_log", body)
-        return ui.json({"lines": log_lines(data["events"]), "total": data["total"]})
+        events = data["events"]
+        if after is not None:
+            events = events[skip:]
+        elif before is not None:
+            events = events[: max(0, len(events) - skip)]
+        return ui.json({"lines": log_lines(events), "total": data["total"]})
 
     async def download(request: Request, identity: Identity) -> Response:
         """The whole console as a text file, streamed in pages of the events API."""

@@ -138,6 +138,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
             sections=present.hyper_sections(task),
             requirements=present.requirements_text(task),
             models=_models(ui, identity, task) if tab == "artifacts" else [],
+            console_page=_console_page(request),
             signed_in=True,
         )
 
@@ -168,6 +169,14 @@ def routes(ui: Ui) -> list[BaseRoute]:
         Route("/tasks/{task_id:str}/edit", ui.page(edit_page), methods=["GET"]),
         Route("/projects/{project_id:str}/experiments/{task_id:str}{rest:path}", sdk_link),
     ]
+
+
+def _console_page(request: Request) -> int:
+    """Console events per page: ``console_page`` in the URL (1..1000), else 1000."""
+    value = request.query_params.get("console_page") or ""
+    if value.isdigit() and len(value) <= 6 and int(value) > 0:
+        return min(int(value), 1000)
+    return 1000
 
 
 def _models(ui: Ui, identity: Identity, task: dict[str, Any]) -> list[dict[str, Any]]:

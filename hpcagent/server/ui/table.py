@@ -15,15 +15,15 @@ from hpcagent.server.ui.present import urlencode
 
 PAGE_SIZES = (25, 50, 100, 200)
 DEFAULT_SORT = "-created"
-#: Columns the table sorts by: (label, tasks.get_all order key). The first five are columns of
-#: the database and page in SQL; the others sort every matching task.
+#: Columns the table sorts by: (label, tasks.get_all order key). Each is a column of the
+#: database (store.TASK_SORT_COLUMNS), so every sort pages in SQL (a sort by a document field
+#: would read and sort every task: seconds at 100,000 tasks).
 SORTS = (
     ("created", "created"),
     ("name", "name"),
     ("status", "status"),
     ("project", "project"),
     ("id", "id"),
-    ("type", "type"),
     ("started", "started"),
     ("updated", "last_update"),
 )
@@ -80,7 +80,7 @@ class TableView:
             name=query.get("name") or "",
             sort=sort,
             page=int(page) if page.isdigit() and len(page) < 7 else 0,
-            size=int(size) if size.isdigit() and int(size) in PAGE_SIZES else PAGE_SIZES[1],
+            size=int(size) if size in {str(n) for n in PAGE_SIZES} else PAGE_SIZES[1],
             cols=tuple(c for c in query.getlist("col") if c)[:12],
             archived=query.get("archived") == "1",
         )

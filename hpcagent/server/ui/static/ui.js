@@ -42,8 +42,10 @@
 
   // ---- console -------------------------------------------------------------------------------
   function Console(box) {
-    var base = "/data/tasks/" + encodeURIComponent(box.dataset.task) + "/console";
-    var oldest = null, newest = null, total = 0;
+    var base = "/data/tasks/" + encodeURIComponent(box.dataset.task) + "/console?size=" +
+      encodeURIComponent(box.dataset.pageSize || "1000");
+    // The boundary timestamps and how many events of each are shown (events share a ms).
+    var oldest = null, newest = null, oldestCount = 0, newestCount = 0, total = 0;
     var search = document.getElementById("console-search");
     var tail = document.getElementById("console-tail");
     var count = document.getElementById("console-count");
@@ -76,6 +78,8 @@
         total = data.total;
         if (!data.lines.length) { applySearch(); return 0; }
         var first = data.lines[0].ts, last = data.lines[data.lines.length - 1].ts;
+        var atFirst = data.lines.filter(function (ev) { return ev.ts === first; }).length;
+        var atLast = data.lines.filter(function (ev) { return ev.ts === last; }).length;
         var atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
         var frag = render(data.lines);
         if (where === "top") {
@@ -86,20 +90,23 @@
           box.appendChild(frag);
           if (atBottom || where === "init") box.scrollTop = box.scrollHeight;
         }
-        if (oldest === null || first < oldest) oldest = first;
-        if (newest === null || last > newest) newest = last;
+        if (oldest === null || first < oldest) { oldest = first; oldestCount = atFirst; }
+        else if (first === oldest) oldestCount += atFirst;
+        if (newest === null || last > newest) { newest = last; newestCount = atLast; }
+        else if (last === newest) newestCount += atLast;
         applySearch();
         return data.lines.length;
       }).catch(function (err) { showError(box, err); });
     }
     load(base, "init");
     older.addEventListener("click", function () {
-      if (oldest !== null) load(base + "?before=" + oldest, "top");
+      if (oldest !== null) load(base + "&before=" + oldest + "&skip=" + oldestCount, "top");
     });
     search.addEventListener("input", applySearch);
     window.setInterval(function () {
       if (tail.checked && !document.hidden) {
-        load(base + (newest === null ? "" : "?after=" + newest), newest === null ? "init" : "bottom");
+        load(base + (newest === null ? "" : "&after=" + newest + "&skip=" + newestCount),
+             newest === null ? "init" : "bottom");
       }
     }, 2000);
   }

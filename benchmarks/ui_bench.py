@@ -1,0 +1,205 @@
+"""Benchmark of the web UI at lab scale: the task table with 100,000 tasks, a console of
+1,000,000 lines, a scalar series of 100,000 points.
+
+The data dir is filled through the server's own :class:`Store` (not timed: 100,000 task
+documents, 1,000,000 one-line log events on one task, 100,000 scalar points on another), then a
+real ``hpcagent server`` process is started on it and a signed-in ``requests`` session times
+each page over loopback (so every figure includes HTTP; the server-side time is lower):
+
+* task table: the first page (50 rows) of the default view, of a status filter, of a name
+  sort, of a start-time sort, and page 100;
+* projects page (task counts per status);
+* console: the Console tab plus its first data page (= what "opening" costs), then 10 older
+  pages;
+* scalars: the Scalars data of a 100,000-point series, sampled by the server to 2,000 points.
+
+Prints p50/p90 per item. Goals (issue 16): table first page <= 100 ms p50, console opens in
+<= 1 s and pages, the 100,000-point series drawn sampled.
+
+    .venv/bin/python benchmarks/ui_bench.py [--tasks 100000] [--lines 1000000] [--repeat 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import requests
+from server_bench import ACCESS_KEY, SECRET_KEY, _free_port, _start_server
+
+STATUSES = ("completed", "failed", "stopped", "created", "queued", "in_progress")
+
+
+def fill(data_dir: Path, tasks: int, lines: int, points: int) -> tuple[str, str]:
+    """Write the benchmark's data with the server's Store; returns (console task, scalar task)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hpcagent.server.routes.tasks import new_task_doc
+    from hpcagent.server.store import Store, dumps
+
+    class _Ctx:
+        user = "bench"
+        company = "bench"
+
+    store = Store(data_dir / "server.db")
+    projects = [uuid.uuid4().hex for _ in range(20)]
+    with store.write() as conn:
+        for i, pid in enumerate(projects):
+            doc = {"id": pid, "name": f"project {i}", "created": f"2026-01-01T00:00:{i:02d}"}
+            conn.execute(
+                "INSERT INTO projects(id, name, created, doc) VALUES (?,?,?,?)",
+                (pid, doc["name"], doc["created"], dumps(doc)),
+            )
+        ids: list[str] = []
+        rows = []
+        for i in range(tasks):
+            created = f"2026-{1 + i * 12 // tasks:02d}-01T00:00:00.{i:09d}"
+            doc = new_task_doc(_Ctx(), f"sweep lr={i % 997} seed={i}", created)  # type: ignore[arg-type]
+            doc["status"] = STATUSES[i % len(STATUSES)]
+            doc["project"] = projects[i % len(projects)]
+            doc["started"] = created
+            doc["hyperparams"] = {
+                "Args": {"lr": {"section": "Args", "name": "lr", "value": str(i % 997)}},
+                "properties": {"slurm-job-id": {"section": "properties",
+                                                "name": "slurm-job-id", "value": str(i)}},
+            }  # fmt: skip
+            ids.append(doc["id"])
+            rows.append(
+                (doc["id"], doc["name"], doc["project"], doc["status"], created, dumps(doc),
+                 created, created)
+            )  # fmt: skip
+        conn.executemany(
+            "INSERT INTO tasks(id, name, project, status, created, doc, started, last_update) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            rows,
+        )
+    console, scalars = ids[-1], ids[-2]
+    start = int(time.time() * 1000) - lines
+    batch = 100_000
+    for first in range(0, lines, batch):
+        with store.write() as conn:
+            conn.executemany(
+                "INSERT INTO events(task, type, ts, iter, metric, variant, doc) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (
+                    (console, "log", start + n, None, None, None,
+                     orjson.dumps({"task": console, "type": "log", "timestamp": start + n,
+                                   "level": "info", "msg": f"step {n}: loss=0.{n % 1000:03d}"}))
+                    for n in range(first, min(first + batch, lines))
+                ),
+            )  # fmt: skip
+    with store.write() as conn:
+        conn.executemany(
+            "INSERT INTO events(task, type, ts, iter, metric, variant, doc) VALUES (?,?,?,?,?,?,?)",
+            (
+                (scalars, "training_stats_scalar", start + n, n, "loss", "train",
+                 orjson.dumps({"task": scalars, "type": "training_stats_scalar", "iter": n,
+                               "metric": "loss", "variant": "train", "value": 1 / (n + 1),
+                               "timestamp": start + n}))
+                for n in range(points)
+            ),
+        )  # fmt: skip
+    store.close()
+    return console, scalars
+
+
+def sign_in(url: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(f"{url}/login", timeout=30).text
+    match = re.search(r'name="nonce" value="([^"]+)"', page)
+    assert match, "no sign-in form"
+    form = {"nonce": match.group(1), "next": "/tasks",
+            "access_key": ACCESS_KEY, "secret_key": SECRET_KEY}  # fmt: skip
+    reply = session.post(f"{url}/login", data=form, allow_redirects=False, timeout=30)
+    assert reply.status_code == 303, reply.text[:300]
+    return session
+
+
+def timed(
+    session: requests.Session, url: str, repeat: int
+) -> tuple[list[float], requests.Response]:
+    times: list[float] = []
+    reply = session.get(url, timeout=120)  # warm-up (and the reply to check)
+    reply.raise_for_status()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        session.get(url, timeout=120).raise_for_status()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times, reply
+
+
+def report(label: str, times: list[float], extra: str = "") -> None:
+    ordered = sorted(times)
+    p50 = statistics.median(ordered)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    print(f"{label:<58} p50 {p50:8.1f} ms   p90 {p90:8.1f} ms   {extra}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    print(f"machine: {platform.node()} {platform.machine()} nproc={os.cpu_count()} "
+          f"python {platform.python_version()}", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ui-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir(mode=0o700)
+        t0 = time.perf_counter()
+        console, scalars = fill(data_dir, args.tasks, args.lines, args.points)
+        print(f"filled {args.tasks} tasks, {args.lines} log lines, {args.points} scalar points "
+              f"in {time.perf_counter() - t0:.0f} s (not timed below)", flush=True)  # fmt: skip
+        port = _free_port()
+        proc = _start_server(data_dir, port)  # the server benchmark's start (waits for ping)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            session = sign_in(url)
+            n = args.repeat
+            for label, path in (
+                ("task table, first page (default view, 50 rows)", "/tasks"),
+                ("task table, first page, status=failed", "/tasks?status=failed"),
+                ("task table, first page, sorted by name", "/tasks?sort=name"),
+                ("task table, page 100 (rows 5,001-5,050)", "/tasks?page=100"),
+                ("task table, first page, sorted by started", "/tasks?sort=-started"),
+                ("projects page (counts per status)", "/projects"),
+            ):
+                times, reply = timed(session, url + path, n)
+                rows = reply.text.count("<tr data-task=")
+                report(label, times, f"{rows} rows")
+            page_times, _ = timed(session, f"{url}/tasks/{console}?tab=console", n)
+            data_times, first = timed(session, f"{url}/data/tasks/{console}/console", n)
+            opened = [a + b for a, b in zip(page_times, data_times, strict=True)]
+            body = first.json()
+            report("console of 1M lines: open (tab + newest page)", opened,
+                   f"{len(body['lines'])} lines of {body['total']}")  # fmt: skip
+            older = []
+            oldest = body["lines"][0]["ts"]
+            for _ in range(10):
+                t0 = time.perf_counter()
+                page = session.get(f"{url}/data/tasks/{console}/console?before={oldest}",
+                                   timeout=120).json()  # fmt: skip
+                older.append((time.perf_counter() - t0) * 1000)
+                oldest = page["lines"][0]["ts"]
+            report("console of 1M lines: one older page (1,000 lines)", older)
+            times, reply = timed(session, f"{url}/data/tasks/{scalars}/scalars", min(n, 10))
+            points = len(reply.json()["loss"]["train"]["x"])
+            report(f"scalars: {args.points}-point series, sampled", times, f"{points} points drawn")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
