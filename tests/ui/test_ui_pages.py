@@ -47,13 +47,17 @@ def upload(srv: Any, path: str, content: bytes) -> str:
 
 
 def png(width: int, height: int) -> bytes:
-    """A red RGB PNG of ``width`` x ``height`` pixels."""
+    """An RGB PNG of ``width`` x ``height`` pixels (a red-to-blue gradient)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    raw = b"".join(
+        b"\x00" + b"".join(bytes((255 - x * 255 // width, y * 255 // height, x * 255 // width))
+                           for x in range(width))
+        for y in range(height)
+    )  # fmt: skip
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -109,7 +113,7 @@ def world(embedded_server_session: Any) -> dict[str, Any]:
         "tasks.add_or_update_model",
         {"task": main, "name": "best", "model": model, "type": "output"},
     )
-    image_url = upload(srv, f"ui/task.{main}/metrics/sample-{suffix}.png", png(8, 6))
+    image_url = upload(srv, f"ui/task.{main}/metrics/sample-{suffix}.png", png(240, 135))
     others = [new_task(srv, f"sweep {i:02d} {suffix}", project=project) for i in range(30)]
     now = int(time.time() * 1000)
     events: list[dict[str, Any]] = []
@@ -145,6 +149,7 @@ def world(embedded_server_session: Any) -> dict[str, Any]:
         "main": main,
         "others": others,
         "suffix": suffix,
+        "now": now,
     }
 
 
@@ -296,6 +301,29 @@ def test_task_page_tabs(ui: UiBrowser, world: dict[str, Any]) -> None:
     assert ui.js("return document.querySelector('.scalar-chart').data[0].x") == list(range(20))
     ui.find("#log-scale").click()
     assert ui.js("return document.querySelector('.scalar-chart').layout.yaxis.type") == "log"
+    # smoothing: an exponential moving average with the slider's weight
+    ui.js(
+        "var s = document.getElementById('smoothing'); s.value = '0.5';"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    smoothed = ui.js("return document.querySelector('.scalar-chart').data[0].y")
+    assert smoothed[:3] == [1.0, 0.75, 0.75 * 0.5 + (1 / 3) * 0.5]
+    # x axis by time: the points' timestamps
+    ui.find("#x-axis option[value=time]").click()
+    ui.wait_until(
+        lambda: (
+            ui.js("return document.querySelector('.scalar-chart').layout.xaxis.title.text")
+            == "time"
+        )
+    )
+    first_x = ui.js("return document.querySelector('.scalar-chart').data[0].x[0].getTime()")
+    assert abs(first_x - world["now"]) < 1000
+    ui.find("#x-axis option[value=iter]").click()
+    ui.js(
+        "var s = document.getElementById('smoothing'); s.value = '0';"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    ui.wait_until(lambda: ui.js("return document.querySelector('.scalar-chart').data[0].x[0]") == 0)
     ui.screenshot("task-scalars")
     ui.open(f"/tasks/{main}?tab=plots")
     ui.wait_until(lambda: ui.js("return !!document.querySelector('.plot-chart .main-svg')"))
@@ -316,7 +344,7 @@ def test_task_page_tabs(ui: UiBrowser, world: dict[str, Any]) -> None:
     ui.screenshot("task-artifacts")
     ui.open(f"/tasks/{main}?tab=debug")
     image = ui.wait("#debug img.debug-image")
-    ui.wait_until(lambda: ui.js("return arguments[0].naturalWidth", image) == 8, what="image")
+    ui.wait_until(lambda: ui.js("return arguments[0].naturalWidth", image) == 240, what="image")
     assert "samples / input · iteration 3" in ui.text("#debug")
     ui.screenshot("task-debug-samples")
     assert ui.errors() == []
@@ -424,3 +452,27 @@ def test_hostile_query_values_get_4xx_or_defaults(ui: UiBrowser, world: dict[str
     assert session.get(f"{url}/data/tasks/{world['main']}/events?kind=x").status_code == 400
     assert session.get(f"{url}/static/..%2Fcore.py").status_code == 404
     assert requests.get(f"{url}/data/tasks/{world['main']}/console").status_code == 401
+
+
+def test_reset_and_delete_from_the_task_page(ui: UiBrowser, world: dict[str, Any]) -> None:
+    srv = world["srv"]
+    task = new_task(srv, "reset and delete me", project=world["project"])
+    srv.send("tasks.enqueue", {"task": task, "queue": world["queue"]})
+    srv.send("tasks.started", {"task": task, "force": True})
+    srv.send("tasks.failed", {"task": task, "force": True, "status_message": "boom"})
+    add_events(srv, [{"task": task, "type": "log", "msg": "old line", "timestamp": 1}])
+    ui.open(f"/tasks/{task}")
+    assert ui.text("#task-status") == "failed"
+    ui.find("#reset").click()
+    assert "Reset this task" in ui.accept_confirm()
+    ui.wait_until(lambda: ui.text("#task-status") == "created")
+    assert srv.send("events.get_task_log", {"task": task})["total"] == 0
+    ui.find("#delete").click()
+    ui.driver.switch_to.alert.dismiss()  # cancelled: nothing happens
+    assert ui.text("#task-status") == "created"
+    ui.find("#delete").click()
+    assert "Delete this task" in ui.accept_confirm()
+    ui.wait_until(lambda: ui.path() == "/tasks")
+    reply = srv.request("tasks.get_by_id", {"task": task})
+    assert reply.status_code == 400
+    assert ui.errors() == []
