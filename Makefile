@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-unit slurm-up slurm-down docker-up browser demo bench clean help cluster-up cluster-down cluster-test
+.PHONY: install lint test test-unit slurm-up slurm-down gridengine-up gridengine-down docker-up browser demo bench clean help cluster-up cluster-down cluster-test
 
 help:
 	@echo "make demo    install, then run an example task end to end on the embedded server"
-	@echo "make test    install, start the local one-host Slurm, run lint and every test"
-	@echo "make lint    ruff + mypy --strict"
+	@echo "make test    install, start the local one-host Slurm and Grid Engine, run lint and every test"
+	@echo "make lint    ruff + mypy --strict + lint-imports (the layering of docs/structure.md)"
 	@echo "make bench   run the benchmarks and print their figures"
 
 $(STAMP): pyproject.toml
@@ -26,12 +26,19 @@ lint: install
 	$(VENV)/bin/ruff check hpcagent tests benchmarks examples
 	$(VENV)/bin/ruff format --check hpcagent tests benchmarks examples
 	$(VENV)/bin/mypy hpcagent
+	$(VENV)/bin/lint-imports
 
 slurm-up:
 	bash tests/slurm/cluster.sh up
 
 slurm-down:
 	bash tests/slurm/cluster.sh down
+
+gridengine-up:
+	bash tests/gridengine/cell.sh up
+
+gridengine-down:
+	bash tests/gridengine/cell.sh down
 
 # The Docker engine for Docker mode and `hpcagent build` (installs docker.io and starts dockerd
 # as root when missing; idempotent).
@@ -45,7 +52,7 @@ browser:
 test-unit: install
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: install lint slurm-up docker-up browser
+test: install lint slurm-up gridengine-up docker-up browser
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install

@@ -130,7 +130,8 @@ class SchedulerError(CommandError):
 
 
 class SubmitError(SchedulerError):
-    """sbatch rejected a job (bad partition, account, GRES, directive, ...)."""
+    """The scheduler rejected a job (sbatch: bad partition, account, GRES, directive; qsub: unknown
+    resource or queue, ...)."""
 
 
 class TransientSchedulerError(SchedulerError):

@@ -28,6 +28,8 @@ from hpcagent.server.auth import Credentials, clearml_conf_snippet
 
 #: Job scripts and outputs must be readable by slurmd: keep them off pytest's private tmp.
 SLURM_WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")
+#: Job folders of the Grid Engine tests (tests/gridengine).
+GRIDENGINE_WORK_ROOT = Path("/var/tmp/hpcagent-gridengine-tests")
 
 #: ``hpcagent-slurm`` as a child process: ``[*SLURM_MAIN, "--queue", ...]``.
 SLURM_MAIN = [sys.executable, "-c", "from hpcagent.cli import slurm_main; slurm_main()"]

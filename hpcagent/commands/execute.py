@@ -12,6 +12,7 @@ from hpcagent.config import load_settings
 from hpcagent.executor.main import Executor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.task_info import worker_id
+from hpcagent.scheduler import registry
 
 
 @click.command("execute")
@@ -79,13 +80,15 @@ def execute_cmd(
     10 repository/diff failure; 11 environment/setup-script failure; 8 other executor error.
 
     \b
-    Environment: CLEARML_WORKER_ID (worker id; else <host>:slurm-<SLURM_JOB_ID> or
-    <host>:<pid>), SLURM_PROCID/RANK (only rank 0 writes statuses), the usual CLEARML_API_*.
+    Environment: CLEARML_WORKER_ID (worker id; else <host>:<scheduler>-<job id> inside a
+    Slurm, Grid Engine or local job, or <host>:<pid>), the scheduler's job variables
+    (SLURM_JOB_ID, JOB_ID, HPCAGENT_JOB_ID), SLURM_PROCID/RANK (only rank 0 writes statuses),
+    the usual CLEARML_API_*.
     """
     obj = ctx.find_object(dict) or {}
     settings = load_settings(config_file=obj.get("config_file"), cli_overrides={})
     cfg = ExecutorConfig.from_settings(settings)
-    wid = worker_id(os.environ, cfg.worker_id)
+    wid = worker_id(os.environ, cfg.worker_id, registry.job_identity(os.environ))
     client = ApiClient.from_settings(settings, worker=wid)
     # Background threads (logs, abort poll, metrics) fail fast so they can spool and retry.
     bg_client = ApiClient.from_settings(settings, worker=wid, retries=1, timeout_s=15.0)
@@ -107,14 +110,11 @@ def execute_cmd(
         client.close()
         bg_client.close()
     if executor.abort is not None and settings.get("slurm.cancel_job_on_abort", True):
-        # The task is stopped and reported: end the Slurm job as cancelled, not completed.
+        # The task is stopped and reported: end the job as cancelled, not completed.
         from hpcagent.errors import SchedulerError
-        from hpcagent.scheduler.slurm import cancel_own_job
 
         try:
-            cancel_own_job()
+            registry.cancel_own_job()
         except SchedulerError as exc:
-            click.echo(
-                f"hpcagent: could not cancel this Slurm job after the abort: {exc}", err=True
-            )
+            click.echo(f"hpcagent: could not cancel this job after the abort: {exc}", err=True)
     ctx.exit(code)

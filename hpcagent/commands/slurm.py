@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from hpcagent.commands.longrunning import (
     work_hours,
 )
 from hpcagent.errors import UsageError
+from hpcagent.scheduler import registry
 from hpcagent.submitter.instance import SUBMITTER_FILES, cmdline
 from hpcagent.templating import check_file, resolve_template
 
@@ -183,9 +183,10 @@ class _SlurmCommand(GreedyCommand):
 @click.option(
     "--scheduler",
     "scheduler_kind",
-    type=click.Choice(["auto", "slurm", "local"]),
     default="auto",
-    help="slurm, local (no Slurm: run scripts here), or auto (slurm when sbatch exists).",
+    metavar="NAME",
+    help="A registered scheduler backend (slurm, gridengine, local: run scripts here, or one "
+    "a plugin registers), or auto: the first available of slurm, gridengine, local.",
 )
 @click.option(
     "--uptime",
@@ -247,6 +248,8 @@ def slurm_cmd(
     for _, path in pairs:
         if not path.is_file():
             raise UsageError(f"template file not found: {path}")
+    if scheduler_kind != "auto":
+        registry.get(scheduler_kind)  # an unknown name is a usage error before anything starts
     for path in dict.fromkeys(p for _, p in pairs):
         check_file(path)  # exit 7 with file:line:column before any task is taken
     if mode == "detached":
@@ -276,6 +279,5 @@ def slurm_cmd(
         downtime=downtime_spans,
         worker_id=settings.agent.worker_id or f"{socket.gethostname()}:hpcagent-slurm",
         job_config=write_job_config(settings, state),
-        sbatch_available=shutil.which("sbatch") is not None,
     )
     run_submitter(settings, req, echo=click.echo)

@@ -187,7 +187,6 @@ def _serve(
         can_start=slots.can_start,
         task_vars=slots.task_vars,
         report_extra=report_extra,
-        job_label="local job",
     )
     submitter = Submitter(client, scheduler, ledger, opts, settings.get)
     log.info(

@@ -5,7 +5,8 @@ Slurm job in its runtime → start log shipping and abort polling → workspace 
 literal script, diff) → setup scripts → venv → record installed packages → run the entry point
 with monitoring → final status (completed / failed / stopped) → flush logs.
 
-Only rank 0 (``SLURM_PROCID``/``RANK`` unset or 0) writes statuses, runtime and requirements.
+Only rank 0 (the scheduler's rank, e.g. ``SLURM_PROCID``, else ``RANK``; unset or 0) writes
+statuses, runtime and requirements.
 The exit status of the executor: 0 when the task completed or was stopped by the user; the
 task's own exit code when it failed; ``128 + signal`` when the executor was signalled; the
 error's ``exit_code`` (see hpcagent.errors) when the executor itself failed.
@@ -45,12 +46,12 @@ from hpcagent.executor.task_info import (
     TaskInfo,
     entry_argv,
     final_status,
-    job_id,
     rank,
     runtime_record,
     should_run,
 )
 from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python
+from hpcagent.scheduler import registry
 
 
 class Client(Protocol):
@@ -96,7 +97,8 @@ class Executor:
         self.opts = opts
         self.env = dict(os.environ if env is None else env)
         self.echo = echo if echo is not None else sys.stdout.buffer
-        self.rank = rank(self.env)
+        self.job = registry.job_identity(self.env)
+        self.rank = rank(self.env, self.job)
         self.worker = opts.worker_id
         self.task_id = opts.task_id
         self.shipper: LogShipper | None = None
@@ -191,7 +193,7 @@ class Executor:
             self.task_id = str(self.client.send("tasks.clone", {"task": self.task_id})["id"])
             self.note(f"running clone {self.task_id} of task {task.id}")
             task = self._fetch(self.task_id)
-        ok, why = should_run(task, job_id(self.env), self.opts.force or self.opts.clone)
+        ok, why = should_run(task, self.job, self.opts.force or self.opts.clone)
         if not ok:
             self.note(f"not running task {task.id}: {why}")
             return 0
@@ -270,7 +272,7 @@ class Executor:
                 return False
         self._status("started", "worker started execution", f"Changed by hpcagent {self.worker}")
         try:
-            keys = runtime_record(self.env, self.worker, socket.gethostname())
+            keys = runtime_record(self.job, self.worker, socket.gethostname())
             merge_runtime(self.client, self.task_id, keys)
             self.client.send(
                 "workers.status_report",

@@ -16,6 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcagent.scheduler.base import (
+    LEGACY_PROP_JOB_ID,
+    LEGACY_RUNTIME_JOB_ID,
+    PROP_JOB_ID,
+    RUNTIME_JOB_ID,
+    RUNTIME_NODES,
+    RUNTIME_SCHEDULER,
+    JobIdentity,
+)
+
 #: Statuses after which a task must not be (re)started without ``--force``.
 TERMINAL_STATUSES = frozenset(
     {"stopped", "closed", "failed", "completed", "published", "publishing"}
@@ -54,7 +64,7 @@ class TaskInfo:
     args: tuple[tuple[str, str], ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     runtime: Mapping[str, Any] = field(default_factory=dict)
-    #: ``hyperparams.properties`` (the submitter records ``slurm-job-id`` there).
+    #: ``hyperparams.properties`` (the submitter records its job there: ``job-id``, ...).
     properties: Mapping[str, str] = field(default_factory=dict)
     container_image: str = ""
     container_arguments: str = ""
@@ -130,45 +140,55 @@ def entry_argv(python: str, script: ScriptInfo) -> list[str]:
     return [python, "-u", *parts]  # "-m pkg.mod ..." and "script.py ..." alike
 
 
-def worker_id(env: Mapping[str, str] | None = None, configured: str = "") -> str:
-    """``CLEARML_WORKER_ID``, else the configured id, else ``<host>:slurm-<job>``, else
-    ``<host>:<pid>``."""
+def worker_id(
+    env: Mapping[str, str] | None = None, configured: str = "", job: JobIdentity | None = None
+) -> str:
+    """``CLEARML_WORKER_ID``, else the configured id, else ``<host>:<scheduler>-<job id>``
+    inside a scheduler's job (``vm:slurm-42``), else ``<host>:<pid>``."""
     env = os.environ if env is None else env
     if env.get("CLEARML_WORKER_ID"):
         return env["CLEARML_WORKER_ID"]
     if configured:
         return configured
     host = socket.gethostname()
-    if env.get("SLURM_JOB_ID"):
-        return f"{host}:slurm-{env['SLURM_JOB_ID']}"
+    if job is not None:
+        return f"{host}:{job.scheduler}-{job.job_id}"
     return f"{host}:{os.getpid()}"
 
 
-def rank(env: Mapping[str, str] | None = None) -> int:
-    """The process rank: ``SLURM_PROCID``, else ``RANK``, else 0 (unparsable counts as 0)."""
+def rank(env: Mapping[str, str] | None = None, job: JobIdentity | None = None) -> int:
+    """The process rank: the scheduler's (``SLURM_PROCID``), else ``RANK`` (torchrun and
+    similar launchers), else 0 (unparsable counts as 0)."""
     env = os.environ if env is None else env
-    for name in ("SLURM_PROCID", "RANK"):
-        value = env.get(name)
-        if value:
-            try:
-                return int(value)
-            except ValueError:
-                return 0
+    if job is not None and job.rank is not None:
+        return job.rank
+    value = env.get("RANK")
+    if value:
+        try:
+            return int(value)
+        except ValueError:
+            return 0
     return 0
 
 
-def job_id(env: Mapping[str, str]) -> str:
-    """The scheduler job this process runs in: ``SLURM_JOB_ID``, else the local scheduler's
-    ``HPCAGENT_JOB_ID`` (``hpcagent daemon``), else ""."""
-    return env.get("SLURM_JOB_ID") or env.get("HPCAGENT_JOB_ID") or ""
+def recorded_job(task: TaskInfo) -> str:
+    """The job id recorded on the task: the submitter's property (``job-id``; ``slurm-job-id``
+    on tasks submitted before), else an earlier executor's ``runtime`` (``job_id``;
+    ``slurm_job_id``); "" when none is."""
+    for value in (
+        *(task.properties.get(k) for k in (PROP_JOB_ID, LEGACY_PROP_JOB_ID)),
+        *(task.runtime.get(k) for k in (RUNTIME_JOB_ID, LEGACY_RUNTIME_JOB_ID)),
+    ):
+        if value:
+            return str(value)
+    return ""
 
 
-def should_run(task: TaskInfo, job: str, force: bool) -> tuple[bool, str]:
-    """Decide whether the task runs here; returns ``(run, reason)``. ``job`` is
-    :func:`job_id` ("" when run by hand).
+def should_run(task: TaskInfo, job: JobIdentity | None, force: bool) -> tuple[bool, str]:
+    """Decide whether the task runs here; returns ``(run, reason)``. ``job`` is the scheduler
+    job this process runs in (``scheduler.registry.job_identity``; None when run by hand).
 
-    The job recorded on the task (property ``slurm-job-id`` from the submitter, else
-    ``runtime.slurm_job_id`` from an earlier executor) tells a run the submitter launched for
+    The job recorded on the task (:func:`recorded_job`) tells a run the submitter launched for
     this task (``job`` is the recorded one) from a run asked for by hand:
 
     * ``queued`` runs (the executor dequeues it), unless another job that the submitter
@@ -182,8 +202,8 @@ def should_run(task: TaskInfo, job: str, force: bool) -> tuple[bool, str]:
     """
     if force:
         return True, "forced"
-    recorded = str(task.properties.get("slurm-job-id") or task.runtime.get("slurm_job_id") or "")
-    launched = bool(job) and recorded == job
+    recorded = recorded_job(task)
+    launched = job is not None and recorded == job.job_id
     if task.status == "queued":
         if (
             recorded
@@ -197,7 +217,8 @@ def should_run(task: TaskInfo, job: str, force: bool) -> tuple[bool, str]:
             return False, "the task is being stopped"
         if not recorded or launched:
             return True, "in progress, handed to this job"
-        return False, f"the task belongs to job {recorded}, not {job or 'this process'}"
+        here = f"{job.scheduler} job {job.job_id}" if job is not None else "this process"
+        return False, f"the task belongs to job {recorded}, not {here}"
     if task.status in ("created", "stopped", "failed", "completed"):
         if launched:
             return False, f"the task was reset, aborted or ended meanwhile (status {task.status})"
@@ -205,14 +226,16 @@ def should_run(task: TaskInfo, job: str, force: bool) -> tuple[bool, str]:
     return False, f"the task is {task.status or 'in an unknown state'}"
 
 
-def runtime_record(env: Mapping[str, str], worker: str, hostname: str) -> dict[str, str]:
-    """The ``runtime`` keys the executor owns (docs/structure.md, "Who writes what"):
-    the node it runs on, its worker id, and, under Slurm, the job id and node list."""
+def runtime_record(job: JobIdentity | None, worker: str, hostname: str) -> dict[str, str]:
+    """The ``runtime`` keys the executor owns (docs/structure.md, "Who writes what"): the node
+    it runs on, its worker id, and inside a scheduler's job that scheduler's name, the job id
+    and its node list."""
     keys = {"_exec_agent_hostname": hostname, "hpcagent_worker": worker}
-    if env.get("SLURM_JOB_ID"):
-        keys["slurm_job_id"] = env["SLURM_JOB_ID"]
-    if env.get("SLURM_JOB_NODELIST"):
-        keys["slurm_nodes"] = env["SLURM_JOB_NODELIST"]
+    if job is not None:
+        keys[RUNTIME_SCHEDULER] = job.scheduler
+        keys[RUNTIME_JOB_ID] = job.job_id
+        if job.nodes:
+            keys[RUNTIME_NODES] = job.nodes
     return keys
 
 

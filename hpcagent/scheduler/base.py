@@ -1,6 +1,10 @@
-"""The scheduler interface shared by Slurm and the local (no-Slurm) scheduler.
+"""The scheduler contract that every backend (Slurm, Grid Engine, local bash) fulfils.
 
-Contract:
+A backend is one module with one :class:`Scheduler` subclass, registered under its ``name`` as a
+Python entry point in the group ``hpcagent.schedulers`` (pyproject.toml; see
+``scheduler/registry.py``). What the rest of hpcagent may rely on:
+
+Jobs (instance methods, used by the submitter):
 
 * ``submit(script_path, *, job_name) -> job_id``: hand one script to the scheduler. Raises
   :class:`~hpcagent.errors.SubmitError` (rejected; ``stderr`` holds the scheduler's words),
@@ -10,6 +14,23 @@ Contract:
   scheduler knows nothing about is ``JobState.UNKNOWN``, never a success.
 * ``cancel(job_ids)``: ask for cancellation; ids that are already gone are not an error.
 * ``find_by_name(name) -> [job_id, ...]``: jobs with that exact name (re-adoption after a restart).
+* ``output_path(job_id, *, job_name, script, submit_dir)``: where the job's stdout goes (the
+  submitter shows its tail when a job fails), from the submitted script's directives and the
+  backend's default; None when the backend cannot tell.
+
+The backend itself (class attributes and class methods, used without an instance):
+
+* ``name`` (the registry name, ``--scheduler NAME``), ``job_label`` ("slurm job": how messages
+  name a job), ``auto_priority`` (``--scheduler auto`` takes the available backend with the
+  highest), ``available(env)`` (its submit command is on PATH).
+* ``create(state_dir=...)``: the backend as ``hpcagent-slurm`` uses it.
+* ``cancel_own_job(job)``: cancel the job this process runs in (the executor after an abort);
+  False where the backend does not.
+* The job's environment: ``job_identity(env) -> JobIdentity | None`` reads the variables the
+  scheduler gives a running job (its id, nodes and the process rank); the executor calls it for
+  every backend (registry ``job_identity``) to know which job it runs in. ``job_env_prefixes``
+  names those variables; ``clean_env(environ)`` drops them (except ``job_env_keep``), so that a
+  submitter started inside a job does not leak its job's variables into the jobs it submits.
 
 Only ``JobState.COMPLETED`` means success. ``UNKNOWN`` is neither active nor terminal: callers
 decide how long to wait before they call such a job lost.
@@ -20,15 +41,18 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
 
 class JobState(str, enum.Enum):
-    """Normalised job state. Values are Slurm's long state names."""
+    """Normalised job state. The values are Slurm's long state names; each backend maps its own
+    states onto these (Slurm: ``slurm_parse.slurm_state``; Grid Engine: ``gridengine``)."""
 
     PENDING = "PENDING"
     CONFIGURING = "CONFIGURING"
@@ -62,36 +86,21 @@ class JobState(str, enum.Enum):
         """Only COMPLETED is success (Slurm can report TIMEOUT with exit code 0)."""
         return self is JobState.COMPLETED
 
-    @classmethod
-    def from_slurm(cls, raw: str) -> JobState:
-        """Translate a Slurm state (long name, short code, or ``CANCELLED by 0``).
 
-        Unknown strings become UNKNOWN with a warning, so a new Slurm state never reads as success.
-        """
-        word = raw.strip().split(" ", 1)[0].rstrip("+").upper()
-        if not word:
-            return cls.UNKNOWN
-        state = SLURM_STATE_TABLE.get(word) or SLURM_SHORT_STATE_TABLE.get(word)
-        if state is None:
-            log.warning("unknown Slurm job state %r; treating it as UNKNOWN", raw)
-            return cls.UNKNOWN
-        return state
-
-
-#: Job ends that Slurm caused (not the job's own exit nor a cancel).
-SLURM_KILLED = frozenset(
+#: Job ends that the scheduler caused (not the job's own exit nor a cancel).
+KILLED_BY_SCHEDULER = frozenset(
     {
         JobState.TIMEOUT,
         JobState.OUT_OF_MEMORY,
         JobState.NODE_FAIL,
-        # A preempted job that Slurm requeues goes back to PENDING; PREEMPTED as a final record
-        # means it was cancelled by preemption (PreemptMode=CANCEL or --no-requeue).
+        # A preempted job that is requeued goes back to PENDING; PREEMPTED as a final record
+        # means it was cancelled by preemption (Slurm: PreemptMode=CANCEL or --no-requeue).
         JobState.PREEMPTED,
         JobState.BOOT_FAIL,
         JobState.DEADLINE,
     }
 )
-_TERMINAL = SLURM_KILLED | {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+_TERMINAL = KILLED_BY_SCHEDULER | {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
 _ACTIVE = frozenset(
     {
         JobState.PENDING,
@@ -102,64 +111,6 @@ _ACTIVE = frozenset(
         JobState.SUSPENDED,
     }
 )
-
-#: Slurm's long state names (squeue %T / -O State, sacct State, scontrol JobState).
-SLURM_STATE_TABLE: dict[str, JobState] = {
-    "PENDING": JobState.PENDING,
-    "CONFIGURING": JobState.CONFIGURING,
-    "RUNNING": JobState.RUNNING,
-    "COMPLETING": JobState.COMPLETING,
-    "COMPLETED": JobState.COMPLETED,
-    "FAILED": JobState.FAILED,
-    "CANCELLED": JobState.CANCELLED,
-    "TIMEOUT": JobState.TIMEOUT,
-    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
-    "NODE_FAIL": JobState.NODE_FAIL,
-    "PREEMPTED": JobState.PREEMPTED,
-    "BOOT_FAIL": JobState.BOOT_FAIL,
-    "DEADLINE": JobState.DEADLINE,
-    "REQUEUED": JobState.REQUEUED,
-    "REQUEUE_HOLD": JobState.REQUEUED,
-    "REQUEUE_FED": JobState.REQUEUED,
-    "SUSPENDED": JobState.SUSPENDED,
-    "STOPPED": JobState.SUSPENDED,
-    "RESIZING": JobState.RUNNING,
-    "SIGNALING": JobState.RUNNING,
-    "STAGE_OUT": JobState.COMPLETING,
-    "RESV_DEL_HOLD": JobState.PENDING,
-    # SPECIAL_EXIT: requeued in a held state after a special exit code; it ran and failed.
-    "SPECIAL_EXIT": JobState.FAILED,
-    # REVOKED: a federated sibling was removed because another cluster runs the job.
-    "REVOKED": JobState.CANCELLED,
-}
-
-#: squeue's compact codes (%t / StateCompact).
-SLURM_SHORT_STATE_TABLE: dict[str, JobState] = {
-    "PD": JobState.PENDING,
-    "CF": JobState.CONFIGURING,
-    "R": JobState.RUNNING,
-    "CG": JobState.COMPLETING,
-    "CD": JobState.COMPLETED,
-    "F": JobState.FAILED,
-    "CA": JobState.CANCELLED,
-    "TO": JobState.TIMEOUT,
-    "OOM": JobState.OUT_OF_MEMORY,
-    "NF": JobState.NODE_FAIL,
-    "PR": JobState.PREEMPTED,
-    "BF": JobState.BOOT_FAIL,
-    "DL": JobState.DEADLINE,
-    "RQ": JobState.REQUEUED,
-    "RH": JobState.REQUEUED,
-    "RF": JobState.REQUEUED,
-    "S": JobState.SUSPENDED,
-    "ST": JobState.SUSPENDED,
-    "RS": JobState.RUNNING,
-    "SI": JobState.RUNNING,
-    "SO": JobState.COMPLETING,
-    "RD": JobState.PENDING,
-    "SE": JobState.FAILED,
-    "RV": JobState.CANCELLED,
-}
 
 
 @dataclass(frozen=True)
@@ -225,8 +176,100 @@ def unknown_status(job_id: str, reason: str, source: str = "none") -> JobStatus:
     return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason, source=source)
 
 
+#: The job record on a task, ``hyperparams.properties`` items the submitter writes (upserted
+#: item by item) and the executor reads: job id, backend name, queue, submitter worker, nodes.
+PROP_JOB_ID = "job-id"
+PROP_SCHEDULER = "job-scheduler"
+PROP_QUEUE = "job-queue"
+PROP_WORKER = "job-worker"
+PROP_NODES = "job-nodes"
+#: The ``runtime`` keys the executor writes inside a job (docs/structure.md, "Who writes what").
+RUNTIME_JOB_ID = "job_id"
+RUNTIME_SCHEDULER = "job_scheduler"
+RUNTIME_NODES = "job_nodes"
+#: Names that tasks submitted by older versions carry: read, never written.
+LEGACY_PROP_JOB_ID = "slurm-job-id"
+LEGACY_RUNTIME_JOB_ID = "slurm_job_id"
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """The job a process runs in, as its scheduler's environment variables tell it.
+
+    ``scheduler`` is the backend's registry name, ``job_id`` the id that backend's ``submit``
+    returned (and the submitter recorded on the task), ``nodes`` the node list ("" when the
+    scheduler does not tell), ``rank`` this process's rank among the job's processes when the
+    scheduler starts several (Slurm's ``srun``), else None.
+    """
+
+    scheduler: str
+    job_id: str
+    nodes: str = ""
+    rank: int | None = None
+
+
+def env_int(env: Mapping[str, str], name: str) -> int | None:
+    """``env[name]`` as an int; None when unset or not a number."""
+    try:
+        return int(env.get(name, ""))
+    except ValueError:
+        return None
+
+
 class Scheduler(abc.ABC):
     """Submit, track and cancel batch jobs. See the module docstring for the contract."""
+
+    #: The registry name (``--scheduler NAME``; the entry point's name).
+    name: ClassVar[str]
+    #: How messages name one job ("slurm job 42").
+    job_label: ClassVar[str]
+    #: ``--scheduler auto`` picks the available backend with the highest priority.
+    auto_priority: ClassVar[int] = 0
+    #: Prefixes of the variables the scheduler sets in a job (see :meth:`clean_env`).
+    job_env_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Variables with those prefixes that are configuration, not the job's (``SLURM_CONF``).
+    job_env_keep: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def available(cls, env: Mapping[str, str]) -> bool:
+        """Whether this scheduler can be used here (its submit command is on ``env``'s PATH)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, *, state_dir: Path) -> Scheduler:
+        """The backend as ``hpcagent-slurm`` runs it (``state_dir``: the submitter's folder)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def job_identity(cls, env: Mapping[str, str]) -> JobIdentity | None:
+        """The job this process runs in, from the variables this scheduler sets; None when
+        ``env`` is not one of its jobs."""
+
+    @classmethod
+    def cancel_own_job(cls, job: JobIdentity) -> bool:
+        """Cancel ``job``, the job this process runs in (the executor, after it stopped an
+        aborted task and reported it, so that the scheduler records the job as cancelled, not
+        completed). False when this backend does not (the default)."""
+        return False
+
+    @classmethod
+    def clean_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A copy of ``environ`` (default: this process's) without the variables this scheduler
+        sets in a job (``job_env_prefixes`` except ``job_env_keep``)."""
+        src = os.environ if environ is None else environ
+        return {
+            k: v
+            for k, v in src.items()
+            if k in cls.job_env_keep or not k.startswith(cls.job_env_prefixes)
+        }
+
+    @abc.abstractmethod
+    def output_path(
+        self, job_id: str, *, job_name: str, script: str, submit_dir: Path
+    ) -> Path | None:
+        """Where job ``job_id`` writes its stdout (``script``: the submitted script's text;
+        ``submit_dir``: the folder the submit command ran in); None when unknown."""
 
     @abc.abstractmethod
     def submit(self, script_path: Path, *, job_name: str) -> str:

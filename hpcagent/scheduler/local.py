@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,7 +23,14 @@ from pathlib import Path
 
 from hpcagent.errors import SubmitError
 from hpcagent.process import Process, signal_group, start_process
-from hpcagent.scheduler.base import JobState, JobStatus, Scheduler, unknown_status
+from hpcagent.scheduler.base import (
+    JobIdentity,
+    JobState,
+    JobStatus,
+    Scheduler,
+    env_int,
+    unknown_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,28 @@ class _LocalJob:
 
 class LocalScheduler(Scheduler):
     """Runs job scripts on this machine with bash (see the module docstring)."""
+
+    name = "local"
+    job_label = "local job"
+    auto_priority = 0  # always available: the fallback of --scheduler auto
+    job_env_prefixes = ("HPCAGENT_JOB_",)
+
+    @classmethod
+    def available(cls, env: Mapping[str, str]) -> bool:
+        return shutil.which("bash", path=env.get("PATH")) is not None
+
+    @classmethod
+    def create(cls, *, state_dir: Path) -> LocalScheduler:
+        return cls(output_dir=state_dir / "local-jobs")
+
+    @classmethod
+    def job_identity(cls, env: Mapping[str, str]) -> JobIdentity | None:
+        """``HPCAGENT_JOB_ID`` (set in every job this scheduler starts); the rank is ``RANK``
+        when a launcher inside the job sets it (the local scheduler starts one process)."""
+        job = env.get("HPCAGENT_JOB_ID", "")
+        if not job:
+            return None
+        return JobIdentity(cls.name, job, "", env_int(env, "RANK"))
 
     def __init__(
         self,
@@ -103,9 +133,12 @@ class LocalScheduler(Scheduler):
         with self._lock:
             return [j.job_id for j in self._jobs.values() if j.name == name]
 
-    def output_path(self, job_id: str) -> Path:
-        """Where the job's stdout/stderr go."""
-        return self._jobs[job_id].output
+    def output_path(
+        self, job_id: str, *, job_name: str = "", script: str = "", submit_dir: Path | None = None
+    ) -> Path | None:
+        """Where the job's stdout/stderr go (this object started it); None for another's job."""
+        job = self._jobs.get(job_id)
+        return job.output if job is not None else None
 
     def wait(self, job_ids: Sequence[str], *, timeout_s: float, poll_s: float = 0.05) -> None:
         """Block until every job is terminal or ``timeout_s`` passed (tests, local runs)."""
@@ -138,7 +171,7 @@ class LocalScheduler(Scheduler):
                 running += 1
 
     def _start(self, job: _LocalJob) -> None:
-        env = dict(self._env)
+        env = self.clean_env(self._env)  # a job started from a local job is not that job
         env["HPCAGENT_JOB_ID"] = job.job_id
         env["HPCAGENT_JOB_NAME"] = job.name
         with open(job.output, "ab") as out:

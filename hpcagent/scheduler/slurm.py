@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
+import re
+import shlex
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +36,7 @@ from hpcagent.errors import (
     TransientSchedulerError,
 )
 from hpcagent.process import CommandResult, CommandRunner, run_command
-from hpcagent.scheduler.base import JobStatus, Scheduler, unknown_status
+from hpcagent.scheduler.base import JobIdentity, JobStatus, Scheduler, env_int, unknown_status
 from hpcagent.scheduler.pacer import TokenBucket
 from hpcagent.scheduler.slurm_parse import (
     SACCT_FORMAT,
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 
 _ACCOUNTING_DISABLED = "accounting storage is disabled"
 _GONE_PATTERNS = ("invalid job id", "already completing or completed", "job has finished")
+_OUTPUT = re.compile(r"^#SBATCH\s+(?:--output[=\s]|-o\s*)(\S+)", re.MULTILINE)
+_CHDIR = re.compile(r"^#SBATCH\s+(?:--chdir[=\s]|-D\s*)(\S+)", re.MULTILINE)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
@@ -70,6 +74,57 @@ class SlurmScheduler(Scheduler):
     ``rate_limiter`` (optional) is acquired before every Slurm command, which caps the commands
     per minute whatever the number of jobs.
     """
+
+    name = "slurm"
+    job_label = "slurm job"
+    auto_priority = 20
+    # XDG_*/DBUS_* belong to the login session the submitter may run in, not to the job.
+    job_env_prefixes = ("SLURM_", "XDG_", "DBUS_")
+    job_env_keep = ("SLURM_CONF",)
+
+    @classmethod
+    def available(cls, env: Mapping[str, str]) -> bool:
+        return shutil.which("sbatch", path=env.get("PATH")) is not None
+
+    @classmethod
+    def create(cls, *, state_dir: Path) -> SlurmScheduler:
+        return cls()
+
+    @classmethod
+    def job_identity(cls, env: Mapping[str, str]) -> JobIdentity | None:
+        """``SLURM_JOB_ID``, ``SLURM_JOB_NODELIST`` and ``SLURM_PROCID`` (the srun task rank)."""
+        job = env.get("SLURM_JOB_ID", "")
+        if not job:
+            return None
+        return JobIdentity(
+            cls.name, job, env.get("SLURM_JOB_NODELIST", ""), env_int(env, "SLURM_PROCID")
+        )
+
+    @classmethod
+    def cancel_own_job(cls, job: JobIdentity) -> bool:
+        """``scancel`` it (one attempt): the job ends ``CANCELLED`` in sacct."""
+        cls(submit_attempts=1).cancel([job.job_id])
+        return True
+
+    def output_path(
+        self, job_id: str, *, job_name: str, script: str, submit_dir: Path
+    ) -> Path | None:
+        """The script's ``#SBATCH --output`` (default ``slurm-%j.out``) with ``%j %x %u ...``
+        replaced, relative to ``#SBATCH --chdir`` or the folder sbatch ran in."""
+        m = _OUTPUT.search(script)
+        pattern = shlex.split(m.group(1))[0] if m else "slurm-%j.out"
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = ""
+        subs = {"j": job_id, "J": job_id, "A": job_id, "x": job_name, "u": user, "%": "%"}
+        name = re.sub(r"%(\d*)([a-zA-Z%])", lambda mm: subs.get(mm.group(2), mm.group(0)), pattern)
+        base = submit_dir
+        d = _CHDIR.search(script)
+        if d:
+            base = Path(shlex.split(d.group(1))[0])
+        p = Path(name)
+        return p if p.is_absolute() else base / p
 
     def __init__(
         self,
@@ -96,7 +151,7 @@ class SlurmScheduler(Scheduler):
         self.user = user or getpass.getuser()
         self.squeue_chunk = squeue_chunk
         self.cancel_chunk = cancel_chunk
-        self._env = clean_slurm_env(env)
+        self._env = self.clean_env(env)
         self._final: dict[str, JobStatus] = {}
         self._last: dict[str, JobStatus] = {}
         self._gone_noacct: set[str] = set()
@@ -371,36 +426,6 @@ class SlurmScheduler(Scheduler):
         real = [ln for ln in errors if not any(p in ln.lower() for p in _GONE_PATTERNS)]
         if real:
             raise SchedulerError(f"scancel failed: {'; '.join(real)}", stderr=res.stderr)
-
-
-def cancel_own_job(environ: Mapping[str, str] | None = None) -> str | None:
-    """``scancel`` the Slurm job this process runs in (``SLURM_JOB_ID``), from rank 0 only
-    (``SLURM_PROCID``); the job id, or None outside a job or on another rank.
-
-    The executor calls it after it stopped an aborted task and reported it, so that the job
-    ends ``CANCELLED`` in ``sacct`` (as a cancelled job should), not ``COMPLETED 0:0``.
-    Raises :class:`~hpcagent.errors.SchedulerError` when scancel fails."""
-    env = os.environ if environ is None else environ
-    job = env.get("SLURM_JOB_ID", "").strip()
-    if not job or env.get("SLURM_PROCID", "0") not in ("", "0"):
-        return None
-    SlurmScheduler(submit_attempts=1).cancel([job])
-    return job
-
-
-def clean_slurm_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of the environment without the variables that leak from a surrounding job into
-    a child job (SLURM_* except SLURM_CONF, XDG_*, DBUS_*)."""
-    src = os.environ if environ is None else environ
-    return {
-        k: v
-        for k, v in src.items()
-        if not (
-            (k.startswith("SLURM_") and k != "SLURM_CONF")
-            or k.startswith("XDG_")
-            or k.startswith("DBUS_")
-        )
-    }
 
 
 def _sorted_ids(ids: set[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Pure parsers for Slurm command output (sbatch, squeue, sacct, scontrol).
+"""Pure parsers for Slurm command output (sbatch, squeue, sacct, scontrol), and Slurm's state
+tables (:func:`slurm_state`: Slurm's states onto :class:`~hpcagent.scheduler.base.JobState`).
 
 No subprocesses here: the tests feed these functions outputs captured from a real cluster
 (``tests/slurm/fixtures``). Field lists are fixed by the argv builders below, so the parser and
@@ -48,6 +49,80 @@ LIMIT_PATTERNS = (
 )
 
 
+#: Slurm's long state names (squeue %T / -O State, sacct State, scontrol JobState).
+SLURM_STATE_TABLE: dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "CONFIGURING": JobState.CONFIGURING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.COMPLETING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "PREEMPTED": JobState.PREEMPTED,
+    "BOOT_FAIL": JobState.BOOT_FAIL,
+    "DEADLINE": JobState.DEADLINE,
+    "REQUEUED": JobState.REQUEUED,
+    "REQUEUE_HOLD": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "SUSPENDED": JobState.SUSPENDED,
+    "STOPPED": JobState.SUSPENDED,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.COMPLETING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    # SPECIAL_EXIT: requeued in a held state after a special exit code; it ran and failed.
+    "SPECIAL_EXIT": JobState.FAILED,
+    # REVOKED: a federated sibling was removed because another cluster runs the job.
+    "REVOKED": JobState.CANCELLED,
+}
+
+#: squeue's compact codes (%t / StateCompact).
+SLURM_SHORT_STATE_TABLE: dict[str, JobState] = {
+    "PD": JobState.PENDING,
+    "CF": JobState.CONFIGURING,
+    "R": JobState.RUNNING,
+    "CG": JobState.COMPLETING,
+    "CD": JobState.COMPLETED,
+    "F": JobState.FAILED,
+    "CA": JobState.CANCELLED,
+    "TO": JobState.TIMEOUT,
+    "OOM": JobState.OUT_OF_MEMORY,
+    "NF": JobState.NODE_FAIL,
+    "PR": JobState.PREEMPTED,
+    "BF": JobState.BOOT_FAIL,
+    "DL": JobState.DEADLINE,
+    "RQ": JobState.REQUEUED,
+    "RH": JobState.REQUEUED,
+    "RF": JobState.REQUEUED,
+    "S": JobState.SUSPENDED,
+    "ST": JobState.SUSPENDED,
+    "RS": JobState.RUNNING,
+    "SI": JobState.RUNNING,
+    "SO": JobState.COMPLETING,
+    "RD": JobState.PENDING,
+    "SE": JobState.FAILED,
+    "RV": JobState.CANCELLED,
+}
+
+
+def slurm_state(raw: str) -> JobState:
+    """Translate a Slurm state (long name, short code, or ``CANCELLED by 0``).
+
+    Unknown strings become UNKNOWN with a warning, so a new Slurm state never reads as success.
+    """
+    word = raw.strip().split(" ", 1)[0].rstrip("+").upper()
+    if not word:
+        return JobState.UNKNOWN
+    state = SLURM_STATE_TABLE.get(word) or SLURM_SHORT_STATE_TABLE.get(word)
+    if state is None:
+        log.warning("unknown Slurm job state %r; treating it as UNKNOWN", raw)
+        return JobState.UNKNOWN
+    return state
+
+
 def parse_sbatch_output(stdout: str) -> tuple[str, str | None] | None:
     """Return ``(job_id, cluster)`` from ``sbatch --parsable`` output, or None.
 
@@ -90,7 +165,7 @@ class SlurmRow:
 
     @property
     def state(self) -> JobState:
-        return JobState.from_slurm(self.raw_state)
+        return slurm_state(self.raw_state)
 
     @property
     def base_id(self) -> str:
@@ -172,7 +247,7 @@ def parse_squeue(stdout: str) -> list[SlurmRow]:
             continue
         disp, raw, state, reason, status, nodes, name = (p.strip() for p in parts)
         code, sig = parse_wait_status(status)
-        terminal = JobState.from_slurm(state).is_terminal
+        terminal = slurm_state(state).is_terminal
         rows.append(
             SlurmRow(
                 display_id=disp,

@@ -336,12 +336,12 @@ class Submitter:
                 return self._back_off(task_id, q, f"scheduler unavailable: {exc}", "transient")
             job_id = found[0]
         except SubmitError as exc:
-            detail = " | ".join(
-                x.strip() for x in (exc.stderr or str(exc)).splitlines() if x.strip()
-            )
-            taskops.fail(self.client, task_id, "sbatch rejected", f"sbatch rejected: {detail}")
-            self.ledger.mark_finished(task_id, f"failed: sbatch: {detail}")
-            log.info("task %s queue %s: failed (sbatch: %s)", task_id, q.name, detail)
+            # The scheduler's message names its command and keeps its words ("sbatch rejected
+            # the job: ...", "qsub rejected the job: ...").
+            detail = " | ".join(x.strip() for x in str(exc).splitlines() if x.strip())
+            taskops.fail(self.client, task_id, "submit rejected", detail)
+            self.ledger.mark_finished(task_id, f"failed: {detail}")
+            log.info("task %s queue %s: failed (%s)", task_id, q.name, detail)
             return "failed"
         crashpoint("after_sbatch")
         self.ledger.mark_submitted(task_id, job_id)
@@ -358,10 +358,13 @@ class Submitter:
                 self.client,
                 task_id,
                 job_id=job_id,
+                scheduler=self.scheduler.name,
                 queue_name=queue_name,
                 worker_id=self.opts.worker_id,
             )
-            taskops.set_message(self.client, task_id, f"{self.opts.job_label} {job_id}: PENDING")
+            taskops.set_message(
+                self.client, task_id, f"{self.scheduler.job_label} {job_id}: PENDING"
+            )
         except ApiError as exc:
             log.warning(
                 "task %s job %s: could not record the job on the task: %s", task_id, job_id, exc
@@ -390,7 +393,7 @@ class Submitter:
         and the worker's runtime properties (:func:`held_jobs`), sent when they change
         and at least every ``PROPS_REFRESH_S`` (they expire, so a dead submitter's vanish).
         """
-        held = held_jobs(self.ledger.live(), self.opts.job_label)
+        held = held_jobs(self.ledger.live(), self.scheduler.job_label)
         count_key = next(iter(held))
         body: dict[str, Any] = {
             "worker": self.opts.worker_id,

@@ -64,5 +64,3 @@ class SubmitterOptions:
     task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
     #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
     report_extra: Callable[[], Mapping[str, Any]] | None = None
-    #: How status messages name a job ("slurm job 12: RUNNING on node1").
-    job_label: str = "slurm job"

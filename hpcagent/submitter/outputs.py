@@ -1,18 +1,12 @@
-"""Finding and reading the tail of a job's output file, and writing scripts and the jobs'
-configuration safely."""
+"""Reading the tail of a job's output file (found by the scheduler's ``output_path``), and
+writing scripts and the jobs' configuration safely."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import re
-import shlex
 from pathlib import Path
 from typing import Any
-
-_OUTPUT = re.compile(r"^#SBATCH\s+(?:--output[=\s]|-o\s*)(\S+)", re.MULTILINE)
-_CHDIR = re.compile(r"^#SBATCH\s+(?:--chdir[=\s]|-D\s*)(\S+)", re.MULTILINE)
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> Path:
@@ -41,24 +35,6 @@ def write_job_config(settings: Any, state_dir: Path) -> Path:
     full settings with their secrets as JSON (which is HOCON); mode 0600."""
     data = json.dumps(settings.as_dict(mask_secrets=False), default=str).encode()
     return _write_private(state_dir / "clearml.conf", data, 0o600)
-
-
-def output_path(script: str, *, job_id: str, job_name: str, submit_dir: Path) -> Path:
-    """Where Slurm writes the job's stdout, from the script's ``--output`` (or the default)."""
-    m = _OUTPUT.search(script)
-    pattern = shlex.split(m.group(1))[0] if m else "slurm-%j.out"
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = ""
-    subs = {"j": job_id, "J": job_id, "A": job_id, "x": job_name, "u": user, "%": "%"}
-    name = re.sub(r"%(\d*)([a-zA-Z%])", lambda mm: subs.get(mm.group(2), mm.group(0)), pattern)
-    base = submit_dir
-    d = _CHDIR.search(script)
-    if d:
-        base = Path(shlex.split(d.group(1))[0])
-    p = Path(name)
-    return p if p.is_absolute() else base / p
 
 
 def tail(path: Path, max_lines: int = 20, max_bytes: int = 3000) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from hpcagent import __version__
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
+from hpcagent.scheduler import registry
 from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter.blocks import build_context
 from hpcagent.submitter.instance import SUBMITTER_FILES, single_instance
@@ -46,20 +47,12 @@ class RunRequest:
     scheduler_kind: str = "auto"
     uptime: list[str] | None = None
     downtime: list[str] | None = None
-    sbatch_available: bool = True
 
 
-def make_scheduler(kind: str, state_dir: Path, sbatch_available: bool) -> Scheduler:
-    """``slurm``, ``local`` or ``auto`` (Slurm when sbatch is on PATH)."""
-    if kind == "auto":
-        kind = "slurm" if sbatch_available else "local"
-    if kind == "slurm":
-        from hpcagent.scheduler.slurm import SlurmScheduler
-
-        return SlurmScheduler()
-    from hpcagent.scheduler.local import LocalScheduler
-
-    return LocalScheduler(output_dir=state_dir / "local-jobs")
+def make_scheduler(kind: str, state_dir: Path) -> Scheduler:
+    """The registered backend ``kind``, or for ``auto`` the available one with the highest
+    priority (``scheduler.registry``)."""
+    return registry.choose(kind).create(state_dir=state_dir)
 
 
 def dry_run(
@@ -122,7 +115,7 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
     busy = f"another hpcagent-slurm uses {req.state_dir} (see --status; --stop stops it)"
     with single_instance(req.state_dir, SUBMITTER_FILES, busy) as stop:
         ledger = Ledger(req.state_dir / "ledger.sqlite")
-        scheduler = make_scheduler(req.scheduler_kind, req.state_dir, req.sbatch_available)
+        scheduler = make_scheduler(req.scheduler_kind, req.state_dir)
         submitter = Submitter(client, scheduler, ledger, opts, settings.get)
         log_start(settings, req, opts, scheduler)
         write_serving(req.state_dir, opts)

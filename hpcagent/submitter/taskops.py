@@ -14,6 +14,13 @@ from typing import Any
 
 from hpcagent.api import ApiClient
 from hpcagent.errors import ApiError
+from hpcagent.scheduler.base import (
+    PROP_JOB_ID,
+    PROP_NODES,
+    PROP_QUEUE,
+    PROP_SCHEDULER,
+    PROP_WORKER,
+)
 
 log = logging.getLogger("hpcagent.submitter")
 
@@ -102,11 +109,13 @@ def record_job(
     task_id: str,
     *,
     job_id: str,
+    scheduler: str,
     queue_name: str,
     worker_id: str,
     nodes: str = "",
 ) -> None:
-    """Record the job (id, queue, worker, later its nodes) in the ``properties`` section.
+    """Record the job (id, scheduler, queue, worker, later its nodes) in the ``properties``
+    section, under the names of ``scheduler.base`` (``job-id``, ``job-scheduler``, ...).
 
     Only ``tasks.edit_hyper_params`` is used: it upserts item by item, so it can race with
     nothing. The submitter never writes ``runtime``: ``tasks.edit`` replaces that map whole,
@@ -114,10 +123,11 @@ def record_job(
     runs (docs/structure.md, "Who writes what on a task").
     """
     items = {
-        "slurm-job-id": job_id,
-        "slurm-queue": queue_name,
-        "slurm-worker": worker_id,
-        "slurm-nodes": nodes,
+        PROP_JOB_ID: job_id,
+        PROP_SCHEDULER: scheduler,
+        PROP_QUEUE: queue_name,
+        PROP_WORKER: worker_id,
+        PROP_NODES: nodes,
     }
     props = [
         {"section": "properties", "name": name, "value": value, "type": "str"}

@@ -22,7 +22,7 @@ from typing import Any
 from hpcagent.api import ApiClient
 from hpcagent.errors import ApiError, SchedulerError
 from hpcagent.scheduler.base import (
-    SLURM_KILLED,
+    KILLED_BY_SCHEDULER,
     JobState,
     JobStatus,
     Scheduler,
@@ -32,7 +32,7 @@ from hpcagent.scheduler.base import (
 from hpcagent.submitter import taskops
 from hpcagent.submitter.ledger import SUBMITTED, Entry, Ledger
 from hpcagent.submitter.options import SubmitterOptions, job_name
-from hpcagent.submitter.outputs import output_path, tail
+from hpcagent.submitter.outputs import tail
 
 
 def crashpoint(name: str) -> None:
@@ -162,7 +162,7 @@ class Tracker:
         first = self._never_since.setdefault(tid, time.monotonic())
         if time.monotonic() - first < self.opts.never_runs_fail_s:
             return False
-        label = f"{self.opts.job_label} {entry.job_id} cannot start ({js.reason})"
+        label = f"{self.scheduler.job_label} {entry.job_id} cannot start ({js.reason})"
         taskops.fail(
             self.client,
             tid,
@@ -190,11 +190,12 @@ class Tracker:
                 self.client,
                 tid,
                 job_id=job,
+                scheduler=self.scheduler.name,
                 queue_name=entry.queue_name,
                 worker_id=self.opts.worker_id,
                 nodes=js.nodes,
             )
-        message = f"{self.opts.job_label} {job}: {text}"
+        message = f"{self.scheduler.job_label} {job}: {text}"
         if status == "queued" and self._last_message.get(tid) != message:
             crashpoint("writing_status")
             taskops.set_message(self.client, tid, message)
@@ -208,10 +209,10 @@ class Tracker:
         state = "LOST" if lost else js.state.value
         self._forget(tid)
         if task is None or status in taskops.FINAL_STATUSES or status == "created":
-            if task is not None and js.state in SLURM_KILLED and _signalled(task):
+            if task is not None and js.state in KILLED_BY_SCHEDULER and _signalled(task):
                 # The executor saw only a signal (and may have said "stopped"); Slurm killed
                 # the job (TIMEOUT, OUT_OF_MEMORY, ...): the task failed, and says why.
-                label = f"{self.opts.job_label} {job} {state}"
+                label = f"{self.scheduler.job_label} {job} {state}"
                 old = str(task.get("status_message") or "")
                 message = self._failure_message(
                     entry, js, state, lead=f"{label} (the job was ended by Slurm)"
@@ -236,7 +237,7 @@ class Tracker:
             return
         message = self._failure_message(entry, js, state)
         crashpoint("writing_final_status")
-        taskops.fail(self.client, tid, f"{self.opts.job_label} {job} {state}", message)
+        taskops.fail(self.client, tid, f"{self.scheduler.job_label} {job} {state}", message)
         taskops.add_log(self.client, tid, message)
         self.ledger.mark_finished(tid, f"failed: job {state}")
         log.info("task %s queue %s job %s: %s, task failed", tid, entry.queue_name, job, state)
@@ -244,7 +245,7 @@ class Tracker:
     def _failure_message(
         self, entry: Entry, js: JobStatus, state: str, lead: str | None = None
     ) -> str:
-        label = self.opts.job_label
+        label = self.scheduler.job_label
         parts = [lead or f"{label} {entry.job_id} ended {state} before the task reported a result"]
         if js.reason and js.reason not in ("None", "(null)"):
             parts.append(f"reason: {js.reason}")
@@ -262,22 +263,19 @@ class Tracker:
         return text
 
     def _output_tail(self, entry: Entry) -> str:
-        own = getattr(self.scheduler, "output_path", None)  # LocalScheduler knows its files
-        if callable(own):
-            return tail(Path(own(str(entry.job_id))))
-        if not entry.script_path:
-            return ""
-        try:
-            script = Path(entry.script_path).read_text(encoding="utf-8")
-        except OSError:
-            return ""
-        path = output_path(
-            script,
-            job_id=str(entry.job_id),
+        script = ""
+        if entry.script_path:
+            try:
+                script = Path(entry.script_path).read_text(encoding="utf-8")
+            except OSError:
+                script = ""
+        path = self.scheduler.output_path(
+            str(entry.job_id),
             job_name=job_name(entry.task_id),
+            script=script,
             submit_dir=Path.cwd(),
         )
-        return tail(path)
+        return tail(path) if path is not None else ""
 
     def _forget(self, tid: str) -> None:
         for d in (self._unknown_since, self._stopping_since, self._last_message, self._never_since):

@@ -197,7 +197,7 @@ def task_node(task: dict[str, Any]) -> tuple[str, str]:
     """The compute node a single-node task ran on, from its runtime, and a warning ('' if none).
 
     The executor records ``hpcagent_worker`` (``<node>:slurm-<job>``) and
-    ``_exec_agent_hostname`` and ``slurm_nodes`` (docs/structure.md). All that are present should
+    ``_exec_agent_hostname`` and ``job_nodes`` (docs/structure.md). All that are present should
     name the same node (a disagreement is printed as a WARN line); the node is the executor's
     own word (``hpcagent_worker``).
     """
@@ -205,9 +205,9 @@ def task_node(task: dict[str, Any]) -> tuple[str, str]:
     seen = {
         "hpcagent_worker": str(runtime.get("hpcagent_worker", "")).split(":")[0],
         "_exec_agent_hostname": str(runtime.get("_exec_agent_hostname", "")),
-        "slurm_nodes": str(runtime.get("slurm_nodes", "")),
+        "job_nodes": str(runtime.get("job_nodes", "")),
     }
-    node = seen["hpcagent_worker"] or seen["slurm_nodes"] or seen["_exec_agent_hostname"]
+    node = seen["hpcagent_worker"] or seen["job_nodes"] or seen["_exec_agent_hostname"]
     odd = {k: v for k, v in seen.items() if v != node}
     warning = f"runtime disagrees with node {node!r}: {odd}" if odd else ""
     return node, warning
@@ -325,7 +325,7 @@ def main() -> int:
     check(
         task.get("status") == "in_progress", f"task {abort} runs before the abort", describe(task)
     )
-    abort_job = str((task.get("runtime") or {}).get("slurm_job_id", ""))
+    abort_job = str((task.get("runtime") or {}).get("job_id", ""))
     client.tasks.stop(abort, status_reason="aborted by cluster-test")
     task = wait_until(client, abort, lambda t: t.get("status") in FINAL, 120)
     check(
@@ -356,7 +356,7 @@ def main() -> int:
             line for line in log.splitlines() if "srun ran on" in line or "nodes:" in line
         ),
     )
-    job = str((task.get("runtime") or {}).get("slurm_job_id", ""))
+    job = str((task.get("runtime") or {}).get("job_id", ""))
     if check(bool(job), f"two-node task {two} recorded its Slurm job in runtime", describe(task)):
         state, nodes = sacct_nodes(job)
         check(nodes == "c[1-2]", f"Slurm job {job} ran on c[1-2] (sacct)", note=f"{state} {nodes}")
@@ -382,7 +382,7 @@ def main() -> int:
         note=f"status_message {message!r}",
     )
     match = re.search(r"\b(?:job|slurm job)\s+(\d+)", message)
-    pending_job = str((task.get("runtime") or {}).get("slurm_job_id", "")) or (
+    pending_job = str((task.get("runtime") or {}).get("job_id", "")) or (
         match.group(1) if match else ""
     )
     client.tasks.stop(pending, status_reason="aborted by cluster-test while pending")

@@ -89,4 +89,4 @@ def test_srun_singularity_exec_under_sbatch(
     lines = _log(server, task_id)
     assert f"inside container {rootfs}" in lines
     runtime = server.send("tasks.get_by_id", {"task": task_id})["task"].get("runtime") or {}
-    assert str(runtime.get("slurm_job_id")) == job_id  # the executor ran inside the job
+    assert str(runtime.get("job_id")) == job_id  # the executor ran inside the job

@@ -284,7 +284,7 @@ def test_rank_other_than_zero_writes_no_status(env_setup: dict[str, Any]) -> Non
     task_id = create_task(server, script=script, enqueue=False)
     server.send("tasks.started", {"task": task_id, "force": True})
     env = executor_env(s["conf"])
-    env["SLURM_PROCID"] = "1"
+    env.update(SLURM_JOB_ID="77", SLURM_PROCID="1")  # srun task 1 of job 77
     res = subprocess.run(
         hpcagent_argv("execute", "--id", task_id, "--disable-monitoring"),
         env=env,

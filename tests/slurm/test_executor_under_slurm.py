@@ -74,7 +74,7 @@ def test_task_runs_under_sbatch(tmp_path: Path, embedded_server: Any) -> None:
     task = get_task(server, task_id)
     job_out = Path(str(out).replace("%j", job_id))
     assert task["status"] == "completed", job_out.read_text() if job_out.exists() else task
-    assert task["runtime"].get("slurm_job_id") == job_id
+    assert task["runtime"].get("job_id") == job_id
     assert str(task.get("last_worker") or "").endswith(f":slurm-{job_id}")
     assert "lr=0.2 epochs=7 verbose=False tiny=tiny-ok mark=patched" in task_log_lines(
         server, task_id

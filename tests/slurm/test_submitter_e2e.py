@@ -148,13 +148,14 @@ def test_task_completes_and_logs_are_readable(e2e: E2E) -> None:
     e2e.wait_status(tid, ("completed", "failed", "stopped"))
     task = e2e.task(tid)
     assert task["status"] == "completed", task
-    job = task["hyperparams"]["properties"]["slurm-job-id"]["value"]
+    job = task["hyperparams"]["properties"]["job-id"]["value"]
     # the executor's runtime keys and the submitter's properties both survive
-    assert task["runtime"]["slurm_job_id"] == job
-    assert task["runtime"]["slurm_nodes"]
+    assert task["runtime"]["job_id"] == job
+    assert task["runtime"]["job_nodes"]
+    assert task["runtime"]["job_scheduler"] == "slurm"
     assert task["runtime"]["_exec_agent_hostname"]
     assert task["runtime"]["hpcagent_worker"].endswith(f":slurm-{job}")
-    assert task["hyperparams"]["properties"]["slurm-queue"]["value"]
+    assert task["hyperparams"]["properties"]["job-queue"]["value"]
     lines = h.task_log_lines(e2e.server, tid)
     assert any("mark=patched" in line for line in lines)
     out = (e2e.work / f"task-{tid}-{job}.log").read_text()
@@ -166,7 +167,7 @@ def test_abort_while_pending_cancels_job(e2e: E2E) -> None:
     h.wait_for(lambda: "PENDING" in (e2e.task(tid).get("status_message") or ""), timeout=60)
     task = e2e.task(tid)
     assert task["status"] == "queued"
-    job = task["hyperparams"]["properties"]["slurm-job-id"]["value"]
+    job = task["hyperparams"]["properties"]["job-id"]["value"]
     assert task["status_message"].startswith(f"slurm job {job}: PENDING")
     e2e.server.send("tasks.stop", {"task": tid})
     h.wait_for(lambda: _sacct(job) == "CANCELLED", timeout=60, interval=0.5)
@@ -226,7 +227,7 @@ def test_abort_while_running_stops(e2e: E2E) -> None:
         timeout=120,
         interval=0.5,
     )
-    job = e2e.task(tid)["runtime"]["slurm_job_id"]
+    job = e2e.task(tid)["runtime"]["job_id"]
     e2e.server.send("tasks.stop", {"task": tid})
     e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=90)
     assert e2e.task(tid)["status"] == "stopped"
@@ -241,7 +242,7 @@ def test_abort_while_running_stops(e2e: E2E) -> None:
 def test_time_limit_fails_task_naming_timeout(e2e: E2E) -> None:
     tid = e2e.enqueue("short", "e2e-timeout", SLEEPER)
     e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=200)
-    job = e2e.task(tid)["runtime"]["slurm_job_id"]
+    job = e2e.task(tid)["runtime"]["job_id"]
     h.wait_for(lambda: _sacct(job) == "TIMEOUT", timeout=60, interval=0.5)
     h.wait_for(lambda: "TIMEOUT" in (e2e.task(tid).get("status_message") or ""), timeout=30)
     task = e2e.task(tid)

@@ -56,7 +56,7 @@ def test_queue_order(fairness: bool, embedded_server: Any) -> None:
             for tid in queue_of:
                 task = server.send("tasks.get_by_id", {"task": tid})["task"]
                 props = (task.get("hyperparams") or {}).get("properties") or {}
-                job = (props.get("slurm-job-id") or {}).get("value")
+                job = (props.get("job-id") or {}).get("value")
                 if job:
                     jobs[tid] = int(job)
             time.sleep(0.5)

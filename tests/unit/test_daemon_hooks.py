@@ -1,5 +1,5 @@
 """The Submitter hooks the daemon uses (``can_start``, ``task_vars``, ``report_extra``,
-``job_label``) and the round-robin rule, against the real embedded server and a
+the scheduler's ``job_label``) and the round-robin rule, against the real embedded server and a
 LocalScheduler whose jobs run a plain script (no executor needed)."""
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ def test_can_start_skips_a_queue_and_task_vars_reach_the_script(
         can_start=can_start,
         task_vars=lambda tid, q: {"CLEARML_DAEMON_GPUS": f"{q.name}-gpus"},
         report_extra=lambda: {"machine_stats": {"memory_free": 123.0}},
-        job_label="local job",
     )
     assert s.pull() == 1
     assert asked[:2] == ["big", "small"]

@@ -53,5 +53,5 @@ def test_in_progress_ends_without_force(action: str) -> None:
 
 def test_other_ranks_write_nothing() -> None:
     client = _Client("in_progress")
-    _executor(client, env={"SLURM_PROCID": "1"})._end("completed", "done", "")
+    _executor(client, env={"SLURM_JOB_ID": "5", "SLURM_PROCID": "1"})._end("completed", "done", "")
     assert client.calls == []

@@ -22,7 +22,7 @@ from hpcagent.errors import (
     SchedulerError,
 )
 from hpcagent.process import counting, run_command, start_process
-from hpcagent.scheduler.slurm import clean_slurm_env
+from hpcagent.scheduler.slurm import SlurmScheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,7 +158,7 @@ def test_nothing_else_starts_processes() -> None:
 
 
 def test_clean_slurm_env() -> None:
-    env = clean_slurm_env(
+    env = SlurmScheduler.clean_env(
         {
             "SLURM_JOB_ID": "1",
             "SLURM_CONF": "/c",

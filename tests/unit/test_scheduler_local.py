@@ -29,8 +29,10 @@ def test_exit_codes_and_output(tmp_path: Path) -> None:
         3,
         "NonZeroExitCode",
     )
-    assert s.output_path(ok).read_text() == "hello job_ok\n"
-    assert "oops" in s.output_path(bad).read_text()
+    assert str(s.output_path(ok)).endswith(f"job_ok-{ok}.out")
+    assert Path(str(s.output_path(ok))).read_text() == "hello job_ok\n"
+    assert "oops" in Path(str(s.output_path(bad))).read_text()
+    assert s.output_path("999") is None  # not one of its jobs
 
 
 def test_cancel_running_and_pending(tmp_path: Path) -> None:

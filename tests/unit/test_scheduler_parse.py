@@ -25,6 +25,7 @@ from hpcagent.scheduler.slurm_parse import (
     parse_scontrol,
     parse_squeue,
     parse_wait_status,
+    slurm_state,
     split_job_id,
     squeue_argv,
 )
@@ -244,9 +245,9 @@ def test_small_helpers() -> None:
     assert parse_wait_status("9") == (0, 9)
     assert cancelled_by("CANCELLED by 1234") == "1234"
     assert cancelled_by("CANCELLED") is None
-    assert JobState.from_slurm("CA") is JobState.CANCELLED
-    assert JobState.from_slurm("CANCELLED+") is JobState.CANCELLED
-    assert JobState.from_slurm("") is JobState.UNKNOWN
+    assert slurm_state("CA") is JobState.CANCELLED
+    assert slurm_state("CANCELLED+") is JobState.CANCELLED
+    assert slurm_state("") is JobState.UNKNOWN
     # One id is sent twice: squeue errors on a single unknown id, not on a list.
     assert "--jobs=7,7" in squeue_argv(["7"])
 

@@ -314,9 +314,12 @@ def test_never_runs_only_for_pending_reasons_that_cannot_change() -> None:
 
 
 def test_cancel_own_job_only_in_a_job_and_on_rank_0() -> None:
-    from hpcagent.scheduler.slurm import cancel_own_job
+    from hpcagent.scheduler.registry import cancel_own_job
 
     # outside a job and on ranks other than 0 nothing runs (the real scancel is exercised by
-    # tests/slurm/test_submitter_e2e.py::test_abort_while_running_stops)
+    # tests/slurm/test_submitter_e2e.py::test_abort_while_running_stops); the local and Grid
+    # Engine backends do not cancel their own jobs
     assert cancel_own_job({}) is None
     assert cancel_own_job({"SLURM_JOB_ID": "12", "SLURM_PROCID": "3"}) is None
+    assert cancel_own_job({"HPCAGENT_JOB_ID": "2"}) is None
+    assert cancel_own_job({"JOB_ID": "7", "SGE_JOB_SPOOL_DIR": "/s"}) is None

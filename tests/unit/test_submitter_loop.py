@@ -132,16 +132,18 @@ def test_task_runs_to_completion(rig: Rig) -> None:
     assert entry.job_id
     task = rig.get(tid)
     assert task["status"] == "queued"
-    assert task["status_message"].startswith(f"slurm job {entry.job_id}: ")
+    assert task["status_message"].startswith(f"local job {entry.job_id}: ")  # its job_label
     props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
-    assert props["slurm-job-id"] == entry.job_id
-    assert (props["slurm-queue"], props["slurm-worker"]) == ("q1", "test:hpcagent-slurm")
+    assert (props["job-id"], props["job-scheduler"]) == (entry.job_id, "local")
+    assert (props["job-queue"], props["job-worker"]) == ("q1", "test:hpcagent-slurm")
     assert not task.get("runtime")  # runtime is the executor's and the SDK's, never ours
     script = Path(str(entry.script_path))
     assert script.stat().st_mode & 0o777 == 0o700
     rig.until_settled(s)
     assert rig.get(tid)["status"] == "completed", rig.get(tid)["status_message"]
-    out = rig.scheduler.output_path(str(entry.job_id)).read_text()
+    path = rig.scheduler.output_path(str(entry.job_id))
+    assert path is not None
+    out = path.read_text()
     assert "hello from job for my task; $(touch pwned)" in out
     assert not (Path.cwd() / "pwned").exists()
     finished = rig.ledger.get(tid)
@@ -333,18 +335,18 @@ def test_worker_report_lists_held_jobs(rig: Rig) -> None:
     jobs = {e.task_id: str(e.job_id) for e in rig.ledger.live()}
     assert set(jobs) == set(tids)
     worker = _worker(rig, "test:hpcagent-slurm")
-    assert worker["tags"] == ["slurm_jobs:2"]
+    assert worker["tags"] == ["local_jobs:2"]  # named after the scheduler's job_label
     assert [q["id"] for q in worker["queues"]] == [qid]
     props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
     held = {p["key"]: p["value"] for p in props["runtime_properties"]}
-    assert held["slurm_jobs"] == "2"
-    assert sorted(held["slurm_job_ids"].split(",")) == sorted(f"{j}:{t}" for t, j in jobs.items())
+    assert held["local_jobs"] == "2"
+    assert sorted(held["local_job_ids"].split(",")) == sorted(f"{j}:{t}" for t, j in jobs.items())
     rig.until_settled(s)
     s.report()  # the jobs are gone: the count and the list follow at once
-    assert _worker(rig, "test:hpcagent-slurm")["tags"] == ["slurm_jobs:0"]
+    assert _worker(rig, "test:hpcagent-slurm")["tags"] == ["local_jobs:0"]
     props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
     held = {p["key"]: p["value"] for p in props["runtime_properties"]}
-    assert held == {"slurm_jobs": "0", "slurm_job_ids": ""}
+    assert held == {"local_jobs": "0", "local_job_ids": ""}
 
 
 def test_held_jobs_properties_are_capped() -> None:

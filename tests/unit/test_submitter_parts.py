@@ -16,10 +16,11 @@ from click.testing import CliRunner
 from hpcagent.commands.longrunning import expand_greedy
 from hpcagent.commands.slurm import GREEDY, _pair_templates, slurm_cmd
 from hpcagent.errors import UsageError
+from hpcagent.scheduler.slurm import SlurmScheduler
 from hpcagent.submitter.blocks import agent_execute_command
 from hpcagent.submitter.instance import DAEMON_FILES, SUBMITTER_FILES, read_pid, single_instance
 from hpcagent.submitter.ledger import FINISHED, PULLED, RENDERED, SUBMITTED, Ledger
-from hpcagent.submitter.outputs import output_path, tail, write_script
+from hpcagent.submitter.outputs import tail, write_script
 from hpcagent.submitter.worktime import (
     WorkingHours,
     force_from_properties,
@@ -117,15 +118,16 @@ def test_agent_execute_command_is_quoted() -> None:
     )
 
 
-def test_output_path_and_tail(tmp_path: Path) -> None:
+def test_slurm_output_path_and_tail(tmp_path: Path) -> None:
+    output_path = SlurmScheduler().output_path
     script = "#!/bin/bash\n#SBATCH --output=task-%x-%j.log\n"
-    p = output_path(script, job_id="12", job_name="clearml_task_a", submit_dir=tmp_path)
+    p = output_path("12", job_name="clearml_task_a", script=script, submit_dir=tmp_path)
     assert p == tmp_path / "task-clearml_task_a-12.log"
-    assert output_path("#!/bin/bash\n", job_id="7", job_name="n", submit_dir=tmp_path) == (
+    assert output_path("7", job_name="n", script="#!/bin/bash\n", submit_dir=tmp_path) == (
         tmp_path / "slurm-7.out"
     )
     script = "#SBATCH -D /work\n#SBATCH -o out-%j.txt\n"
-    assert output_path(script, job_id="3", job_name="n", submit_dir=tmp_path) == Path(
+    assert output_path("3", job_name="n", script=script, submit_dir=tmp_path) == Path(
         "/work/out-3.txt"
     )
     f = tmp_path / "o.log"

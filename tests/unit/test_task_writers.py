@@ -18,9 +18,10 @@ import pytest
 from hpcagent.api import ApiClient
 from hpcagent.executor.main import merge_runtime
 from hpcagent.executor.task_info import TaskInfo, runtime_record, should_run
+from hpcagent.scheduler.registry import job_identity
 from hpcagent.submitter import taskops
 
-ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[3-4]"}
+JOB = job_identity({"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[3-4]"})
 WORKER = "node3:slurm-4242"
 
 
@@ -42,7 +43,13 @@ def _new_task(client: ApiClient) -> str:
 
 def _submitter_records(client: ApiClient, tid: str, nodes: str = "") -> None:
     taskops.record_job(
-        client, tid, job_id="4242", queue_name="gpu", worker_id="login:hpcagent-slurm", nodes=nodes
+        client,
+        tid,
+        job_id="4242",
+        scheduler="slurm",
+        queue_name="gpu",
+        worker_id="login:hpcagent-slurm",
+        nodes=nodes,
     )
 
 
@@ -69,27 +76,30 @@ def _check_all_keys(client: ApiClient, tid: str) -> None:
         "user_key": "kept",
         "_exec_agent_hostname": "node3",  # the compute node, never the login node
         "hpcagent_worker": WORKER,
-        "slurm_job_id": "4242",
-        "slurm_nodes": "node[3-4]",
+        "job_scheduler": "slurm",
+        "job_id": "4242",
+        "job_nodes": "node[3-4]",
     }
     props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
     assert props == {
         "owner": "alice",
-        "slurm-job-id": "4242",
-        "slurm-queue": "gpu",
-        "slurm-worker": "login:hpcagent-slurm",
-        "slurm-nodes": "node[3-4]",
+        "job-id": "4242",
+        "job-scheduler": "slurm",
+        "job-queue": "gpu",
+        "job-worker": "login:hpcagent-slurm",
+        "job-nodes": "node[3-4]",
     }
     # and the executor's ownership check reads the submitter's record
     info = TaskInfo.from_task({**task, "status": "in_progress"})
-    assert should_run(info, "4242", force=False)[0] is True
-    assert should_run(info, "9999", force=False)[0] is False
+    assert should_run(info, JOB, force=False)[0] is True
+    other = job_identity({"SLURM_JOB_ID": "9999"})
+    assert should_run(info, other, force=False)[0] is False
 
 
 @pytest.mark.parametrize("order", ["submitter-first", "executor-first", "inside-executor"])
 def test_interleaved_writes_keep_every_key(client: ApiClient, order: str) -> None:
     tid = _new_task(client)
-    keys = runtime_record(ENV, WORKER, "node3")
+    keys = runtime_record(JOB, WORKER, "node3")
     if order == "submitter-first":
         _submitter_records(client, tid)
         merge_runtime(client, tid, keys)
@@ -111,7 +121,7 @@ def test_interleaved_writes_keep_every_key(client: ApiClient, order: str) -> Non
 def test_concurrent_writers_keep_every_key(client: ApiClient) -> None:
     """Both writers hammering one task from two threads (real HTTP, real server)."""
     tid = _new_task(client)
-    keys = runtime_record(ENV, WORKER, "node3")
+    keys = runtime_record(JOB, WORKER, "node3")
     errors: list[BaseException] = []
 
     def submitter() -> None:

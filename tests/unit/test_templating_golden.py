@@ -64,6 +64,7 @@ CASES = [
         "slurm.gpu.template",
         "slurm.singularity.template",
         "slurm.example.j2",
+        "gridengine.example.template",
     )
     for variant in ("defaults", "props")
 ]

@@ -1,0 +1,152 @@
+"""End to end on the real one-host Grid Engine cell: embedded server + ``hpcagent-slurm
+--scheduler gridengine`` (a real process) with the shipped templates/gridengine.example.template
+(verbatim) + the real executor in the qsub job.
+
+* ``ge-run``  the shipped template → the task completes; the job is recorded under the
+  scheduler-neutral keys, and the executor inside the job read its identity from Grid Engine's
+  variables (``runtime.job_scheduler`` = gridengine, worker ``<host>:gridengine-<job>``);
+* ``ge-run``  a task that sleeps, aborted while running → qdel → task stopped;
+* ``ge-bad``  a template asking for a resource the cell does not have → the task fails with
+  qsub's own words, no job.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helpers as h
+import pytest
+
+pytestmark = [pytest.mark.gridengine, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD_TEMPLATE = "#!/bin/bash\n#$ -l nosuchresource=1\n${CLEARML_AGENT_EXECUTE}\n"
+SLEEPER = {
+    "entry_point": "sleeper.py",
+    "binary": "python3",
+    "diff": "import time\nprint('sleeping', flush=True)\ntime.sleep(400)\n",
+    "requirements": {"pip": ""},
+}
+
+
+class GeE2E:
+    def __init__(self, work: Path, server: Any) -> None:
+        self.work = work
+        self.server = server
+        bare, sha, diff = h.make_repo(work / "git")
+        self.repo = {"bare": bare, "sha": sha, "diff": diff, "tmp": work}
+        wheels = h.make_wheelhouse(work / "wheels")
+        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
+        data = json.loads(conf.read_text())
+        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
+        conf.write_text(json.dumps(data))
+        suffix = work.name
+        self.qids = {
+            q: str(server.send("queues.create", {"name": f"{q}-{suffix}"})["id"])
+            for q in ("ge-run", "ge-bad")
+        }
+        run = work / "gridengine.example.template"
+        shutil.copy(ROOT / "templates" / "gridengine.example.template", run)
+        bad = work / "bad.template"
+        bad.write_text(BAD_TEMPLATE)
+        self.log = work / "submitter.log"
+        argv = [
+            *h.SLURM_MAIN,
+            "--config-file", str(conf), "--scheduler", "gridengine", "--poll-interval", "1",
+            "--template-files", str(run), str(bad),
+            "--queue", f"ge-run-{suffix}", f"ge-bad-{suffix}",
+        ]  # fmt: skip
+        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
+
+    def enqueue(self, queue: str, name: str, script: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"name": name, "type": "training"}
+        body["script"] = script or {"binary": "python3", "diff": "print('noop')\n"}
+        tid = str(self.server.send("tasks.create", body)["id"])
+        self.server.send("tasks.enqueue", {"task": tid, "queue": self.qids[queue]})
+        return tid
+
+    def task(self, tid: str) -> dict[str, Any]:
+        return dict(h.get_task(self.server, tid))
+
+    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
+        try:
+            h.wait_for(lambda: self.task(tid)["status"] in statuses, timeout=timeout, interval=0.5)
+        except AssertionError:
+            log = self.log.read_text()[-4000:]
+            raise AssertionError(
+                f"task {tid}: {self.task(tid)}\n--- submitter log ---\n{log}"
+            ) from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def e2e(ge_cell: None, embedded_server_session: Any) -> Iterator[GeE2E]:
+    work = h.GRIDENGINE_WORK_ROOT / f"sub-{uuid.uuid4().hex[:10]}"
+    work.mkdir(parents=True)
+    rig = GeE2E(work, embedded_server_session)
+    try:
+        yield rig
+    finally:
+        rig.stop()
+
+
+def _qacct_failed(job: str) -> str:
+    res = subprocess.run(["qacct", "-j", job], capture_output=True, text=True, timeout=30)
+    return next(
+        (ln.split(None, 1)[1] for ln in res.stdout.splitlines() if ln.startswith("failed")), ""
+    )
+
+
+def test_task_completes_under_grid_engine(e2e: GeE2E) -> None:
+    tid = e2e.enqueue("ge-run", "ge-run", h.repo_script(e2e.repo))
+    e2e.wait_status(tid, ("completed", "failed", "stopped"))
+    task = e2e.task(tid)
+    assert task["status"] == "completed", task
+    props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
+    job = props["job-id"]
+    assert props["job-scheduler"] == "gridengine"
+    assert props["job-queue"] == f"ge-run-{e2e.work.name}"
+    runtime = task["runtime"]
+    assert (runtime["job_scheduler"], runtime["job_id"]) == ("gridengine", job)
+    assert runtime["job_nodes"]
+    assert runtime["hpcagent_worker"].endswith(f":gridengine-{job}")
+    assert any("mark=patched" in line for line in h.task_log_lines(e2e.server, tid))
+    out = (e2e.work / f"task-{tid}-{job}.log").read_text()  # the template's -cwd and -o
+    assert "whoami root" in out
+
+
+def test_abort_while_running_deletes_the_job(e2e: GeE2E) -> None:
+    tid = e2e.enqueue("ge-run", "ge-abort", SLEEPER)
+    h.wait_for(
+        lambda: any("sleeping" in line for line in h.task_log_lines(e2e.server, tid)),
+        timeout=180,
+        interval=0.5,
+    )
+    job = e2e.task(tid)["runtime"]["job_id"]
+    e2e.server.send("tasks.stop", {"task": tid})
+    e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=90)
+    assert e2e.task(tid)["status"] == "stopped"
+    # the job ended (the executor stopped the task and exited, or qdel killed it)
+    h.wait_for(lambda: _qacct_failed(job) != "", timeout=60, interval=0.5)
+
+
+def test_rejected_job_fails_the_task_with_qsubs_words(e2e: GeE2E) -> None:
+    tid = e2e.enqueue("ge-bad", "ge-bad")
+    e2e.wait_status(tid, ("failed",), timeout=90)
+    msg = e2e.task(tid)["status_message"]
+    assert "qsub rejected the job" in msg
+    assert 'unknown resource "nosuchresource"' in msg
