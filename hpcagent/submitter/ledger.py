@@ -9,8 +9,8 @@ One row per task the submitter took from a queue. States, in order::
 
 Every transition is committed before the next side effect, so after ``kill -9`` at any
 point a restart knows, for each task, whether a job may exist: ``pulled``/``rendered``
-rows are looked up by job name (``clearml_task_<id>``) and either adopted or put back
-at the front of their queue; ``submitted`` rows are followed again.
+rows are looked up by job name (``job_name``, and the legacy ``clearml_task_<id>``) and
+either adopted or put back at the front of their queue; ``submitted`` rows are followed again.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter import taskops
 from hpcagent.submitter.blocks import build_context, prepull_for_task
 from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
-from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name
+from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name, legacy_job_name
 from hpcagent.submitter.outputs import write_script
 from hpcagent.submitter.track import Tracker, crashpoint
 from hpcagent.submitter.worktime import force_from_properties, force_from_tags, may_pull
@@ -144,7 +144,7 @@ class Submitter:
         for entry in self.ledger.live():
             if entry.state not in (PULLED, RENDERED):
                 continue
-            jobs = self.scheduler.find_by_name(job_name(entry.task_id))
+            jobs = self._find_jobs(entry.task_id)
             if jobs:
                 keep, extra = jobs[0], jobs[1:]
                 if extra:  # never two live jobs for one task
@@ -170,6 +170,12 @@ class Submitter:
                 "back at the front of its queue (restart)" if back else "no longer queued",
             )
 
+    def _find_jobs(self, task_id: str) -> list[str]:
+        """The task's jobs by name, oldest first, also under the name older versions gave."""
+        found = self.scheduler.find_by_name(job_name(task_id))
+        legacy = self.scheduler.find_by_name(legacy_job_name(task_id))
+        return sorted(set(found) | set(legacy), key=lambda j: (len(j), j))
+
     def _recover_pop(self, queue_id: str) -> None:
         """The last run died between popping ``queue_id`` and writing the ledger row.
 
@@ -192,7 +198,7 @@ class Submitter:
             known = self.ledger.get(tid)
             if known is not None and known.state != "finished":
                 continue
-            if self.scheduler.find_by_name(job_name(tid)):
+            if self._find_jobs(tid):
                 continue
             if taskops.requeue_front(self.client, tid, queue_id, "submitter restarted after pop"):
                 log.info("task %s queue %s: back at the front of its queue (restart)", tid, q.name)

@@ -19,7 +19,17 @@ from hpcagent.submitter.worktime import WorkingHours
 
 def job_name(task_id: str) -> str:
     """The scheduler's job name of a task: its script's file name, ``${CLEARML_JOB_NAME}`` in
-    templates, ``%x`` in output paths, and how its job is found again after a restart."""
+    templates, ``%x`` in output paths, and how its job is found again after a restart.
+
+    ``<first 8 of the id>-clearml_task_<id>``: ``squeue``'s default format shows 8 characters
+    of the name, and they tell jobs apart (the start of the id ``hpcagent task list`` shows);
+    the seed's ``clearml_task_<id>`` stays in it for scripts that look for it."""
+    return f"{task_id[:8]}-{legacy_job_name(task_id)}"
+
+
+def legacy_job_name(task_id: str) -> str:
+    """The name hpcagent gave jobs before :func:`job_name` (and the seed's template sets):
+    looked up too when jobs are re-adopted, so that an upgrade finds the jobs it left."""
     return f"clearml_task_{task_id}"
 
 

@@ -63,13 +63,19 @@ def test_too_many_cpus_fails_the_task_with_slurms_reason(embedded_server: Any) -
     proc = h.start_logged(argv, work / "submitter.log", cwd=work, env=h.clean_env())
     try:
         seen_pending = False
+        squeue_default = ""
 
         def settled() -> dict[str, Any] | None:
-            nonlocal seen_pending
+            nonlocal seen_pending, squeue_default
             task = h.get_task(server, tid)
             message = str(task.get("status_message") or "")
             if task["status"] == "queued" and "PENDING (PartitionConfig)" in message:
                 seen_pending = True
+                if not squeue_default:  # squeue as a user types it: the default format
+                    job_id = message.split("slurm job ", 1)[1].split(":", 1)[0]
+                    squeue_default = subprocess.run(
+                        ["squeue", "-j", job_id], capture_output=True, text=True, check=False
+                    ).stdout
             return task if task["status"] == "failed" else None
 
         task = h.wait_for(settled, timeout=120, interval=0.3)
@@ -77,6 +83,8 @@ def test_too_many_cpus_fails_the_task_with_slurms_reason(embedded_server: Any) -
         proc.terminate()
         proc.wait(timeout=60)
     assert seen_pending, "the pending reason was never shown"
+    # the name column (8 characters wide by default) shows the start of the task id
+    assert tid[:8] in squeue_default.splitlines()[-1].split(), squeue_default
     assert task["status_reason"].endswith("cannot start (PartitionConfig)")
     assert "more than the partition or any of its nodes offers" in task["status_message"]
     props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}

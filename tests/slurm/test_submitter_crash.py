@@ -27,6 +27,8 @@ from helpers import (
     write_server_conf,
 )
 
+from hpcagent.submitter.options import job_name
+
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
 FAKE_EXECUTE = """
@@ -119,6 +121,6 @@ def test_kill9_then_restart_runs_every_task_once(point: str, embedded_server: An
     for tid in tids:
         # slurmdbd records jobs asynchronously: give a fresh record a few seconds to appear
         deadline = time.monotonic() + 30
-        while not _jobs_named(f"clearml_task_{tid}") and time.monotonic() < deadline:
+        while not _jobs_named(job_name(tid)) and time.monotonic() < deadline:
             time.sleep(1)
-        assert len(_jobs_named(f"clearml_task_{tid}")) == 1, (tid, log[-4000:])
+        assert len(_jobs_named(job_name(tid))) == 1, (tid, log[-4000:])

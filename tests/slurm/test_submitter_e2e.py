@@ -24,6 +24,8 @@ from typing import Any
 import helpers as h
 import pytest
 
+from hpcagent.submitter.options import job_name
+
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
 
@@ -189,7 +191,7 @@ def test_missing_template_value_fails_naming_it(e2e: E2E) -> None:
     assert "${CLEARML_TASK.hyperparams.properties.mem.value}" in msg
     assert "missing.template:2" in msg
     res = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", f"clearml_task_{tid}"],
+        ["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", job_name(tid)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -199,7 +201,7 @@ def test_missing_template_value_fails_naming_it(e2e: E2E) -> None:
 
 def test_max_jobs_never_exceeded(e2e: E2E) -> None:
     tids = [e2e.enqueue("limited", f"e2e-limited-{i}") for i in range(5)]
-    names = ",".join(f"clearml_task_{t}" for t in tids)
+    names = ",".join(job_name(t) for t in tids)
     peak = 0
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

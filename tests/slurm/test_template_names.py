@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcagent.errors import TemplateError
+from hpcagent.submitter.options import job_name
 from hpcagent.templating import RenderContext, render_string
 
 pytestmark = [pytest.mark.slurm]
@@ -215,8 +216,8 @@ def test_seed_template_runs_real_names(seed: SeedRig) -> None:
         task = h.get_task(seed.server, tid)
         assert task["status"] == "completed", (name, task.get("status_message"))
         job = task["hyperparams"]["properties"]["slurm-job-id"]["value"]
-        assert _scontrol(job).get("JobName") == f"clearml_task_{tid}"
-        script = (seed.work / "state" / "scripts" / f"clearml_task_{tid}.sh").read_text()
+        assert _scontrol(job).get("JobName") == job_name(tid)
+        script = (seed.work / "state" / "scripts" / f"{job_name(tid)}.sh").read_text()
         assert f"\n# {name}\n" in script  # the seed's header comment, the name unchanged
         key = f"key of {name}" if name != "no properties" else ""
         assert f"\n# {key}\n" in script

@@ -19,7 +19,7 @@ from hpcagent.api import ApiClient
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.submitter.ledger import FINISHED, SUBMITTED, Ledger
 from hpcagent.submitter.loop import Submitter
-from hpcagent.submitter.options import QueueRef, SubmitterOptions
+from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name
 
 FAKE_EXECUTOR = """
 import os, sys, time
@@ -175,7 +175,7 @@ def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:
     assert task["status"] == "failed"
     assert "${CLEARML_TASK.hyperparams.x.y.value}" in task["status_message"]
     assert f"{tmpl}:3" in task["status_message"]
-    assert rig.scheduler.find_by_name(f"clearml_task_{tid}") == []
+    assert rig.scheduler.find_by_name(job_name(tid)) == []
 
 
 def test_max_jobs_per_queue(rig: Rig) -> None:
@@ -269,7 +269,10 @@ def test_restart_requeued_task_is_popped_first(rig: Rig) -> None:
     assert popped["task"] == tid
 
 
-def test_restart_adopts_submitted_job_by_name(rig: Rig) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["name", "legacy-name"])
+def test_restart_adopts_submitted_job_by_name(rig: Rig, legacy: bool) -> None:
+    """A job found by its name is adopted; so is one an older version named
+    ``clearml_task_<id>`` (an upgrade re-adopts the jobs it left running)."""
     qid = rig.queue("q1")
     tid = rig.task("adopt me", qid)
     s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
@@ -277,14 +280,22 @@ def test_restart_adopts_submitted_job_by_name(rig: Rig) -> None:
     rig.ledger.record_pulled(tid, qid, "q1")
     job = rig.scheduler.submit(
         rig.template(TEMPLATE.replace("${CLEARML_AGENT_EXECUTE}", "true"), "x.sh"),
-        job_name=f"clearml_task_{tid}",
+        job_name=f"clearml_task_{tid}" if legacy else job_name(tid),
     )
     s.recover()  # as after a crash right after sbatch returned
     e = rig.ledger.get(tid)
     assert e is not None
     assert e.state == SUBMITTED
     assert e.job_id == job
-    assert rig.scheduler.find_by_name(f"clearml_task_{tid}") == [job]
+    assert rig.scheduler.find_by_name(job_name(tid)) == ([] if legacy else [job])
+
+
+def test_job_names_tell_tasks_apart_in_8_characters() -> None:
+    """squeue's default format shows 8 characters of a job's name: they are the task id's."""
+    a, b = "3f2a1c9e" + "0" * 24, "77aa01bc" + "0" * 24
+    assert job_name(a)[:8] == a[:8]
+    assert job_name(a)[:8] != job_name(b)[:8]
+    assert job_name(a).endswith(f"clearml_task_{a}")
 
 
 def test_submit_limit_puts_task_back_and_backs_off(rig: Rig) -> None:
