@@ -162,7 +162,11 @@ def run(
         rv = command.main(args=argv, prog_name=prog_name, standalone_mode=False)  # type: ignore[attr-defined]
     except HpcAgentError as exc:
         return _fail(str(exc), exc.exit_code, type(exc).__name__, as_json)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, EOFError):  # a prompt met the end of stdin: not Ctrl-C
+            click.echo("")  # end the prompt's line
+            message = "no input: stdin ended at a prompt (give the value as an option)"
+            return _fail(message, 2, "NoInput", as_json)
         return _fail("aborted", 130, "Abort", as_json)
     except click.ClickException as exc:
         return _fail(_usage_hint(exc), exc.exit_code, type(exc).__name__, as_json)

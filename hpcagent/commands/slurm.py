@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from hpcagent import __version__
 from hpcagent.commands.longrunning import (
     GreedyCommand,
     container_kind,
@@ -125,6 +126,7 @@ class _SlurmCommand(GreedyCommand):
     cls=_SlurmCommand,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+@click.version_option(__version__, prog_name="hpcagent-slurm")
 @click.option(
     "--template-files",
     "templates",

@@ -242,3 +242,25 @@ def test_server_log_level_debug_shows_debug_lines(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert "DEBUG hpcagent.server: unknown path /no/such/path" in log.read_text()
+
+
+def test_a_prompt_at_end_of_input_is_a_usage_error(
+    bare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # stdin at its end, as `</dev/null`
+    rc, _, err = bare("init", "--output", str(tmp_path / "c.conf"))
+    assert rc == 2
+    assert err.splitlines() == [
+        "error: no input: stdin ended at a prompt (give the value as an option)"
+    ]
+    assert not (tmp_path / "c.conf").exists()
+
+
+def test_hpcagent_slurm_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcagent import __version__
+    from hpcagent.commands.slurm import slurm_cmd
+
+    assert run(slurm_cmd, ["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hpcagent-slurm, version {__version__}"
