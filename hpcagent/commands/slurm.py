@@ -104,13 +104,14 @@ def _status(state_dir: Path, as_json: bool) -> None:
     click.echo(f"slurm jobs held: {held['slurm_jobs']} (reported to the server on its worker)")
     for name, n in sorted(queues.items()):
         click.echo(f"queue {name}: {n} live job(s)")
-    if live:
-        click.echo(f"{'TASK':34} {'QUEUE':16} {'LEDGER':10} {'JOB':10} JOB STATE")
-        for e in live:
-            click.echo(
-                f"{e.task_id:34} {e.queue_name:16} {e.state:10} {e.job_id or '-':10} "
-                f"{e.job_state or '-'}"
-            )
+    from hpcagent.commands.common import table
+
+    table(
+        ["TASK", "QUEUE", "LEDGER", "JOB", "JOB STATE"],
+        [[e.task_id, e.queue_name, e.state, e.job_id or "-", e.job_state or "-"] for e in live],
+        empty="no live jobs",
+        shrink=("QUEUE", "JOB STATE"),
+    )
 
 
 #: Options that take several values after one flag (``--queue a b c``), as in the seed's CLI.
