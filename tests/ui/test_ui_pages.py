@@ -16,6 +16,7 @@ import uuid
 import zlib
 from typing import Any
 
+import helpers as h
 import pytest
 import requests
 from ui_browser import UiBrowser
@@ -244,7 +245,7 @@ def test_hostile_name_and_log_line_render_as_text(ui: UiBrowser, world: dict[str
 
 def test_action_without_csrf_token_is_refused(ui: UiBrowser, world: dict[str, Any]) -> None:
     srv = world["srv"]
-    victim = new_task(srv, "csrf victim", project=world["project"])
+    victim = new_task(srv, "csrf victim")
     session = ui.session()
     url = f"{srv.url}/tasks/{victim}/action"
     reply = session.post(url, data={"action": "delete"}, allow_redirects=False)
@@ -412,7 +413,7 @@ def test_console_pages_across_a_shared_timestamp(ui: UiBrowser, world: dict[str,
     """Events that share a millisecond across page boundaries are all shown, once, in order;
     the live tail adds new events of the newest millisecond once."""
     srv = world["srv"]
-    task = new_task(srv, "console paging", project=world["project"])
+    task = new_task(srv, "console paging")
     t0 = int(time.time() * 1000)
     stamps = [t0] * 5 + [t0 + 1] * 10 + [t0 + 2] * 10
     add_events(srv, [{"task": task, "type": "log", "msg": f"line {i:02d}", "timestamp": ts}
@@ -456,7 +457,7 @@ def test_hostile_query_values_get_4xx_or_defaults(ui: UiBrowser, world: dict[str
 
 def test_reset_and_delete_from_the_task_page(ui: UiBrowser, world: dict[str, Any]) -> None:
     srv = world["srv"]
-    task = new_task(srv, "reset and delete me", project=world["project"])
+    task = new_task(srv, "reset and delete me")
     srv.send("tasks.enqueue", {"task": task, "queue": world["queue"]})
     srv.send("tasks.started", {"task": task, "force": True})
     srv.send("tasks.failed", {"task": task, "force": True, "status_message": "boom"})
@@ -476,3 +477,21 @@ def test_reset_and_delete_from_the_task_page(ui: UiBrowser, world: dict[str, Any
     reply = srv.request("tasks.get_by_id", {"task": task})
     assert reply.status_code == 400
     assert ui.errors() == []
+
+
+def test_the_sdk_results_page_link_opens_the_task(
+    ui: UiBrowser, world: dict[str, Any], tmp_path: Any
+) -> None:
+    """The clearml SDK's "results page" (web_server from the server's own clearml.conf
+    snippet) leads to the task's page."""
+    script = """
+        import json, sys
+        from clearml import Task
+        task = Task.get_task(task_id=sys.argv[1])
+        print("RESULT " + json.dumps({"url": task.get_output_log_web_page()}))
+    """
+    url = h.run_sdk(world["srv"], tmp_path, script, world["main"])["url"]
+    assert url.startswith(world["srv"].url + "/projects/")
+    ui.driver.get(url)
+    ui.wait_until(lambda: ui.path() == f"/tasks/{world['main']}", what="the task page")
+    assert ui.text("#task-name") == f"train résumé 'quoted' {world['suffix']}"
