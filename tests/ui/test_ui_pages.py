@@ -387,7 +387,7 @@ def test_clone_edit_enqueue(ui: UiBrowser, world: dict[str, Any]) -> None:
     assert ui.errors() == []
 
 
-def test_bulk_archive_and_enqueue(ui: UiBrowser, world: dict[str, Any]) -> None:
+def test_bulk_enqueue_abort_archive(ui: UiBrowser, world: dict[str, Any]) -> None:
     srv = world["srv"]
     picked = world["others"][:3]
     ui.open(f"/tasks?project={world['project']}&name=sweep&sort=name")
@@ -399,6 +399,15 @@ def test_bulk_archive_and_enqueue(ui: UiBrowser, world: dict[str, Any]) -> None:
     statuses = {srv.send("tasks.get_by_id", {"task": t})["task"]["status"] for t in picked}
     assert statuses == {"queued"}
     ui.open(f"/tasks?project={world['project']}&status=queued&queue={world['queue']}&name=sweep")
+    assert len(ui.find_all("#task-table td.name a")) == 3
+    for box in ui.find_all(".select-row")[:2]:
+        box.click()
+    ui.find("#bulk-abort").click()
+    assert "Abort the selected tasks" in ui.accept_confirm()
+    ui.wait_until(lambda: len(ui.find_all("#task-table td.name a")) == 1, what="2 aborted")
+    statuses = sorted(srv.send("tasks.get_by_id", {"task": t})["task"]["status"] for t in picked)
+    assert statuses == ["queued", "stopped", "stopped"]
+    ui.open(f"/tasks?project={world['project']}&queue={world['queue']}&name=sweep")
     assert len(ui.find_all("#task-table td.name a")) == 3
     ui.find("#select-all").click()
     ui.find("#bulk-archive").click()
