@@ -80,6 +80,28 @@ class _Heredoc:
     quoted: bool
 
 
+_SCAN_ALL = frozenset({"su", "runuser", "flock", "script"})  # their -c may follow other words
+_TAKES_WORD = frozenset({"-o", "+o", "-O", "+O", "-W", "-X", "-I", "-M"})
+
+
+def _options(words: list[str], scan_all: bool) -> list[str]:
+    """The option words of a command: up to its first operand (``bash x.sh -c`` passes
+    ``-c`` to the script), or all of them for ``scan_all`` commands."""
+    if scan_all:
+        return words
+    out: list[str] = []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w in ("-m", "--") or not w.startswith(("-", "+")):
+            break
+        out.append(w)
+        skip = w in _TAKES_WORD
+    return out
+
+
 def _runs_code(word: str) -> bool:
     """``word`` is a command that runs the text it reads as code (a shell, an interpreter)."""
     base = word.rsplit("/", 1)[-1]
@@ -210,7 +232,7 @@ class ShellContextTracker:
             if word.startswith("--wrap"):
                 return "the --wrap command of sbatch, which runs it as shell code"
             flags = _CODE_FLAG.get(base) or ("c" if re.fullmatch(r"python[0-9.]*", base) else "")
-            for w in rest if flags else []:
+            for w in _options(rest, scan_all=base in _SCAN_ALL) if flags else []:
                 if re.fullmatch(rf"-[A-Za-z]*[{flags}][A-Za-z]*", w):
                     return f"the code argument of '{base} {w}', which runs it as code"
         return None

@@ -30,6 +30,7 @@ REFUSED = [
     ('bash -c "echo {v}"', "'bash -c'", "slug"),
     ("srun bash -c 'echo {v}'", "'bash -c'", "slug"),
     ("sh -ec {v}", "'sh -ec'", "slug"),
+    ("bash -o pipefail -c 'echo {v}'", "'bash -c'", "slug"),
     ("eval echo {v}", "'eval'", "slug"),
     ('trap "echo {v}" EXIT', "'trap'", "slug"),
     ("python3 -c \"print('{v}')\"", "'python3 -c'", "slug"),
@@ -67,6 +68,8 @@ ACCEPTED = [
     '[[ {v} == "x" ]] || echo no',
     "echo hi  # {v}",
     "echo {v} | cat",
+    "bash /dev/null -c {v}",  # -c after the script: an argument of the script
+    "python3 -m json.tool -c {v} </dev/null 2>/dev/null || true",
     'export FOO={v}; echo "$FOO"',
     "declare -r X={v}",
     "[ -n {v} ] && echo set",
