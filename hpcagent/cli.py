@@ -19,20 +19,22 @@ import click
 from hpcagent import __version__
 from hpcagent.errors import HpcAgentError
 
-#: (module, attribute) of each command of the ``hpcagent`` group. A missing module is skipped,
-#: so a partial checkout still runs; registration spot for new command modules:
-COMMANDS: list[tuple[str, str]] = [
-    ("hpcagent.commands.config_cmd", "config_group"),
-    ("hpcagent.commands.config_cmd", "init_cmd"),
-    ("hpcagent.commands.server", "server_cmd"),
-    ("hpcagent.commands.task", "task_group"),
-    ("hpcagent.commands.task_edit", "task_group"),  # edit, delete, scalars
-    ("hpcagent.commands.queue", "queue_group"),
-    ("hpcagent.commands.queue", "workers_group"),
-    ("hpcagent.commands.execute", "execute_cmd"),
-    ("hpcagent.commands.build", "build_cmd"),
-    ("hpcagent.commands.daemon", "daemon_cmd"),
-    ("hpcagent.commands.templates", "templates_group"),
+#: (name, module, attribute) of each command of the ``hpcagent`` group, imported only when that
+#: command runs (or ``--help`` lists them), so that ``hpcagent task list`` does not pay for the
+#: server's or the executor's imports. A missing module is skipped, so a partial checkout still
+#: runs; registration spot for new command modules:
+COMMANDS: list[tuple[str, str, str]] = [
+    ("config", "hpcagent.commands.config_cmd", "config_group"),
+    ("init", "hpcagent.commands.config_cmd", "init_cmd"),
+    ("server", "hpcagent.commands.server", "server_cmd"),
+    ("task", "hpcagent.commands.task", "task_group"),
+    ("task", "hpcagent.commands.task_edit", "task_group"),  # edit, delete, scalars
+    ("queue", "hpcagent.commands.queue", "queue_group"),
+    ("workers", "hpcagent.commands.queue", "workers_group"),
+    ("execute", "hpcagent.commands.execute", "execute_cmd"),
+    ("build", "hpcagent.commands.build", "build_cmd"),
+    ("daemon", "hpcagent.commands.daemon", "daemon_cmd"),
+    ("templates", "hpcagent.commands.templates", "templates_group"),
 ]
 
 #: The ``hpcagent-slurm`` command.
@@ -76,8 +78,18 @@ def hoist_global_options(args: list[str]) -> list[str]:
 
 
 class _MainGroup(click.Group):
+    """The ``hpcagent`` group: global options anywhere, sub-commands imported on first use."""
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(list(args)))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({name for name, _, _ in COMMANDS} | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            _register(self, [(n, m, a) for n, m, a in COMMANDS if n == cmd_name])
+        return self.commands.get(cmd_name)
 
 
 @click.group(
@@ -109,8 +121,8 @@ def main_group(ctx: click.Context, config_file: str | None, debug: bool) -> None
     ctx.obj["debug"] = debug
 
 
-def _register(group: click.Group, entries: Sequence[tuple[str, str]]) -> None:
-    for module_name, attr in entries:
+def _register(group: click.Group, entries: Sequence[tuple[str, str, str]]) -> None:
+    for name, module_name, attr in entries:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -119,10 +131,7 @@ def _register(group: click.Group, entries: Sequence[tuple[str, str]]) -> None:
             raise
         command = getattr(module, attr, None)
         if isinstance(command, click.Command):
-            group.add_command(command)
-
-
-_register(main_group, COMMANDS)
+            group.add_command(command, name)
 
 
 def _fail(message: str, code: int, kind: str, as_json: bool) -> int:

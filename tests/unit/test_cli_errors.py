@@ -264,3 +264,12 @@ def test_hpcagent_slurm_version(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert run(slurm_cmd, ["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"hpcagent-slurm, version {__version__}"
+
+
+def test_help_lists_the_lazily_loaded_commands(bare: Any) -> None:
+    from hpcagent.cli import COMMANDS
+
+    rc, out, _ = bare("--help")
+    assert rc == 0
+    listed = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed == {name for name, _, _ in COMMANDS}
