@@ -90,7 +90,6 @@ class RenderContext:
             "CLEARML_QUEUE_NAME": self.queue_name,
             "CLEARML_QUEUE_ID": self.queue_id,
             "CLEARML_WORKER_ID": self.worker_id,
-            "CLEARML_JOB_NAME": f"clearml_task_{self.task.get('id', '')}",
             "CLEARML_PROJECT_ID": self._task_field("project.id"),
         }
         if with_names:
@@ -119,8 +118,8 @@ class RenderContext:
             value = self._task_field("project.id")
         elif root == "CLEARML_PROJECT_NAME":  # asked of ``names`` only when a template uses it
             value = self._task_field("project.name")
-        elif root in SCALAR_NAMES:
-            value = self.scalars(with_names=False)[root]
+        elif root in SCALAR_NAMES:  # CLEARML_JOB_NAME: set by the submitter (its job-name rule)
+            value = self.scalars(with_names=False).get(root)
         else:
             raise KeyError(key)
         return value if value != "" else None
