@@ -50,9 +50,10 @@ def build_cmd(
 
     \b
     The build needs no registry and no index: the wheels are made here and copied in; the base
-    image may be a local one. Give the credentials at launch, never at build time:
-      docker run --network host -e CLEARML_API_HOST=... -e CLEARML_API_ACCESS_KEY=... \\
-                 -e CLEARML_API_SECRET_KEY=... NAME
+    image may be a local one. Give the credentials at launch, never at build time (names only:
+    docker takes the values from its own environment, so they stay out of argv):
+      docker run --network host -e CLEARML_API_HOST -e CLEARML_API_ACCESS_KEY \\
+                 -e CLEARML_API_SECRET_KEY NAME
     """
     if kind is None:
         raise UsageError("choose --docker or --singularity")

@@ -237,7 +237,8 @@ def test_docker_metrics_see_the_container(setup: dict[str, Any], docker_image: s
     )
     _check_completed(server, task_id, res.stdout + res.stderr)
     assert _series_max(server, task_id, "process_memory_gb") > 0.25
-    assert _series_max(server, task_id, "process_cpu_usage") > 50.0
+    # a busy core, shared with whatever else this machine runs; the docker client alone is ~0
+    assert _series_max(server, task_id, "process_cpu_usage") > 10.0
 
 
 def _marker_procs(marker: str) -> list[int]:
