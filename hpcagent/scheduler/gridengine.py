@@ -73,6 +73,18 @@ _FAILED_TIMEOUT = 37  # "qmaster enforced h_rt, h_cpu, or h_vmem limit"
 _DIRECTIVE = re.compile(r"^#\$\s*(.*)$", re.MULTILINE)
 
 
+_NAME_UNSAFE = re.compile(r"[\s/:@\\*?]")
+
+
+def ge_job_name(name: str) -> str:
+    """The Grid Engine name for the submitter's job ``name``: Grid Engine refuses a name that
+    starts with a digit ("is not a valid object name") or holds whitespace, ``/:@\\*?``, so such
+    a name gets a ``t`` in front and ``_`` for those characters. The same name always maps to
+    the same Grid Engine name (submit, find by name and the output file agree)."""
+    safe = _NAME_UNSAFE.sub("_", name)
+    return f"t{safe}" if safe[:1].isdigit() or not safe else safe
+
+
 def is_transient(stderr: str) -> bool:
     low = stderr.lower()
     return any(p in low for p in TRANSIENT_PATTERNS)
@@ -309,6 +321,7 @@ class GridEngineScheduler(Scheduler):
             elif word == "-o" and nxt:
                 out = nxt.split(",", 1)[0]
                 out = out.split(":", 1)[1] if re.match(r"^[^/]*:", out) else out
+        job_name = ge_job_name(job_name)
         default = f"{job_name}.o{job_id}"
         if not out:
             return workdir / default
@@ -351,6 +364,8 @@ class GridEngineScheduler(Scheduler):
 
     # ------------------------------------------------------------------ submit
     def submit(self, script_path: Path, *, job_name: str) -> str:
+        """``qsub`` under :func:`ge_job_name` of ``job_name`` (see the module docstring)."""
+        job_name = ge_job_name(job_name)
         argv = ["qsub", "-terse", "-N", job_name, *self.qsub_args, str(script_path)]
         retrying = Retrying(
             stop=stop_after_attempt(self.submit_attempts),
@@ -392,7 +407,9 @@ class GridEngineScheduler(Scheduler):
 
     # ------------------------------------------------------------------ find
     def find_by_name(self, name: str) -> list[str]:
-        """Ids of this user's jobs named ``name``, oldest first: qstat, then qacct."""
+        """Ids of this user's jobs named ``name`` (:func:`ge_job_name`), oldest first: qstat,
+        then qacct."""
+        name = ge_job_name(name)
         ids = {r.job_id for r in self._qstat() if r.name == name}
         ids.update(r.job_id for r in self._qacct(name) if r.name == name)
         return sorted(ids, key=lambda s: (int(s) if s.isdigit() else 0, s))

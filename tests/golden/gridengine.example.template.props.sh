@@ -1,7 +1,7 @@
 #!/bin/bash
 # Grid Engine job for one ClearML task (hpcagent-slurm --scheduler gridengine). Grid Engine
 # reads the "#$" lines as qsub options (no comments on them); "# #$" lines are switched off.
-# The job name: hpcagent-slurm also passes it on the qsub command line. Do not change it.
+# The job name (hpcagent-slurm passes its own on the qsub command line, which wins):
 #$ -N clearml_task_4f6c0a8e2b9d4c1fa7e3b5d6c8f0a1b2
 # Run with bash, in the folder hpcagent-slurm runs in, with its environment (as sbatch's
 # default --export=ALL), stderr into stdout, into this file:

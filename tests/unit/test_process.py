@@ -22,7 +22,6 @@ from hpcagent.errors import (
     SchedulerError,
 )
 from hpcagent.process import counting, run_command, start_process
-from hpcagent.scheduler.slurm import SlurmScheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,16 +154,3 @@ def test_nothing_else_starts_processes() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
     assert offenders == []
-
-
-def test_clean_slurm_env() -> None:
-    env = SlurmScheduler.clean_env(
-        {
-            "SLURM_JOB_ID": "1",
-            "SLURM_CONF": "/c",
-            "XDG_RUNTIME_DIR": "/r",
-            "DBUS_X": "y",
-            "PATH": "/b",
-        }
-    )
-    assert env == {"SLURM_CONF": "/c", "PATH": "/b"}

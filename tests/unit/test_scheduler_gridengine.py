@@ -20,6 +20,7 @@ from hpcagent.process import CommandResult
 from hpcagent.scheduler.base import JobState
 from hpcagent.scheduler.gridengine import (
     GridEngineScheduler,
+    ge_job_name,
     parse_qacct,
     parse_qstat_xml,
     parse_qsub_terse,
@@ -144,6 +145,22 @@ def test_qsub_terse_ids() -> None:
     assert parse_qsub_terse("15\n") == "15"
     assert parse_qsub_terse("16.1-2:1\n") == "16"
     assert parse_qsub_terse("Your job 3 has been submitted\n") is None
+
+
+def test_job_names_grid_engine_accepts() -> None:
+    """Grid Engine refuses names that start with a digit (the submitter's ``<id8>-clearml_task_
+    <id>``): they get a ``t`` in front; the mapping is the same for submit and find_by_name."""
+    assert ge_job_name("4f6c0a8e-clearml_task_4f6c") == "t4f6c0a8e-clearml_task_4f6c"
+    assert ge_job_name("clearml_task_4f6c") == "clearml_task_4f6c"
+    assert ge_job_name("a b/c:d@e*f?g") == "a_b_c_d_e_f_g"
+    fake = FakeGridEngine(qsub=[res("42\n")], qstat=[res(fx("qstat_mixed.xml"))], qacct=[res()])
+    s = sched(fake)
+    assert s.submit(Path("/s/j.sh"), job_name="15-run") == "42"
+    assert fake.calls[0][:4] == ["qsub", "-terse", "-N", "t15-run"]
+    s.find_by_name("15-run")
+    assert fake.calls[2] == ["qacct", "-o", "root", "-j", "t15-run"]
+    home = Path.home()
+    assert s.output_path("5", job_name="9x", script="", submit_dir=home) == home / "t9x.o5"
 
 
 def test_submit_passes_name_and_args_and_returns_the_id(tmp_path: Path) -> None:

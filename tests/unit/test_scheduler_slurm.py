@@ -323,3 +323,16 @@ def test_cancel_own_job_only_in_a_job_and_on_rank_0() -> None:
     assert cancel_own_job({"SLURM_JOB_ID": "12", "SLURM_PROCID": "3"}) is None
     assert cancel_own_job({"HPCAGENT_JOB_ID": "2"}) is None
     assert cancel_own_job({"JOB_ID": "7", "SGE_JOB_SPOOL_DIR": "/s"}) is None
+
+
+def test_clean_env_drops_the_jobs_slurm_variables() -> None:
+    env = SlurmScheduler.clean_env(
+        {
+            "SLURM_JOB_ID": "1",
+            "SLURM_CONF": "/c",
+            "XDG_RUNTIME_DIR": "/r",
+            "DBUS_X": "y",
+            "PATH": "/b",
+        }
+    )
+    assert env == {"SLURM_CONF": "/c", "PATH": "/b"}
