@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
     "gpu": "slurm.gpu.template",
     "singularity": "slurm.singularity.template",
     "jinja": "slurm.example.j2",
+    "gridengine": "gridengine.example.template",
 }
 
 #: Built-in name → what it is for (``hpcagent templates list``).
@@ -23,6 +24,7 @@ ABOUT: dict[str, str] = {
     "gpu": "GPU jobs; partition, GPUs, CPUs, memory, time from task user properties",
     "singularity": "for --singularity-mode: the task runs inside its container image",
     "jinja": "the example in Jinja2 (*.j2)",
+    "gridengine": "the example for Grid Engine (--scheduler gridengine)",
 }
 
 

@@ -215,7 +215,7 @@ def test_seed_template_runs_real_names(seed: SeedRig) -> None:
             raise AssertionError(seed.log.read_text()[-4000:]) from None
         task = h.get_task(seed.server, tid)
         assert task["status"] == "completed", (name, task.get("status_message"))
-        job = task["hyperparams"]["properties"]["slurm-job-id"]["value"]
+        job = task["hyperparams"]["properties"]["job-id"]["value"]
         assert _scontrol(job).get("JobName") == job_name(tid)
         script = (seed.work / "state" / "scripts" / f"{job_name(tid)}.sh").read_text()
         assert f"\n# {name}\n" in script  # the seed's header comment, the name unchanged
