@@ -88,7 +88,7 @@ def test_too_many_cpus_fails_the_task_with_slurms_reason(embedded_server: Any) -
     assert task["status_reason"].endswith("cannot start (PartitionConfig)")
     assert "more than the partition or any of its nodes offers" in task["status_message"]
     props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
-    job = props["slurm-job-id"]
+    job = props["job-id"]
     deadline = time.monotonic() + 60
     while _sacct_state(job) in ("", "PENDING") and time.monotonic() < deadline:
         time.sleep(0.5)

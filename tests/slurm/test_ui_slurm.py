@@ -171,7 +171,7 @@ def test_task_run_by_slurm_in_the_ui(rig: Rig, ui: UiBrowser) -> None:
     rig.wait_status(tid, ("completed", "failed", "stopped"))
     task = rig.task(tid)
     assert task["status"] == "completed", task
-    job = task["hyperparams"]["properties"]["slurm-job-id"]["value"]
+    job = task["hyperparams"]["properties"]["job-id"]["value"]
     # the table: the Slurm job and its final state
     ui.open(f"/tasks?queue={rig.queue}&name=slurm ui run")
     row = ui.wait(f"tr[data-task='{tid}']")
@@ -227,7 +227,7 @@ def test_abort_from_the_ui_stops_a_running_job(rig: Rig, ui: UiBrowser) -> None:
     tid = rig.create("slurm ui abort", "0.1", sleep=300)
     rig.server.send("tasks.enqueue", {"task": tid, "queue": rig.queue})
     h.wait_for(lambda: "tick 1" in h.task_log_lines(rig.server, tid), timeout=180, interval=0.5)
-    job = rig.task(tid)["hyperparams"]["properties"]["slurm-job-id"]["value"]
+    job = rig.task(tid)["hyperparams"]["properties"]["job-id"]["value"]
     assert _squeue_state(job) == "RUNNING"
     ui.open(f"/tasks/{tid}")
     assert ui.text("#slurm-state") == "RUNNING"

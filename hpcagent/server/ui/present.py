@@ -11,7 +11,11 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-_SLURM_MESSAGE = re.compile(r"^slurm job (?P<job>\S+): (?P<state>[A-Z_]+)(?: \((?P<reason>.*)\))?")
+#: The submitter's status message while a job lives: "<job_label> <id>: STATE (reason)", the
+#: label being the scheduler's ("slurm job", "gridengine job", "local job").
+_SLURM_MESSAGE = re.compile(
+    r"^(?:[\w-]+ )?job (?P<job>\S+): (?P<state>[A-Z_]+)(?: \((?P<reason>.*)\))?"
+)
 
 
 def urlencode(params: dict[str, Any]) -> str:
@@ -31,12 +35,22 @@ def prop(task: dict[str, Any], name: str) -> str:
 
 
 def slurm_info(task: dict[str, Any]) -> dict[str, str]:
-    """``{job, state, reason, nodes}`` of the task's Slurm job, from what the submitter
-    (properties ``slurm-*``, the status message while pending) and the executor (runtime) wrote.
+    """``{job, state, reason, nodes}`` of the task's scheduler job, from what the submitter
+    (properties ``job-id``/``job-nodes``, ``slurm-*`` on tasks of earlier versions, the status
+    message while pending) and the executor (runtime ``job_id``/``job_nodes``, earlier
+    ``slurm_job_id``/``slurm_nodes``) wrote (docs/structure.md, "Who writes what on a task").
     """
     runtime = task.get("runtime") or {}
-    job = prop(task, "slurm-job-id") or str(runtime.get("slurm_job_id") or "")
-    nodes = prop(task, "slurm-nodes") or str(runtime.get("slurm_nodes") or "")
+    job = (
+        prop(task, "job-id")
+        or prop(task, "slurm-job-id")
+        or str(runtime.get("job_id") or runtime.get("slurm_job_id") or "")
+    )
+    nodes = (
+        prop(task, "job-nodes")
+        or prop(task, "slurm-nodes")
+        or str(runtime.get("job_nodes") or runtime.get("slurm_nodes") or "")
+    )
     state = reason = ""
     match = _SLURM_MESSAGE.match(str(task.get("status_message") or ""))
     if match:

@@ -37,6 +37,8 @@ ROW_FIELDS = (
     "project",
     "execution.queue",
     "hyperparams.properties",
+    "runtime.job_id",
+    "runtime.job_nodes",
     "runtime.slurm_job_id",
     "runtime.slurm_nodes",
     "created",
