@@ -24,6 +24,8 @@ The backend itself (class attributes and class methods, used without an instance
   name a job), ``auto_priority`` (``--scheduler auto`` takes the available backend with the
   highest), ``available(env)`` (its submit command is on PATH).
 * ``create(state_dir=...)``: the backend as ``hpcagent-slurm`` uses it.
+* ``never_runs(status)``: a pending job the scheduler will never start as asked (Slurm's
+  pending reasons); False where the backend cannot tell.
 * ``cancel_own_job(job)``: cancel the job this process runs in (the executor after an abort);
   False where the backend does not.
 * The job's environment: ``job_identity(env) -> JobIdentity | None`` reads the variables the
@@ -143,34 +145,6 @@ class JobStatus:
         return self.state.is_active
 
 
-#: Slurm pending reasons that mean the job, as asked, can never start: it asks for more CPUs,
-#: GPUs, memory, nodes or time than the partition or any of its nodes has (with
-#: ``EnforcePartLimits=NO`` sbatch accepts such a job and it pends forever), or for an account,
-#: QOS or constraint that does not exist. Transient reasons (Resources, Priority, limits on
-#: running jobs) are not here.
-NEVER_RUNS_REASONS = frozenset(
-    {
-        "PartitionConfig",
-        "PartitionNodeLimit",
-        "PartitionTimeLimit",
-        "BadConstraints",
-        "InvalidAccount",
-        "InvalidQOS",
-        "QOSMaxCpuPerJobLimit",
-        "QOSMaxGRESPerJob",
-        "QOSMaxMemoryPerJob",
-        "QOSMaxNodePerJobLimit",
-        "QOSMaxWallDurationPerJobLimit",
-    }
-)
-
-
-def never_runs(js: JobStatus) -> bool:
-    """Whether ``js`` is a pending job that Slurm will never start (see
-    :data:`NEVER_RUNS_REASONS`)."""
-    return js.state is JobState.PENDING and js.reason in NEVER_RUNS_REASONS
-
-
 def unknown_status(job_id: str, reason: str, source: str = "none") -> JobStatus:
     """The status of a job that could not be found."""
     return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason, source=source)
@@ -245,6 +219,12 @@ class Scheduler(abc.ABC):
     def job_identity(cls, env: Mapping[str, str]) -> JobIdentity | None:
         """The job this process runs in, from the variables this scheduler sets; None when
         ``env`` is not one of its jobs."""
+
+    def never_runs(self, status: JobStatus) -> bool:
+        """Whether ``status`` is a pending job this scheduler will never start as it was asked
+        (the submitter fails its task and cancels it after ``slurm.never_runs_fail_sec``).
+        False unless the backend knows such reasons (the default)."""
+        return False
 
     @classmethod
     def cancel_own_job(cls, job: JobIdentity) -> bool:

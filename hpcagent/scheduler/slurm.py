@@ -36,9 +36,17 @@ from hpcagent.errors import (
     TransientSchedulerError,
 )
 from hpcagent.process import CommandResult, CommandRunner, run_command
-from hpcagent.scheduler.base import JobIdentity, JobStatus, Scheduler, env_int, unknown_status
+from hpcagent.scheduler.base import (
+    JobIdentity,
+    JobState,
+    JobStatus,
+    Scheduler,
+    env_int,
+    unknown_status,
+)
 from hpcagent.scheduler.pacer import TokenBucket
 from hpcagent.scheduler.slurm_parse import (
+    NEVER_RUNS_REASONS,
     SACCT_FORMAT,
     SQUEUE_FORMAT,
     RowIndex,
@@ -105,6 +113,10 @@ class SlurmScheduler(Scheduler):
         """``scancel`` it (one attempt): the job ends ``CANCELLED`` in sacct."""
         cls(submit_attempts=1).cancel([job.job_id])
         return True
+
+    def never_runs(self, status: JobStatus) -> bool:
+        """Pending for one of :data:`~hpcagent.scheduler.slurm_parse.NEVER_RUNS_REASONS`."""
+        return status.state is JobState.PENDING and status.reason in NEVER_RUNS_REASONS
 
     def output_path(
         self, job_id: str, *, job_name: str, script: str, submit_dir: Path

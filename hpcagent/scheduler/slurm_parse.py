@@ -108,6 +108,28 @@ SLURM_SHORT_STATE_TABLE: dict[str, JobState] = {
 }
 
 
+#: Slurm pending reasons that mean the job, as asked, can never start: it asks for more CPUs,
+#: GPUs, memory, nodes or time than the partition or any of its nodes has (with
+#: ``EnforcePartLimits=NO`` sbatch accepts such a job and it pends forever), or for an account,
+#: QOS or constraint that does not exist. Transient reasons (Resources, Priority, limits on
+#: running jobs) are not here.
+NEVER_RUNS_REASONS = frozenset(
+    {
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxGRESPerJob",
+        "QOSMaxMemoryPerJob",
+        "QOSMaxNodePerJobLimit",
+        "QOSMaxWallDurationPerJobLimit",
+    }
+)
+
+
 def slurm_state(raw: str) -> JobState:
     """Translate a Slurm state (long name, short code, or ``CANCELLED by 0``).
 

@@ -26,7 +26,6 @@ from hpcagent.scheduler.base import (
     JobState,
     JobStatus,
     Scheduler,
-    never_runs,
     unknown_status,
 )
 from hpcagent.submitter import taskops
@@ -156,7 +155,11 @@ class Tracker:
         """A job Slurm will never start: after ``never_runs_fail_s`` fail its task with Slurm's
         reason and have the job cancelled (True)."""
         tid = entry.task_id
-        if not never_runs(js) or status != "queued" or self.opts.never_runs_fail_s <= 0:
+        if (
+            not self.scheduler.never_runs(js)
+            or status != "queued"
+            or self.opts.never_runs_fail_s <= 0
+        ):
             self._never_since.pop(tid, None)
             return False
         first = self._never_since.setdefault(tid, time.monotonic())

@@ -304,7 +304,13 @@ def test_sacct_failure_keeps_last_known_state(caplog: pytest.LogCaptureFixture) 
 
 
 def test_never_runs_only_for_pending_reasons_that_cannot_change() -> None:
-    from hpcagent.scheduler.base import JobState, JobStatus, never_runs
+    from hpcagent.scheduler.base import JobStatus
+    from hpcagent.scheduler.gridengine import GridEngineScheduler
+    from hpcagent.scheduler.local import LocalScheduler
+
+    never_runs = SlurmScheduler().never_runs
+    for other in (GridEngineScheduler(), LocalScheduler()):  # they know no such reasons
+        assert not other.never_runs(JobStatus("1", JobState.PENDING, reason="PartitionConfig"))
 
     assert never_runs(JobStatus("1", JobState.PENDING, reason="PartitionConfig"))
     assert never_runs(JobStatus("1", JobState.PENDING, reason="PartitionTimeLimit"))
