@@ -99,6 +99,16 @@ class UiBrowser:
             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
         ).until(lambda _: predicate(), message=what)
 
+    def click_and_load(self, css: str, *, confirm: bool = False) -> str:
+        """Click ``css`` (a submit button or link) and wait until the next page replaced this
+        one; with ``confirm`` accept the confirm() dialog first and return its text."""
+        page = self.find("html")
+        self.find(css).click()
+        text = self.accept_confirm() if confirm else ""
+        WebDriverWait(self.driver, 30).until(ec.staleness_of(page))
+        self.wait("body")
+        return text
+
     def find(self, css: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 

@@ -394,24 +394,23 @@ def test_bulk_enqueue_abort_archive(ui: UiBrowser, world: dict[str, Any]) -> Non
     for box in ui.find_all(".select-row")[:3]:
         box.click()
     ui.find(f"#bulk-queue option[value='{world['queue']}']").click()
-    ui.find("#bulk-enqueue").click()
-    ui.wait_until(lambda: "name=sweep" in ui.path())
+    ui.click_and_load("#bulk-enqueue")
+    assert "name=sweep" in ui.path()
     statuses = {srv.send("tasks.get_by_id", {"task": t})["task"]["status"] for t in picked}
     assert statuses == {"queued"}
     ui.open(f"/tasks?project={world['project']}&status=queued&queue={world['queue']}&name=sweep")
     assert len(ui.find_all("#task-table td.name a")) == 3
     for box in ui.find_all(".select-row")[:2]:
         box.click()
-    ui.find("#bulk-abort").click()
-    assert "Abort the selected tasks" in ui.accept_confirm()
-    ui.wait_until(lambda: len(ui.find_all("#task-table td.name a")) == 1, what="2 aborted")
+    assert "Abort the selected tasks" in ui.click_and_load("#bulk-abort", confirm=True)
+    assert len(ui.find_all("#task-table td.name a")) == 1
     statuses = sorted(srv.send("tasks.get_by_id", {"task": t})["task"]["status"] for t in picked)
     assert statuses == ["queued", "stopped", "stopped"]
     ui.open(f"/tasks?project={world['project']}&queue={world['queue']}&name=sweep")
     assert len(ui.find_all("#task-table td.name a")) == 3
     ui.find("#select-all").click()
-    ui.find("#bulk-archive").click()
-    ui.wait_until(lambda: "No tasks in this view" in ui.text("#task-table"))
+    ui.click_and_load("#bulk-archive")
+    assert "No tasks in this view" in ui.text("#task-table")
     ui.open(f"/tasks?project={world['project']}&archived=1")
     assert len(ui.find_all("#task-table td.name a")) >= 3
     for task_id in picked:
@@ -462,6 +461,13 @@ def test_hostile_query_values_get_4xx_or_defaults(ui: UiBrowser, world: dict[str
     assert session.get(f"{url}/data/tasks/{world['main']}/events?kind=x").status_code == 400
     assert session.get(f"{url}/static/..%2Fcore.py").status_code == 404
     assert requests.get(f"{url}/data/tasks/{world['main']}/console").status_code == 401
+    action = f"{url}/tasks/{world['main']}/action"
+    big = session.post(action, data={"csrf": "x", "pad": "a" * (5 * 1024 * 1024)})
+    assert big.status_code == 400
+    assert "too large" in big.text
+    as_json = session.post(action, json={"action": "delete"})
+    assert as_json.status_code == 400
+    assert world["srv"].send("tasks.get_by_id", {"task": world["main"]})["task"]["id"]
 
 
 def test_reset_and_delete_from_the_task_page(ui: UiBrowser, world: dict[str, Any]) -> None:

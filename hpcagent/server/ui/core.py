@@ -21,7 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from hpcagent.server.fields import ApiFault
+from hpcagent.server.fields import VALIDATION, ApiFault
 from hpcagent.server.ui import present
 from hpcagent.server.ui.session import CsrfError, UiSessions, secure_headers
 
@@ -169,13 +169,25 @@ MAX_FORM_BYTES = 4 * 1024 * 1024
 
 async def read_form(request: Request) -> FormData:
     """The submitted ``application/x-www-form-urlencoded`` form (the only kind the UI's forms
-    send; no multipart parser needed). Other bodies, or more than 4 MB, are a 400."""
+    send; no multipart parser needed), read once per request (at most 4 MB) and kept on
+    ``request.state``. Other bodies, or larger ones, are a 400."""
+    cached = getattr(request.state, "form", None)
+    if isinstance(cached, FormData):
+        return cached
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    raw = await request.body()
+    length = request.headers.get("content-length") or ""
+    if length.isdigit() and int(length[:12]) > MAX_FORM_BYTES:
+        raise bad_request("Form too large.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise bad_request("Form too large.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if raw and content_type != "application/x-www-form-urlencoded":
         raise bad_request("Forms must be sent as application/x-www-form-urlencoded.")
-    if len(raw) > MAX_FORM_BYTES:
-        raise bad_request("Form too large.")
     try:
         pairs = urllib.parse.parse_qsl(
             raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20000
@@ -183,7 +195,9 @@ async def read_form(request: Request) -> FormData:
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"Malformed form: {exc}") from exc
     items: list[tuple[str, str | UploadFile]] = list(pairs)
-    return FormData(items)
+    form = FormData(items)
+    request.state.form = form
+    return form
 
 
 def form_str(form: Any, name: str, default: str = "") -> str:
@@ -194,8 +208,6 @@ def form_str(form: Any, name: str, default: str = "") -> str:
 
 def bad_request(message: str) -> ApiFault:
     """A 400/12 validation fault raised by the UI's own form checks."""
-    from hpcagent.server.fields import VALIDATION
-
     return ApiFault(VALIDATION, message)
 
 
