@@ -227,9 +227,10 @@ def build_settings(layered: Layered) -> Settings:
         max_req_size=r.get_int("api.http.max_req_size", 15 * 1024 * 1024),
     )
     manager = r.get_str("agent.package_manager.type", "uv").lower()
-    if manager not in {"uv", "pip"}:
+    if manager not in {"uv", "pip", "poetry"}:
         raise ConfigError(
-            f"config key agent.package_manager.type = {manager!r}: expected 'uv' or 'pip'"
+            f"config key agent.package_manager.type = {manager!r}: expected 'uv', 'pip' or"
+            " 'poetry' (poetry.lock first; installed with uv)"
         )
     agent = AgentSettings(
         worker_id=r.get_str("agent.worker_id"),
