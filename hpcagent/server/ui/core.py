@@ -10,6 +10,7 @@ database.
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -165,6 +166,7 @@ class Ui:
 
 
 MAX_FORM_BYTES = 4 * 1024 * 1024
+_SAME_SITE_PATH = re.compile(r"/(?![/\\])[^\s\x00-\x1f\x7f\\]*")
 
 
 async def read_form(request: Request) -> FormData:
@@ -213,6 +215,8 @@ def bad_request(message: str) -> ApiFault:
 
 def safe_next(target: str, default: str = "/tasks") -> str:
     """A same-site path to go back to (never another host: no open redirect)."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    # A path on this site: one leading slash, then no slash or backslash, and no whitespace or
+    # control character anywhere (browsers drop tabs and newlines: "/\t/evil" is "//evil").
+    if _SAME_SITE_PATH.fullmatch(target):
         return target
     return default
