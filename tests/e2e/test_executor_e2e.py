@@ -7,6 +7,7 @@ subprocess (``embedded_server`` fixture) and the executor as a real subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -275,6 +276,50 @@ def test_execute_by_id_runs_created_stopped_failed_and_clone(env_setup: dict[str
     clones = server.send("tasks.get_all", {"parent": [failed], "only_fields": ["id", "status"]})
     assert [c["status"] for c in clones["tasks"]] == ["completed"]
     assert get_task(server, failed)["status_changed"] == original["status_changed"]
+
+
+NO_SDK_SCRIPT = """\
+import argparse
+import json
+
+p = argparse.ArgumentParser()
+p.add_argument("src")
+p.add_argument("dst")
+p.add_argument("--batch-size", type=int, default=8)
+p.add_argument("--no-cache", dest="cache", action="store_false")
+p.add_argument("--sizes", type=int, nargs="+", default=[1])
+p.add_argument("-v", dest="verbose", action="store_true")
+print("SEEN " + json.dumps(vars(p.parse_args()), sort_keys=True))
+"""
+
+
+def test_cli_args_reach_a_script_without_the_sdk(env_setup: dict[str, Any]) -> None:
+    """``hpcagent task create --args`` (option strings as typed, positionals by number, flags,
+    a nargs list) on the command line of a script that does not use the SDK."""
+    s = env_setup
+    script = s["tmp"] / "nosdk.py"
+    script.write_text(NO_SDK_SCRIPT)
+    argv = ["task", "create", "--project", "p", "--name", "no sdk", "--script", str(script)]
+    for arg in ("2=out dir", "1=in.csv", "--batch-size=16", "no-cache=true", "sizes=[3, 4]"):
+        argv += ["--args", arg]
+    argv += ["--args", "-v=true", "--json"]
+    made = subprocess.run(
+        hpcagent_argv(*argv), env=executor_env(s["conf"]), capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    task_id = json.loads(made.stdout)["id"]
+    res = run_execute(task_id, s["conf"], "--disable-monitoring")
+    assert res.returncode == 0, res.stdout + res.stderr
+    seen = json.loads(next(ln for ln in res.stdout.splitlines() if ln.startswith("SEEN "))[5:])
+    assert seen == {
+        "src": "in.csv",
+        "dst": "out dir",
+        "batch_size": 16,
+        "cache": False,
+        "sizes": [3, 4],
+        "verbose": True,
+    }
+    assert get_task(s["server"], task_id)["status"] == "completed"
 
 
 def test_rank_other_than_zero_writes_no_status(env_setup: dict[str, Any]) -> None:
