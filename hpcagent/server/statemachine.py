@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcagent.server.fields import INVALID_TASK_STATUS, VALIDATION, ApiFault, iso_to_epoch
+
+if TYPE_CHECKING:
+    from hpcagent.server.store import Store
 
 CREATED = "created"
 QUEUED = "queued"
@@ -124,3 +127,18 @@ def has_active_worker(task: dict[str, Any], now_epoch: float) -> bool:
         return False
     seen = max(iso_to_epoch(task.get("last_update")), iso_to_epoch(task.get("last_worker_report")))
     return now_epoch - seen <= ACTIVE_WORKER_WINDOW_S
+
+
+def task_for_update(store: Store, task_id: str, force: bool) -> dict[str, Any]:
+    """The task if it may be changed (clearml-server's ``get_task_for_update``): created, or
+    (with ``force``) queued or in_progress; 400/110 otherwise."""
+    task = store.get_task(task_id)
+    allowed = (CREATED, QUEUED, IN_PROGRESS) if force else (CREATED,)
+    if task.get("status") not in allowed:
+        raise ApiFault(
+            INVALID_TASK_STATUS,
+            f"Invalid task status: expected created (or queued/in_progress with force), "
+            f"is {task.get('status')}",
+            {"id": task_id, "status": task.get("status")},
+        )
+    return task

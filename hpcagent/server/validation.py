@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     "int_dict": "an object of integers",
     "metadata": "an array or object of {key, type, value}",
     "list": "an array",
+    "number": "a number",
 }
 
 
@@ -32,6 +33,8 @@ def _fits(kind: str, value: Any) -> bool:
         return isinstance(value, dict)
     if kind == "list":
         return isinstance(value, list)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "str_list":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == "int_dict":
@@ -60,3 +63,58 @@ def check_fields(body: dict[str, Any], spec: dict[str, str]) -> dict[str, Any]:
     return {
         name: check_value(name, kind, body[name]) for name, kind in spec.items() if name in body
     }
+
+
+#: clearml-server's minimum (stripped) name length: task, model, queue and project names.
+#: The embedded server applies it to task and model names (what SDK users name); queue and
+#: project names only need to be non-empty here (docs/server.md says so).
+MIN_NAME_LENGTH = 3
+
+#: clearml-server's TaskType (apiserver/database/model/task/task.py).
+TASK_TYPES = frozenset(
+    {
+        "training",
+        "testing",
+        "inference",
+        "data_processing",
+        "application",
+        "monitor",
+        "controller",
+        "report",
+        "optimizer",
+        "service",
+        "qc",
+        "custom",
+    }
+)
+
+
+def check_name(field: str, value: Any, what: str, min_length: int = MIN_NAME_LENGTH) -> str:
+    """A name as clearml-server stores it: a string, stripped, at least ``min_length``
+    characters (3 by default, as clearml-server)."""
+    if not isinstance(value, str):
+        check_value(field, "str", value)
+        raise ApiFault(
+            VALIDATION, f"Validation error: missing required field '{field}'", {"field": field}
+        )
+    name = value.strip()
+    if len(name) < max(1, min_length):
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: {what} name must be at least {max(1, min_length)} characters "
+            f"(got {name!r})",
+            {"field": field},
+        )
+    return name
+
+
+def check_task_type(value: Any) -> str:
+    """A task type from clearml-server's enum."""
+    if not isinstance(value, str) or value not in TASK_TYPES:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: field 'type' must be one of {', '.join(sorted(TASK_TYPES))}, "
+            f"got {value!r}",
+            {"field": "type"},
+        )
+    return value

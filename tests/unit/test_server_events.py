@@ -17,7 +17,7 @@ def srv(embedded_server_session: Server) -> Server:
 
 @pytest.fixture
 def task(srv: Server) -> str:
-    task_id: str = srv.send("tasks.create", {"name": "ev", "type": "training"})["id"]
+    task_id: str = srv.send("tasks.create", {"name": "events", "type": "training"})["id"]
     return task_id
 
 

@@ -58,7 +58,7 @@ def test_queue_crud_and_lookup(srv: Server) -> None:
     assert _err(srv, "queues.get_by_id", {"queue": name}) == (400, 701)
     assert _err(srv, "queues.get_next_task", {"queue": "a" * 32}) == (400, 701)
     assert _err(srv, "queues.create", {"name": name}) == (400, 12)
-    task = srv.send("tasks.create", {"name": "qt", "type": "training"})["id"]
+    task = srv.send("tasks.create", {"name": "qtask", "type": "training"})["id"]
     assert srv.send("queues.add_task", {"queue": queue, "task": task}) == {"added": 1}
     assert srv.send("queues.get_num_entries", {"queue": queue}) == {"num": 1}
     entries = srv.send("queues.get_all", {"id": [queue], "only_fields": ["id", "entries"]})
@@ -72,7 +72,7 @@ def test_queue_crud_and_lookup(srv: Server) -> None:
 def test_default_queue(make_embedded_server: Any) -> None:
     srv = make_embedded_server("defaultq")
     assert _err(srv, "queues.get_default", {}) == (400, 707)
-    task = srv.send("tasks.create", {"name": "dq", "type": "training"})["id"]
+    task = srv.send("tasks.create", {"name": "dqtask", "type": "training"})["id"]
     assert _err(srv, "tasks.enqueue", {"task": task}) == (400, 707)
     queue = srv.send("queues.create", {"name": "default", "system_tags": ["default"]})["id"]
     assert srv.send("queues.get_default", {}) == {"id": queue, "name": "default"}
@@ -85,7 +85,9 @@ def test_default_queue(make_embedded_server: Any) -> None:
 
 def test_get_next_task_fifo_and_status_untouched(srv: Server) -> None:
     queue = srv.send("queues.create", {"name": _name("fifo")})["id"]
-    ids = [srv.send("tasks.create", {"name": f"f{i}", "type": "training"})["id"] for i in range(3)]
+    ids = [
+        srv.send("tasks.create", {"name": f"fifo-{i}", "type": "training"})["id"] for i in range(3)
+    ]
     for task_id in ids:
         srv.send("tasks.enqueue", {"task": task_id, "queue": queue})
     popped = []
@@ -101,7 +103,7 @@ def test_move_task_in_queue(srv: Server) -> None:
     queue = srv.send("queues.create", {"name": _name("move")})["id"]
     other = srv.send("queues.create", {"name": _name("move-other")})["id"]
     a, b, c, d = (
-        srv.send("tasks.create", {"name": f"m{i}", "type": "training"})["id"] for i in range(4)
+        srv.send("tasks.create", {"name": f"move-{i}", "type": "training"})["id"] for i in range(4)
     )
     for task_id in (a, b, c, d):
         srv.send("queues.add_task", {"queue": queue, "task": task_id})
@@ -138,7 +140,7 @@ def test_workers(srv: Server) -> None:
     assert srv.send("workers.register", {"worker": worker, "queues": [queue]}) == {}
     listed = {w["id"]: w for w in srv.send("workers.get_all", {})["workers"]}
     assert listed[worker]["queues"][0]["id"] == queue
-    task = srv.send("tasks.create", {"name": "wt", "type": "training"})["id"]
+    task = srv.send("tasks.create", {"name": "wtask", "type": "training"})["id"]
     srv.send(
         "workers.status_report",
         {
@@ -189,7 +191,9 @@ def test_eight_processes_pop_each_task_exactly_once(embedded_server: Server) -> 
     session.headers["Authorization"] = f"Bearer {srv.token()}"
     ids = []
     for i in range(1000):
-        reply = session.post(f"{srv.url}/tasks.create", json={"name": f"r{i}", "type": "training"})
+        reply = session.post(
+            f"{srv.url}/tasks.create", json={"name": f"race-{i}", "type": "training"}
+        )
         task_id = reply.json()["data"]["id"]
         session.post(f"{srv.url}/tasks.enqueue", json={"task": task_id, "queue": queue})
         ids.append(task_id)

@@ -51,7 +51,10 @@ def test_create_and_get_by_id(srv: Server) -> None:
     assert task["user"]
     assert "T" in task["created"]  # ISO-8601
     assert _err(srv, "tasks.get_by_id", {"task": "0" * 32}) == (400, 101)
-    assert _err(srv, "tasks.create", {"name": "x", "project": "f" * 32}) == (400, 401)
+    assert _err(srv, "tasks.create", {"name": "xyz", "type": "testing", "project": "f" * 32}) == (
+        400,
+        401,
+    )
 
 
 def test_get_all_filters_and_only_fields(srv: Server) -> None:
@@ -252,7 +255,7 @@ def test_clone_hyperparams_delete_ping(srv: Server) -> None:
             "task": clone,
             "hyperparams": [
                 {"section": "properties", "name": "k8s-queue", "value": "gpu"},
-                {"section": "Args", "name": "epochs", "value": 3},
+                {"section": "Args", "name": "epochs", "value": "3"},
             ],
         },
     )
@@ -269,7 +272,7 @@ def test_clone_hyperparams_delete_ping(srv: Server) -> None:
         {
             "task": clone,
             "replace_hyperparams": "all",
-            "hyperparams": [{"section": "A", "name": "b"}],
+            "hyperparams": [{"section": "A", "name": "b", "value": ""}],
         },
     )
     assert list(_task(srv, clone)["hyperparams"]) == ["A"]
@@ -286,7 +289,7 @@ def test_get_all_pages_in_sql_order_as_the_full_sort(srv: Server) -> None:
     """Column sorts (name/status/created/...) stream from SQL and stop at the page; the pages
     are the slices of the full, Python-sorted list (ties in creation order), as before."""
     project = srv.send("projects.create", {"name": f"p-{uuid.uuid4().hex[:6]}"})["id"]
-    names = ["b", "a", "c", "a", "B", "é", "b"]
+    names = ["bbb", "aaa", "ccc", "aaa", "BBB", "ééé", "bbb"]
     ids = [_new_task(srv, project=project, name=n, tags=["odd"] if i % 2 else []) for i, n in
            enumerate(names)]  # fmt: skip
     srv.send("tasks.enqueue", {"task": ids[2], "queue_name": f"q-{uuid.uuid4().hex[:6]}"})
@@ -300,7 +303,15 @@ def test_get_all_pages_in_sql_order_as_the_full_sort(srv: Server) -> None:
         assert len(everything) == len(ids)
         assert page(order, 0, 3) + page(order, 1, 3) + page(order, 2, 3) == everything
     by_name = page(["name"], 0, 100)
-    assert [names[ids.index(i)] for i in by_name] == ["B", "a", "a", "b", "b", "c", "é"]
+    assert [names[ids.index(i)] for i in by_name] == [
+        "BBB",
+        "aaa",
+        "aaa",
+        "bbb",
+        "bbb",
+        "ccc",
+        "ééé",
+    ]
     assert by_name[1:3] == [ids[1], ids[3]]  # equal names: creation order
     assert page(["-name"], 0, 100)[4:6] == [ids[1], ids[3]]
     assert page(["name"], 0, 2, tags=["odd"]) == [ids[1], ids[3]]

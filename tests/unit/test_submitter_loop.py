@@ -165,7 +165,7 @@ def test_job_ending_without_report_fails_task_with_tail(rig: Rig) -> None:
 
 def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:
     qid = rig.queue("q1")
-    tid = rig.task("t", qid)
+    tid = rig.task("one task", qid)
     tmpl = rig.template(
         "#!/bin/bash\n\n#SBATCH --partition=${CLEARML_TASK.hyperparams.x.y.value}\n"
     )
@@ -180,7 +180,7 @@ def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:
 
 def test_max_jobs_per_queue(rig: Rig) -> None:
     qid = rig.queue("q1")
-    tids = [rig.task(f"t{i}", qid) for i in range(5)]
+    tids = [rig.task(f"task {i}", qid) for i in range(5)]
     s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))], max_jobs=2)
     assert s.cycle() == 2
     assert rig.client.send("queues.get_num_entries", {"queue": qid})["num"] == 3

@@ -126,7 +126,7 @@ def test_submitter_resolves_names_once_per_round(
     qid = str(client.send("queues.create", {"name": "qm"})["id"])
     tids = []
     for i in range(3):
-        body = {"name": f"t{i}", "type": "training", "project": pid}
+        body = {"name": f"task {i}", "type": "training", "project": pid}
         tids.append(str(client.send("tasks.create", body)["id"]))
         client.send("tasks.enqueue", {"task": tids[-1], "queue": qid})
     tmpl = tmp_path / "m.template"
@@ -162,7 +162,7 @@ def test_slurm_refuses_bad_template_at_start(tmp_path: Path, embedded_server: An
     server = embedded_server
     conf = write_server_conf(tmp_path / "clearml.conf", server, slurm={"state_dir": str(tmp_path)})
     qid = server.send("queues.create", {"name": "startq"})["id"]
-    tid = server.send("tasks.create", {"name": "x", "type": "training"})["id"]
+    tid = server.send("tasks.create", {"name": "xyz", "type": "training"})["id"]
     server.send("tasks.enqueue", {"task": tid, "queue": qid})
     tmpl = tmp_path / "typo.template"
     tmpl.write_text('#!/bin/bash\nbash -c "echo ${CLEARML_TASK.name}"\n${CLEARML_AGENT_EXECUT}\n')

@@ -31,7 +31,7 @@ from hpcagent.server.fields import (
 )
 from hpcagent.server.routes.tasks import field_key
 from hpcagent.server.statemachine import CREATED, IN_PROGRESS, PUBLISHED
-from hpcagent.server.validation import check_fields
+from hpcagent.server.validation import check_fields, check_name
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -104,6 +104,8 @@ def _metadata_map(items: list[Any] | dict[str, Any]) -> dict[str, dict[str, Any]
 def _apply(ctx: Ctx, model: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """Apply the editable fields of ``body``; returns what changed."""
     values = check_fields(body, MODEL_FIELDS)
+    if "name" in values:
+        values["name"] = check_name("name", values["name"], "model")
     if values.get("project"):
         ctx.store.get_project(values["project"])
     if values.get("task"):
@@ -115,7 +117,7 @@ def _apply(ctx: Ctx, model: dict[str, Any], body: dict[str, Any]) -> dict[str, A
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    req_str(body, "name")
+    check_name("name", body.get("name"), "model")
     now = now_iso()
     model = new_model_doc(ctx, now)
     with ctx.store.write():

@@ -16,6 +16,7 @@ from hpcagent.server.fields import (
     project_fields,
     req_str,
 )
+from hpcagent.server.validation import check_name
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -44,7 +45,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    name = req_str(body, "name").strip()
+    name = check_name("name", body.get("name"), "project", min_length=1)
     if ctx.store.project_by_name(name) is not None:
         raise ApiFault(VALIDATION, f"Project with this name already exists: {name}", {"name": name})
     now = now_iso()

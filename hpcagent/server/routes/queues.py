@@ -23,6 +23,7 @@ from hpcagent.server.fields import (
     project_fields,
     req_str,
 )
+from hpcagent.server.validation import check_name
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -59,7 +60,7 @@ def get_default(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    name = req_str(body, "name").strip()
+    name = check_name("name", body.get("name"), "queue", min_length=1)
     if ctx.store.queue_by_name(name) is not None:
         raise ApiFault(VALIDATION, f"Queue with this name already exists: {name}", {"name": name})
     now = now_iso()
@@ -190,7 +191,11 @@ def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         for field in ("name", "tags", "system_tags"):
             if field in body:
-                value = opt_str(body, field) if field == "name" else opt_str_list(body, field)
+                value = (
+                    check_name(field, body[field], "queue", min_length=1)
+                    if field == "name"
+                    else opt_str_list(body, field)
+                )
                 queue[field] = value
                 fields[field] = value
         queue["last_update"] = now_iso()

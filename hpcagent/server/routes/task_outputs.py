@@ -23,7 +23,7 @@ from hpcagent.server.fields import (
     req_str,
 )
 from hpcagent.server.routes.models import defer_file_deletions, delete_model
-from hpcagent.server.statemachine import CREATED, IN_PROGRESS, QUEUED
+from hpcagent.server.statemachine import IN_PROGRESS, task_for_update
 from hpcagent.server.validation import check_value
 
 if TYPE_CHECKING:
@@ -37,25 +37,11 @@ _ARTIFACT_FIELDS = {
     "mode": "str",
     "uri": "str",
     "hash": "str",
-    "content_size": "int",
-    "timestamp": "int",
+    "content_size": "number",
+    "timestamp": "number",
     "type_data": "dict",
     "display_data": "list",
 }
-
-
-def task_for_update(ctx: Ctx, task_id: str, force: bool) -> dict[str, Any]:
-    """The task if it may be changed: created, or (with ``force``) queued or in_progress."""
-    task = ctx.store.get_task(task_id)
-    allowed = (CREATED, QUEUED, IN_PROGRESS) if force else (CREATED,)
-    if task.get("status") not in allowed:
-        raise ApiFault(
-            INVALID_TASK_STATUS,
-            f"Invalid task status: expected created (or queued/in_progress with force), "
-            f"is {task.get('status')}",
-            {"id": task_id, "status": task.get("status")},
-        )
-    return task
 
 
 def _artifact(index: int, item: Any) -> dict[str, Any]:
@@ -69,13 +55,7 @@ def _artifact(index: int, item: Any) -> dict[str, Any]:
     for name, kind in _ARTIFACT_FIELDS.items():
         if name not in item:
             continue
-        value = item[name]
-        if kind == "int":
-            if value is not None and (not isinstance(value, (int, float)) or value is True):
-                check_value(f"artifacts[{index}].{name}", "str", value)  # raises: not a number
-            out[name] = value
-        else:
-            out[name] = check_value(f"artifacts[{index}].{name}", kind, value)
+        out[name] = check_value(f"artifacts[{index}].{name}", kind, item[name])
     for required in ("key", "type"):
         if not out.get(required):
             raise ApiFault(
@@ -122,7 +102,7 @@ def _current(task: dict[str, Any]) -> dict[tuple[str, str], Any]:
 
 
 def add_or_update_artifacts(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    task = task_for_update(ctx, req_str(body, "task"), opt_bool(body, "force"))
+    task = task_for_update(ctx.store, req_str(body, "task"), opt_bool(body, "force"))
     new = [_artifact(i, a) for i, a in enumerate(req_list(body, "artifacts"))]
     with ctx.store.write():
         current = _current(task)
@@ -133,7 +113,7 @@ def add_or_update_artifacts(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_artifacts(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    task = task_for_update(ctx, req_str(body, "task"), opt_bool(body, "force"))
+    task = task_for_update(ctx.store, req_str(body, "task"), opt_bool(body, "force"))
     ids = _artifact_ids(body)
     with ctx.store.write():
         current = _current(task)
@@ -144,7 +124,7 @@ def delete_artifacts(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 def add_or_update_model(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Set ``models.{input|output}`` entry ``name`` of the task to ``model``."""
-    task = task_for_update(ctx, req_str(body, "task"), force=True)
+    task = task_for_update(ctx.store, req_str(body, "task"), force=True)
     name = req_str(body, "name")
     model_id = req_str(body, "model")
     kind = req_str(body, "type")
@@ -166,7 +146,7 @@ def add_or_update_model(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_models(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    task = task_for_update(ctx, req_str(body, "task"), force=True)
+    task = task_for_update(ctx.store, req_str(body, "task"), force=True)
     wanted = {
         (str(m.get("name")), str(m.get("type")))
         for m in opt_list(body, "models") or []

@@ -19,14 +19,15 @@ from hpcagent.server.fields import (
     opt_bool,
     opt_dict,
     opt_int,
-    opt_list,
     opt_str,
     opt_str_list,
     project_fields,
+    req_list,
     req_str,
 )
-from hpcagent.server.statemachine import CREATED, PUBLISHED, PUBLISHING
+from hpcagent.server.statemachine import CREATED, PUBLISHED, PUBLISHING, task_for_update
 from hpcagent.server.store import TASK_SORT_COLUMNS
+from hpcagent.server.validation import check_name, check_task_type, check_value
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -35,37 +36,44 @@ if TYPE_CHECKING:
 MERGED_FIELDS = ("script", "execution", "output", "models")
 REPLACED_FIELDS = ("hyperparams", "configuration", "runtime", "container")
 PLAIN_FIELDS = ("name", "type", "comment", "parent", "project", "tags", "system_tags")
-_FIELD_TYPES: dict[str, type] = {
-    "script": dict,
-    "execution": dict,
-    "output": dict,
-    "models": dict,
-    "hyperparams": dict,
-    "configuration": dict,
-    "runtime": dict,
-    "container": dict,
-    "name": str,
-    "type": str,
-    "comment": str,
-    "parent": str,
-    "project": str,
-    "tags": list,
-    "system_tags": list,
+_FIELD_KINDS: dict[str, str] = {
+    "script": "dict",
+    "execution": "dict",
+    "output": "dict",
+    "models": "dict",
+    "hyperparams": "dict",
+    "configuration": "dict",
+    "runtime": "dict",
+    "container": "dict",
+    "comment": "str",
+    "parent": "str",
+    "project": "str",
+    "tags": "str_list",
+    "system_tags": "str_list",
 }
+# Sections of these maps are objects of objects (``hyperparams.SECTION.NAME = {...}``).
+_NESTED_MAPS = {"hyperparams": 2, "configuration": 1}
 
 
 def _checked(body: dict[str, Any], field: str) -> Any:
+    """The field's value, checked as clearml-server's schema would (400/12 otherwise)."""
     value = body.get(field)
-    expected = _FIELD_TYPES[field]
-    if value is not None and not isinstance(value, expected):
-        names: dict[type, str] = {dict: "an object", str: "a string", list: "an array"}
-        name = names[expected]
-        raise ApiFault(
-            VALIDATION,
-            f"Validation error: field '{field}' must be {name}, got {type(value).__name__}",
-            {"field": field},
-        )
+    if field == "name":
+        return check_name(field, value, "task")
+    if field == "type":
+        return check_task_type(value)
+    check_value(field, _FIELD_KINDS[field], value)
+    depth = _NESTED_MAPS.get(field)
+    if depth and value is not None:
+        _check_nested(field, value, depth)
     return value
+
+
+def _check_nested(field: str, value: dict[str, Any], depth: int) -> None:
+    for key, item in value.items():
+        check_value(f"{field}.{key}", "dict", item)
+        if depth > 1 and isinstance(item, dict):
+            _check_nested(f"{field}.{key}", item, depth - 1)
 
 
 def new_task_doc(ctx: Ctx, name: str, now: str) -> dict[str, Any]:
@@ -125,11 +133,16 @@ def _apply_fields(ctx: Ctx, task: dict[str, Any], body: dict[str, Any]) -> list[
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    name = req_str(body, "name")
+    """Create a task; ``name`` (3+ characters) and ``type`` (clearml-server's enum) are
+    required, as by the real server."""
+    name = check_name("name", body.get("name"), "task")
+    if body.get("type") is None:
+        raise ApiFault(
+            VALIDATION, "Validation error: missing required field 'type'", {"field": "type"}
+        )
     now = now_iso()
     task = new_task_doc(ctx, name, now)
     _apply_fields(ctx, task, body)
-    task["type"] = task.get("type") or "training"
     ctx.store.put_task(task)
     return {"id": task["id"]}
 
@@ -264,9 +277,13 @@ def clone(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     source = ctx.store.get_task(req_str(body, "task"))
     now = now_iso()
     task = copy.deepcopy(source)
-    fresh = new_task_doc(
-        ctx, opt_str(body, "new_task_name") or f"{source.get('name')} (Clone)", now
+    new_name = body.get("new_task_name")
+    name = (
+        check_name("new_task_name", new_name, "task")
+        if new_name is not None
+        else f"{source.get('name')} (Clone)"
     )
+    fresh = new_task_doc(ctx, name, now)
     for field in (
         "id",
         "name",
@@ -305,7 +322,7 @@ def clone(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         ("new_task_input_models", None),
     ):
         if dst_field is not None and body.get(src_field) is not None:
-            task[dst_field] = body[src_field]
+            task[dst_field] = _checked({dst_field: body[src_field]}, dst_field)
     if task.get("project"):
         ctx.store.get_project(str(task["project"]))
     task["system_tags"] = [t for t in task.get("system_tags") or [] if t != "archived"]
@@ -314,40 +331,69 @@ def clone(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": task["id"], "new_project": {}}
 
 
+PROPERTIES = "properties"  # the section every status may edit (clearml-server's rule)
+REPLACE_MODES = ("none", "section", "all")
+
+
 def _param_items(body: dict[str, Any]) -> list[dict[str, Any]]:
-    items = opt_list(body, "hyperparams") or []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ApiFault(
-                VALIDATION,
-                "Validation error: field 'hyperparams' must be an array of "
-                "{section, name, value, ...} objects",
-                {"field": "hyperparams"},
-            )
-    return items
+    """The ``hyperparams`` items as clearml-server's HyperParamItem: ``section`` and ``name``
+    non-empty strings, ``value`` a string, ``type``/``description`` strings; the properties
+    section is lower-cased."""
+    items = req_list(body, "hyperparams")
+    out = []
+    for index, item in enumerate(items):
+        field = f"hyperparams[{index}]"
+        if not isinstance(item, dict):
+            check_value(field, "dict", item)
+        for key in ("section", "name", "value"):
+            if not isinstance(item.get(key), str) or (key != "value" and not item[key]):
+                raise ApiFault(
+                    VALIDATION,
+                    f"Validation error: {field}.{key} must be a "
+                    + ("string" if key == "value" else "non-empty string"),
+                    {"field": f"{field}.{key}"},
+                )
+        for key in ("type", "description"):
+            check_value(f"{field}.{key}", "str", item.get(key))
+        section = item["section"]
+        if section.lower() == PROPERTIES:
+            section = PROPERTIES
+        out.append({**item, "section": section})
+    return out
 
 
 def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    """Upsert hyperparam items; ``replace_hyperparams`` none|section|all."""
-    task = ctx.store.get_task(req_str(body, "task"))
+    """Upsert hyperparam items; ``replace_hyperparams`` none|section|all. As clearml-server:
+    items only of the ``properties`` section may change a task in any status; others need a
+    created task, or ``force`` and a queued or in_progress one (400/110 otherwise)."""
+    task_id = req_str(body, "task")
     items = _param_items(body)
-    replace = opt_str(body, "replace_hyperparams", "none")
+    replace = opt_str(body, "replace_hyperparams", "none") or "none"
+    if replace not in REPLACE_MODES:
+        raise ApiFault(
+            VALIDATION,
+            "Validation error: field 'replace_hyperparams' must be none, section or all",
+            {"field": "replace_hyperparams"},
+        )
+    if all(item["section"] == PROPERTIES for item in items):
+        task = ctx.store.get_task(task_id)
+    else:
+        task = task_for_update(ctx.store, task_id, opt_bool(body, "force"))
     hyperparams: dict[str, Any] = copy.deepcopy(task.get("hyperparams") or {})
     if replace == "all":
         hyperparams = {}
     elif replace == "section":
         for item in items:
-            hyperparams.pop(str(item.get("section") or "General"), None)
+            hyperparams.pop(item["section"], None)
     for item in items:
-        section = str(item.get("section") or "General")
         entry = {
-            "section": section,
+            "section": item["section"],
             "name": item["name"],
-            "value": "" if item.get("value") is None else str(item["value"]),
+            "value": item["value"],
             "type": item.get("type") or "",
             "description": item.get("description") or "",
         }
-        hyperparams.setdefault(section, {})[item["name"]] = entry
+        hyperparams.setdefault(item["section"], {})[item["name"]] = entry
     now = now_iso()
     with ctx.store.write():
         task["hyperparams"] = hyperparams
@@ -355,6 +401,40 @@ def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         task["last_change"] = now
         ctx.store.put_task(task)
     return {"updated": 1}
+
+
+def delete_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Delete ``[{section, name?}]`` items (no name: the whole section); the status rules of
+    ``edit_hyper_params``. Reply ``{deleted: n}``."""
+    task_id = req_str(body, "task")
+    keys = []
+    for index, item in enumerate(req_list(body, "hyperparams")):
+        section = item.get("section") if isinstance(item, dict) else None
+        if not isinstance(section, str) or not section:
+            raise ApiFault(
+                VALIDATION,
+                f"Validation error: hyperparams[{index}].section must be a non-empty string",
+                {"field": f"hyperparams[{index}].section"},
+            )
+        check_value(f"hyperparams[{index}].name", "str", item.get("name"))
+        keys.append((PROPERTIES if section.lower() == PROPERTIES else section, item.get("name")))
+    if all(section == PROPERTIES for section, _ in keys):
+        task = ctx.store.get_task(task_id)
+    else:
+        task = task_for_update(ctx.store, task_id, opt_bool(body, "force"))
+    hyperparams: dict[str, Any] = copy.deepcopy(task.get("hyperparams") or {})
+    deleted = 0
+    for section, name in keys:
+        if name is None:
+            deleted += 1 if hyperparams.pop(section, None) is not None else 0
+        elif name in (hyperparams.get(section) or {}):
+            del hyperparams[section][name]
+            deleted += 1
+    with ctx.store.write():
+        task["hyperparams"] = hyperparams
+        task["last_change"] = now_iso()
+        ctx.store.put_task(task)
+    return {"deleted": deleted}
 
 
 def get_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
@@ -384,4 +464,5 @@ ROUTES: dict[str, Handler] = {
     "tasks.clone": clone,
     "tasks.edit_hyper_params": edit_hyper_params,
     "tasks.get_hyper_params": get_hyper_params,
+    "tasks.delete_hyper_params": delete_hyper_params,
 }
