@@ -165,6 +165,11 @@ class TemplateError(HpcAgentError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class ImagePullError(TemplateError):
+    """The task's image could not be pulled on the submitting node before submission
+    (``agent.container.pull_on_submit``); the job script cannot be written without it."""
+
+
 class ExecutorError(HpcAgentError):
     """Preparing or running a task on the compute node failed."""
 

@@ -52,6 +52,17 @@ def require_slurm() -> None:
         pytest.skip(why)
 
 
+def sacct_jobs_named(name: str) -> list[str]:
+    """Ids of this cluster's jobs named ``name`` in the last two hours, from accounting."""
+    res = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "now-2hours", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return [line for line in res.stdout.split() if line]
+
+
 def slurm_workdir(name: str, root: Path = SLURM_WORK_ROOT) -> Path:
     """A fresh folder ``<root>/<name>-<ns>`` that slurmd can read and write (mode 0777)."""
     path = root / f"{name}-{time.time_ns()}"

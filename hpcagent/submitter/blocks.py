@@ -14,6 +14,7 @@ key ``slurm.hpcagent_command`` (a command line, split like a shell would) says o
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -24,9 +25,9 @@ from hpcagent.config import ContainerSettings
 from hpcagent.container.base import task_image
 from hpcagent.container.cache import ensure_image
 from hpcagent.container.shim import activate_line, template_wraps_agent_execute, wrapped_execute
-from hpcagent.errors import ContainerError, TemplateError
-from hpcagent.submitter.options import job_name
-from hpcagent.templating import RenderContext
+from hpcagent.errors import ContainerError, ImagePullError, TemplateError
+from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name
+from hpcagent.templating import NameCache, RenderContext, render_file
 
 CONTAINER_MODES = ("singularity", "container")
 
@@ -36,14 +37,14 @@ def prepull_for_task(
 ) -> str:
     """The SIF pulled here (login node) into the shared cache for the task in singularity mode
     with ``agent.container.pull_on_submit``; "" when that does not apply. The same pull-once
-    code the executor uses. Raises TemplateError when the pull fails."""
+    code the executor uses. Raises ImagePullError when the pull fails."""
     wanted = task_image(task, cfg) if container_mode == "singularity" else ""
     if not wanted or not cfg.pull_on_submit:
         return ""
     try:
         return ensure_image(wanted, cfg)
     except ContainerError as exc:
-        raise TemplateError(f"pulling {wanted} failed: {exc}") from exc
+        raise ImagePullError(f"pulling {wanted} failed: {exc}") from exc
 
 
 def _wrapped_execute(
@@ -147,3 +148,42 @@ def build_context(
         post_setup=str(post),
         extra=extra,
     )
+
+
+def render_for(
+    task: Mapping[str, Any],
+    q: QueueRef,
+    opts: SubmitterOptions,
+    config: Callable[..., Any],
+    extra: Mapping[str, Any] | None = None,
+    *,
+    names: NameCache | None = None,
+) -> str:
+    """The job script of ``task`` from queue ``q``: what the submitter submits and what
+    ``--dry-run`` prints (one code path, so the two never differ).
+
+    With ``agent.container.pull_on_submit`` in singularity mode the image is pulled here first
+    (a cached image returns at once) and the script names the pulled SIF. ``extra`` adds
+    template values (the daemon's GPUs); ``names`` resolves project/parent/queue names for the
+    templates (the loop keeps one per round). Raises :class:`ImagePullError` when that pull fails,
+    :class:`TemplateError` when the template cannot be rendered for this task.
+    """
+    image = prepull_for_task(task, opts.container, opts.container_mode)
+    ctx = build_context(
+        task,
+        queue_name=q.name,
+        queue_id=q.id,
+        worker_id=opts.worker_id,
+        config=config,
+        config_file=opts.config_file,
+        container_mode=opts.container_mode,
+        hpcagent=opts.hpcagent_argv,
+        template_text=q.template.read_text(),
+        image=image,
+        container=opts.container,
+    )
+    if names is not None:
+        ctx = dataclasses.replace(ctx, names=names)
+    if extra:
+        ctx = dataclasses.replace(ctx, extra={**ctx.extra, **extra})
+    return render_file(q.template, ctx)

@@ -21,8 +21,8 @@ the task goes back to the front of its queue. ``submitted`` rows are tracked aga
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
+import enum
 import logging
 import threading
 import time
@@ -32,6 +32,7 @@ from typing import Any
 from hpcagent.api import ApiClient
 from hpcagent.errors import (
     ApiError,
+    ImagePullError,
     SubmitError,
     SubmitLimitError,
     TemplateError,
@@ -39,15 +40,30 @@ from hpcagent.errors import (
 )
 from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter import taskops
-from hpcagent.submitter.blocks import build_context, prepull_for_task
+from hpcagent.submitter.blocks import render_for
 from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
 from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name, legacy_job_name
 from hpcagent.submitter.outputs import write_script
 from hpcagent.submitter.track import Tracker, crashpoint
 from hpcagent.submitter.worktime import force_from_properties, force_from_tags, may_pull
-from hpcagent.templating import NameCache, api_fetch, render_file
+from hpcagent.templating import NameCache, api_fetch
 
 log = logging.getLogger("hpcagent.submitter")
+
+
+class Outcome(enum.Enum):
+    """What :meth:`Submitter.submit_task` did with one popped task."""
+
+    SUBMITTED = "submitted"  # the job exists; the ledger row is submitted
+    SKIPPED = "skipped"  # the task was no longer queued (deleted, dequeued, ...)
+    FAILED = "failed"  # image pull, template or sbatch failure: the task is failed
+    LIMIT = "limit"  # a submit limit: the task is back at the head of its queue
+    TRANSIENT = "transient"  # the scheduler did not answer: the same
+
+    @property
+    def pauses_pulling(self) -> bool:
+        """No more pulls this round, nor for ``limit_backoff_s`` seconds."""
+        return self in (Outcome.LIMIT, Outcome.TRANSIENT)
 
 
 class Submitter:
@@ -278,17 +294,22 @@ class Submitter:
                     self._rr = self.opts.queues.index(q) + 1
                 live[q.id] = live.get(q.id, 0) + 1
                 outcome = self.submit_task(str(entry["task"]), q)
-                if outcome == "submitted":
+                if outcome is Outcome.SUBMITTED:
                     submitted += 1
-                elif outcome in ("limit", "transient"):
+                elif outcome.pauses_pulling:
                     return submitted
                 else:
                     live[q.id] -= 1
         return submitted
 
-    def submit_task(self, task_id: str, q: QueueRef) -> str:
-        """Render and submit one popped task. Returns submitted, failed, skipped, limit,
-        or transient."""
+    def submit_task(self, task_id: str, q: QueueRef) -> Outcome:
+        """Render and submit one popped task; the ledger row follows each step.
+
+        pulled → still queued? (else skipped) → job script (:func:`render_for`) → rendered →
+        sbatch → submitted. A task that cannot be rendered or that sbatch rejects fails with
+        the reason; a submit limit or a scheduler that does not answer puts the task back at
+        the head of its queue and pauses pulling (unless the job turns out to exist).
+        """
         self.ledger.record_pulled(task_id, q.id, q.name)
         log.info("task %s queue %s: pulled", task_id, q.name)
         task = taskops.get_task(self.client, task_id)
@@ -296,59 +317,33 @@ class Submitter:
             status = task.get("status") if task else "deleted"
             self.ledger.mark_finished(task_id, f"skipped: task {status}")
             log.info("task %s queue %s: skipped (task %s)", task_id, q.name, status)
-            return "skipped"
-        try:  # agent.container.pull_on_submit: pull on this (login) node before sbatch
-            image = prepull_for_task(task, self.opts.container, self.opts.container_mode)
-        except TemplateError as exc:
-            taskops.fail(self.client, task_id, "image pull failed", str(exc))
-            self.ledger.mark_finished(task_id, f"failed: {exc}")
-            log.info("task %s queue %s: failed (%s)", task_id, q.name, exc)
-            return "failed"
-        ctx = build_context(
-            task,
-            queue_name=q.name,
-            queue_id=q.id,
-            worker_id=self.opts.worker_id,
-            config=self.config,
-            config_file=self.opts.config_file,
-            container_mode=self.opts.container_mode,
-            hpcagent=self.opts.hpcagent_argv,
-            template_text=q.template.read_text(),
-            image=image,
-            container=self.opts.container,
-        )
-        ctx = dataclasses.replace(ctx, names=self.names)
-        if self.opts.task_vars is not None:
-            ctx = dataclasses.replace(ctx, extra={**ctx.extra, **self.opts.task_vars(task_id, q)})
+            return Outcome.SKIPPED
+        extra = self.opts.task_vars(task_id, q) if self.opts.task_vars is not None else None
         try:
-            script = render_file(q.template, ctx)
+            script = render_for(task, q, self.opts, self.config, extra, names=self.names)
+        except ImagePullError as exc:
+            return self._fail(task_id, q, "image pull failed", str(exc))
         except TemplateError as exc:
-            taskops.fail(self.client, task_id, "template error", f"template error: {exc}")
-            self.ledger.mark_finished(task_id, f"failed: {exc}")
-            log.info(
-                "task %s queue %s: failed (%s)", task_id, q.name, str(exc).replace("\n", " | ")
-            )
-            return "failed"
+            return self._fail(task_id, q, "template error", f"template error: {exc}")
         path = write_script(self.opts.state_dir / "scripts" / f"{job_name(task_id)}.sh", script)
         self.ledger.mark_rendered(task_id, path)
         crashpoint("after_render")
         try:
             job_id = self.scheduler.submit(path, job_name=job_name(task_id))
         except SubmitLimitError as exc:
-            return self._back_off(task_id, q, f"submit limit: {exc.stderr.strip() or exc}", "limit")
+            return self._back_off(task_id, q, f"submit limit: {exc.stderr.strip() or exc}")
         except TransientSchedulerError as exc:
+            # The scheduler may have taken the job before it failed to answer: look it up
+            # by name before putting the task back (never two jobs for one task).
             found = self.scheduler.find_by_name(job_name(task_id))
             if not found:
-                return self._back_off(task_id, q, f"scheduler unavailable: {exc}", "transient")
+                return self._back_off(task_id, q, f"scheduler unavailable: {exc}", transient=True)
             job_id = found[0]
+            log.info("task %s queue %s job %s: found after %s", task_id, q.name, job_id, exc)
         except SubmitError as exc:
             # The scheduler's message names its command and keeps its words ("sbatch rejected
             # the job: ...", "qsub rejected the job: ...").
-            detail = " | ".join(x.strip() for x in str(exc).splitlines() if x.strip())
-            taskops.fail(self.client, task_id, "submit rejected", detail)
-            self.ledger.mark_finished(task_id, f"failed: {detail}")
-            log.info("task %s queue %s: failed (%s)", task_id, q.name, detail)
-            return "failed"
+            return self._fail(task_id, q, "submit rejected", _one_line(str(exc)))
         crashpoint("after_sbatch")
         self.ledger.mark_submitted(task_id, job_id)
         self.submitted_total += 1
@@ -356,7 +351,15 @@ class Submitter:
         # Recording the job on the task (2 server calls) runs beside the next submissions;
         # the tracker waits for these writes before it writes anything about the same tasks.
         self.tracker.defer(self._record, task_id, job_id, q.name)
-        return "submitted"
+        return Outcome.SUBMITTED
+
+    def _fail(self, task_id: str, q: QueueRef, reason: str, message: str) -> Outcome:
+        """Fail the task (status reason ``reason``, status message ``message``), settle its
+        ledger row and log it (both on one line)."""
+        taskops.fail(self.client, task_id, reason, message)
+        self.ledger.mark_finished(task_id, f"failed: {_one_line(message)}")
+        log.info("task %s queue %s: failed (%s)", task_id, q.name, _one_line(message))
+        return Outcome.FAILED
 
     def _record(self, task_id: str, job_id: str, queue_name: str) -> None:
         try:
@@ -376,7 +379,8 @@ class Submitter:
                 "task %s job %s: could not record the job on the task: %s", task_id, job_id, exc
             )
 
-    def _back_off(self, task_id: str, q: QueueRef, why: str, outcome: str) -> str:
+    def _back_off(self, task_id: str, q: QueueRef, why: str, *, transient: bool = False) -> Outcome:
+        """Put the task back at the head of its queue and pause pulling for a while."""
         back = taskops.requeue_front(self.client, task_id, q.id, why)
         self.ledger.mark_finished(task_id, f"requeued: {why}" if back else "withdrawn")
         self._backoff_until = time.monotonic() + self.opts.limit_backoff_s
@@ -387,7 +391,7 @@ class Submitter:
             why,
             self.opts.limit_backoff_s,
         )
-        return outcome
+        return Outcome.TRANSIENT if transient else Outcome.LIMIT
 
     # -- reporting ---------------------------------------------------------------
     def report(self) -> None:
@@ -432,6 +436,11 @@ class Submitter:
                 log.debug("could not set the worker runtime properties", exc_info=True)
             return
         self._props_sent, self._props_sent_at = held, now
+
+
+def _one_line(text: str) -> str:
+    """``text``'s non-blank lines joined with `` | `` (for the ledger and the log)."""
+    return " | ".join(x.strip() for x in text.splitlines() if x.strip())
 
 
 #: Runtime properties of the worker expire after this long unless sent again.

@@ -6,7 +6,6 @@ second one on the same folder is refused, so two processes never pull for the sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -20,13 +19,14 @@ from hpcagent.api import ApiClient
 from hpcagent.config import Settings
 from hpcagent.scheduler import registry
 from hpcagent.scheduler.base import Scheduler
-from hpcagent.submitter.blocks import build_context
+from hpcagent.submitter import taskops
+from hpcagent.submitter.blocks import render_for
 from hpcagent.submitter.instance import SUBMITTER_FILES, single_instance
 from hpcagent.submitter.ledger import Ledger
 from hpcagent.submitter.loop import Submitter
 from hpcagent.submitter.options import QueueRef, SubmitterOptions
 from hpcagent.submitter.worktime import WorkingHours
-from hpcagent.templating import NameCache, api_fetch, render_file
+from hpcagent.templating import NameCache, api_fetch
 
 log = logging.getLogger("hpcagent.submitter")
 
@@ -58,31 +58,24 @@ def make_scheduler(kind: str, state_dir: Path) -> Scheduler:
 def dry_run(
     client: ApiClient, settings: Settings, opts: SubmitterOptions, echo: Callable[[str], Any]
 ) -> None:
-    """Print the script the next queued task would get (nothing is popped or submitted)."""
+    """Print the script the next queued task would get (nothing is popped or submitted).
+
+    The script comes from :func:`render_for`, as at submission: with
+    ``agent.container.pull_on_submit`` the image is pulled into the cache first, so the
+    printed script names the same SIF that the submitted one would.
+    """
     for q in opts.queues:
         queue = client.send("queues.get_by_id", {"queue": q.id}).get("queue") or {}
         entries = queue.get("entries") or []
         if not entries:
             continue
         task_id = str(entries[0].get("task"))
-        data = client.send("tasks.get_all", {"id": [task_id], "search_hidden": True})
-        tasks = data.get("tasks") or []
-        if not tasks:
+        task = taskops.get_task(client, task_id)
+        if task is None:
             continue
-        ctx = build_context(
-            tasks[0],
-            queue_name=q.name,
-            queue_id=q.id,
-            worker_id=opts.worker_id,
-            config=settings.get,
-            config_file=opts.config_file,
-            container_mode=opts.container_mode,
-            template_text=q.template.read_text(),
-            container=settings.container,
-        )
-        ctx = dataclasses.replace(ctx, names=NameCache(api_fetch(client.send)))
+        script = render_for(task, q, opts, settings.get, names=NameCache(api_fetch(client.send)))
         echo(f"# next task {task_id} from queue {q.name} with template {q.template}")
-        echo(render_file(q.template, ctx).rstrip("\n"))
+        echo(script.rstrip("\n"))
         return
     echo("# no queued task in " + ", ".join(q.name for q in opts.queues))
 

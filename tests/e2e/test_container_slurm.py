@@ -21,6 +21,7 @@ from test_container_submitter import (  # noqa: F401 - helpers and the world fix
     _slurm_argv,
     _status,
     _task,
+    dry_run,
     world,
 )
 
@@ -58,14 +59,7 @@ def test_srun_singularity_exec_under_sbatch(
     server = world["server"]
     world["template"].write_text(SRUN_TEMPLATE)
     task_id = _task(server, str(rootfs))
-    out = subprocess.run(
-        _slurm_argv(world, "--dry-run"),
-        env=world["env"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = dry_run(world)
     assert f"srun singularity exec --writable-tmpfs {rootfs} env " in out
     script = world["tmp"] / "job.sh"
     script.write_text("\n".join(x for x in out.splitlines() if not x.startswith("# next")) + "\n")

@@ -123,6 +123,18 @@ def _slurm_argv(world: dict[str, Any], *extra: str) -> list[str]:
     ]
 
 
+def dry_run(world: dict[str, Any]) -> str:
+    """What ``hpcagent-slurm --dry-run`` prints (a pull may come first: allow for it)."""
+    return subprocess.run(
+        _slurm_argv(world, "--dry-run"),
+        env=world["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+
+
 def _log(server: Any, task_id: str) -> list[str]:
     data = server.send("events.get_task_log", {"task": task_id, "batch_size": 10000})
     return [line for e in data["events"] for line in str(e.get("msg", "")).split("\n")]
@@ -135,14 +147,7 @@ def _status(server: Any, task_id: str) -> str:
 def test_seed_template_rendered_and_run(world: dict[str, Any], rootfs: Path, bwrap: str) -> None:  # noqa: F811
     server = world["server"]
     task_id = _task(server, str(rootfs))
-    out = subprocess.run(
-        _slurm_argv(world, "--dry-run"),
-        env=world["env"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = dry_run(world)
     line = next(x for x in out.splitlines() if x.startswith("singularity exec"))
     assert line.startswith(f"singularity exec --writable-tmpfs {rootfs} env ")
     assert line.endswith(f"-m hpcagent execute --id {task_id}")
@@ -167,6 +172,12 @@ def test_submitter_prepulls_and_job_uses_the_sif(world: dict[str, Any], bwrap: s
     conf["agent"]["container"]["pull_on_submit"] = True
     world["conf"].write_text(json.dumps(conf))
     task_id = _task(server, "docker://lab/py:3.11")
+    # --dry-run renders as submission does: it pulls (once, into the cache) and prints the
+    # script with the SIF, the same script the submitter then writes and runs.
+    dry = dry_run(world)
+    printed = "\n".join(x for x in dry.splitlines() if not x.startswith("# next task"))
+    assert str(world["tmp"] / "images") in printed
+    assert ".sif" in printed
     with open(world["tmp"] / "submitter.log", "wb") as log:
         proc = subprocess.Popen(
             _slurm_argv(world, "--scheduler", "local", "--poll-interval", "0.5"),
@@ -184,8 +195,10 @@ def test_submitter_prepulls_and_job_uses_the_sif(world: dict[str, Any], bwrap: s
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert _status(server, task_id) == "completed", _log(server, task_id)[-30:]
+    submitted = world["tmp"] / "state" / "scripts" / f"clearml_task_{task_id}.sh"
+    assert submitted.read_text().rstrip("\n") == printed  # --dry-run showed what ran
     pulls = (world["tmp"] / "pulls.log").read_text().splitlines()
-    assert len(pulls) == 1
+    assert len(pulls) == 1  # the dry run's pull; the submitter found the image cached
     sif = pulls[0].split()[-1]
     lines = _log(server, task_id)
     used = next(x for x in lines if x.startswith("inside container "))

@@ -22,6 +22,7 @@ from helpers import (
     SLURM_MAIN,
     clean_env,
     require_slurm,
+    sacct_jobs_named,
     slurm_workdir,
     start_logged,
     write_server_conf,
@@ -50,16 +51,6 @@ ${CLEARML_AGENT_EXECUTE}
 """
 
 POINTS = ["after_pop", "after_render", "after_sbatch", "tracking", "writing_status"]
-
-
-def _jobs_named(name: str) -> list[str]:
-    res = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "now-2hours", "--name", name],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return [line for line in res.stdout.split() if line]
 
 
 def _start(work: Path, conf: Path, queue: str, crash: str | None) -> subprocess.Popen[bytes]:
@@ -121,6 +112,6 @@ def test_kill9_then_restart_runs_every_task_once(point: str, embedded_server: An
     for tid in tids:
         # slurmdbd records jobs asynchronously: give a fresh record a few seconds to appear
         deadline = time.monotonic() + 30
-        while not _jobs_named(job_name(tid)) and time.monotonic() < deadline:
+        while not sacct_jobs_named(job_name(tid)) and time.monotonic() < deadline:
             time.sleep(1)
-        assert len(_jobs_named(job_name(tid))) == 1, (tid, log[-4000:])
+        assert len(sacct_jobs_named(job_name(tid))) == 1, (tid, log[-4000:])
