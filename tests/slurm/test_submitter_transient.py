@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from helpers import require_slurm, sacct_jobs_named, slurm_workdir, wait_for
-from hpcagent.scheduler.commands import CommandResult, run_command
 
 from hpcagent.api import ApiClient
+from hpcagent.process import CommandResult, run_command
 from hpcagent.scheduler.slurm import SlurmScheduler
 from hpcagent.submitter.ledger import FINISHED, SUBMITTED, Ledger
 from hpcagent.submitter.loop import Outcome, Submitter
