@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from hpcagent.api import ApiClient
-from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY, TASK_STATUSES
+from hpcagent.api.taskbuild import TaskSpec, create_task, merge_params, parse_pairs
+from hpcagent.api.tasks import TASK_STATUSES
 from hpcagent.commands.common import clip, emit_json, get_client, json_option, local_time, table
-from hpcagent.errors import ApiError, NotFoundError, TaskEndedError, UsageError
+from hpcagent.errors import ApiError, NotFoundError, TaskEndedError
 
 #: Statuses in which a task may still produce log lines.
 _LIVE_STATUSES = {"queued", "in_progress"}
@@ -60,24 +61,6 @@ def _enqueue_and_print(
         emit_json({"id": task_id, **extra, "queue": queue_id})
     else:
         click.echo(task_id)
-
-
-def _parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
-    """``["k=v", ...]`` -> ``{k: v}`` (values may contain ``=``); bad items are usage errors."""
-    pairs: dict[str, str] = {}
-    for item in values:
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{option} expects key=value, got {item!r}")
-        pairs[key.strip()] = val
-    return pairs
-
-
-def _param_items(section: str, pairs: dict[str, str]) -> dict[str, dict[str, str]]:
-    return {
-        k: {"section": section, "name": k, "value": v, "type": "str", "description": ""}
-        for k, v in pairs.items()
-    }
 
 
 def _queue_names(client: ApiClient) -> dict[str, str]:
@@ -148,56 +131,29 @@ def create_cmd(
     as_json: bool,
 ) -> None:
     """Create a task from a local script or a git repository; print its id."""
-    if (script is None) == (repo is None):
-        raise UsageError("give exactly one of --script FILE or --repo URL")
-    if branch and commit:
-        raise UsageError("give --branch or --commit, not both")
-    if requirements and packages:
-        raise UsageError("give --requirements or --packages, not both")
-    if len(name) < 3:
-        raise UsageError("--name must have at least 3 characters")
-    script_section: dict[str, Any] = {"binary": binary, "working_dir": working_dir}
-    if script is not None:
-        if branch or commit:
-            raise UsageError("--branch/--commit need --repo")
-        script_section.update(
-            repository="",
-            entry_point=entry_point or script.name,
-            diff=script.read_text(encoding="utf-8"),
-        )
-    else:
-        if not entry_point:
-            raise UsageError("--repo needs --entry-point")
-        script_section.update(
-            repository=repo, branch=branch or "", version_num=commit or "", entry_point=entry_point
-        )
-    if requirements is not None:
-        script_section["requirements"] = {"pip": requirements.read_text(encoding="utf-8")}
-    elif packages:
-        script_section["requirements"] = {"pip": "\n".join(packages.split()) + "\n"}
-    hyperparams: dict[str, Any] = {}
-    props = _parse_pairs(user_property, "--user-property")
-    if args:
-        hyperparams["Args"] = _param_items("Args", _parse_pairs(args, "--args"))
-        # The script gets these on its command line, as typed (docs/executor.md, "Arguments").
-        props.setdefault(ARGS_ON_ARGV_PROPERTY, "true")
-    if props:
-        hyperparams["properties"] = _param_items("properties", props)
-
+    spec = TaskSpec(
+        project=project,
+        name=name,
+        script_text=script.read_text(encoding="utf-8") if script is not None else None,
+        script_name=script.name if script is not None else "",
+        repo=repo,
+        branch=branch or "",
+        commit=commit or "",
+        entry_point=entry_point or "",
+        working_dir=working_dir,
+        binary=binary,
+        task_type=task_type,
+        requirements=requirements.read_text(encoding="utf-8") if requirements else None,
+        packages=tuple(packages.split()) if packages else (),
+        args=parse_pairs(args, "--args"),
+        user_properties=parse_pairs(user_property, "--user-property"),
+        container_image=container or "",
+        container_args=container_args,
+    )
+    spec.check()  # before any server call
     client = get_client(ctx)
-    queue_id = _resolve_queue(client, queue)
-    project_id = client.projects.get_or_create(project)
-    task_id = client.tasks.create(name, project_id, type=task_type, comment="created by hpcagent")
-    fields: dict[str, Any] = {"script": script_section}
-    if hyperparams:
-        fields["hyperparams"] = hyperparams
-    if container:
-        fields["container"] = {
-            "image": container,
-            "arguments": container_args,
-            "setup_shell_script": "",
-        }
-    client.tasks.edit(task_id, **fields)
+    queue_id = _resolve_queue(client, queue)  # an unknown queue fails before the task exists
+    task_id, project_id = create_task(client, spec)
     _enqueue_and_print(client, task_id, queue_id, "create", as_json, project=project_id)
 
 
@@ -451,15 +407,14 @@ def clone_cmd(
     as_json: bool,
 ) -> None:
     """Clone a task, optionally changing arguments and enqueuing it; print the new id."""
-    overrides = _parse_pairs(args, "--args")
+    overrides = parse_pairs(args, "--args")
     client = get_client(ctx)
     queue_id = _resolve_queue(client, queue)
     new_id = client.tasks.clone(task_id, new_task_name=name)
     if overrides:
         # hyperparams are replaced whole by tasks.edit: read, merge, write back (as the SDK does)
-        hyper = dict(client.tasks.get_by_id(new_id).get("hyperparams") or {})
-        hyper["Args"] = {**(hyper.get("Args") or {}), **_param_items("Args", overrides)}
-        client.tasks.edit(new_id, hyperparams=hyper)
+        hyper = client.tasks.get_by_id(new_id).get("hyperparams") or {}
+        client.tasks.edit(new_id, hyperparams=merge_params(hyper, "Args", overrides))
     _enqueue_and_print(client, new_id, queue_id, "clone", as_json, parent=task_id)
 
 

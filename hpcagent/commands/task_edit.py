@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
+from hpcagent.api.taskbuild import merge_params, parse_pairs, pip_requirements
 from hpcagent.commands.common import emit_json, get_client, json_option, table
-from hpcagent.commands.task import _param_items, _parse_pairs, task_group
+from hpcagent.commands.task import task_group
 from hpcagent.errors import UsageError
 
 
@@ -93,7 +94,7 @@ def edit_cmd(
     if requirements is not None:
         script_changes["requirements"] = {"pip": requirements.read_text(encoding="utf-8")}
     elif packages is not None:
-        script_changes["requirements"] = {"pip": "\n".join(packages.split()) + "\n"}
+        script_changes["requirements"] = pip_requirements(packages.split())
     if script_changes:
         fields["script"] = {**script, **script_changes}
     if args or user_property:
@@ -104,8 +105,7 @@ def edit_cmd(
             ("properties", user_property, "--user-property"),
         ):
             if values:
-                items = _param_items(section, _parse_pairs(values, option))
-                hyper[section] = {**(hyper.get(section) or {}), **items}
+                hyper = merge_params(hyper, section, parse_pairs(values, option))
         fields["hyperparams"] = hyper
     if container is not None or container_args is not None:
         current = dict(task.get("container") or {})
