@@ -237,9 +237,7 @@ def daemon_cmd(
     )
     host = d.default_host()
     worker_id = d.worker_id_for(host, gpu_list, dynamic=dynamic_gpus, services=services is not None)
-    root = Path(
-        os.path.expanduser(str(state_dir or settings.get("daemon.state_dir", "~/.hpcagent/daemon")))
-    )
+    root = Path(os.path.expanduser(str(state_dir)) if state_dir else settings.daemon.state_dir)
     state = private_dir(d.state_dir_for(root, worker_id))
     if mode == "stop":
         _stop(state, worker_id)
@@ -256,7 +254,7 @@ def daemon_cmd(
 
     setup_logging(bool(obj.get("debug")))
     uptime_spans, downtime_spans = work_hours(settings, uptime, downtime)
-    poll = poll_interval or float(settings.get("agent.polling_interval", 5) or 5)
+    poll = poll_interval or settings.agent.polling_interval_s
     req = d.DaemonRequest(
         queues=parsed,
         state_dir=state,

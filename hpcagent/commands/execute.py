@@ -109,7 +109,7 @@ def execute_cmd(
     finally:
         client.close()
         bg_client.close()
-    if executor.abort is not None and settings.get("slurm.cancel_job_on_abort", True):
+    if executor.abort is not None and settings.slurm.cancel_job_on_abort:
         # The task is stopped and reported: end the job as cancelled, not completed.
         from hpcagent.errors import SchedulerError
 

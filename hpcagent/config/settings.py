@@ -8,6 +8,7 @@ set, instead of failing later in some unrelated place.
 
 from __future__ import annotations
 
+import shlex
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ class _Reader:
         return ConfigError(
             f"config key {key} = {self._values.get(key)!r} (from {source}): expected {expected}"
         )
+
+    def raw(self, key: str) -> Any:
+        return self._values.get(key)
 
     def get_str(self, key: str, default: str = "") -> str:
         value = self._values.get(key, default)
@@ -125,6 +129,20 @@ class AgentSettings:
     metrics_interval_s: float
     uptime: list[str]
     downtime: list[str]
+    system_site_packages: bool = False
+    enable_task_env: bool = True
+    polling_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """``hpcagent execute``'s own settings (``executor`` section)."""
+
+    kill_grace_s: float = 10.0
+    log_flush_interval_s: float = 2.0
+    log_spool_max_mb: float = 256.0
+    final_flush_timeout_s: float = 60.0
+    args_to_cli: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,18 @@ class SlurmSettings:
     max_commands_per_minute: int
     pre_setup: str
     post_setup: str
+    pull_interval_s: float = 0.25
+    #: argv prefix that starts hpcagent on the compute node; () = this Python with -m hpcagent
+    hpcagent_command: tuple[str, ...] = ()
+    never_runs_fail_s: float = 60.0
+    cancel_job_on_abort: bool = True
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """``hpcagent daemon``'s own settings (``daemon`` section)."""
+
+    state_dir: Path = field(default_factory=lambda: Path("~/.hpcagent/daemon").expanduser())
 
 
 @dataclass(frozen=True)
@@ -183,6 +213,8 @@ class Settings:
     server: ServerSettings
     layered: Layered = field(repr=False)
     container: ContainerSettings = field(default_factory=ContainerSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     def get(self, path: str, default: Any = None) -> Any:
         """Any value of the merged tree by dotted path (a leaf, or a sub-tree as a dict)."""
@@ -260,6 +292,9 @@ def build_settings(layered: Layered) -> Settings:
         metrics_interval_s=r.get_float("agent.metrics_interval_sec", 10.0),
         uptime=r.get_list("agent.uptime"),
         downtime=r.get_list("agent.downtime"),
+        system_site_packages=r.get_bool("agent.package_manager.system_site_packages", False),
+        enable_task_env=r.get_bool("agent.enable_task_env", True),
+        polling_interval_s=r.get_float("agent.polling_interval", 5.0),
     )
     slurm = SlurmSettings(
         state_dir=r.get_path("slurm.state_dir") or Path("~/.hpcagent/slurm").expanduser(),
@@ -268,6 +303,10 @@ def build_settings(layered: Layered) -> Settings:
         max_commands_per_minute=r.get_int("slurm.max_commands_per_minute", 60),
         pre_setup=r.get_str("slurm.pre_setup"),
         post_setup=r.get_str("slurm.post_setup"),
+        pull_interval_s=r.get_float("slurm.pull_interval_sec", 0.25),
+        hpcagent_command=_command(r, "slurm.hpcagent_command"),
+        never_runs_fail_s=r.get_float("slurm.never_runs_fail_sec", 60.0),
+        cancel_job_on_abort=r.get_bool("slurm.cancel_job_on_abort", True),
     )
     server = ServerSettings(
         data_dir=r.get_path("server.data_dir") or Path("~/.hpcagent/server").expanduser(),
@@ -282,7 +321,32 @@ def build_settings(layered: Layered) -> Settings:
         server=server,
         layered=layered,
         container=_container(r, agent),
+        executor=ExecutorSettings(
+            kill_grace_s=r.get_float("executor.kill_grace_sec", 10.0),
+            log_flush_interval_s=r.get_float("executor.log_flush_interval_sec", 2.0),
+            log_spool_max_mb=r.get_float("executor.log_spool_max_mb", 256.0),
+            final_flush_timeout_s=r.get_float("executor.final_flush_timeout_sec", 60.0),
+            args_to_cli=r.get_bool("executor.args_to_cli", False),
+        ),
+        daemon=DaemonSettings(
+            state_dir=r.get_path("daemon.state_dir") or Path("~/.hpcagent/daemon").expanduser()
+        ),
     )
+
+
+def _command(r: _Reader, key: str) -> tuple[str, ...]:
+    """A command line: a string split like a shell would, or a list of words ("" or []: ())."""
+    value = r.raw(key)
+    if value is None or value == "":
+        return ()
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    if isinstance(value, dict):
+        raise r.fail(key, "a command line (a string or a list)")
+    try:
+        return tuple(shlex.split(str(value)))
+    except ValueError as exc:
+        raise r.fail(key, f"a command line ({exc})") from None
 
 
 def _container(r: _Reader, agent: AgentSettings) -> ContainerSettings:

@@ -3,9 +3,9 @@
 
 :class:`ExecutorConfig` collects every setting the executor uses, so that the rest of the
 package depends on this one small dataclass (easy to build in tests) and not on the
-shape of the full settings tree. :meth:`ExecutorConfig.from_settings` reads it from
-``hpcagent.config.Settings`` through ``Settings.get`` (dotted paths) with defaults, so a
-key missing from the packaged defaults never breaks the executor.
+shape of the full settings tree. :meth:`ExecutorConfig.from_settings` copies it from the typed
+sections of ``hpcagent.config.Settings`` (``api``, ``agent``, ``executor``), which hold the
+defaults and reject a value of the wrong type when the configuration is loaded.
 
 hpcagent-specific keys (all optional)::
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hpcagent.config import ContainerSettings, Settings
@@ -71,13 +71,9 @@ class ExecutorConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExecutorConfig:
-        """Read from ``hpcagent.config.Settings`` (typed sections plus ``get`` for extras)."""
+        """Copy from the typed sections of ``hpcagent.config.Settings``."""
 
-        def get(path: str, default: Any) -> Any:
-            value = settings.get(path, default)
-            return default if value is None else value
-
-        api, agent = settings.api, settings.agent
+        api, agent, ex = settings.api, settings.agent, settings.executor
         return cls(
             api_server=api.api_server,
             web_server=api.web_server,
@@ -90,7 +86,7 @@ class ExecutorConfig:
             force_git_ssh_protocol=agent.force_git_ssh_protocol,
             package_manager=agent.package_manager_type,
             package_manager_extra_args=list(agent.package_manager_extra_args),
-            system_site_packages=bool(get("agent.package_manager.system_site_packages", False)),
+            system_site_packages=agent.system_site_packages,
             python_binary=agent.python_binary,
             venvs_dir=agent.venvs_dir,
             venvs_cache_path=agent.venvs_cache_path,
@@ -98,15 +94,15 @@ class ExecutorConfig:
             venvs_cache_free_space_threshold_gb=agent.venvs_cache_free_space_threshold_gb,
             vcs_cache_path=agent.vcs_cache_path,
             extra_setup_script=agent.extra_setup_script,
-            enable_task_env=bool(get("agent.enable_task_env", True)),
-            args_to_cli=bool(get("executor.args_to_cli", False)),
+            enable_task_env=agent.enable_task_env,
+            args_to_cli=ex.args_to_cli,
             task_ping_interval_s=agent.task_ping_interval_s,
             metrics_interval_s=agent.metrics_interval_s,
             abort_poll_interval_s=min(5.0, agent.abort_poll_interval_s),
-            kill_grace_s=float(get("executor.kill_grace_sec", 10.0)),
-            log_flush_interval_s=min(2.0, float(get("executor.log_flush_interval_sec", 2.0))),
-            log_spool_max_bytes=int(float(get("executor.log_spool_max_mb", 256)) * 1024 * 1024),
-            final_flush_timeout_s=float(get("executor.final_flush_timeout_sec", 60.0)),
+            kill_grace_s=ex.kill_grace_s,
+            log_flush_interval_s=min(2.0, ex.log_flush_interval_s),
+            log_spool_max_bytes=int(ex.log_spool_max_mb * 1024 * 1024),
+            final_flush_timeout_s=ex.final_flush_timeout_s,
         )
 
 

@@ -68,13 +68,9 @@ def _wrapped_execute(
         raise TemplateError(str(exc)) from exc
 
 
-def hpcagent_argv(config: Callable[..., Any]) -> list[str]:
-    """The argv prefix that starts hpcagent on the compute node."""
-    custom = config("slurm.hpcagent_command", None)
-    if isinstance(custom, str) and custom.strip():
-        return shlex.split(custom)
-    if isinstance(custom, list) and custom:
-        return [str(x) for x in custom]
+def default_hpcagent_argv() -> list[str]:
+    """The argv prefix that starts hpcagent on the compute node when ``slurm.hpcagent_command``
+    is empty: the interpreter the submitter runs under, with ``-m hpcagent``."""
     return [sys.executable, "-m", "hpcagent"]
 
 
@@ -108,21 +104,24 @@ def build_context(
     config_file: Path | None,
     container_mode: str | None = None,
     hpcagent: Sequence[str] | None = None,
+    pre_setup: str = "",
+    post_setup: str = "",
     project_name: str = "",
     template_text: str = "",
     image: str = "",
     container: ContainerSettings | None = None,
 ) -> RenderContext:
-    """The render context for one task (pre/post setup from ``slurm.pre_setup/post_setup``).
+    """The render context for one task. ``config`` answers ``${CONFIG…}`` lookups in templates;
+    ``pre_setup``/``post_setup`` are ``slurm.pre_setup/post_setup``; ``hpcagent`` is the argv
+    prefix of ``${CLEARML_AGENT_EXECUTE}`` (:func:`default_hpcagent_argv` when None).
 
     In singularity mode with the seed's ``singularity exec ${CLEARML_AGENT_EXECUTE}`` in
     ``template_text``, the image goes in front of the command (``image``: a pre-pulled SIF,
     else the task's or the default image) and the shim line is added to the pre-setup.
     ``container`` is ``Settings.container`` (defaults when not given).
     """
-    pre = config("slurm.pre_setup", "") or ""
-    post = config("slurm.post_setup", "") or ""
-    argv = list(hpcagent) if hpcagent is not None else hpcagent_argv(config)
+    pre, post = pre_setup, post_setup
+    argv = list(hpcagent) if hpcagent is not None else default_hpcagent_argv()
     extra: dict[str, Any] = {"CLEARML_JOB_NAME": job_name(str(task.get("id", "")))}
     if project_name:
         extra["CLEARML_PROJECT_NAME"] = project_name
@@ -178,6 +177,8 @@ def render_for(
         config_file=opts.config_file,
         container_mode=opts.container_mode,
         hpcagent=opts.hpcagent_argv,
+        pre_setup=opts.pre_setup,
+        post_setup=opts.post_setup,
         template_text=q.template.read_text(),
         image=image,
         container=opts.container,

@@ -66,7 +66,12 @@ class SubmitterOptions:
     #: and its task failed with that reason after this long; 0 keeps it pending (its task's
     #: status message shows the reason).
     never_runs_fail_s: float = 60.0
+    #: argv prefix of ``${CLEARML_AGENT_EXECUTE}`` (``slurm.hpcagent_command``); None: this
+    #: Python with ``-m hpcagent``.
     hpcagent_argv: list[str] | None = None
+    #: ``${CLEARML_PRE_SETUP}`` / ``${CLEARML_POST_SETUP}`` (``slurm.pre_setup/post_setup``).
+    pre_setup: str = ""
+    post_setup: str = ""
     # Hooks for other front ends (``hpcagent daemon``); None keeps hpcagent-slurm's behaviour.
     #: Called before each pop: may a task from this queue start now (free GPUs, slots)?
     can_start: Callable[[QueueRef], bool] | None = None

@@ -95,12 +95,15 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         max_jobs=req.max_jobs,
         order_fairness=req.order_fairness,
         poll_interval_s=poll,
-        pull_interval_s=min(poll, float(settings.get("slurm.pull_interval_sec", 0.25) or 0.25)),
+        pull_interval_s=min(poll, settings.slurm.pull_interval_s or 0.25),
         container_mode=req.container_mode,
         container=settings.container,
         config_file=req.job_config,
         hours=WorkingHours.parse(req.uptime or [], req.downtime or []),
-        never_runs_fail_s=float(settings.get("slurm.never_runs_fail_sec", 60) or 0),
+        never_runs_fail_s=settings.slurm.never_runs_fail_s,
+        hpcagent_argv=list(settings.slurm.hpcagent_command) or None,
+        pre_setup=settings.slurm.pre_setup,
+        post_setup=settings.slurm.post_setup,
     )
     if req.dry_run:
         dry_run(client, settings, opts, echo)

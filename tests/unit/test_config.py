@@ -269,3 +269,45 @@ def test_init_prompts_when_flags_missing(tmp_path: Path, embedded_server: Any) -
     )
     assert result.exit_code == 0, result.output
     assert load_settings(config_file=target, env={}).api.access_key == srv.access_key
+
+
+def test_typed_fields_of_the_executor_submitter_and_daemon(tmp_path: Path) -> None:
+    """Every key the executor, the submitter and the daemon read is a typed field (defaults
+    from defaults.conf), so a string "false" is False and a bad value fails at load time."""
+    defaults = load_settings(env={"HOME": str(tmp_path)})
+    assert defaults.executor.kill_grace_s == 10.0
+    assert defaults.executor.log_spool_max_mb == 256.0
+    assert defaults.executor.args_to_cli is False
+    assert defaults.agent.enable_task_env is True
+    assert defaults.agent.system_site_packages is False
+    assert defaults.slurm.pull_interval_s == 0.25
+    assert defaults.slurm.hpcagent_command == ()
+    assert defaults.slurm.cancel_job_on_abort is True
+    assert defaults.daemon.state_dir == Path(os.path.expanduser("~/.hpcagent/daemon"))
+    path = tmp_path / "c.conf"
+    path.write_text(
+        'executor { kill_grace_sec: 3, args_to_cli: "true", log_spool_max_mb: 0.5 }\n'
+        'agent { polling_interval: 2.5, enable_task_env: "false" }\n'
+        'slurm { cancel_job_on_abort: "false", hpcagent_command: "/opt/my env/py -m hpcagent" }\n'
+        'daemon { state_dir: "/srv/daemons" }\n'
+    )
+    s = load_settings(config_file=path, env={})
+    assert s.executor.kill_grace_s == 3.0
+    assert s.executor.args_to_cli is True
+    assert s.executor.log_spool_max_mb == 0.5
+    assert s.agent.polling_interval_s == 2.5
+    assert s.agent.enable_task_env is False
+    assert s.slurm.cancel_job_on_abort is False
+    assert s.slurm.hpcagent_command == ("/opt/my", "env/py", "-m", "hpcagent")
+    assert s.daemon.state_dir == Path("/srv/daemons")
+    path.write_text('slurm { hpcagent_command: ["/opt/my env/py", "-m", "hpcagent"] }\n')
+    listed = load_settings(config_file=path, env={})
+    assert listed.slurm.hpcagent_command == ("/opt/my env/py", "-m", "hpcagent")
+    for bad, key in (
+        ('executor { kill_grace_sec: "soon" }', r"executor\.kill_grace_sec"),
+        ("slurm { cancel_job_on_abort: maybe }", r"slurm\.cancel_job_on_abort"),
+        ('slurm { hpcagent_command: "py \'unclosed" }', r"slurm\.hpcagent_command"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=key):
+            load_settings(config_file=path, env={})

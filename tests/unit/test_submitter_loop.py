@@ -83,20 +83,18 @@ class Rig:
         return p
 
     def submitter(self, queues: list[QueueRef], **kw: Any) -> Submitter:
+        srv = self.server
+        pre = f"export T_URL={srv.url} T_KEY={srv.access_key} T_SECRET={srv.secret_key}"
         opts = SubmitterOptions(
             queues=queues,
             state_dir=self.tmp / "state",
             worker_id="test:hpcagent-slurm",
             poll_interval_s=0.1,
             hpcagent_argv=[sys.executable, str(self.fake)],
+            pre_setup=f"{pre}\n{self.pre}",
             **kw,
         )
-        srv = self.server
-        pre = f"export T_URL={srv.url} T_KEY={srv.access_key} T_SECRET={srv.secret_key}"
-        env_cfg = {"slurm.pre_setup": f"{pre}\n{self.pre}"}
-        s = Submitter(
-            self.client, self.scheduler, self.ledger, opts, lambda p, d=None: env_cfg.get(p, d)
-        )
+        s = Submitter(self.client, self.scheduler, self.ledger, opts, lambda p, d=None: d)
         s.start()
         return s
 

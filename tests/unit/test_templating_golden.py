@@ -81,6 +81,8 @@ def test_golden(template: str, variant: str) -> None:
         config_file=Path("/home/alice/.hpcagent/slurm/clearml.conf"),
         container_mode="singularity" if "singularity" in template else None,
         hpcagent=["/opt/hpcagent/bin/python", "-m", "hpcagent"],
+        pre_setup=_config("slurm.pre_setup"),
+        post_setup=_config("slurm.post_setup"),
     )
     rendered = render_file(TEMPLATES / template, ctx)
     golden = GOLDEN / f"{template}.{variant}.sh"
