@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY as ARGS_ON_ARGV
 from hpcagent.server.auth import Credentials, clearml_conf_snippet
+from hpcagent.taskbuild import ARGS_ON_ARGV_PROPERTY as ARGS_ON_ARGV
 
 #: Job scripts and outputs must be readable by slurmd: keep them off pytest's private tmp.
 SLURM_WORK_ROOT = Path("/var/tmp/hpcagent-slurm-tests")

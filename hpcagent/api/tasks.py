@@ -21,10 +21,6 @@ TASK_STATUSES = (
     "unknown",
 )
 
-#: The user property (``hyperparams.properties``) with which a task asks the executor to put
-#: its Args on the script's command line (docs/executor.md, "Arguments").
-ARGS_ON_ARGV_PROPERTY = "args-on-argv"
-
 
 class TasksService(Service):
     service = "tasks"

@@ -18,10 +18,10 @@ from typing import Any
 import click
 
 from hpcagent.api import ApiClient
-from hpcagent.api.taskbuild import TaskSpec, create_task, merge_params, parse_pairs
 from hpcagent.api.tasks import TASK_STATUSES
 from hpcagent.commands.common import clip, emit_json, get_client, json_option, local_time, table
 from hpcagent.errors import ApiError, NotFoundError, TaskEndedError
+from hpcagent.taskbuild import TaskSpec, create_task, merge_params, parse_pairs
 
 #: Statuses in which a task may still produce log lines.
 _LIVE_STATUSES = {"queued", "in_progress"}

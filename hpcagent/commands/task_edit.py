@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from hpcagent.api.taskbuild import merge_params, parse_pairs, pip_requirements
 from hpcagent.commands.common import emit_json, get_client, json_option, table
 from hpcagent.commands.task import task_group
 from hpcagent.errors import UsageError
+from hpcagent.taskbuild import merge_params, parse_pairs, pip_requirements
 
 
 @task_group.command("edit")

@@ -20,7 +20,7 @@ import ast
 import re
 from collections.abc import Mapping
 
-from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY
+from hpcagent.taskbuild import ARGS_ON_ARGV_PROPERTY
 
 #: Names an ``Args/*`` item may have to be put on the command line as an option.
 _OPTION_NAME = re.compile(r"^-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*$")

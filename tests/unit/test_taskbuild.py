@@ -1,4 +1,4 @@
-"""hpcagent.api.taskbuild: a new task's ClearML fields from a TaskSpec (shared by ``task create``
+"""hpcagent.taskbuild: a new task's ClearML fields from a TaskSpec (shared by ``task create``
 and other front ends), checked against the real embedded server and the executor's reading."""
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 
 from hpcagent.api import ApiClient
-from hpcagent.api.taskbuild import (
+from hpcagent.errors import UsageError
+from hpcagent.executor.arguments import args_on_argv, args_to_argv
+from hpcagent.executor.task_info import TaskInfo
+from hpcagent.taskbuild import (
+    ARGS_ON_ARGV_PROPERTY,
     TaskSpec,
     create_task,
     hyperparams,
@@ -17,10 +21,6 @@ from hpcagent.api.taskbuild import (
     parse_pairs,
     task_fields,
 )
-from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY
-from hpcagent.errors import UsageError
-from hpcagent.executor.arguments import args_on_argv, args_to_argv
-from hpcagent.executor.task_info import TaskInfo
 
 SCRIPT = "import sys\nprint('größe', sys.argv[1:])\n"
 

@@ -8,6 +8,9 @@ decides where it comes from. :func:`task_fields` turns a checked spec into the `
 them; :func:`create_task` creates the task (and its project) through an
 :class:`~hpcagent.api.ApiClient`. Bad input raises :class:`~hpcagent.errors.UsageError`
 before anything is created.
+
+This module imports nothing of hpcagent but the errors (the client only for type checking), so
+the server's web UI, which may not import the client side, can build the same fields.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpcagent.api.tasks import ARGS_ON_ARGV_PROPERTY
 from hpcagent.errors import UsageError
 
 if TYPE_CHECKING:
     from hpcagent.api import ApiClient
+
+#: The user property (``hyperparams.properties``) with which a task asks the executor to put
+#: its Args on the script's command line (docs/executor.md, "Arguments").
+ARGS_ON_ARGV_PROPERTY = "args-on-argv"
 
 
 @dataclass(frozen=True)
