@@ -311,3 +311,21 @@ def test_typed_fields_of_the_executor_submitter_and_daemon(tmp_path: Path) -> No
         path.write_text(bad)
         with pytest.raises(ConfigError, match=key):
             load_settings(config_file=path, env={})
+
+
+def test_no_dotted_config_reads_outside_config() -> None:
+    """hpcagent's own code reads typed fields; ``Settings.get("section.key", default)`` (a second
+    place for a default, no type check) is left to template lookups."""
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "hpcagent"
+    sections = "agent|api|executor|slurm|daemon|server|sdk"
+    pattern = re.compile(rf"""\b(?:get|config)\(\s*["'](?:{sections})\.""")
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        if "config" not in path.relative_to(root).parts[:1]
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []
