@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 
+from hpcagent.submitter.options import job_name
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,7 +197,7 @@ def test_submitter_prepulls_and_job_uses_the_sif(world: dict[str, Any], bwrap: s
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert _status(server, task_id) == "completed", _log(server, task_id)[-30:]
-    submitted = world["tmp"] / "state" / "scripts" / f"clearml_task_{task_id}.sh"
+    submitted = world["tmp"] / "state" / "scripts" / f"{job_name(task_id)}.sh"
     assert submitted.read_text().rstrip("\n") == printed  # --dry-run showed what ran
     pulls = (world["tmp"] / "pulls.log").read_text().splitlines()
     assert len(pulls) == 1  # the dry run's pull; the submitter found the image cached

@@ -18,6 +18,7 @@ from helpers import require_slurm, sacct_jobs_named, slurm_workdir, wait_for
 
 from hpcagent.api import ApiClient
 from hpcagent.process import CommandResult, run_command
+from hpcagent.scheduler.base import PROP_JOB_ID
 from hpcagent.scheduler.slurm import SlurmScheduler
 from hpcagent.submitter.ledger import FINISHED, SUBMITTED, Ledger
 from hpcagent.submitter.loop import Outcome, Submitter
@@ -96,7 +97,7 @@ def test_timed_out_sbatch_whose_job_exists_is_adopted(client: ApiClient) -> None
         assert wait_for(lambda: sacct_jobs_named(job_name(first)), timeout=30) == [entry.job_id]
         s.tracker.flush()
         task = client.send("tasks.get_by_id", {"task": first})["task"]
-        assert task["hyperparams"]["properties"]["slurm-job-id"]["value"] == entry.job_id
+        assert task["hyperparams"]["properties"][PROP_JOB_ID]["value"] == entry.job_id
         assert s.cycle() == 1  # no pause: the second task goes on at once
         assert len(seam.sbatches) == 2
         assert second in {e.task_id for e in s.ledger.live()}
