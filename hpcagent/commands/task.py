@@ -20,7 +20,7 @@ import click
 from hpcagent.api import ApiClient
 from hpcagent.api.tasks import TASK_STATUSES
 from hpcagent.commands.common import clip, emit_json, get_client, json_option, local_time, table
-from hpcagent.errors import ApiError, NotFoundError, TaskEndedError
+from hpcagent.errors import ApiError, NotFoundError, ServerUnreachable, TaskEndedError
 from hpcagent.taskbuild import TaskSpec, create_task, merge_params, parse_pairs
 
 #: Statuses in which a task may still produce log lines.
@@ -330,13 +330,23 @@ def _iter_log(client: ApiClient, task_id: str, state: dict[str, Any]) -> Iterato
 @click.argument("task_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the task ends.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--outage",
+    default=120.0,
+    show_default=True,
+    help="With --follow: seconds to wait for a server that stopped answering.",
+)
 @json_option
 @click.pass_context
-def log_cmd(ctx: click.Context, task_id: str, follow: bool, interval: float, as_json: bool) -> None:
+def log_cmd(
+    ctx: click.Context, task_id: str, follow: bool, interval: float, outage: float, as_json: bool
+) -> None:
     """Print the console log of a task (JSON: one event object per line).
 
     With --follow, wait until the task ends: exit 0 when it completed, 8 when it failed or was
-    stopped (so that ``task log ID --follow && next`` waits for success)."""
+    stopped (so that ``task log ID --follow && next`` waits for success). Once following, a
+    server that stops answering (a restart) is waited for up to --outage seconds, with one
+    line on stderr, before the command gives up (exit 5)."""
     client = get_client(ctx)
     client.tasks.get_status(task_id)  # a clear error for an unknown task
     state: dict[str, Any] = {"last_ts": None, "seen": set()}
@@ -349,12 +359,26 @@ def log_cmd(ctx: click.Context, task_id: str, follow: bool, interval: float, as_
                 click.echo(str(event.get("msg", "")).rstrip("\n"))
 
     emit_new()
+    down_since: float | None = None
     while follow:
-        status = client.tasks.get_status(task_id)
-        live = status.get("status") in _LIVE_STATUSES
-        if live:
+        try:
+            status = client.tasks.get_status(task_id)
+            live = status.get("status") in _LIVE_STATUSES
+            if live:
+                time.sleep(interval)
+            emit_new()  # once more after the end: lines sent just before the final status
+        except ServerUnreachable as exc:
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                click.echo(f"warning: {exc}; still following for up to {outage:g} s", err=True)
+            if now - down_since >= outage:
+                raise
             time.sleep(interval)
-        emit_new()  # once more after the end: lines sent just before the final status
+            continue
+        if down_since is not None:
+            click.echo("warning: the server answers again; following", err=True)
+            down_since = None
         if not live:
             _check_ended(client, task_id, status)
             return

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Invoke, ok, one_error_line, write_conf
@@ -285,3 +286,36 @@ def test_workers_list(cli: Invoke, api: ApiClient) -> None:
     assert rows[-1].split()[:2] == ["login1:slurm", "wq"]
     listed = json.loads(ok(cli("workers", "list", "--json")))
     assert [w["id"] for w in listed] == ["login1:slurm"]
+
+
+def test_follow_rides_out_a_server_restart(
+    cli: Invoke, api: ApiClient, embedded_server: Any, tmp_path: Path
+) -> None:
+    """Following is long-running: a restarting server is waited for (one warning line each
+    way), not an error after the interactive 3 attempts."""
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    ok(cli("queue", "create", "rq"))
+    tid = ok(cli("task", "create", "--project", "p", "--name", "restart", "--script", str(script),
+                 "--enqueue", "rq")).strip()  # fmt: skip
+    api.tasks.started(tid)
+    api.events.add_log(tid, ["before"], "w")
+    result: list[tuple[int, str, str]] = []
+    follow = threading.Thread(
+        target=lambda: result.append(cli("task", "log", tid, "--follow", "--interval", "0.2"))
+    )
+    follow.start()
+    time.sleep(1.0)
+    embedded_server.stop()
+    time.sleep(6.0)  # longer than the interactive policy's 3 attempts
+    embedded_server.start()
+    api.events.add_log(tid, ["after"], "w")
+    api.tasks.completed(tid)
+    follow.join(timeout=120)
+    rc, out, err = result[0]
+    assert rc == 0, err
+    assert out.splitlines() == ["before", "after"]
+    warnings = err.splitlines()
+    assert len(warnings) == 2, err
+    assert "still following for up to 120 s" in warnings[0]
+    assert warnings[1] == "warning: the server answers again; following"
