@@ -67,7 +67,11 @@ class Outcome(enum.Enum):
 
 
 class Submitter:
-    """The long-running glue (see the module docstring)."""
+    """The long-running glue (see the module docstring).
+
+    ``options`` holds everything it is told (from the typed settings); ``config`` only answers
+    ``${CONFIG.<dotted.key>}`` lookups in templates (``Settings.get``).
+    """
 
     def __init__(
         self,
