@@ -44,6 +44,7 @@ from tenacity import (
 )
 
 from hpcagent import __version__
+from hpcagent.api.compat import ServerCompat
 from hpcagent.api.events import EventsService
 from hpcagent.api.projects import ProjectsService
 from hpcagent.api.queues import QueuesService
@@ -169,6 +170,8 @@ class ApiClient:
         self.workers = WorkersService(self)
         self.events = EventsService(self)
         self.projects = ProjectsService(self)
+        #: What this server lacks, and the fallbacks (logged once): hpcagent.api.compat.
+        self.compat = ServerCompat(self)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -242,6 +245,16 @@ class ApiClient:
         for chunk in split_lines((orjson.dumps(dict(item)) for item in items), max_bytes):
             results.append(self._call(endpoint, chunk, JSON_LINES, "post", None))
         return results
+
+    def token_claims(self) -> dict[str, Any]:
+        """The claims of the session token (logging in first if needed), read without
+        verifying the signature: ``api_version``, ``server_version``, ``server_build``..."""
+        self._bearer()
+        try:
+            claims = jwt.decode(str(self._token), options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return {}
+        return dict(claims)
 
     # -- internals ---------------------------------------------------------------------------
 

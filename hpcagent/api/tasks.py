@@ -102,6 +102,13 @@ class TasksService(Service):
         }
         return self.call("dequeue", drop_none(body))
 
+    def dequeue_to_start(self, task_id: str, *, status_reason: str = "") -> bool:
+        """Take a queued task out of its queue to run it; False when it is not queued any
+        more (:func:`hpcagent.api.compat.dequeue_to_start`: the per-version fallback)."""
+        from hpcagent.api.compat import dequeue_to_start
+
+        return dequeue_to_start(self.client, task_id, status_reason)
+
     def _status(self, action: str, task_id: str, reason: str, message: str, **extra: Any) -> Any:
         body = {"task": task_id, "status_reason": reason, "status_message": message, "force": True}
         return self.call(action, {**body, **extra})

@@ -48,3 +48,24 @@ class WorkersService(Service):
     def get_all(self, **filters: Any) -> list[dict[str, Any]]:
         workers = self.call("get_all", drop_none(filters)).get("workers") or []
         return [w for w in workers if isinstance(w, dict)]
+
+    def get_runtime_properties(self, worker: str | None = None) -> list[dict[str, Any]] | None:
+        """The worker's runtime properties ``[{key, value, ...}]``; None when the server has no
+        such endpoint (the open-source clearml-server; logged once, not asked again)."""
+        data = self.client.compat.optional_call(
+            "workers.get_runtime_properties", {"worker": worker or self.client.worker}
+        )
+        if data is None:
+            return None
+        return [p for p in data.get("runtime_properties") or [] if isinstance(p, dict)]
+
+    def set_runtime_properties(
+        self, properties: list[dict[str, Any]], worker: str | None = None
+    ) -> bool:
+        """Set runtime properties ``[{key, value, expiry}]``; False when the server has no
+        such endpoint (logged once, not asked again)."""
+        data = self.client.compat.optional_call(
+            "workers.set_runtime_properties",
+            {"worker": worker or self.client.worker, "runtime_properties": properties},
+        )
+        return data is not None

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
+from hpcagent.api.compat import dequeue_to_start
 from hpcagent.config import ContainerSettings
 from hpcagent.container.base import PreparedCommand, Session
 from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, open_session
@@ -255,17 +256,9 @@ class Executor:
         if self.rank != 0:
             return True
         if task.status == "queued":
-            reply: dict[str, Any] = {}
-            with contextlib.suppress(Exception):  # an older server may lack new_status
-                reply = self.client.send(
-                    "tasks.dequeue",
-                    {
-                        "task": self.task_id,
-                        "new_status": "in_progress",
-                        "status_reason": "starting",
-                    },
-                )
-            if "updated" in reply and not reply["updated"] and not self.opts.force:
+            # API >= 2.26: straight to in_progress; older: via created (hpcagent.api.compat)
+            taken = not dequeue_to_start(self.client, self.task_id, status_reason="starting")
+            if taken and not self.opts.force:
                 self.note(
                     "the task is no longer queued (taken or aborted meanwhile); not running it"
                 )

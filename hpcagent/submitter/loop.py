@@ -89,7 +89,6 @@ class Submitter:
         self.tracker = Tracker(client, scheduler, ledger, options)
         self._rr = 0  # round-robin start index: the queue after the last one served
         self._backoff_until = 0.0
-        self._props_supported = True
         self._held_props = True  # False once the server said it keeps no runtime properties
         self._props_sent: dict[str, str] = {}
         self._props_sent_at = 0.0
@@ -228,14 +227,11 @@ class Submitter:
         """Per queue id: may we pull now (hours, worker ``force``, queue tags)?"""
         hours = self.opts.hours.working(dt.datetime.now())
         worker_force: bool | None = None
-        if self._props_supported:
-            try:
-                data = self.client.send(
-                    "workers.get_runtime_properties", {"worker": self.opts.worker_id}
-                )
-                worker_force = force_from_properties(data.get("runtime_properties") or [])
-            except ApiError:
-                self._props_supported = False  # like the agent: unsupported is fine
+        try:  # None: the server has none (open-source ClearML; hpcagent.api.compat)
+            props = self.client.workers.get_runtime_properties(self.opts.worker_id)
+            worker_force = None if props is None else force_from_properties(props)
+        except ApiError:
+            log.debug("worker runtime properties unavailable", exc_info=True)
         tags: dict[str, list[str]] = {}
         try:
             data = self.client.send(
@@ -428,16 +424,11 @@ class Submitter:
             return
         props = [{"key": k, "value": v, "expiry": PROPS_EXPIRY_S} for k, v in held.items()]
         try:
-            self.client.send(
-                "workers.set_runtime_properties",
-                {"worker": self.opts.worker_id, "runtime_properties": props},
-            )
-        except ApiError as exc:  # like the agent: a server without them is fine
-            if exc.result_code in (400, 404, 405):  # unsupported: stop asking
-                log.info("no worker runtime properties on this server (%s); jobs in tags", exc)
-                self._held_props = False
-            else:
-                log.debug("could not set the worker runtime properties", exc_info=True)
+            if not self.client.workers.set_runtime_properties(props, self.opts.worker_id):
+                self._held_props = False  # no such endpoint (compat logged it): jobs in tags
+                return
+        except ApiError:
+            log.debug("could not set the worker runtime properties", exc_info=True)
             return
         self._props_sent, self._props_sent_at = held, now
 
