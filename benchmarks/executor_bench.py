@@ -99,7 +99,9 @@ def literal_task(server: Server, code: str, name: str, reqs: str = "") -> str:
         "diff": code,
         "requirements": {"pip": reqs},
     }
-    return str(server.send("tasks.create", {"name": name, "script": script})["id"])
+    return str(
+        server.send("tasks.create", {"name": name, "type": "training", "script": script})["id"]
+    )
 
 
 def execute(task_id: str, conf: Path, *extra: str) -> tuple[float, str]:
