@@ -78,13 +78,39 @@ def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials]:
     return app, creds
 
 
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (recognised, not bound)
+
+
+def public_url(host: str, port: int) -> str:
+    """The URL that clients (compute nodes included) should use for a server bound to ``host``.
+
+    A wildcard bind (``0.0.0.0``, ``::``) is no address a client can use, so the machine's
+    fully qualified name stands in for it; any other host is kept (IPv6 in brackets).
+    """
+    if host in _WILDCARD_HOSTS:
+        name = socket.getfqdn()
+        if not name or name.startswith("localhost"):
+            name = socket.gethostname()
+        host = name
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def announce_credentials(creds: Credentials, api_server: str, out: TextIO) -> None:
-    """Print a freshly generated key pair once, with a matching clearml.conf snippet."""
+    """Print a freshly generated key pair once, with a matching clearml.conf snippet.
+
+    The snippet names ``api_server`` as given; the note after it says that compute nodes
+    must reach that URL, and where TLS and firewalls are covered.
+    """
     out.write(
         "hpcagent server: generated new API credentials (shown only this once; they are kept\n"
         "in credentials.json in the data dir, mode 0600). Put this in your clearml.conf:\n\n"
         + clearml_conf_snippet(api_server, creds)
-        + "\n"
+        + f"\nCompute nodes must reach {api_server}"
+        f" (check from a node: curl {api_server}/debug.ping).\n"
+        "For TLS put a reverse proxy in front and use its https:// URL instead; firewall and\n"
+        "systemd notes: docs/deploy.md.\n\n"
     )
     out.flush()
 
@@ -112,9 +138,9 @@ def serve(options: ServerOptions, out: TextIO | None = None) -> None:
     sock = _bind(options.host, options.port)
     try:
         app, creds = prepare(options)
-        host = options.host if ":" not in options.host else f"[{options.host}]"
+        url = public_url(options.host, options.port)
         if creds.generated:
-            announce_credentials(creds, f"http://{host}:{options.port}", out or sys.stdout)
+            announce_credentials(creds, url, out or sys.stdout)
         config = uvicorn.Config(
             app.asgi,
             log_level=options.log_level.lower(),
@@ -124,12 +150,7 @@ def serve(options: ServerOptions, out: TextIO | None = None) -> None:
             timeout_graceful_shutdown=30,
         )
         server = _Server(config)
-        log.info(
-            "hpcagent server on http://%s:%d, data in %s",
-            host,
-            options.port,
-            options.data_dir.expanduser(),
-        )
+        log.info("hpcagent server on %s, data in %s", url, options.data_dir.expanduser())
         server.run(sockets=[sock])
     finally:
         sock.close()
