@@ -166,6 +166,31 @@ def signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def group_alive(pgid: int) -> bool:
+    """True while a live (not zombie) process is in the process group ``pgid``.
+
+    Orphaned members are re-parented to PID 1, which in containers often never reaps them,
+    so ``killpg(pgid, 0)`` alone would see their zombies as alive forever: on Linux the
+    members are read from ``/proc``. A group that is not ours counts as gone."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return True  # no /proc: the signal check is all there is
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # the process ended meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def detach(argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None) -> int:
     """Start ``argv`` as a daemon in its own session, output appended to ``log_path``; its pid.
 

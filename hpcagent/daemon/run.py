@@ -222,10 +222,17 @@ def _serve(
 def stop_running(submitter: Submitter, scheduler: LocalScheduler, wait_s: float) -> None:
     """Cancel the daemon's running jobs (the executor forwards SIGTERM to the task and marks
     it), wait for them, and let the tracker settle the ledger once."""
-    jobs = [str(e.job_id) for e in submitter.ledger.live() if e.state == SUBMITTED and e.job_id]
-    if not jobs:
+    entries = [e for e in submitter.ledger.live() if e.state == SUBMITTED and e.job_id]
+    if not entries:
         return
+    jobs = [str(e.job_id) for e in entries]
     log.info("stopping %d running task(s)", len(jobs))
+    # The executor normally writes "stopped" itself; a job it could not report for (killed
+    # after the kill wait) is stopped by the tracker, never failed: this stop is on purpose.
+    submitter.tracker.stopping(
+        [e.task_id for e in entries],
+        f"terminated by signal SIGTERM (daemon {submitter.opts.worker_id} stopped)",
+    )
     scheduler.cancel(jobs)
     scheduler.wait(jobs, timeout_s=wait_s, poll_s=0.2)
     try:

@@ -4,7 +4,10 @@ Each job is ``bash SCRIPT`` started as a child process in its own session (so ca
 whole process group), stdout and stderr to ``<output_dir>/<job name>-<id>.out``. At most
 ``max_parallel`` jobs run at once; the others stay PENDING and start on the next call to
 submit/status/cancel (no background thread). States: PENDING -> RUNNING -> COMPLETED (exit 0) /
-FAILED (non-zero exit, or killed by a signal) / CANCELLED (cancel was asked). Job state lives in
+FAILED (non-zero exit, or killed by a signal) / CANCELLED (cancel was asked). Cancel sends SIGTERM
+to the job's process group and SIGKILL after ``kill_wait_s``; a cancelled job is COMPLETING (not
+yet ended) while any process of its group still runs, so the executor inside has written its
+task's status before the job counts as ended. Job state lives in
 this object only: a new LocalScheduler knows no old jobs (they are UNKNOWN).
 """
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcagent.errors import SubmitError
-from hpcagent.process import Process, signal_group, start_process
+from hpcagent.process import Process, group_alive, signal_group, start_process
 from hpcagent.scheduler.base import (
     JobIdentity,
     JobState,
@@ -125,7 +128,8 @@ class LocalScheduler(Scheduler):
                 if job.proc is None:
                     job.state = JobState.CANCELLED
                     continue
-                job.cancel_at = now
+                if job.cancel_at is None:  # a repeated cancel does not postpone the SIGKILL
+                    job.cancel_at = now
                 self._signal(job, signal.SIGTERM)
             self._poke()
 
@@ -157,8 +161,10 @@ class LocalScheduler(Scheduler):
             if job.proc is None or job.state.is_terminal:
                 continue
             rc = job.proc.poll()
-            if rc is None:
+            if rc is None or self._lingers(job, now):
                 running += 1
+                if rc is not None:
+                    job.state = JobState.COMPLETING
                 if job.cancel_at is not None and now - job.cancel_at > self.kill_wait_s:
                     self._signal(job, signal.SIGKILL)
                 continue
@@ -180,6 +186,17 @@ class LocalScheduler(Scheduler):
             )
         job.state = JobState.RUNNING
         log.debug("local job %s (%s) started, pid %d", job.job_id, job.name, job.proc.pid)
+
+    def _lingers(self, job: _LocalJob, now: float) -> bool:
+        """A cancelled job whose script has exited but whose process group has not: bash dies
+        on SIGTERM at once while the executor it started is still stopping the task and
+        writing its status. The job ends when the group is empty (Slurm's COMPLETING), or
+        at the latest ``kill_wait_s`` after the SIGKILL (a process that cannot die)."""
+        if job.cancel_at is None or job.proc is None:
+            return False
+        if now - job.cancel_at > 2 * self.kill_wait_s:
+            return False
+        return group_alive(job.proc.pid)
 
     def _finish(self, job: _LocalJob, rc: int) -> None:
         if rc < 0:

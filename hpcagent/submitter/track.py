@@ -76,7 +76,7 @@ class Tracker:
         self._unknown_since: dict[str, float] = {}
         self._stopping_since: dict[str, float] = {}
         self._never_since: dict[str, float] = {}
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, str] = {}  # task id -> status_reason of its stop
         self._nodes_recorded: set[str] = set()
         self._last_message: dict[str, str] = {}
         self.commands = 0  # scheduler calls made (for the benchmark)
@@ -230,10 +230,13 @@ class Tracker:
             )
             return
         if tid in self._cancelled:
-            self._cancelled.discard(tid)
+            reason = self._cancelled.pop(tid)
+            text = f"{self.scheduler.job_label} {job} ended {state}"
+            if js.signal:
+                text += f" (signal {js.signal})"
             self.client.send(
                 "tasks.stopped",
-                {"task": tid, "force": True, "status_reason": "aborted", "status_message": ""},
+                {"task": tid, "force": True, "status_reason": reason, "status_message": text},
             )
             self.ledger.mark_finished(tid, f"job {state}; task stopped")
             log.info("task %s queue %s job %s: %s, task stopped", tid, entry.queue_name, job, state)
@@ -285,6 +288,12 @@ class Tracker:
             d.pop(tid, None)
         self._nodes_recorded.discard(tid)
 
+    def stopping(self, task_ids: list[str], reason: str) -> None:
+        """These tasks' jobs are being cancelled on purpose (the daemon stops): a job that
+        ends before its executor reported stops its task with ``reason``; it never fails it."""
+        for tid in task_ids:
+            self._cancelled[tid] = reason
+
     def _cancel(self, entries: list[Entry], tasks: dict[str, dict[str, Any]]) -> None:
         try:
             self.scheduler.cancel([str(e.job_id) for e in entries])
@@ -294,7 +303,7 @@ class Tracker:
             return
         for e in entries:
             status = str((tasks.get(e.task_id) or {}).get("status", "deleted"))
-            self._cancelled.add(e.task_id)
+            self._cancelled[e.task_id] = "aborted"
             log.info(
                 "task %s queue %s job %s: cancelling (task %s)",
                 e.task_id,

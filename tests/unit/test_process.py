@@ -6,6 +6,7 @@ import ast
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -154,3 +155,24 @@ def test_nothing_else_starts_processes() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
     assert offenders == []
+
+
+def test_group_alive_ignores_zombies(tmp_path: Path) -> None:
+    """A group whose last member is an unreaped zombie has ended (containers' PID 1 often
+    never reaps orphans, and the local scheduler must still see the group as gone)."""
+    proc = start_process([sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL)
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 60
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, 0)  # the signal check alone sees the zombie
+    assert not process.group_alive(proc.pid)
+    proc.wait()
+    assert not process.group_alive(proc.pid)
+    live = start_process(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.DEVNULL
+    )
+    assert process.group_alive(live.pid)
+    process.signal_group(live.pid, signal.SIGKILL)
+    live.wait()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,56 @@ def test_unknown_ids_names_and_missing_script(tmp_path: Path) -> None:
     with pytest.raises(SubmitError):
         s.submit(tmp_path / "missing.sh", job_name="x")
     s.wait([a, b], timeout_s=30)
+
+
+HOLDS_ON = """
+import pathlib, signal, sys, time
+here = pathlib.Path(sys.argv[1])
+def stop(*_):
+    while not (here / "go").exists():  # the test decides when the stop is over
+        time.sleep(0.05)
+    (here / "reported").write_text("x")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+(here / "ready").write_text("x")
+time.sleep(600)
+"""
+
+
+def test_cancelled_job_ends_when_its_whole_group_has(tmp_path: Path) -> None:
+    """bash dies on SIGTERM at once; the executor it started still reports. The job stays
+    COMPLETING until that process has exited too, so no one reads the end too early."""
+    (tmp_path / "holds.py").write_text(HOLDS_ON)
+    s = LocalScheduler(output_dir=tmp_path, kill_wait_s=600)
+    job = s.submit(
+        script(tmp_path, "j", f"{sys.executable} {tmp_path / 'holds.py'} {tmp_path}"), job_name="j"
+    )
+    wait_until(lambda: (tmp_path / "ready").exists())
+    s.cancel([job])
+    wait_until(lambda: s.status([job])[job].state is JobState.COMPLETING)  # bash is gone
+    s.cancel([job])  # a second cancel changes nothing
+    assert s.status([job])[job].state is JobState.COMPLETING
+    (tmp_path / "go").touch()
+    s.wait([job], timeout_s=60)
+    st = s.status([job])[job]
+    assert (st.state, st.signal) == (JobState.CANCELLED, 15)
+    assert (tmp_path / "reported").exists()
+
+
+def test_cancel_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
+    s = LocalScheduler(output_dir=tmp_path, kill_wait_s=0.5)
+    ready = tmp_path / "ready"
+    body = f"trap '' TERM; (trap '' TERM; touch {ready}; sleep 600) & wait; wait"
+    job = s.submit(script(tmp_path, "stubborn", body), job_name="stubborn")
+    wait_until(ready.exists)
+    s.cancel([job])
+    s.wait([job], timeout_s=60)
+    st = s.status([job])[job]
+    assert (st.state, st.signal) == (JobState.CANCELLED, 9)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hpcagent.api import ApiClient
+from hpcagent.daemon.run import stop_running
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.submitter.ledger import FINISHED, SUBMITTED, Ledger
 from hpcagent.submitter.loop import Submitter
@@ -24,6 +25,7 @@ from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name
 FAKE_EXECUTOR = """
 import os, sys, time
 from hpcagent.api import ApiClient
+from hpcagent.daemon.run import stop_running
 task = sys.argv[sys.argv.index("--id") + 1]
 c = ApiClient(os.environ["T_URL"], os.environ["T_KEY"], os.environ["T_SECRET"])
 time.sleep(float(os.environ.get("T_DELAY", "0")))
@@ -395,3 +397,24 @@ def test_requeue_on_server_without_move_warns_and_keeps_task(
     queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
     assert [e["task"] for e in queue["entries"]] == [other, tid]
     assert any("cannot move it to the front" in r.getMessage() for r in caplog.records)
+
+
+def test_daemon_stop_ends_a_silent_task_stopped_not_failed(rig: Rig) -> None:
+    """The daemon's own stop cancels the job; an executor killed before it reported (here:
+    one with no signal handler) leaves its task stopped with the reason, never failed."""
+    rig.pre = "export T_SLEEP=600"  # started, then never reports on its own
+    qid = rig.queue("q1")
+    tid = rig.task("silent", qid)
+    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    assert s.cycle() == 1
+    deadline = time.monotonic() + 60
+    while rig.get(tid)["status"] != "in_progress" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rig.get(tid)["status"] == "in_progress"
+    stop_running(s, rig.scheduler, wait_s=60)
+    task = rig.get(tid)
+    assert task["status"] == "stopped", task["status_message"]
+    reason = "terminated by signal SIGTERM (daemon test:hpcagent-slurm stopped)"
+    assert task["status_reason"] == reason
+    assert "CANCELLED" in task["status_message"]
+    assert not rig.ledger.live()
