@@ -4,6 +4,7 @@ on the LocalScheduler against the real embedded server."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -16,9 +17,14 @@ TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
 #SBATCH --nodes=${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}
 echo ${CLEARML_TASK.name}
-sleep 30
 : ${CLEARML_AGENT_EXECUTE}
 """
+#: The job runs until the test creates RELEASE (next to the template) after its --status
+#: checks: it is still listed however slowly the CLI calls run on a loaded machine.
+HOLD = """
+until [ -e RELEASE ]; do sleep 0.2; done
+"""
+RELEASE = "release"
 
 
 def _conf(tmp: Path, server: Any) -> Path:
@@ -35,7 +41,8 @@ def test_dry_run_detached_status_stop(tmp_path: Path, embedded_server: Any) -> N
     server = embedded_server
     conf = _conf(tmp_path, server)
     tmpl = tmp_path / "t.template"
-    tmpl.write_text(TEMPLATE)
+    release = tmp_path / RELEASE
+    tmpl.write_text(TEMPLATE + HOLD.replace("RELEASE", shlex.quote(str(release))))
     qid = server.send("queues.create", {"name": "cliq"})["id"]
     tid = server.send("tasks.create", {"name": "dry; run", "type": "training"})["id"]
     server.send("tasks.enqueue", {"task": tid, "queue": qid})
@@ -71,6 +78,7 @@ def test_dry_run_detached_status_stop(tmp_path: Path, embedded_server: Any) -> N
         assert second.returncode == 2
         assert "another hpcagent-slurm" in second.stderr
     finally:
+        release.touch()  # the job may end now
         stop = _run("--config-file", str(conf), "--stop", cwd=tmp_path)
     assert stop.returncode == 0, stop.stderr
     assert "stopped hpcagent-slurm" in stop.stdout
