@@ -145,7 +145,11 @@ def _envelope(
 
 
 def _fault_envelope(endpoint: str, requested: str, fault: ApiFault) -> Response:
-    """The error envelope of an :class:`ApiFault` (its code, subcode, message and data)."""
+    """The error envelope of an :class:`ApiFault` (its code, subcode, message and data).
+
+    Logged at debug level: clients such as the SDK often only log a refused call, so the
+    server's log is where ``--log-level debug`` shows every call a flow made that failed."""
+    log.debug("%s answered %d/%d: %s", endpoint, fault.code, fault.subcode, fault.message)
     return _envelope(
         endpoint, requested, fault.code, fault.subcode, fault.message, None, fault.error_data
     )

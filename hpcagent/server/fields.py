@@ -2,8 +2,10 @@
 
 Handlers receive the merged request body as a plain ``dict`` and read it only through the
 helpers below, so that a wrong type always becomes a ClearML-style ``400/12`` validation error
-that names the field (never a 500). Unknown fields are simply never read, which is how the
-server ignores the spurious ``"method": "get"`` key the SDK sends.
+that names the field (never a 500). Query endpoints (``*.get_all``) check their bodies against
+the fields they implement (:func:`reject_unknown`): a filter this server does not apply is a 400
+naming it, never silently ignored. Only the spurious ``"method": "get"`` key the SDK adds is
+passed over.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,13 +227,118 @@ def project_fields(doc: dict[str, Any], only_fields: list[str] | None) -> dict[s
 _MISSING = object()
 
 
+#: Keys a client sends that are no filter: the SDK adds ``"method": "get"`` to GET-style calls.
+NON_FILTER_KEYS = frozenset({"method"})
+
+#: ClearML's multi-field pattern filters: ``{fields: [...], pattern: regex}``, every field
+#: (``_all_``/``_and_``) or any field (``_any_``/``_or_``) matching, as in clearml-server.
+MULTI_FIELD_KEYS = {"_all_": True, "_and_": True, "_any_": False, "_or_": False}
+
+
+def reject_unknown(body: dict[str, Any], known: Iterable[str]) -> None:
+    """400/12 naming every key of ``body`` outside ``known``: a filter is applied or refused."""
+    allowed = set(known) | NON_FILTER_KEYS
+    unknown = sorted(k for k in body if k not in allowed)
+    if unknown:
+        names = ", ".join(f"'{k}'" for k in unknown)
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: unsupported field(s) {names}: this server does not apply them",
+            {"field": unknown[0], "fields": unknown},
+        )
+
+
+def field_values(doc: dict[str, Any], path: str) -> list[Any]:
+    """The values at dotted ``path`` (a list at the end is its elements, as Mongo matches)."""
+    src: Any = doc
+    for part in path.split("."):
+        if not isinstance(src, dict) or part not in src:
+            return []
+        src = src[part]
+    return list(src) if isinstance(src, list) else [src]
+
+
+@dataclass(frozen=True)
+class FieldPattern:
+    """One ``_all_``/``_any_`` filter: ``pattern`` searched (case-insensitive) in ``fields``.
+
+    As in clearml-server (Mongo ``$regex``): a field matches when one of its string values
+    contains the pattern; a missing field or a non-string value does not match.
+    """
+
+    key: str
+    fields: tuple[str, ...]
+    regex: re.Pattern[str]
+    every: bool
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], key: str) -> FieldPattern | None:
+        spec = opt_dict(body, key)
+        if spec is None:
+            return None
+        extra = sorted(set(spec) - {"fields", "pattern"})
+        if extra:
+            raise ApiFault(
+                VALIDATION,
+                f"Validation error: field '{key}' supports only 'fields' and 'pattern', "
+                f"not {', '.join(repr(e) for e in extra)}",
+                {"field": f"{key}.{extra[0]}"},
+            )
+        fields = opt_str_list(spec, "fields") or []
+        pattern = spec.get("pattern")
+        if not isinstance(pattern, str):
+            raise _bad(f"{key}.pattern", "a string", pattern)
+        if not fields:
+            return None  # clearml-server: no fields, no condition
+        try:
+            regex = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ApiFault(
+                VALIDATION,
+                f"Validation error: field '{key}.pattern' is not a valid regex: {exc}",
+                {"field": f"{key}.pattern"},
+            ) from exc
+        return cls(key, tuple(fields), regex, MULTI_FIELD_KEYS[key])
+
+    def admits(self, doc: dict[str, Any]) -> bool:
+        hits = (
+            any(isinstance(v, str) and self.regex.search(v) for v in field_values(doc, f))
+            for f in self.fields
+        )
+        return all(hits) if self.every else any(hits)
+
+
+#: The ordering and paging keys :func:`order_and_page` reads.
+PAGING_KEYS = ("order_by", "page", "page_size", "size")
+
+
+def order_and_page(docs: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``docs`` sorted by ``order_by`` (dotted fields, ``-`` for descending; values compared as
+    strings, missing as "") and cut to page ``page`` of ``page_size`` (or ``size``)."""
+    out = list(docs)
+    for order in reversed(opt_str_list(body, "order_by") or []):
+        path = order.lstrip("-+")
+
+        def key(doc: dict[str, Any], path: str = path) -> str:
+            values = field_values(doc, path)
+            return str(values[0]) if values and values[0] is not None else ""
+
+        out.sort(key=key, reverse=order.startswith("-"))
+    page = opt_int(body, "page")
+    page_size = opt_int(body, "page_size") or opt_int(body, "size")
+    if page_size is not None and page_size > 0:
+        start = (page or 0) * page_size
+        out = out[start : start + page_size]
+    return out
+
+
 @dataclass(frozen=True)
 class ListFilter:
-    """The filters that ``projects``, ``queues`` and ``tasks.get_all`` share.
+    """The filters that every ``*.get_all`` shares.
 
     ``id`` and ``only_fields`` are kept for the caller; :meth:`admits` applies the hidden rule
-    (hidden documents only with ``search_hidden`` or an explicit id list), the ``name`` regex and
-    the ``system_tags``/``tags`` tag filters.
+    (hidden documents only with ``search_hidden`` or an explicit id list), the ``name`` regex,
+    the ``system_tags``/``tags`` tag filters and the ``_all_``/``_any_`` pattern filters.
     """
 
     ids: list[str] | None
@@ -239,17 +347,25 @@ class ListFilter:
     system_tags: list[str] | None
     tags: list[str] | None
     search_hidden: bool
+    patterns: tuple[FieldPattern, ...] = ()
+
+    #: The body keys :meth:`from_body` reads.
+    KEYS = ("id", "only_fields", "name", "system_tags", "tags", "search_hidden", *MULTI_FIELD_KEYS)
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], *, with_tags: bool = True) -> ListFilter:
-        """Read the shared fields; ``with_tags=False`` ignores ``tags`` (projects)."""
+    def from_body(cls, body: dict[str, Any], *, also: Iterable[str] = ()) -> ListFilter:
+        """Read the shared fields; any key outside them and ``also`` (the endpoint's own
+        filters) is refused with 400 naming it."""
+        reject_unknown(body, (*cls.KEYS, *also))
+        patterns = (FieldPattern.from_body(body, key) for key in MULTI_FIELD_KEYS)
         return cls(
             ids=opt_str_list(body, "id"),
             only_fields=opt_str_list(body, "only_fields"),
             name_re=opt_regex(body, "name"),
             system_tags=opt_str_list(body, "system_tags"),
-            tags=opt_str_list(body, "tags") if with_tags else None,
+            tags=opt_str_list(body, "tags"),
             search_hidden=opt_bool(body, "search_hidden"),
+            patterns=tuple(p for p in patterns if p is not None),
         )
 
     def admits(self, doc: dict[str, Any]) -> bool:
@@ -257,6 +373,8 @@ class ListFilter:
         if not self.search_hidden and "hidden" in system_tags and self.ids is None:
             return False
         if self.name_re is not None and not self.name_re.search(doc.get("name") or ""):
+            return False
+        if not all(p.admits(doc) for p in self.patterns):
             return False
         return match_tags(system_tags, self.system_tags) and match_tags(
             doc.get("tags") or [], self.tags

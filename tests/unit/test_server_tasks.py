@@ -280,8 +280,8 @@ def test_clone_hyperparams_delete_ping(srv: Server) -> None:
     assert srv.send("tasks.ping", {"task": source}) == {}
     assert _task(srv, source)["last_update"] >= before
     assert _err(srv, "tasks.delete", {"task": source}) == (400, 110)  # in progress
-    assert srv.send("tasks.delete", {"task": source, "force": True})["deleted"] == 1
-    assert srv.send("tasks.delete", {"task": clone})["deleted"] == 1
+    assert srv.send("tasks.delete", {"task": source, "force": True})["deleted"] is True
+    assert srv.send("tasks.delete", {"task": clone})["deleted"] is True
     assert _err(srv, "tasks.get_by_id", {"task": clone}) == (400, 101)
 
 

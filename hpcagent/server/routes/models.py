@@ -16,6 +16,7 @@ from hpcagent.server.fields import (
     INVALID_TASK_STATUS,
     MODEL_CREATING_TASK_EXISTS,
     MODEL_IN_USE,
+    PAGING_KEYS,
     VALIDATION,
     ApiFault,
     ListFilter,
@@ -26,10 +27,10 @@ from hpcagent.server.fields import (
     opt_list,
     opt_str,
     opt_str_list,
+    order_and_page,
     project_fields,
     req_str,
 )
-from hpcagent.server.routes.tasks import field_key
 from hpcagent.server.statemachine import CREATED, IN_PROGRESS, PUBLISHED
 from hpcagent.server.validation import check_fields, check_name
 
@@ -131,7 +132,10 @@ def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    wanted = ListFilter.from_body(body)
+    wanted = ListFilter.from_body(
+        body,
+        also=("project", "task", "uri", "framework", "ready", *PAGING_KEYS),
+    )
     projects = opt_str_list(body, "project")
     task_ids = opt_str_list(body, "task")
     uris = opt_str_list(body, "uri")
@@ -139,8 +143,6 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     ready = body.get("ready")
     if ready is not None:
         ready = opt_bool(body, "ready")
-    page = opt_int(body, "page")
-    page_size = opt_int(body, "page_size") or opt_int(body, "size")
     out = []
     for model in ctx.store.query_models(wanted.ids, projects, task_ids):
         if not wanted.admits(model):
@@ -152,11 +154,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         if ready is not None and bool(model.get("ready")) != ready:
             continue
         out.append(model)
-    for order in reversed(opt_str_list(body, "order_by") or []):
-        out.sort(key=field_key(order.lstrip("-+")), reverse=order.startswith("-"))
-    if page_size is not None and page_size > 0:
-        start = (page or 0) * page_size
-        out = out[start : start + page_size]
+    out = order_and_page(out, body)
     return {"models": [project_fields(m, wanted.only_fields) for m in out]}
 
 

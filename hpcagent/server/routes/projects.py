@@ -1,10 +1,12 @@
-"""``projects.*``: get_all (name regex, ids, only_fields), create, get_by_id."""
+"""``projects.*``: get_all (name regex, ids, tags, only_fields, paging), create, get_by_id,
+update."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from hpcagent.server.fields import (
+    PAGING_KEYS,
     VALIDATION,
     ApiFault,
     ListFilter,
@@ -13,24 +15,31 @@ from hpcagent.server.fields import (
     opt_bool,
     opt_str,
     opt_str_list,
+    order_and_page,
     project_fields,
+    reject_unknown,
     req_str,
 )
-from hpcagent.server.validation import check_name
+from hpcagent.server.validation import check_fields, check_name
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    """Projects; ``include_stats`` adds ClearML's ``stats.active.status_count`` (tasks per
-    status) and ``stats.active.total_tasks`` to each."""
-    wanted = ListFilter.from_body(body, with_tags=False)
+    """Projects; ``shallow_search`` keeps top-level projects only (no ``/`` in the name, as
+    ClearML's server searches only the top level then); ``include_stats`` adds ClearML's
+    ``stats.active.status_count`` (tasks per status) and ``stats.active.total_tasks`` to each."""
+    wanted = ListFilter.from_body(body, also=("include_stats", "shallow_search", *PAGING_KEYS))
+    shallow = opt_bool(body, "shallow_search")
     counts = ctx.store.task_status_counts() if opt_bool(body, "include_stats") else None
+    admitted = [
+        p
+        for p in ctx.store.all_projects(wanted.ids)
+        if wanted.admits(p) and not (shallow and "/" in p["name"])
+    ]
     out = []
-    for project in ctx.store.all_projects(wanted.ids):
-        if not wanted.admits(project):
-            continue
+    for project in order_and_page(admitted, body):
         doc = project_fields(project, wanted.only_fields)
         if counts is not None:
             status_count = counts.get(project["id"], {})
@@ -67,6 +76,45 @@ def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": doc["id"]}
 
 
+#: The fields ``projects.update`` sets (ClearML's schema), with their kinds.
+UPDATABLE = {
+    "name": "str",
+    "description": "str",
+    "tags": "str_list",
+    "system_tags": "str_list",
+    "default_output_destination": "str",
+}
+
+
+def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Set the fields of :data:`UPDATABLE` (the SDK tags pipeline projects ``pipeline`` and
+    ``hidden`` so). A new name renames the sub-projects too (``old/x`` becomes ``new/x``), as
+    ClearML's server does; a name in use is a 400."""
+    reject_unknown(body, ("project", *UPDATABLE))
+    project = ctx.store.get_project(req_str(body, "project"))
+    fields = check_fields(body, UPDATABLE)
+    with ctx.store.write():
+        renamed: list[dict[str, Any]] = []
+        if fields.get("name") is not None and fields["name"].strip() != project["name"]:
+            name = fields["name"] = check_name("name", fields["name"], "project", min_length=1)
+            if ctx.store.project_by_name(name) is not None:
+                raise ApiFault(
+                    VALIDATION, f"Project with this name already exists: {name}", {"name": name}
+                )
+            old = project["name"]
+            for child in ctx.store.all_projects():
+                if child["name"].startswith(old + "/"):
+                    child["name"] = name + child["name"][len(old) :]
+                    renamed.append(child)
+            project["basename"] = name.rsplit("/", 1)[-1]
+        for field, value in fields.items():
+            project[field] = [] if value is None and field.endswith("tags") else value
+        project["last_update"] = now_iso()
+        for doc in (project, *renamed):
+            ctx.store.put_project(doc)
+    return {"updated": 1, "fields": fields}
+
+
 def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"project": ctx.store.get_project(req_str(body, "project"))}
 
@@ -76,4 +124,5 @@ ROUTES: dict[str, Handler] = {
     "projects.get_all_ex": get_all,
     "projects.create": create,
     "projects.get_by_id": get_by_id,
+    "projects.update": update,
 }

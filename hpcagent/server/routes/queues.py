@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcagent.server.fields import (
     NO_DEFAULT_QUEUE,
+    PAGING_KEYS,
     QUEUE_NOT_EMPTY,
     TASK_NOT_QUEUED,
     VALIDATION,
@@ -20,6 +21,7 @@ from hpcagent.server.fields import (
     opt_int,
     opt_str,
     opt_str_list,
+    order_and_page,
     project_fields,
     req_str,
 )
@@ -36,12 +38,11 @@ def _with_entries(ctx: Ctx, queue: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    wanted = ListFilter.from_body(body)
+    wanted = ListFilter.from_body(body, also=PAGING_KEYS)
     only_fields = wanted.only_fields
+    admitted = [q for q in ctx.store.all_queues(wanted.ids) if wanted.admits(q)]
     out = []
-    for queue in ctx.store.all_queues(wanted.ids):
-        if not wanted.admits(queue):
-            continue
+    for queue in order_and_page(admitted, body):
         want_entries = not only_fields or any(f.split(".")[0] == "entries" for f in only_fields)
         doc = _with_entries(ctx, queue) if want_entries else queue
         out.append(project_fields(doc, only_fields))

@@ -231,7 +231,7 @@ def delete(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         if opt_bool(body, "delete_external_artifacts", True):
             defer_file_deletions(ctx, artifact_urls + model_urls + event_urls)
     reply: dict[str, Any] = {
-        "deleted": 1,
+        "deleted": True,  # a boolean in ClearML's schema; the SDK refuses an integer
         "updated_children": updated_children,
         "updated_models": updated_models,
         "events": {"deleted": deleted_events},

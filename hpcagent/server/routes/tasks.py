@@ -22,6 +22,7 @@ from hpcagent.server.fields import (
     opt_str,
     opt_str_list,
     project_fields,
+    reject_unknown,
     req_list,
     req_str,
 )
@@ -113,9 +114,20 @@ def new_task_doc(ctx: Ctx, name: str, now: str) -> dict[str, Any]:
     }
 
 
+#: What ``tasks.create`` and ``tasks.edit`` read; any other field is a 400 naming it.
+CREATE_FIELDS = (*PLAIN_FIELDS, *MERGED_FIELDS, *REPLACED_FIELDS, "output_dest")
+EDIT_FIELDS = ("task", "force", *CREATE_FIELDS)
+
+
 def _apply_fields(ctx: Ctx, task: dict[str, Any], body: dict[str, Any]) -> list[str]:
-    """Apply editable fields of ``body`` to ``task`` with the edit merge rules."""
+    """Apply editable fields of ``body`` to ``task`` with the edit merge rules; ClearML's
+    ``output_dest`` lands in ``output.destination`` (PipelineController(output_uri=...))."""
     changed: list[str] = []
+    if "output_dest" in body:
+        output = dict(task.get("output") or {})
+        output["destination"] = opt_str(body, "output_dest")
+        task["output"] = output
+        changed.append("output")
     for field in PLAIN_FIELDS + MERGED_FIELDS + REPLACED_FIELDS:
         if field not in body:
             continue
@@ -135,6 +147,7 @@ def _apply_fields(ctx: Ctx, task: dict[str, Any], body: dict[str, Any]) -> list[
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Create a task; ``name`` (3+ characters) and ``type`` (clearml-server's enum) are
     required, as by the real server."""
+    reject_unknown(body, CREATE_FIELDS)
     name = check_name("name", body.get("name"), "task")
     if body.get("type") is None:
         raise ApiFault(
@@ -163,11 +176,18 @@ def field_key(key: str) -> Callable[[dict[str, Any]], str]:
     return get
 
 
+#: tasks.get_all's own filters and paging keys, beside :attr:`ListFilter.KEYS`.
+GET_ALL_FILTERS = (
+    *("project", "status", "type", "parent", "user", "execution.queue"),
+    *("order_by", "page", "page_size", "size"),
+)
+
+
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Filter, sort and page tasks. When every ``order_by`` key is a column
     (:data:`TASK_SORT_COLUMNS`) the tasks stream from SQL in that order and reading stops once
     the page is full, so the first page of a large database costs a page, not the database."""
-    wanted = ListFilter.from_body(body)
+    wanted = ListFilter.from_body(body, also=GET_ALL_FILTERS)
     projects = opt_str_list(body, "project")
     statuses = opt_str_list(body, "status")
     others = {
@@ -207,6 +227,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def edit(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    reject_unknown(body, EDIT_FIELDS)
     task = ctx.store.get_task(req_str(body, "task"))
     force = opt_bool(body, "force")
     if task.get("status") != CREATED and not force:

@@ -19,6 +19,7 @@ from hpcagent.server.fields import (
     opt_list,
     opt_str,
     opt_str_list,
+    reject_unknown,
     req_str,
 )
 
@@ -119,6 +120,7 @@ def status_report(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    reject_unknown(body, ("last_seen",))
     last_seen = opt_int(body, "last_seen", DEFAULT_TIMEOUT_S) or DEFAULT_TIMEOUT_S
     workers = ctx.store.active_workers(time.time() - last_seen)
     return {"workers": workers}
