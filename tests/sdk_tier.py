@@ -291,7 +291,7 @@ def tier_conf(tier: Tier, name: str, manager: str) -> Path:
 
 def run_hpcagent(tier: Tier, task_id: str, manager: str) -> Run:
     conf = tier_conf(tier, task_id, manager)
-    res = run_execute(task_id, conf, "--disable-monitoring", timeout=600)
+    res = run_execute(task_id, conf, timeout=600)  # with the machine monitor, as users run it
     return result(tier, task_id, res.returncode, res.stdout + res.stderr)
 
 
@@ -339,9 +339,9 @@ def compare(tier: Tier, case: Case, runner: Runner = run_hpcagent) -> tuple[Run,
     assert ref.args is not None, "clearml-agent:\n" + ref.output[-6000:]
     assert hp.args is not None, "hpcagent:\n" + hp.output[-6000:]
     assert hp.args == ref.args, (hp.output[-3000:], ref.output[-3000:])
-    assert hp.scalars == ref.scalars
+    assert hp.scalars == ref.scalars, (hp.scalars, ref.scalars)
     assert hp.scalars, "the script reported no scalars"
-    assert hp.artifacts == ref.artifacts
+    assert hp.artifacts == ref.artifacts, (hp.artifacts, ref.artifacts)
     assert hp.status == ref.status, (hp.output[-3000:], ref.output[-3000:])
     assert hp.status == case.status
     for key, value in case.expect.items():

@@ -97,6 +97,25 @@ def test_add_batch_json_list_scalars_and_histogram(srv: Server, task: str) -> No
     assert values["val"]["min_value"] == 0.0
 
 
+def test_monitor_scalars_do_not_move_last_iteration(srv: Server, task: str) -> None:
+    """As ClearML's server (``ignore_iteration.metrics``): machine monitors report elapsed
+    seconds as iterations, and the SDK inside a remote task starts at last_iteration + 1."""
+    events = [
+        {"type": "training_stats_scalar", "task": task, "metric": metric, "variant": "cpu",
+         "iter": 60, "value": 1.0, "timestamp": 9_000}
+        for metric in (":monitor:machine", ":monitor:gpu")
+    ]  # fmt: skip
+    events.append(
+        {"type": "training_stats_scalar", "task": task, "metric": "loss", "variant": "train",
+         "iter": 3, "value": 1.0, "timestamp": 9_001}
+    )  # fmt: skip
+    assert srv.request("events.add_batch", events).json()["data"]["added"] == 3
+    doc = srv.send("tasks.get_by_id", {"task": task})["task"]
+    assert doc["last_iteration"] == 3
+    hist = srv.send("events.scalar_metrics_iter_histogram", {"task": task})
+    assert hist[":monitor:machine"]["cpu"]["x"] == [60]  # the points themselves are kept
+
+
 def test_resent_scalar_replaces_the_point(srv: Server, task: str) -> None:
     """A client that re-sends a batch (lost reply) must not double the series (ClearML keys
     scalars by task, metric, variant and iteration)."""

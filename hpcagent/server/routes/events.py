@@ -66,6 +66,14 @@ def _parse_events(raw: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
         raise ApiFault(VALIDATION, f"Malformed JSON in events batch: {exc}") from exc
 
 
+#: Metrics that never move a task's ``last_iteration`` (ClearML server's
+#: ``services.events.ignore_iteration.metrics``): the machine monitors report with elapsed
+#: seconds as the iteration, and the SDK, running remotely, starts its own iterations at
+#: ``last_iteration + 1``; an executor's monitor reporting before ``Task.init()`` would shift
+#: every iteration of the task.
+IGNORE_ITERATION_METRICS = frozenset({":monitor:machine", ":monitor:gpu"})
+
+
 def _metric_key(name: str) -> str:
     return hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
 
@@ -81,7 +89,7 @@ def _update_metrics(ctx: Ctx, task_id: str, scalars: list[dict[str, Any]], now: 
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         it = ev.get("iter")
-        if isinstance(it, int) and it > last_iter:
+        if isinstance(it, int) and it > last_iter and metric not in IGNORE_ITERATION_METRICS:
             last_iter = it
         variants = metrics.setdefault(_metric_key(metric), {})
         entry = variants.setdefault(
