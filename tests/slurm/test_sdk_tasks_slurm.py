@@ -86,4 +86,6 @@ def test_sdk_made_task_under_sbatch_as_under_clearml_agent(
     tier, subs = slurm_tier
     hp, _ = compare(tier, CASES[kind](tier), subs.run)
     task = h.get_task(tier.server, hp.task_id)
-    assert task["runtime"].get("slurm_job_id"), task["runtime"]  # it ran in a Slurm job
+    runtime = task["runtime"]
+    assert runtime.get("job_scheduler") == "slurm", runtime  # it ran in a Slurm job
+    assert runtime.get("job_id"), runtime
