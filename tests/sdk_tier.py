@@ -279,7 +279,7 @@ def tier_conf(tier: Tier, name: str, manager: str) -> Path:
     conf = write_conf(
         tier.root / f"hpcagent-{name}.conf",
         tier.server,
-        tier.root / "hpcagent",
+        tier.root / "executor-caches",  # not "hpcagent": a job cwd folder would shadow the package
         tier.wheelhouse,
         package_manager={"type": manager, "extra_args": extra},
     )
