@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpcagent.server.fields import VALIDATION, ApiFault
+from hpcagent.server.fields import (
+    INVALID_PROJECT_NAME,
+    PROJECT_PATH_EXCEEDS_MAX,
+    VALIDATION,
+    ApiFault,
+)
 
 _DESCRIPTIONS = {
     "str": "a string",
@@ -65,10 +70,12 @@ def check_fields(body: dict[str, Any], spec: dict[str, str]) -> dict[str, Any]:
     }
 
 
-#: clearml-server's minimum (stripped) name length: task, model, queue and project names.
-#: The embedded server applies it to task and model names (what SDK users name); queue and
-#: project names only need to be non-empty here (docs/server.md says so).
+#: clearml-server's minimum (stripped) name length: task, model, queue and project names
+#: (``min_length=3`` on their ``StrippedStringField`` in apiserver/database/model).
 MIN_NAME_LENGTH = 3
+
+#: clearml-server's ``services.projects.sub_projects.max_depth`` default.
+MAX_PROJECT_DEPTH = 10
 
 #: clearml-server's TaskType (apiserver/database/model/task/task.py).
 TASK_TYPES = frozenset(
@@ -91,7 +98,7 @@ TASK_TYPES = frozenset(
 
 def check_name(field: str, value: Any, what: str, min_length: int = MIN_NAME_LENGTH) -> str:
     """A name as clearml-server stores it: a string, stripped, at least ``min_length``
-    characters (3 by default, as clearml-server)."""
+    characters (3 by default, as clearml-server for tasks, models and queues)."""
     if not isinstance(value, str):
         check_value(field, "str", value)
         raise ApiFault(
@@ -118,3 +125,38 @@ def check_task_type(value: Any) -> str:
             {"field": "type"},
         )
     return value
+
+
+def check_project_name(value: Any, parents: bool = True) -> str:
+    """A project name as clearml-server's ``projects.create`` stores it (bll/project): a path
+    of at most 10 non-empty ``/`` parts (else 400/409), each part stripped and blank parts
+    dropped (nothing left: 400/407), and each part at least 3 characters (400/12): the last
+    one is the project's ``basename``, the others are the parent projects clearml-server
+    creates on the way, whose basenames have the same minimum (``parents=False``: the last
+    part only, as ``projects.update``, which keeps the parents)."""
+    if not isinstance(value, str):
+        check_value("name", "str", value)
+        raise ApiFault(
+            VALIDATION, "Validation error: missing required field 'name'", {"field": "name"}
+        )
+    if len([part for part in value.split("/") if part]) > MAX_PROJECT_DEPTH:
+        raise ApiFault(
+            PROJECT_PATH_EXCEEDS_MAX,
+            f"Project path exceed the maximum allowed depth (max_depth={MAX_PROJECT_DEPTH})",
+            {"field": "name", "max_depth": MAX_PROJECT_DEPTH},
+        )
+    # A blank part is dropped like an empty one (clearml-server keeps it as an empty path part).
+    parts = [part.strip() for part in value.split("/") if part.strip()]
+    if not parts:
+        raise ApiFault(
+            INVALID_PROJECT_NAME, f"invalid project name (name={value!r})", {"field": "name"}
+        )
+    for part in parts if parents else parts[-1:]:
+        if len(part) < MIN_NAME_LENGTH:
+            raise ApiFault(
+                VALIDATION,
+                f"Validation error: project name must be at least {MIN_NAME_LENGTH} characters "
+                f"in each '/' part (got {part!r} in {value!r})",
+                {"field": "name"},
+            )
+    return "/".join(parts)

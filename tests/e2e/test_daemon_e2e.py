@@ -320,10 +320,11 @@ def test_dynamic_gpus_pack_as_specified_without_overallocation(rig: Rig) -> None
 
 
 def test_order_fairness_alternates_queues(rig: Rig) -> None:
-    for q in ("qa", "qb"):
+    for q in ("fair-a", "fair-b"):
         rig.server.send("queues.create", {"name": q})
-    ids = [rig.task("qa", f"a{i}") for i in range(3)] + [rig.task("qb", f"b{i}") for i in range(3)]
-    rig.daemon("--cpu-only", "--order-fairness", "--queue", "qa", "qb")
+    ids = [rig.task("fair-a", f"a{i}") for i in range(3)]
+    ids += [rig.task("fair-b", f"b{i}") for i in range(3)]
+    rig.daemon("--cpu-only", "--order-fairness", "--queue", "fair-a", "fair-b")
     rig.wait_done(ids)
     order = (rig.shared / "order.txt").read_text().split()
     assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]
@@ -333,10 +334,11 @@ def test_order_fairness_alternates_queues(rig: Rig) -> None:
 
 
 def test_priority_order_without_fairness(rig: Rig) -> None:
-    for q in ("hi", "lo"):
+    for q in ("high", "low"):
         rig.server.send("queues.create", {"name": q})
-    ids = [rig.task("lo", f"l{i}") for i in range(2)] + [rig.task("hi", f"h{i}") for i in range(2)]
-    rig.daemon("--cpu-only", "--queue", "hi", "lo")
+    ids = [rig.task("low", f"l{i}") for i in range(2)]
+    ids += [rig.task("high", f"h{i}") for i in range(2)]
+    rig.daemon("--cpu-only", "--queue", "high", "low")
     rig.wait_done(ids)
     assert (rig.shared / "order.txt").read_text().split() == ["h0", "h1", "l0", "l1"]
 

@@ -299,7 +299,7 @@ def test_cli_args_reach_a_script_without_the_sdk(env_setup: dict[str, Any]) -> N
     s = env_setup
     script = s["tmp"] / "nosdk.py"
     script.write_text(NO_SDK_SCRIPT)
-    argv = ["task", "create", "--project", "p", "--name", "no sdk", "--script", str(script)]
+    argv = ["task", "create", "--project", "proj", "--name", "no sdk", "--script", str(script)]
     for arg in ("2=out dir", "1=in.csv", "--batch-size=16", "no-cache=true", "sizes=[3, 4]"):
         argv += ["--args", arg]
     argv += ["--args", "-v=true", "--json"]

@@ -159,7 +159,7 @@ def test_create_with_unknown_queue_creates_nothing(cli: Invoke, tmp_path: Path) 
     script = tmp_path / "s.py"
     script.write_text("pass\n")
     line = one_error_line(
-        cli("task", "create", "--project", "p", "--name", "n q", "--script", str(script),
+        cli("task", "create", "--project", "proj", "--name", "n q", "--script", str(script),
             "--enqueue", "nosuch"),
         4,
     )  # fmt: skip
@@ -172,15 +172,15 @@ def test_create_then_enqueue_refused_prints_the_id(
 ) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    ok(cli("queue", "create", "q1"))
+    ok(cli("queue", "create", "qq1"))
 
     def refuse(*_: Any, **__: Any) -> Any:
         raise ApiError("tasks.enqueue", 400, 110, "Invalid task status")
 
     monkeypatch.setattr("hpcagent.api.tasks.TasksService.enqueue", refuse)
     rc, out, err = cli(
-        "task", "create", "--project", "p", "--name", "n q", "--script", str(script),
-        "--enqueue", "q1",
+        "task", "create", "--project", "proj", "--name", "n q", "--script", str(script),
+        "--enqueue", "qq1",
     )  # fmt: skip
     assert rc == 4
     task_id = out.strip()

@@ -91,7 +91,7 @@ def test_create_from_repo_with_requirements_file(cli: Invoke, tmp_path: Path) ->
     ],
 )
 def test_create_usage_errors(cli: Invoke, extra: list[str], needle: str) -> None:
-    line = one_error_line(cli("task", "create", "--project", "p", "--name", "nnn", *extra), 2)
+    line = one_error_line(cli("task", "create", "--project", "proj", "--name", "nnn", *extra), 2)
     assert needle in line
 
 
@@ -100,7 +100,7 @@ def test_enqueue_list_abort_reset(cli: Invoke, tmp_path: Path) -> None:
     script.write_text("pass\n")
     ok(cli("queue", "create", "cpu"))
     tid = ok(
-        cli("task", "create", "--project", "p", "--name", "to queue", "--script", str(script))
+        cli("task", "create", "--project", "proj", "--name", "to queue", "--script", str(script))
     ).strip()
     assert "queued in cpu" in ok(cli("task", "enqueue", tid, "--queue", "CPU"))
     rows = [line.split() for line in ok(cli("task", "list", "--queue", "cpu")).splitlines()]
@@ -119,15 +119,15 @@ def test_enqueue_list_abort_reset(cli: Invoke, tmp_path: Path) -> None:
 def test_clone_with_args_and_enqueue(cli: Invoke, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    ok(cli("queue", "create", "q1"))
+    ok(cli("queue", "create", "qq1"))
     tid = ok(
         cli(
-            "task", "create", "--project", "p", "--name", "base task", "--script", str(script),
+            "task", "create", "--project", "proj", "--name", "base task", "--script", str(script),
             "--args", "lr=0.1", "--args", "epochs=3",
         )
     ).strip()  # fmt: skip
     cloned = json.loads(
-        ok(cli("task", "clone", tid, "--args", "lr=0.5", "--enqueue", "q1", "--json"))
+        ok(cli("task", "clone", tid, "--args", "lr=0.5", "--enqueue", "qq1", "--json"))
     )
     assert cloned["id"] != tid
     task = json.loads(ok(cli("task", "show", cloned["id"], "--json")))
@@ -140,11 +140,11 @@ def test_clone_with_args_and_enqueue(cli: Invoke, tmp_path: Path) -> None:
 def test_log_and_follow(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    ok(cli("queue", "create", "lq"))
+    ok(cli("queue", "create", "lqq"))
     created = ok(
         cli(
-            "task", "create", "--project", "p", "--name", "logger", "--script", str(script),
-            "--enqueue", "lq", "--json",
+            "task", "create", "--project", "proj", "--name", "logger", "--script", str(script),
+            "--enqueue", "lqq", "--json",
         )
     )  # fmt: skip
     tid = json.loads(created)["id"]
@@ -173,10 +173,10 @@ def test_log_and_follow(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
 def test_follow_exit_status_is_the_tasks(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    ok(cli("queue", "create", "fq"))
+    ok(cli("queue", "create", "fqq"))
     ids = [
-        ok(cli("task", "create", "--project", "p", "--name", n, "--script", str(script),
-               "--enqueue", "fq")).strip()
+        ok(cli("task", "create", "--project", "proj", "--name", n, "--script", str(script),
+               "--enqueue", "fqq")).strip()
         for n in ("done one", "stopped one")
     ]  # fmt: skip
     for tid in ids:
@@ -211,7 +211,7 @@ def test_unreachable_server_exit_code(cli: Invoke, tmp_path: Path) -> None:
 def test_edit_delete_and_scalars(cli: Invoke, api: ApiClient, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    tid = ok(cli("task", "create", "--project", "p", "--name", "édit me", "--script", str(script),
+    tid = ok(cli("task", "create", "--project", "prj", "--name", "édit me", "--script", str(script),
                  "--args", "lr=0.1", "--args", "epochs=3")).strip()  # fmt: skip
     out = ok(cli("task", "edit", tid, "--name", "edited 'quoted' name", "--args", "lr=0.5",
                  "--packages", "numpy==2.0 pandas", "--container", "python:3.11"))  # fmt: skip
@@ -232,8 +232,8 @@ def test_edit_delete_and_scalars(cli: Invoke, api: ApiClient, tmp_path: Path) ->
     line = one_error_line(cli("task", "edit", tid), 2)
     assert "nothing to change" in line
 
-    ok(cli("queue", "create", "eq"))
-    ok(cli("task", "enqueue", tid, "-q", "eq"))
+    ok(cli("queue", "create", "eqq"))
+    ok(cli("task", "enqueue", tid, "-q", "eqq"))
     line = one_error_line(cli("task", "edit", tid, "--name", "later"), 2)
     assert "is queued, not a draft" in line
     ok(cli("task", "edit", tid, "--name", "forced", "--force"))
@@ -255,35 +255,35 @@ def test_edit_delete_and_scalars(cli: Invoke, api: ApiClient, tmp_path: Path) ->
 def test_queue_show_move_delete(cli: Invoke, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    qid = ok(cli("queue", "create", "mq")).strip()
+    qid = ok(cli("queue", "create", "mqq")).strip()
     ids = [
-        ok(cli("task", "create", "--project", "p", "--name", f"t {i}", "--script", str(script),
-               "--enqueue", "mq")).strip()
+        ok(cli("task", "create", "--project", "proj", "--name", f"t {i}", "--script", str(script),
+               "--enqueue", "mqq")).strip()
         for i in range(3)
     ]  # fmt: skip
-    assert ok(cli("queue", "move", "mq", ids[2], "front")).strip() == (
-        f"task {ids[2]} is at position 0 in mq"
+    assert ok(cli("queue", "move", "mqq", ids[2], "front")).strip() == (
+        f"task {ids[2]} is at position 0 in mqq"
     )
-    order = [e["id"] for e in json.loads(ok(cli("queue", "show", "mq", "--json")))["entries"]]
+    order = [e["id"] for e in json.loads(ok(cli("queue", "show", "mqq", "--json")))["entries"]]
     assert order == [ids[2], ids[0], ids[1]]
-    moved = json.loads(ok(cli("queue", "move", "mq", ids[2], "down", "--count", "2", "--json")))
+    moved = json.loads(ok(cli("queue", "move", "mqq", ids[2], "down", "--count", "2", "--json")))
     assert moved == {"queue": qid, "task": ids[2], "position": 2}
-    table_lines = ok(cli("queue", "show", "mq")).splitlines()
+    table_lines = ok(cli("queue", "show", "mqq")).splitlines()
     assert [line.split()[1] for line in table_lines[2:]] == [ids[0], ids[1], ids[2]]
-    line = one_error_line(cli("queue", "delete", "mq"), 4)
-    assert "mq has pending tasks; --force deletes it anyway" in line
-    assert ok(cli("queue", "delete", "mq", "--force")).strip() == "deleted queue mq"
+    line = one_error_line(cli("queue", "delete", "mqq"), 4)
+    assert "mqq has pending tasks; --force deletes it anyway" in line
+    assert ok(cli("queue", "delete", "mqq", "--force")).strip() == "deleted queue mqq"
     assert ok(cli("queue", "list")).strip() == "no queues (hpcagent queue create NAME makes one)"
 
 
 def test_workers_list(cli: Invoke, api: ApiClient) -> None:
     assert ok(cli("workers", "list")).strip() == "no workers reported in the last 10 minutes"
-    qid = ok(cli("queue", "create", "wq")).strip()
+    qid = ok(cli("queue", "create", "wqq")).strip()
     api.workers.register("login1:slurm", queues=[qid])
     api.workers.status_report("login1:slurm", queues=[qid])
     rows = ok(cli("workers", "list")).splitlines()
     assert rows[0].split() == ["WORKER", "QUEUES", "TASK", "LAST", "SEEN"]
-    assert rows[-1].split()[:2] == ["login1:slurm", "wq"]
+    assert rows[-1].split()[:2] == ["login1:slurm", "wqq"]
     listed = json.loads(ok(cli("workers", "list", "--json")))
     assert [w["id"] for w in listed] == ["login1:slurm"]
 
@@ -295,9 +295,9 @@ def test_follow_rides_out_a_server_restart(
     way), not an error after the interactive 3 attempts."""
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    ok(cli("queue", "create", "rq"))
-    tid = ok(cli("task", "create", "--project", "p", "--name", "restart", "--script", str(script),
-                 "--enqueue", "rq")).strip()  # fmt: skip
+    ok(cli("queue", "create", "rqq"))
+    tid = ok(cli("task", "create", "--project", "prj", "--name", "restart", "--script", str(script),
+                 "--enqueue", "rqq")).strip()  # fmt: skip
     api.tasks.started(tid)
     api.events.add_log(tid, ["before"], "w")
     result: list[tuple[int, str, str]] = []

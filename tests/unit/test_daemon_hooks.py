@@ -93,7 +93,7 @@ def test_fairness_resumes_after_the_last_queue_served(tmp_path: Path, client: Ap
     """With one slot, each pull serves one queue; the next pull starts at the next queue."""
     tmpl = tmp_path / "t.template"
     tmpl.write_text("#!/bin/bash\necho ${CLEARML_TASK.name}\n")
-    qs = [_queue(client, f"f{i}", tmpl) for i in range(3)]
+    qs = [_queue(client, f"fair-{i}", tmpl) for i in range(3)]
     for q in qs:
         for i in range(2):
             _task(client, q, f"{q.name}-{i}")
@@ -110,5 +110,5 @@ def test_fairness_resumes_after_the_last_queue_served(tmp_path: Path, client: Ap
         live = s.ledger.live()
         served.append(live[0].queue_name)
         s.ledger.mark_finished(live[0].task_id, "completed")
-    assert served == ["f0", "f1", "f2", "f0", "f1", "f2"]
+    assert served == ["fair-0", "fair-1", "fair-2"] * 2
     s.ledger.close()

@@ -160,7 +160,12 @@ def test_projects_update_sets_system_tags_and_renames_children(srv: Server) -> N
     renamed = srv.send("projects.get_by_id", {"project": child})["project"]
     assert renamed["name"] == f"{name}-new/.pipelines/run ä"
     assert _fault(srv, "projects.update", {"project": parent, "hidden": True})[:2] == (400, 12)
+    # another parent: clearml-server's CannotUpdateProjectLocation (projects.move does that)
     assert _fault(srv, "projects.update", {"project": child, "name": f"{name}-new"})[:2] == (
+        400,
+        408,
+    )
+    assert _fault(srv, "projects.update", {"project": parent, "name": f"{name}-new"})[:2] == (
         400,
         12,
     )

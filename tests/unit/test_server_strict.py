@@ -64,12 +64,48 @@ def test_task_type_enum_and_name_rules(srv: Server) -> None:
     assert _err(srv, "tasks.edit", {"task": task, "type": "nonsense"}) == (400, 12)
     assert _err(srv, "tasks.update", {"task": task, "name": "x"}) == (400, 12)
     assert _err(srv, "tasks.clone", {"task": task, "new_task_name": "no"}) == (400, 12)
-    assert _err(srv, "queues.create", {"name": "  "}) == (400, 12)
-    assert _err(srv, "projects.create", {"name": ""}) == (400, 12)
-    short = f"q{uuid.uuid4().hex[:4]}"
-    padded = srv.send("queues.create", {"name": f"  {short} "})["id"]
-    assert srv.send("queues.get_by_id", {"queue": padded})["queue"]["name"] == short
     assert _err(srv, "models.create", {"name": "m"}) == (400, 12)
+
+
+def test_queue_name_rules(srv: Server) -> None:
+    """clearml-server's queue ``name``: a StrippedStringField of at least 3 characters, on
+    create and on update."""
+    for name in ("", "  ", "q1", " ab  ", 7, None):
+        assert _err(srv, "queues.create", {"name": name}) == (400, 12), name
+    name = f"q{uuid.uuid4().hex[:2]}"  # exactly 3 characters
+    queue = srv.send("queues.create", {"name": f"  {name} "})["id"]
+    assert srv.send("queues.get_by_id", {"queue": queue})["queue"]["name"] == name
+    assert _err(srv, "queues.update", {"queue": queue, "name": " qm "}) == (400, 12)
+    assert srv.send("queues.get_by_id", {"queue": queue})["queue"]["name"] == name
+    srv.send("queues.update", {"queue": queue, "name": f" {name}-renamed "})
+    assert srv.send("queues.get_by_id", {"queue": queue})["queue"]["name"] == f"{name}-renamed"
+
+
+def test_project_name_rules(srv: Server) -> None:
+    """clearml-server's ``projects.create`` name: each ``/`` part stripped, empty parts
+    dropped, every part (the basename and each parent it creates) at least 3 characters,
+    at most 10 parts."""
+    tag = uuid.uuid4().hex[:6]
+    for name in ("p", " ab ", f"ab/{tag}", f"{tag}/x", f"{tag}/ ab /top", 3):
+        assert _err(srv, "projects.create", {"name": name}) == (400, 12), name
+    for name in ("", "/", " / / ", "//"):
+        assert _err(srv, "projects.create", {"name": name}) == (400, 407), name
+    deep = "/".join(f"lvl{i}" for i in range(11))
+    assert _err(srv, "projects.create", {"name": deep}) == (400, 409)
+    made = srv.send("projects.create", {"name": f" //top {tag} / mid//  leaf  /"})["id"]
+    doc = srv.send("projects.get_by_id", {"project": made})["project"]
+    assert (doc["name"], doc["basename"]) == (f"top {tag}/mid/leaf", "leaf")
+    ten = srv.send("projects.create", {"name": "/".join(f"d{tag}{i}" for i in range(10))})["id"]
+    assert srv.send("projects.get_by_id", {"project": ten})["project"]["basename"] == f"d{tag}9"
+    three = srv.send("projects.create", {"name": f"a{tag[:2]}"})["id"]
+    assert srv.send("projects.get_by_id", {"project": three})["project"]["name"] == f"a{tag[:2]}"
+    # projects.update: the new basename >= 3, in the same parent
+    for name in (f"top {tag}/mid/ab", f"top {tag}/mid/ x /"):
+        assert _err(srv, "projects.update", {"project": made, "name": name}) == (400, 12), name
+    assert _err(srv, "projects.update", {"project": made, "name": f"top {tag}/leaf"}) == (400, 408)
+    srv.send("projects.update", {"project": made, "name": f"top {tag}//mid/ new leaf /"})
+    doc = srv.send("projects.get_by_id", {"project": made})["project"]
+    assert (doc["name"], doc["basename"]) == (f"top {tag}/mid/new leaf", "new leaf")
 
 
 def test_edit_hyper_params_force_rules(srv: Server) -> None:

@@ -122,9 +122,9 @@ def rig(tmp_path: Path, client: ApiClient, embedded_server: Any) -> Iterator[Rig
 
 def test_task_runs_to_completion(rig: Rig) -> None:
     rig.pre = "export T_DELAY=3"  # the task stays queued while we look at it
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("my task; $(touch pwned)", qid)
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])
     assert s.cycle() == 1
     entry = rig.ledger.get(tid)
     assert entry is not None
@@ -135,7 +135,7 @@ def test_task_runs_to_completion(rig: Rig) -> None:
     assert task["status_message"].startswith(f"local job {entry.job_id}: ")  # its job_label
     props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
     assert (props["job-id"], props["job-scheduler"]) == (entry.job_id, "local")
-    assert (props["job-queue"], props["job-worker"]) == ("q1", "test:hpcagent-slurm")
+    assert (props["job-queue"], props["job-worker"]) == ("queue-1", "test:hpcagent-slurm")
     assert not task.get("runtime")  # runtime is the executor's and the SDK's, never ours
     script = Path(str(entry.script_path))
     assert script.stat().st_mode & 0o777 == 0o700
@@ -152,9 +152,9 @@ def test_task_runs_to_completion(rig: Rig) -> None:
 
 
 def test_job_ending_without_report_fails_task_with_tail(rig: Rig) -> None:
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("no executor", qid)
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(NO_EXEC_TEMPLATE))])
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(NO_EXEC_TEMPLATE))])
     rig.until_settled(s)
     task = rig.get(tid)
     assert task["status"] == "failed"
@@ -164,12 +164,12 @@ def test_job_ending_without_report_fails_task_with_tail(rig: Rig) -> None:
 
 
 def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("one task", qid)
     tmpl = rig.template(
         "#!/bin/bash\n\n#SBATCH --partition=${CLEARML_TASK.hyperparams.x.y.value}\n"
     )
-    s = rig.submitter([QueueRef(qid, "q1", tmpl)])
+    s = rig.submitter([QueueRef(qid, "queue-1", tmpl)])
     assert s.cycle() == 0
     task = rig.get(tid)
     assert task["status"] == "failed"
@@ -179,9 +179,9 @@ def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:
 
 
 def test_max_jobs_per_queue(rig: Rig) -> None:
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tids = [rig.task(f"task {i}", qid) for i in range(5)]
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))], max_jobs=2)
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))], max_jobs=2)
     assert s.cycle() == 2
     assert rig.client.send("queues.get_num_entries", {"queue": qid})["num"] == 3
     seen_max = 0
@@ -197,7 +197,7 @@ def test_max_jobs_per_queue(rig: Rig) -> None:
 
 
 def _pull_order(rig: Rig, fairness: bool) -> list[str]:
-    qids = [rig.queue(f"{'f' if fairness else 'o'}{i}") for i in range(3)]
+    qids = [rig.queue(f"{'fair' if fairness else 'prio'}-{i}") for i in range(3)]
     names = {}
     for i, qid in enumerate(qids):
         for j in range(2):
@@ -221,11 +221,11 @@ def test_order_fairness(rig: Rig) -> None:
 
 def test_abort_while_pending_cancels_job(rig: Rig) -> None:
     rig.scheduler.max_parallel = 1
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     first = rig.task("blocker", qid)
     second = rig.task("aborted", qid)
     tmpl = rig.template("#!/bin/bash\nsleep 30\n")
-    s = rig.submitter([QueueRef(qid, "q1", tmpl)])
+    s = rig.submitter([QueueRef(qid, "queue-1", tmpl)])
     assert s.cycle() == 2
     s.cycle()
     job2 = str(rig.ledger.get(second).job_id)  # type: ignore[union-attr]
@@ -239,14 +239,14 @@ def test_abort_while_pending_cancels_job(rig: Rig) -> None:
 
 
 def test_restart_requeues_pulled_but_unsubmitted(rig: Rig) -> None:
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("crashed", qid)
     entry = rig.client.queues.get_next_task(qid)
     assert entry is not None
     assert entry["task"] == tid
-    rig.ledger.record_pulled(tid, qid, "q1")  # the crash came right after this
+    rig.ledger.record_pulled(tid, qid, "queue-1")  # the crash came right after this
     assert rig.client.send("queues.get_num_entries", {"queue": qid})["num"] == 0
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])  # start() recovers
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])  # start() recovers
     queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
     assert [e["task"] for e in queue["entries"]] == [tid]
     rig.until_settled(s)
@@ -254,14 +254,14 @@ def test_restart_requeues_pulled_but_unsubmitted(rig: Rig) -> None:
 
 
 def test_restart_requeued_task_is_popped_first(rig: Rig) -> None:
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("popped before the crash", qid)
     entry = rig.client.queues.get_next_task(qid)
     assert entry is not None
     assert entry["task"] == tid
-    rig.ledger.record_pulled(tid, qid, "q1")  # the crash came right after this
+    rig.ledger.record_pulled(tid, qid, "queue-1")  # the crash came right after this
     later = [rig.task(f"enqueued while down {i}", qid) for i in range(2)]
-    rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])  # start() recovers, no pull
+    rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])  # start() recovers, no pull
     queue = rig.client.send("queues.get_by_id", {"queue": qid})["queue"]
     assert [e["task"] for e in queue["entries"]] == [tid, *later]
     popped = rig.client.queues.get_next_task(qid)
@@ -273,11 +273,11 @@ def test_restart_requeued_task_is_popped_first(rig: Rig) -> None:
 def test_restart_adopts_submitted_job_by_name(rig: Rig, legacy: bool) -> None:
     """A job found by its name is adopted; so is one an older version named
     ``clearml_task_<id>`` (an upgrade re-adopts the jobs it left running)."""
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("adopt me", qid)
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])
     rig.client.queues.get_next_task(qid)
-    rig.ledger.record_pulled(tid, qid, "q1")
+    rig.ledger.record_pulled(tid, qid, "queue-1")
     job = rig.scheduler.submit(
         rig.template(TEMPLATE.replace("${CLEARML_AGENT_EXECUTE}", "true"), "x.sh"),
         job_name=f"clearml_task_{tid}" if legacy else job_name(tid),
@@ -315,10 +315,10 @@ def test_submit_limit_puts_task_back_and_backs_off(rig: Rig) -> None:
         return CommandResult(tuple(argv), 1, "", err)
 
     rig.scheduler = SlurmScheduler(runner=runner)  # type: ignore[assignment]
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     first = rig.task("limited-1", qid)
     second = rig.task("limited-2", qid)
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])
     assert s.cycle() == 0
     sbatches = [c for c in calls if c[0] == "sbatch"]
     assert len(sbatches) == 1  # backed off after the first refusal: the second task waits
@@ -339,9 +339,9 @@ def _worker(rig: Rig, worker_id: str) -> dict[str, Any]:
 
 def test_worker_report_lists_held_jobs(rig: Rig) -> None:
     rig.pre = "export T_DELAY=2"  # the jobs stay alive for the first report
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tids = [rig.task(f"held {i}", qid) for i in range(2)]
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])
     assert s.cycle() == 2  # submits both, then reports
     jobs = {e.task_id: str(e.job_id) for e in rig.ledger.live()}
     assert set(jobs) == set(tids)
@@ -387,7 +387,7 @@ def test_requeue_on_server_without_move_warns_and_keeps_task(
     def unsupported(queue_id: str, task_id: str) -> int:
         raise ApiError("queues.move_task_to_front", 404, 0, "Unknown endpoint")
 
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("old server", qid)
     assert rig.client.queues.get_next_task(qid) is not None
     other = rig.task("enqueued meanwhile", qid)

@@ -123,7 +123,7 @@ def test_submitter_resolves_names_once_per_round(
     tmp_path: Path, client: ApiClient, embedded_server: Any
 ) -> None:
     pid = str(client.send("projects.create", {"name": "vision", "description": ""})["id"])
-    qid = str(client.send("queues.create", {"name": "qm"})["id"])
+    qid = str(client.send("queues.create", {"name": "queue-m"})["id"])
     tids = []
     for i in range(3):
         body = {"name": f"task {i}", "type": "training", "project": pid}
@@ -136,7 +136,7 @@ def test_submitter_resolves_names_once_per_round(
         ": ${CLEARML_AGENT_EXECUTE}\n"
     )
     opts = SubmitterOptions(
-        queues=[QueueRef(qid, "qm", tmpl)],
+        queues=[QueueRef(qid, "queue-m", tmpl)],
         state_dir=tmp_path / "state",
         worker_id="test:w",
         hpcagent_argv=[sys.executable, "-c", "pass"],
@@ -151,7 +151,7 @@ def test_submitter_resolves_names_once_per_round(
             entry = ledger.get(tid)
             assert entry is not None
             script = Path(str(entry.script_path)).read_text()
-            assert "# project vision\necho vision qm\n" in script
+            assert "# project vision\necho vision queue-m\n" in script
         assert s.names.fetches == 2  # the project and the queue, once for the three tasks
     finally:
         s.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpcagent.server.fields import (
+    CANNOT_UPDATE_PROJECT_LOCATION,
     PAGING_KEYS,
     VALIDATION,
     ApiFault,
@@ -20,7 +21,7 @@ from hpcagent.server.fields import (
     reject_unknown,
     req_str,
 )
-from hpcagent.server.validation import check_fields, check_name
+from hpcagent.server.validation import check_fields, check_project_name
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -54,7 +55,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    name = check_name("name", body.get("name"), "project", min_length=1)
+    name = check_project_name(body.get("name"))
     if ctx.store.project_by_name(name) is not None:
         raise ApiFault(VALIDATION, f"Project with this name already exists: {name}", {"name": name})
     now = now_iso()
@@ -89,14 +90,21 @@ UPDATABLE = {
 def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Set the fields of :data:`UPDATABLE` (the SDK tags pipeline projects ``pipeline`` and
     ``hidden`` so). A new name renames the sub-projects too (``old/x`` becomes ``new/x``), as
-    ClearML's server does; a name in use is a 400."""
+    ClearML's server does; a name in use is a 400, a name in another parent 400/408, and the new
+    basename follows the rules of :func:`check_project_name`."""
     reject_unknown(body, ("project", *UPDATABLE))
     project = ctx.store.get_project(req_str(body, "project"))
     fields = check_fields(body, UPDATABLE)
     with ctx.store.write():
         renamed: list[dict[str, Any]] = []
         if fields.get("name") is not None and fields["name"].strip() != project["name"]:
-            name = fields["name"] = check_name("name", fields["name"], "project", min_length=1)
+            name = fields["name"] = check_project_name(fields["name"], parents=False)
+            if name.rpartition("/")[0] != project["name"].rpartition("/")[0]:
+                raise ApiFault(
+                    CANNOT_UPDATE_PROJECT_LOCATION,
+                    f"Cannot update project location. Use projects.move instead (name={name})",
+                    {"field": "name"},
+                )
             if ctx.store.project_by_name(name) is not None:
                 raise ApiFault(
                     VALIDATION, f"Project with this name already exists: {name}", {"name": name}

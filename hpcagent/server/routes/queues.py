@@ -61,7 +61,7 @@ def get_default(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    name = check_name("name", body.get("name"), "queue", min_length=1)
+    name = check_name("name", body.get("name"), "queue")
     if ctx.store.queue_by_name(name) is not None:
         raise ApiFault(VALIDATION, f"Queue with this name already exists: {name}", {"name": name})
     now = now_iso()
@@ -193,7 +193,7 @@ def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         for field in ("name", "tags", "system_tags"):
             if field in body:
                 value = (
-                    check_name(field, body[field], "queue", min_length=1)
+                    check_name(field, body[field], "queue")
                     if field == "name"
                     else opt_str_list(body, field)
                 )
