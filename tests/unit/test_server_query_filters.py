@@ -165,7 +165,8 @@ def test_projects_update_sets_system_tags_and_renames_children(srv: Server) -> N
         400,
         408,
     )
-    assert _fault(srv, "projects.update", {"project": parent, "name": f"{name}-new"})[:2] == (
+    srv.send("projects.create", {"name": f"{name}-other"})
+    assert _fault(srv, "projects.update", {"project": parent, "name": f"{name}-other"})[:2] == (
         400,
         12,
     )

@@ -403,9 +403,9 @@ def test_daemon_stop_ends_a_silent_task_stopped_not_failed(rig: Rig) -> None:
     """The daemon's own stop cancels the job; an executor killed before it reported (here:
     one with no signal handler) leaves its task stopped with the reason, never failed."""
     rig.pre = "export T_SLEEP=600"  # started, then never reports on its own
-    qid = rig.queue("q1")
+    qid = rig.queue("queue-1")
     tid = rig.task("silent", qid)
-    s = rig.submitter([QueueRef(qid, "q1", rig.template(TEMPLATE))])
+    s = rig.submitter([QueueRef(qid, "queue-1", rig.template(TEMPLATE))])
     assert s.cycle() == 1
     deadline = time.monotonic() + 60
     while rig.get(tid)["status"] != "in_progress" and time.monotonic() < deadline:
