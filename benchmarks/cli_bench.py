@@ -5,7 +5,9 @@ figure.
 
 1. a closed port on 127.0.0.1 (connection refused);
 2. a host name that does not resolve (``nosuch.invalid``);
-3. an address that never answers (a TEST-NET-1 address, 192.0.2.1: the connect times out).
+3. a loopback port that never answers: its listener never accepts and its accept queue is
+   already full, so the kernel drops the SYN and the connect times out (no traffic leaves the
+   machine).
 
 Each figure is the median wall time of ``--runs`` runs, with the exit status and the stderr line
 count; the goal (issue 19) is at most 5 s, exit 5, one line. The configured retry budget is the
@@ -36,6 +38,22 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stalled_port() -> tuple[int, list[socket.socket]]:
+    """A 127.0.0.1 port whose connects time out; keep the returned sockets open while in use."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    held = [listener]
+    for _ in range(4):  # fill the accept queue (backlog 0 still queues one or two)
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        held.append(filler)
+    time.sleep(0.2)
+    return port, held
+
+
 def one(url: str, tmp: Path) -> tuple[float, int, int, str]:
     conf = tmp / "c.conf"
     conf.write_text(
@@ -59,10 +77,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}; python {platform.python_version()}")  # fmt: skip
+    stalled, held = stalled_port()
     cases = {
         "closed port": f"http://127.0.0.1:{closed_port()}",
         "unresolvable host": "http://nosuch.invalid:8008",
-        "no answer (192.0.2.1)": "http://192.0.2.1:8008",
+        "no answer (loopback, full accept queue)": f"http://127.0.0.1:{stalled}",
     }
     with tempfile.TemporaryDirectory() as tmpdir:
         for name, url in cases.items():
@@ -72,6 +91,8 @@ def main() -> None:
             lines = sorted({r[2] for r in runs})
             print(f"{name}: {wall:.2f} s median of {args.runs}; exit {codes}; "
                   f"stderr lines {lines}; {runs[-1][3]}")  # fmt: skip
+    for sock in held:
+        sock.close()
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class RetryPolicy:
 #: The policy of commands a person waits for (``hpcagent task …``, ``queue …``, ``workers …``):
 #: a wrong or dead server URL fails in under 5 s (3 attempts), not after the patient budget of
 #: the long-running parts.
-INTERACTIVE = RetryPolicy(retries=2, backoff_s=0.25, backoff_max_s=1.0, connect_timeout_s=1.2)
+INTERACTIVE = RetryPolicy(retries=2, backoff_s=0.25, backoff_max_s=1.0, connect_timeout_s=1.0)
 
 
 def _is_transient_status(status: int) -> bool:
