@@ -47,7 +47,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,44 @@ class JobStatus:
     @property
     def is_active(self) -> bool:
         return self.state.is_active
+
+
+class ParsedRow(Protocol):
+    """What a backend's parser makes of one printed job row (read-only view)."""
+
+    @property
+    def state(self) -> JobState: ...
+    @property
+    def raw_state(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def signal(self) -> int | None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+
+
+def status_from_row(
+    job_id: str, row: ParsedRow, *, nodes: str, cancelled_by: str | None = None
+) -> JobStatus:
+    """The status of ``job_id`` as told by the row a backend's aggregation chose (its state,
+    reason and exit code), with the nodes of all the job's rows."""
+    return JobStatus(
+        job_id=job_id,
+        state=row.state,
+        raw_state=row.raw_state,
+        reason=row.reason,
+        exit_code=row.exit_code,
+        signal=row.signal,
+        nodes=nodes,
+        cancelled_by=cancelled_by,
+        name=row.name,
+        source=row.source,
+    )
 
 
 def unknown_status(job_id: str, reason: str, source: str = "none") -> JobStatus:

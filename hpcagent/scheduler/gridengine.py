@@ -51,6 +51,7 @@ from hpcagent.scheduler.base import (
     JobState,
     JobStatus,
     Scheduler,
+    status_from_row,
     unknown_status,
 )
 
@@ -201,17 +202,7 @@ def aggregate(job_id: str, rows: Sequence[GeRow]) -> JobStatus:
     not_done = [r for r in rows if r.state is not JobState.COMPLETED]
     chosen = (active or not_done or list(rows))[0]
     nodes = ",".join(dict.fromkeys(r.node for r in rows if r.node))
-    return JobStatus(
-        job_id=job_id,
-        state=chosen.state,
-        raw_state=chosen.raw_state,
-        reason=chosen.reason,
-        exit_code=chosen.exit_code,
-        signal=chosen.signal,
-        nodes=nodes,
-        name=chosen.name,
-        source=chosen.source,
-    )
+    return status_from_row(job_id, chosen, nodes=nodes)
 
 
 def _directives(script: str) -> list[str]:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from hpcagent.scheduler.base import JobState, JobStatus
+from hpcagent.scheduler.base import JobState, JobStatus, status_from_row
 
 log = logging.getLogger(__name__)
 
@@ -428,18 +428,7 @@ def aggregate(job_id: str, rows: Iterable[SlurmRow]) -> JobStatus:
         not_done = [r for r in rows if r.state is not JobState.COMPLETED]
         chosen = not_done[0] if not_done else rows[0]
     nodes = ",".join(dict.fromkeys(r.nodes for r in rows if r.nodes))
-    return JobStatus(
-        job_id=job_id,
-        state=chosen.state,
-        raw_state=chosen.raw_state,
-        reason=chosen.reason,
-        exit_code=chosen.exit_code,
-        signal=chosen.signal,
-        nodes=nodes,
-        cancelled_by=cancelled_by(chosen.raw_state),
-        name=chosen.name,
-        source=chosen.source,
-    )
+    return status_from_row(job_id, chosen, nodes=nodes, cancelled_by=cancelled_by(chosen.raw_state))
 
 
 def squeue_argv(job_ids: Sequence[str]) -> list[str]:
