@@ -11,11 +11,12 @@ passed over.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from hpcagent.server.regex import Matcher, RegexRefused, compile_filter
 
 # ClearML result codes/subcodes used by the server (apiserver/apierrors/errors.conf).
 VALIDATION = (400, 12)
@@ -105,14 +106,15 @@ def opt_str(body: dict[str, Any], field: str, default: str | None = None) -> str
     return value
 
 
-def opt_regex(body: dict[str, Any], field: str) -> re.Pattern[str] | None:
-    """An optional case-insensitive regex field (ClearML's name filters); 400/12 if invalid."""
+def opt_regex(body: dict[str, Any], field: str) -> Matcher | None:
+    """An optional case-insensitive regex field (ClearML's name filters), compiled for the
+    bounded engine (:mod:`hpcagent.server.regex`); 400/12 if invalid or refused there."""
     pattern = opt_str(body, field)
     if not pattern:
         return None
     try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
+        return compile_filter(pattern)
+    except RegexRefused as exc:
         raise ApiFault(
             VALIDATION,
             f"Validation error: field '{field}' is not a valid regex: {exc}",
@@ -271,7 +273,7 @@ class FieldPattern:
 
     key: str
     fields: tuple[str, ...]
-    regex: re.Pattern[str]
+    regex: Matcher
     every: bool
 
     @classmethod
@@ -294,8 +296,8 @@ class FieldPattern:
         if not fields:
             return None  # clearml-server: no fields, no condition
         try:
-            regex = re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
+            regex = compile_filter(pattern)
+        except RegexRefused as exc:
             raise ApiFault(
                 VALIDATION,
                 f"Validation error: field '{key}.pattern' is not a valid regex: {exc}",
@@ -346,7 +348,7 @@ class ListFilter:
 
     ids: list[str] | None
     only_fields: list[str] | None
-    name_re: re.Pattern[str] | None
+    name_re: Matcher | None
     system_tags: list[str] | None
     tags: list[str] | None
     search_hidden: bool
