@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import click
 
 from hpcagent.commands.longrunning import (
     GreedyCommand,
+    MachineStats,
     container_kind,
     container_options,
     detach,
@@ -41,34 +39,6 @@ GREEDY = ("--queue", "--uptime", "--downtime")
 
 class _DaemonCommand(GreedyCommand):
     greedy = GREEDY
-
-
-class MachineStats:
-    """``machine_stats`` for ``workers.status_report`` (the agent's keys, clearml-api.md §2a.6),
-    at most every ``interval_s`` seconds (the first call reports at once)."""
-
-    def __init__(self, gpus: list[str] | None, interval_s: float = 30.0) -> None:
-        from hpcagent.executor.metrics import GpuProbe, Sampler
-
-        self.sampler = Sampler()
-        visible = None if gpus is None else ",".join(gpus)
-        self.gpu = GpuProbe(visible) if gpus != [] else None
-        self.interval_s = interval_s
-        self._last = -1e18
-
-    def __call__(self) -> Mapping[str, Any]:
-        now = time.monotonic()
-        if now - self._last < self.interval_s:
-            return {}
-        self._last = now
-        stats = self.sampler.sample()
-        gpus = self.gpu.sample() if self.gpu is not None else []
-        if gpus:
-            stats["gpu_usage"] = [g.get("utilization", 0.0) for g in gpus]
-            stats["gpu_temperature"] = [g.get("temperature", 0.0) for g in gpus]
-            stats["gpu_memory_used"] = [g.get("mem_used_gb", 0.0) * 1024 for g in gpus]
-            stats["gpu_memory_free"] = [g.get("mem_free_gb", 0.0) * 1024 for g in gpus]
-        return {"machine_stats": stats}
 
 
 def _is_daemon(pid: int) -> bool:

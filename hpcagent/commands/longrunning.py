@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,31 @@ def setup_logging(debug: bool) -> Path | None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     return Path(log_file) if log_file else None
+
+
+class MachineStats:
+    """``machine_stats`` for ``workers.status_report`` (the agent's keys, clearml-api.md §2a.6),
+    at most every ``interval_s`` seconds (the first call reports at once)."""
+
+    def __init__(self, gpus: list[str] | None, interval_s: float = 30.0) -> None:
+        from hpcagent.executor.metrics import GpuProbe, Sampler
+
+        self.sampler = Sampler()
+        visible = None if gpus is None else ",".join(gpus)
+        self.gpu = GpuProbe(visible) if gpus != [] else None
+        self.interval_s = interval_s
+        self._last = -1e18
+
+    def __call__(self) -> Mapping[str, Any]:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return {}
+        self._last = now
+        stats = self.sampler.sample()
+        gpus = self.gpu.sample() if self.gpu is not None else []
+        if gpus:
+            stats["gpu_usage"] = [g.get("utilization", 0.0) for g in gpus]
+            stats["gpu_temperature"] = [g.get("temperature", 0.0) for g in gpus]
+            stats["gpu_memory_used"] = [g.get("mem_used_gb", 0.0) * 1024 for g in gpus]
+            stats["gpu_memory_free"] = [g.get("mem_free_gb", 0.0) * 1024 for g in gpus]
+        return {"machine_stats": stats}

@@ -17,6 +17,7 @@ import click
 from hpcagent import __version__
 from hpcagent.commands.longrunning import (
     GreedyCommand,
+    MachineStats,
     container_kind,
     container_options,
     detach,
@@ -282,5 +283,7 @@ def slurm_cmd(
         downtime=downtime_spans,
         worker_id=settings.agent.worker_id or f"{socket.gethostname()}:hpcagent-slurm",
         job_config=write_job_config(settings, state),
+        # this host's CPU and memory in the worker reports (a login node: no GPU probe)
+        report_extra=None if dry_run else MachineStats([]),
     )
     run_submitter(settings, req, echo=click.echo)

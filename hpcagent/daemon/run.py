@@ -189,6 +189,7 @@ def _serve(
         can_start=slots.can_start,
         task_vars=slots.task_vars,
         report_extra=report_extra,
+        role="daemon",
     )
     submitter = Submitter(client, scheduler, ledger, opts, settings.get)
     log.info(

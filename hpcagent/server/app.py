@@ -88,6 +88,7 @@ def all_routes() -> dict[str, Handler]:
         task_outputs,
         task_status,
         tasks,
+        worker_stats,
         workers,
     )
 
@@ -99,6 +100,7 @@ def all_routes() -> dict[str, Handler]:
         task_status,
         queues,
         workers,
+        worker_stats,
         events,
         event_reads,
         models,

@@ -55,6 +55,11 @@ CREATE INDEX IF NOT EXISTS queue_entries_queue ON queue_entries(queue, seq);
 CREATE INDEX IF NOT EXISTS queue_entries_task ON queue_entries(task);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, last_activity REAL NOT NULL, doc BLOB NOT NULL);
+-- The machine_stats of workers.status_report, a bounded history per worker (worker_stats.py).
+CREATE TABLE IF NOT EXISTS worker_stats (
+    worker TEXT NOT NULL, ts REAL NOT NULL, task TEXT, stats BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS worker_stats_worker ON worker_stats(worker, ts);
+CREATE INDEX IF NOT EXISTS worker_stats_ts ON worker_stats(ts);
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT, task TEXT, created TEXT NOT NULL,
     doc BLOB NOT NULL);
@@ -468,3 +473,32 @@ class Store:
             "SELECT doc FROM workers WHERE last_activity>=? ORDER BY id", (since,)
         )
         return [orjson.loads(r[0]) for r in rows]
+
+    def add_worker_stats(
+        self, worker_id: str, ts: float, task: str | None, stats: dict[str, Any], keep: int
+    ) -> None:
+        """Record one report's ``machine_stats``; the worker keeps its newest ``keep`` rows."""
+        self.conn.execute(
+            "INSERT INTO worker_stats(worker, ts, task, stats) VALUES (?,?,?,?)",
+            (worker_id, ts, task, dumps(stats)),
+        )
+        self.conn.execute(
+            "DELETE FROM worker_stats WHERE worker=? AND ts <= (SELECT ts FROM worker_stats "
+            "WHERE worker=? ORDER BY ts DESC LIMIT 1 OFFSET ?)",
+            (worker_id, worker_id, keep),
+        )
+
+    def prune_worker_stats(self, before: float) -> None:
+        self.conn.execute("DELETE FROM worker_stats WHERE ts < ?", (before,))
+
+    def worker_stats(
+        self, worker_ids: list[str] | None, since: float, until: float
+    ) -> list[tuple[str, float, str | None, dict[str, Any]]]:
+        """``(worker, ts, task, machine_stats)`` rows in ``[since, until]``, oldest first."""
+        sql = "SELECT worker, ts, task, stats FROM worker_stats WHERE ts >= ? AND ts <= ?"
+        args: list[Any] = [since, until]
+        if worker_ids:
+            sql += f" AND worker IN ({','.join('?' * len(worker_ids))})"
+            args.extend(worker_ids)
+        rows = self.conn.execute(sql + " ORDER BY ts", args)
+        return [(str(r[0]), float(r[1]), r[2], orjson.loads(r[3])) for r in rows]

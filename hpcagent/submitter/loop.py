@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hpcagent.api import ApiClient
@@ -38,7 +39,7 @@ from hpcagent.errors import (
     TemplateError,
     TransientSchedulerError,
 )
-from hpcagent.scheduler.base import Scheduler
+from hpcagent.scheduler.base import JobStatus, Scheduler
 from hpcagent.submitter import taskops
 from hpcagent.submitter.blocks import render_for
 from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
@@ -400,11 +401,17 @@ class Submitter:
         No ``task`` field: the server would take it as "this worker runs that task",
         which is the executor's claim to make, not the submitter's. The jobs go where a
         real ClearML server keeps them for a worker: a tag ``slurm_jobs:<n>`` on the report,
-        and the worker's runtime properties (:func:`held_jobs`), sent when they change
-        and at least every ``PROPS_REFRESH_S`` (they expire, so a dead submitter's vanish).
+        and the worker's runtime properties (:func:`held_jobs`; ``hpcagent_role``;
+        ``hpcagent_jobs``: :func:`job_rows` as JSON, what the web UI's workers page shows),
+        sent when they change and at least every ``PROPS_REFRESH_S`` (they expire, so a dead
+        submitter's vanish).
         """
-        held = held_jobs(self.ledger.live(), self.scheduler.job_label)
+        live = self.ledger.live()
+        held = held_jobs(live, self.scheduler.job_label)
         count_key = next(iter(held))
+        held[PROP_ROLE] = self.opts.role
+        rows = job_rows(live, self.tracker.last_status)
+        held[PROP_JOBS] = json.dumps(rows, separators=(",", ":"))
         body: dict[str, Any] = {
             "worker": self.opts.worker_id,
             "timestamp": int(time.time() * 1000),
@@ -459,3 +466,31 @@ def held_jobs(live: list[Entry], job_label: str = "slurm job") -> dict[str, str]
     if len(pairs) > MAX_LISTED_JOBS:
         listed += f",+{len(pairs) - MAX_LISTED_JOBS} more"
     return {f"{base}s": str(len(pairs)), f"{base}_ids": listed}
+
+
+#: Worker runtime property: "submitter" (hpcagent-slurm) or "daemon" (hpcagent daemon).
+PROP_ROLE = "hpcagent_role"
+#: Worker runtime property: the held jobs as a JSON array of :func:`job_rows`.
+PROP_JOBS = "hpcagent_jobs"
+
+
+def job_rows(live: list[Entry], statuses: Mapping[str, JobStatus]) -> list[dict[str, str]]:
+    """The held jobs with the scheduler's last word on each (the first ``MAX_LISTED_JOBS``):
+    ``{job, task, queue, state, node, reason}``; ``state`` is "" until the first tracking round
+    after the submission, ``reason`` is why a pending job waits (``BeginTime``, ``Resources``).
+    """
+    rows = []
+    for entry in sorted((e for e in live if e.job_id), key=lambda e: (e.pulled_at, e.task_id)):
+        js = statuses.get(entry.task_id)
+        reason = js.reason if js is not None and js.reason not in ("None", "(null)") else ""
+        rows.append(
+            {
+                "job": str(entry.job_id),
+                "task": entry.task_id,
+                "queue": entry.queue_name,
+                "state": js.state.value if js is not None else "",
+                "node": js.nodes if js is not None else "",
+                "reason": reason,
+            }
+        )
+    return rows[:MAX_LISTED_JOBS]

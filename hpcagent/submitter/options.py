@@ -79,3 +79,5 @@ class SubmitterOptions:
     task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
     #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
     report_extra: Callable[[], Mapping[str, Any]] | None = None
+    #: What the worker reports itself to be (runtime property ``hpcagent_role``).
+    role: str = "submitter"

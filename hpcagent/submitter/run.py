@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ class RunRequest:
     scheduler_kind: str = "auto"
     uptime: list[str] | None = None
     downtime: list[str] | None = None
+    #: ``machine_stats`` for the worker reports (the CLI's ``MachineStats`` of this host).
+    report_extra: Callable[[], Mapping[str, Any]] | None = None
 
 
 def make_scheduler(kind: str, state_dir: Path) -> Scheduler:
@@ -104,6 +106,7 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         hpcagent_argv=list(settings.slurm.hpcagent_command) or None,
         pre_setup=settings.slurm.pre_setup,
         post_setup=settings.slurm.post_setup,
+        report_extra=req.report_extra,
     )
     if req.dry_run:
         dry_run(client, settings, opts, echo)

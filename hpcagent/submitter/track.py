@@ -79,6 +79,8 @@ class Tracker:
         self._cancelled: dict[str, str] = {}  # task id -> status_reason of its stop
         self._nodes_recorded: set[str] = set()
         self._last_message: dict[str, str] = {}
+        #: The scheduler's last answer per task id (the worker report lists them: loop.job_rows).
+        self.last_status: dict[str, JobStatus] = {}
         self.commands = 0  # scheduler calls made (for the benchmark)
         self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpcagent-record")
         self._pending: list[Future[None]] = []
@@ -104,6 +106,7 @@ class Tracker:
         self.flush()
         entries = [e for e in self.ledger.live() if e.state == SUBMITTED and e.job_id]
         if not entries:
+            self.last_status = {}
             return
         jobs = [str(e.job_id) for e in entries]
         try:
@@ -113,6 +116,10 @@ class Tracker:
             log.warning("job status unavailable this cycle: %s", exc)
             return
         crashpoint("tracking")
+        self.last_status = {
+            e.task_id: statuses.get(str(e.job_id)) or unknown_status(str(e.job_id), "not found")
+            for e in entries
+        }
         tasks = taskops.get_statuses(self.client, [e.task_id for e in entries])
         to_cancel: list[Entry] = []
         for entry in entries:

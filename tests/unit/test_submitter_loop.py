@@ -7,6 +7,7 @@ under tests/slurm use the real executor.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -352,12 +353,28 @@ def test_worker_report_lists_held_jobs(rig: Rig) -> None:
     held = {p["key"]: p["value"] for p in props["runtime_properties"]}
     assert held["local_jobs"] == "2"
     assert sorted(held["local_job_ids"].split(",")) == sorted(f"{j}:{t}" for t, j in jobs.items())
+    # the web UI's job list: job, task, queue and the scheduler's state of each
+    assert held["hpcagent_role"] == "submitter"
+    rows = json.loads(held["hpcagent_jobs"])
+    assert {r["task"]: r["job"] for r in rows} == jobs
+    assert {r["queue"] for r in rows} == {"queue-1"}
+    assert all(set(r) == {"job", "task", "queue", "state", "node", "reason"} for r in rows)
+    s.cycle()  # a tracking round: the local scheduler's state of each job
+    props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
+    held = {p["key"]: p["value"] for p in props["runtime_properties"]}
+    states = {r["state"] for r in json.loads(held["hpcagent_jobs"])}
+    assert states and states <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
     rig.until_settled(s)
     s.report()  # the jobs are gone: the count and the list follow at once
     assert _worker(rig, "test:hpcagent-slurm")["tags"] == ["local_jobs:0"]
     props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
     held = {p["key"]: p["value"] for p in props["runtime_properties"]}
-    assert held == {"local_jobs": "0", "local_job_ids": ""}
+    assert held == {
+        "local_jobs": "0",
+        "local_job_ids": "",
+        "hpcagent_role": "submitter",
+        "hpcagent_jobs": "[]",
+    }
 
 
 def test_held_jobs_properties_are_capped() -> None:

@@ -25,6 +25,7 @@ from hpcagent.server.fields import (
     project_fields,
     req_str,
 )
+from hpcagent.server.routes import task_status
 from hpcagent.server.validation import check_name
 
 if TYPE_CHECKING:
@@ -126,11 +127,16 @@ def add_task(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def remove_task(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Remove the task's entry; with ``update_task_status`` (as clearml-server, API 2.x) a
+    queued task goes back to ``created`` (``tasks.dequeue``'s rules), else its status stays."""
     queue_id = req_str(body, "queue")
     task_id = req_str(body, "task")
     with ctx.store.write():
         ctx.store.get_queue(queue_id)
         removed = ctx.store.remove_entries(task_id, queue_id)
+        if removed and opt_bool(body, "update_task_status") and ctx.store.task_exists(task_id):
+            dequeue = {"task": task_id, "status_reason": "removed from queue"}
+            task_status.dequeue(ctx, dequeue)  # joins this write transaction
     return {"removed": removed}
 
 

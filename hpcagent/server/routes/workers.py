@@ -1,4 +1,5 @@
-"""``workers.*``: register, unregister, status_report, get_all and runtime properties.
+"""``workers.*``: register, unregister, status_report, get_all and runtime properties (the
+history of the reports' ``machine_stats`` is ``worker_stats.py``).
 
 A worker is "active" while it reported within its ``timeout`` (default 600 s);
 ``status_report {task}`` stamps ``last_worker``/``last_worker_report``/``last_update`` on the task,
@@ -22,6 +23,7 @@ from hpcagent.server.fields import (
     reject_unknown,
     req_str,
 )
+from hpcagent.server.routes import worker_stats
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -99,6 +101,7 @@ def status_report(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         doc["last_report_time"] = now
         if machine_stats is not None:
             doc["machine_stats"] = machine_stats
+            worker_stats.record(ctx, worker_id, task_id, machine_stats)
         if "queues" in body:
             doc["queues"] = _queue_refs(ctx, opt_str_list(body, "queues"))
         if "tags" in body:
