@@ -44,7 +44,8 @@ def test_stats_history_in_clearml_shapes(srv: Server) -> None:
     metrics = {m["metric"]: m for m in reply["workers"][0]["metrics"]}
     assert set(metrics) == {"cpu_usage", "memory_used"}  # a non-numeric value is not a series
     cpu = metrics["cpu_usage"]
-    assert len(cpu["dates"]) == 1 and start - 3600 <= cpu["dates"][0] <= time.time()
+    assert len(cpu["dates"]) == 1
+    assert start - 3600 <= cpu["dates"][0] <= time.time()
     assert cpu["stats"] == [
         {"aggregation": "avg", "values": [40.0]},
         {"aggregation": "max", "values": [70.0]},

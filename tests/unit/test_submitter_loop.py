@@ -363,7 +363,8 @@ def test_worker_report_lists_held_jobs(rig: Rig) -> None:
     props = rig.client.send("workers.get_runtime_properties", {"worker": "test:hpcagent-slurm"})
     held = {p["key"]: p["value"] for p in props["runtime_properties"]}
     states = {r["state"] for r in json.loads(held["hpcagent_jobs"])}
-    assert states and states <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
+    assert states
+    assert states <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
     rig.until_settled(s)
     s.report()  # the jobs are gone: the count and the list follow at once
     assert _worker(rig, "test:hpcagent-slurm")["tags"] == ["local_jobs:0"]
