@@ -191,6 +191,21 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc/<pid>/stat``); None
+    when it does not exist or there is no ``/proc``. A pid recorded with its start time is
+    never mistaken for another process that got the same pid later."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # field 22 is the 20th after "(comm)"
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def detach(argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None) -> int:
     """Start ``argv`` as a daemon in its own session, output appended to ``log_path``; its pid.
 

@@ -78,6 +78,9 @@ def job_template(gpu_env: bool) -> str:
         "#!/bin/bash",
         "# hpcagent daemon job: task ${CLEARML_TASK.id|slug} from queue ${CLEARML_QUEUE_NAME|slug}",
         "export CLEARML_WORKER_ID=${CLEARML_WORKER_ID}",
+        # The exit status for a daemon restarted while the job ran (it re-adopts the job
+        # and reads the status there: scheduler/local.py).
+        """trap 'echo "$?" > "$HPCAGENT_JOB_STATUS_FILE"' EXIT""",
     ]
     if gpu_env:
         lines += [

@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -482,3 +483,42 @@ def test_aborted_task_gives_its_gpus_back(rig: Rig) -> None:
     rig.wait_done([second])
     assert rig.status(first) == "stopped"
     assert rig.started("p1")["gpus"] == ["0", "1"]
+
+
+def test_daemon_killed_with_sigkill_re_adopts_its_running_task(rig: Rig) -> None:
+    """kill -9 of the daemon while its task runs: the task runs on; a new daemon on the same
+    state folder re-adopts it (its slot stays taken: the next task waits), sees it end, and
+    the task is completed once (one run, one final status); then the next task runs."""
+    rig.server.send("queues.create", {"name": "phoenix"})
+    first = rig.task("phoenix", "a", wait_for="release")
+    second = rig.task("phoenix", "b")
+    proc = rig.daemon("--gpus", "2", "--queue", "phoenix")
+    wait_for(lambda: (rig.shared / "a.started").exists(), timeout=120)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    task_pid = rig.started("a")["pid"]
+    assert _alive(task_pid)  # the task outlived its daemon
+    rig.daemon("--gpus", "2", "--queue", "phoenix")
+    wait_for(lambda: "re-adopted" in rig.logs(), timeout=120)
+    time.sleep(2.0)  # several pull rounds of the new daemon
+    assert rig.status(second) == "queued"  # the adopted task still holds the one slot
+    assert rig.status(first) == "in_progress"
+    (rig.shared / "release.started").touch()
+    rig.wait_done([first, second])
+    assert (rig.shared / "order.txt").read_text().split() == ["a", "b"]
+    lines = rig.log_lines(first)
+    assert sum(line.startswith("ENV ") for line in lines) == 1
+    assert sum(line == "DONE a" for line in lines) == 1
+    assert "LOST" not in rig.logs()
+    task = rig.server.send("tasks.get_by_id", {"task": first})["task"]
+    assert task["status"] == "completed"
+    assert rig.env_line(first)["CVD"] == rig.env_line(second)["CVD"] == "2"
+    ledger = next(rig.state.glob("*/ledger.sqlite"))
+
+    def rows() -> list[tuple[str, str, str]]:
+        with contextlib.closing(sqlite3.connect(ledger)) as db:
+            return sorted(db.execute("SELECT task_id, state, outcome FROM entries").fetchall())
+
+    done = "job COMPLETED; task completed"
+    want = sorted([(first, "finished", done), (second, "finished", done)])
+    wait_for(lambda: rows() == want, timeout=60)  # one row per task, each settled once

@@ -137,3 +137,72 @@ def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from hpcagent.scheduler.local import LocalScheduler
+s = LocalScheduler(output_dir=Path(sys.argv[1]))
+for name in sys.argv[2:]:
+    print(s.submit(Path(sys.argv[1]) / f"{name}.sh", job_name=name), flush=True)
+time.sleep(600)
+"""
+
+
+def _owner_killed(tmp_path: Path, names: list[str]) -> list[str]:
+    """Submit ``names`` from another process, then kill -9 that process (the jobs live on)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path), *names], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    ids = [proc.stdout.readline().strip() for _ in names]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    return ids
+
+
+def test_a_new_scheduler_re_adopts_the_jobs_of_a_killed_one(tmp_path: Path) -> None:
+    """kill -9 of the process that started the jobs: a new LocalScheduler on the same folder
+    follows them to their real end (exit status from $HPCAGENT_JOB_STATUS_FILE), cancels
+    them, and never hands out their ids again."""
+    trap = 'trap \'echo "$?" > "$HPCAGENT_JOB_STATUS_FILE"\' EXIT'
+    for name, code in (("ok", 0), ("bad", 3)):
+        script(
+            tmp_path,
+            name,
+            f"{trap}\nwhile [ ! -e {tmp_path}/go ]; do sleep 0.05; done\nexit {code}",
+        )
+    script(tmp_path, "quiet", f"while [ ! -e {tmp_path}/go ]; do sleep 0.05; done\nexit 0")
+    script(tmp_path, "long", f"{trap}\ntouch {tmp_path}/long.up\nsleep 600")
+    ok, bad, quiet, long = _owner_killed(tmp_path, ["ok", "bad", "quiet", "long"])
+    wait_until((tmp_path / "long.up").exists)
+    s = LocalScheduler(output_dir=tmp_path, kill_wait_s=2)
+    st = s.status([ok, bad, quiet, long])
+    assert {v.state for v in st.values()} == {JobState.RUNNING}
+    assert s.find_by_name("ok") == [ok]
+    assert s.output_path(ok) == tmp_path / f"ok-{ok}.out"
+    (tmp_path / "go").touch()
+    s.wait([ok, bad, quiet], timeout_s=60)
+    st = s.status([ok, bad, quiet])
+    assert (st[ok].state, st[ok].exit_code) == (JobState.COMPLETED, 0)
+    assert (st[bad].state, st[bad].exit_code) == (JobState.FAILED, 3)
+    assert st[quiet].state is JobState.FAILED  # wrote no exit status: never read as success
+    assert "exit status unknown" in st[quiet].reason
+    s.cancel([long])
+    s.wait([long], timeout_s=60)
+    assert s.status([long])[long].state is JobState.CANCELLED
+    new = s.submit(script(tmp_path, "next", "true"), job_name="next")
+    assert int(new) > max(int(j) for j in (ok, bad, quiet, long))
+    s.wait([new], timeout_s=30)
+    # and a third one still knows how they all ended
+    again = LocalScheduler(output_dir=tmp_path).status([ok, bad, long, new])
+    assert [v.state for v in again.values()] == [
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.COMPLETED,
+    ]
