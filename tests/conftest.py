@@ -5,7 +5,7 @@ REAL ``hpcagent server`` subprocess on a free port with a temporary data dir and
 They offer ``.url``, ``.access_key``, ``.secret_key``, ``.data_dir``, ``.stop()``, ``.start()``
 (restart on the same port and data), plus ``.token()`` and ``.send(endpoint, body)`` helpers
 that use plain ``requests``. ``ui_browser`` (session scope) is a real headless Chromium on
-``embedded_server_session`` (tests/ui_browser.py).
+``embedded_server_session`` (tests/ui_browser.py), ``ui`` the same signed in.
 """
 
 from __future__ import annotations
@@ -211,3 +211,12 @@ def ui_browser(
         yield browser
     finally:
         browser.quit()
+
+
+@pytest.fixture
+def ui(ui_browser: Any) -> Any:
+    """``ui_browser`` signed in, on the task table, its console log of earlier tests read."""
+    ui_browser.errors()  # forget the previous test's console
+    ui_browser.sign_in()
+    ui_browser.wait("#task-table")
+    return ui_browser

@@ -147,14 +147,6 @@ def rig(embedded_server_session: Any) -> Iterator[Rig]:
         made.stop()
 
 
-@pytest.fixture
-def ui(ui_browser: UiBrowser) -> UiBrowser:
-    ui_browser.errors()
-    ui_browser.sign_in()
-    ui_browser.wait("#task-table")
-    return ui_browser
-
-
 def _squeue_state(job: str) -> str:
     res = subprocess.run(
         ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30

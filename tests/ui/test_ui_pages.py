@@ -154,14 +154,6 @@ def world(embedded_server_session: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def ui(ui_browser: UiBrowser) -> UiBrowser:
-    ui_browser.errors()  # forget the previous test's console
-    ui_browser.sign_in()
-    ui_browser.wait("#task-table")
-    return ui_browser
-
-
 def test_sign_in_refuses_wrong_keys_and_signs_out(ui_browser: UiBrowser) -> None:
     ui_browser.driver.delete_all_cookies()
     ui_browser.open("/tasks")

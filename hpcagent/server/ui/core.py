@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hpcagent.server.fields import VALIDATION, ApiFault
-from hpcagent.server.ui import present
+from hpcagent.server.ui import live, present
 from hpcagent.server.ui.session import CsrfError, UiSessions, secure_headers
 
 if TYPE_CHECKING:
@@ -96,10 +96,13 @@ class Ui:
     # ---- guards ------------------------------------------------------------------------------
 
     def page(self, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
-        """A signed-in GET page: no session sends the browser to the sign-in form."""
+        """A signed-in GET page: no session sends the browser to the sign-in form. Every page
+        answers live.js's polls too (``live.answer``: 204 while it is unchanged)."""
 
         async def endpoint(request: Request) -> Response:
             identity = self.sessions.identity(request)
+            if identity is not None and live.asked(request):
+                return await live.answer(self, request, identity, self._guarded_handler(handler))
             if identity is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return self.redirect("/login?" + present.urlencode({"next": target}))
@@ -153,6 +156,12 @@ class Ui:
             log.warning("refused %s %s: %s", request.method, request.url.path, exc)
             return self.error(request, 403, f"Refused: {exc}.", signed_in=signed_in)
         return None
+
+    def _guarded_handler(self, handler: PageHandler) -> PageHandler:
+        async def guarded(request: Request, identity: Identity) -> Response:
+            return await self._guarded(request, identity, handler)
+
+        return guarded
 
     async def _guarded(
         self, request: Request, identity: Identity, handler: PageHandler

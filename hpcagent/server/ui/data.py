@@ -23,7 +23,12 @@ CONSOLE_PAGE = 1000  # log events per console page
 MAX_BATCH = 10000  # the most events.get_task_log returns at once
 SCALAR_SAMPLES = 2000  # points per series the charts draw (the server samples longer ones)
 EVENT_TYPES = {"plot": "plot", "debug": "training_debug_image"}
-STATIC_FILES = {"ui.js": "text/javascript", "ui.css": "text/css", "favicon.svg": "image/svg+xml"}
+STATIC_FILES = {
+    "ui.js": "text/javascript",
+    "live.js": "text/javascript",
+    "ui.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 
 
 def plotly_js() -> Path:

@@ -28,6 +28,8 @@ TABS = (
     ("artifacts", "Artifacts & models"),
 )
 STATUS_ORDER = sorted(STATUSES - {"unknown"})
+#: Tabs whose panel is server-rendered, so live.js may swap it (the others are drawn by ui.js).
+LIVE_TABS = ("info", "execution", "configuration", "artifacts")
 
 
 def queue_names(ui: Ui, identity: Identity) -> dict[str, str]:
@@ -132,6 +134,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
             task=task,
             tab=tab,
             tabs=TABS,
+            live_tabs=LIVE_TABS,
             queues=queues,
             project_name=project,
             slurm=present.slurm_info(task),

@@ -103,12 +103,13 @@
       if (oldest !== null) load(base + "&before=" + oldest + "&skip=" + oldestCount, "top");
     });
     search.addEventListener("input", applySearch);
-    window.setInterval(function () {
-      if (tail.checked && !document.hidden) {
-        load(base + (newest === null ? "" : "&after=" + newest + "&skip=" + newestCount),
-             newest === null ? "init" : "bottom");
-      }
-    }, 2000);
+    // The live tail: new lines after the page saw the database change (live.js's ticker, so
+    // that the page stays within one request a second).
+    window.HpcagentLive.follow(function () {
+      if (!tail.checked) return null;
+      return load(base + (newest === null ? "" : "&after=" + newest + "&skip=" + newestCount),
+                  newest === null ? "init" : "bottom");
+    });
   }
   var consoleBox = document.getElementById("console");
   if (consoleBox) Console(consoleBox);
