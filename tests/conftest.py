@@ -45,6 +45,7 @@ class EmbeddedServer:
         secret_key: str = SERVER_SECRET_KEY,
         extra_args: list[str] | None = None,
         host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.access_key = access_key
@@ -52,6 +53,7 @@ class EmbeddedServer:
         self.port = _free_port()
         self.host = host  # "0.0.0.0" to be reachable from containers; .url stays loopback
         self.extra_args = list(extra_args or [])
+        self.env = dict(env or {})  # added to this process's environment
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._token: str | None = None
@@ -65,7 +67,7 @@ class EmbeddedServer:
         """Start (or restart) the server on the same port and data dir; wait until ready."""
         if self.proc is not None and self.proc.poll() is None:
             return
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["HPCAGENT_SERVER_ACCESS_KEY"] = self.access_key
         env["HPCAGENT_SERVER_SECRET_KEY"] = self.secret_key
         argv = [

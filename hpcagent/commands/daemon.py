@@ -23,6 +23,7 @@ from hpcagent.commands.longrunning import (
     docker_overrides,
     private_dir,
     running,
+    services_mode_option,
     setup_logging,
     stop,
     work_hours,
@@ -119,14 +120,9 @@ def _detach(state_dir: Path, worker_id: str) -> None:
     is_flag=True,
     help="Share --gpus between tasks: each queue says how many GPUs its tasks take.",
 )
-@click.option(
+@services_mode_option(
     "--services-mode",
     "services",
-    type=click.IntRange(min=0),
-    is_flag=False,
-    flag_value=0,
-    default=None,
-    metavar="[N]",
     help="Launch tasks and move on; at most N at once (no limit without N).",
 )
 @click.option("--create-queue", is_flag=True, help="Create the queues that do not exist.")

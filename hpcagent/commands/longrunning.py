@@ -56,6 +56,20 @@ class GreedyCommand(click.Command):
         return super().parse_args(ctx, expand_greedy(list(args), self.greedy))
 
 
+def services_mode_option(*decls: str, help: str) -> Callable[..., Any]:
+    """An option with an optional count (``--services-mode [N]``): absent None, the flag
+    alone 0 (no limit), with a value N."""
+    return click.option(
+        *decls,
+        type=click.IntRange(min=0),
+        is_flag=False,
+        flag_value=0,
+        default=None,
+        metavar="[N]",
+        help=help,
+    )
+
+
 def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The ``--singularity-mode`` and ``--container-mode`` flags and clearml-agent's
     ``--docker [IMAGE]`` (see :func:`container_kind` and :func:`docker_overrides`)."""

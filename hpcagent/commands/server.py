@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hpcagent.commands.longrunning import services_mode_option
+from hpcagent.commands.services_agent import DEFAULT_SERVICES_QUEUE, ServicesAgent
 from hpcagent.server.files import FilesLimits
 from hpcagent.server.runner import (
     DEFAULT_DATA_DIR,
@@ -59,6 +61,18 @@ from hpcagent.server.runner import (
     type=float,
     help="Free space an upload must leave on the data dir's disk, in MiB; else 507.",
 )
+@services_mode_option(
+    "--services-agent",
+    "services_agent",
+    help="Also run `hpcagent daemon --services-mode [N]` on the services queue (pipeline "
+    "controllers), as ClearML's server does; stopped with the server.",
+)
+@click.option(
+    "--services-queue",
+    default=DEFAULT_SERVICES_QUEUE,
+    show_default=True,
+    help="The queue of --services-agent (created when missing).",
+)
 @click.option(
     "--log-level",
     default="info",
@@ -74,15 +88,25 @@ def server_cmd(
     max_body_mb: float,
     files_max_mb: float,
     files_min_free_mb: float,
+    services_agent: int | None,
+    services_queue: str,
     log_level: str,
 ) -> None:
-    """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR)."""
+    """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR).
+
+    With --services-agent, a services-mode `hpcagent daemon` runs next to it on the services
+    queue (its log: DATA_DIR/services-agent/daemon.log); it reads the configuration as
+    `hpcagent daemon` does, with this server's address and keys.
+    """
     if bool(access_key) != bool(secret_key):
         raise click.UsageError("--access-key and --secret-key must be given together")
     if max_body_mb <= 0:
         raise click.UsageError("--max-body-mb must be positive")
     if files_max_mb < 0 or files_min_free_mb < 0:
         raise click.UsageError("--files-max-mb and --files-min-free-mb must not be negative")
+    companions = []
+    if services_agent is not None:
+        companions.append(_services_agent(data_dir, services_queue, services_agent))
     serve(
         ServerOptions(
             host=host,
@@ -96,7 +120,26 @@ def server_cmd(
                 max_bytes=int(files_max_mb * 1024 * 1024),
                 min_free_bytes=int(files_min_free_mb * 1024 * 1024),
             ),
+            companions=companions,
         )
+    )
+
+
+def _services_agent(data_dir: Path, queue: str, limit: int) -> ServicesAgent:
+    """The daemon of ``--services-agent``, with the configuration it will read (checked now:
+    a broken clearml.conf fails ``hpcagent server`` at once, not its child later)."""
+    from hpcagent.config import load_settings
+
+    ctx = click.get_current_context()
+    config_file = (ctx.find_object(dict) or {}).get("config_file")
+    settings = load_settings(config_file=config_file)
+    configured = settings.source_of("api.files_server") not in ("unset", "default")
+    return ServicesAgent(
+        data_dir=data_dir,
+        queue=queue,
+        limit=limit,
+        config_file=config_file,
+        configured_files_server=settings.api.files_server if configured else "",
     )
 
 

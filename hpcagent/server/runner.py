@@ -11,10 +11,12 @@ import logging
 import os
 import socket
 import sys
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import uvicorn
 
@@ -37,6 +39,17 @@ DEFAULT_PORT = 8008
 log = logging.getLogger("hpcagent.server")
 
 
+class Companion(Protocol):
+    """A process that lives as long as the server (``hpcagent server --services-agent``'s
+    daemon): started once the server accepts requests, stopped before it stops serving."""
+
+    def start(self, api_url: str, creds: Credentials) -> None:
+        """Start; ``api_url`` reaches this server from this machine."""
+
+    def stop(self) -> None:
+        """Stop and wait for the end (bounded); safe to call twice or before ``start``."""
+
+
 @dataclass
 class ServerOptions:
     """What ``hpcagent server`` accepts."""
@@ -49,17 +62,54 @@ class ServerOptions:
     max_body: int = DEFAULT_MAX_BODY
     log_level: str = "info"
     files_limits: FilesLimits = field(default_factory=FilesLimits)
+    companions: Sequence[Companion] = ()
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, but a SIGTERM/SIGINT that led to a graceful shutdown ends the process
-    with status 0 (uvicorn re-raises the signal after shutdown, which reads as a crash)."""
+    with status 0 (uvicorn re-raises the signal after shutdown, which reads as a crash).
+
+    The companions start once the server listens; the first signal stops them while the
+    server still answers (a stopping daemon reports its tasks' ends to it), then the server
+    shuts down; a second signal shuts the server down at once."""
+
+    def __init__(self, config: uvicorn.Config, companions: Sequence[Companion], url: str,
+                 creds: Credentials) -> None:  # fmt: skip
+        super().__init__(config)
+        self.companions = list(companions)
+        self._companion_args = (url, creds)
+        self._stopping = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            for companion in self.companions:
+                companion.start(*self._companion_args)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.companions and not self._stopping:
+            self._stopping = True
+            threading.Thread(
+                target=self._stop_companions, args=(sig, frame), name="companions", daemon=True
+            ).start()
+            return
         super().handle_exit(sig, frame)
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+
+    def _stop_companions(self, sig: int, frame: FrameType | None) -> None:
+        stop_companions(self.companions)
+        self.handle_exit(sig, frame)
+
+
+def stop_companions(companions: Sequence[Companion]) -> None:
+    """Stop each companion, logging (never raising) what goes wrong."""
+    for companion in companions:
+        try:
+            companion.stop()
+        except Exception:  # the server must still shut down
+            log.exception("stopping %s failed", companion)
 
 
 def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials]:
@@ -130,6 +180,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def local_url(host: str, port: int) -> str:
+    """The URL by which a process on this machine reaches a server bound to ``host``."""
+    if host in _WILDCARD_HOSTS:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return public_url(host, port)
+
+
 def serve(options: ServerOptions, out: TextIO | None = None) -> None:
     """Run the server until SIGINT/SIGTERM."""
     level = getattr(logging, options.log_level.upper(), logging.INFO)
@@ -149,10 +206,12 @@ def serve(options: ServerOptions, out: TextIO | None = None) -> None:
             timeout_keep_alive=30,
             timeout_graceful_shutdown=30,
         )
-        server = _Server(config)
+        local = local_url(options.host, options.port)
+        server = _Server(config, options.companions, local, creds)
         log.info("hpcagent server on %s, data in %s", url, options.data_dir.expanduser())
         server.run(sockets=[sock])
     finally:
+        stop_companions(options.companions)  # when the server ended without a signal
         sock.close()
     if not server.started:
         raise ServerError(f"the server did not start on {options.host}:{options.port}")
