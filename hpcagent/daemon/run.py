@@ -193,6 +193,7 @@ def _serve(
         task_vars=slots.task_vars,
         report_extra=report_extra,
         role="daemon",
+        log_spool_root=settings.agent.venvs_dir,
     )
     submitter = Submitter(client, scheduler, ledger, opts, settings.get)
     log.info(

@@ -15,7 +15,9 @@ Delivery is ordered and exactly once: a batch that fails is written to
 spooled behind them; the thread re-sends the oldest file and deletes it only after
 ``add_batch`` succeeded. Before re-sending, the optional ``verifier`` asks the server whether the
 request's first event is already stored (its reply may have been lost after the server stored
-it), so an ambiguous failure never duplicates lines.
+it), so an ambiguous failure never duplicates lines. The shipper holds its spool while it lives
+(``hpcagent.api.spool.hold``); what a run leaves there (the server away at its end, or the run
+killed) is delivered by a later run (``spool.deliver_orphans``), exactly once by the same check.
 The spool is bounded by ``spool_max_bytes``; beyond it new lines are dropped and counted, and a
 notice with the count is shipped once delivery resumes.
 """
@@ -27,19 +29,16 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hpcagent.api import spool
+from hpcagent.api.spool import Sender, Verifier
 from hpcagent.executor.background import BackgroundThread
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_REQUEST_BYTES = 1024 * 1024
-
-#: ``send_lines("events.add_batch", events)``; raises on failure.
-Sender = Callable[[list[dict[str, Any]]], None]
-#: "Is this log event already stored on the server?"; raises when it cannot tell.
-Verifier = Callable[[dict[str, Any]], bool]
 
 
 class LineSplitter:
@@ -225,6 +224,7 @@ class LogShipper(BackgroundThread):
         self.send_failures = 0
         self.last_error = ""
         spool_dir.mkdir(parents=True, exist_ok=True)
+        self._hold = spool.hold(spool_dir)  # a later run delivers it only once we are gone
 
     # -- producer side -----------------------------------------------------------------------
 
@@ -256,15 +256,24 @@ class LogShipper(BackgroundThread):
     def close(self, timeout: float = 60.0) -> bool:
         """Stop the thread and try to deliver everything within ``timeout`` seconds.
 
-        Returns True when nothing is left undelivered; otherwise the spool files stay on disk.
+        Returns True when nothing is left undelivered; otherwise the spool files stay on disk
+        for a later run (the spool is let go here).
         """
         self.stop(max(1.0, timeout / 2))
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.flush_once():
-                return True
-            time.sleep(min(self.retry_interval, max(0.0, deadline - time.monotonic())))
-        return self.pending() == 0
+        try:
+            while time.monotonic() < deadline:
+                if self.flush_once():
+                    return True
+                time.sleep(min(self.retry_interval, max(0.0, deadline - time.monotonic())))
+            with self._lock:  # what is still in memory goes to disk, for the next run
+                seq, lines = self._take_locked()
+            if lines:
+                self._spool(seq, pack_events(lines, self.task, self.worker))
+            return self.pending() == 0
+        finally:
+            spool.release(self._hold)
+            self._hold = None
 
     def _wake_loop(self) -> None:
         self._wake.set()
@@ -289,7 +298,7 @@ class LogShipper(BackgroundThread):
         """Deliver the spool (oldest first), then the buffer. True when all got through."""
         with self._send_lock:
             for path in self._spool_files():
-                events = [json.loads(line) for line in path.read_text().splitlines() if line]
+                events = spool.read(path)
                 already = self._already_delivered(events)
                 if already is None:  # cannot tell now (server still away): retry later
                     return False
@@ -331,13 +340,10 @@ class LogShipper(BackgroundThread):
         sent twice. One request is stored atomically, and every event of a run has its own
         strictly increasing timestamp, so looking up the first event is enough.
         """
-        if self._verify is None or not events:
-            return False
-        try:
-            return self._verify(events[0])
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return None
+        already = spool.already_delivered(events, self._verify)
+        if already is None:
+            self.last_error = "cannot tell whether a spooled request was delivered"
+        return already
 
     def _try_send(self, events: list[dict[str, Any]]) -> bool:
         if not events:
@@ -359,7 +365,7 @@ class LogShipper(BackgroundThread):
         return self._seq, lines
 
     def _spool_files(self) -> list[Path]:
-        return sorted(self.spool_dir.glob("*.jsonl"))
+        return spool.files(self.spool_dir)
 
     def _spool(self, seq: int, events: list[dict[str, Any]], first_part: int = 0) -> None:
         """Write events to spool files, one per request (bounded); never raises."""
@@ -383,36 +389,3 @@ class LogShipper(BackgroundThread):
                 self.last_error = f"spool write failed: {exc}"
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-def make_verifier(client: Any, task: str) -> Verifier:
-    """A :data:`Verifier` over ``events.get_task_log`` (the first event at or after the
-    event's timestamp must be that very event)."""
-
-    def delivered(event: dict[str, Any]) -> bool:
-        data = client.send(
-            "events.get_task_log",
-            {
-                "task": task,
-                "from_timestamp": int(event["timestamp"]) - 1,
-                "navigate_earlier": False,
-                "batch_size": 1,
-            },
-        )
-        found = data.get("events") or []
-        return bool(found) and (
-            found[0].get("timestamp") == event["timestamp"] and found[0].get("msg") == event["msg"]
-        )
-
-    return delivered
-
-
-def make_sender(client: Any) -> Sender:
-    """A :data:`Sender` over ``ApiClient.send_lines``."""
-
-    def send(events: list[dict[str, Any]]) -> None:
-        # A reply with fewer ``added`` than sent is not retried: resending would duplicate
-        # the accepted part, and the server reports the rejected ones itself.
-        client.send_lines("events.add_batch", events)
-
-    return send

@@ -29,7 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
+from hpcagent.api import spool
 from hpcagent.api.compat import dequeue_to_start
+from hpcagent.api.spool import make_sender, make_verifier
 from hpcagent.config import ContainerSettings
 from hpcagent.container.base import PreparedCommand, Session
 from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, open_session
@@ -38,7 +40,7 @@ from hpcagent.executor import repo as repo_mod
 from hpcagent.executor import requirements as requirements_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
 from hpcagent.executor.arguments import args_on_argv, args_to_argv, sdk_env
-from hpcagent.executor.logs import LogShipper, make_sender, make_verifier
+from hpcagent.executor.logs import LogShipper
 from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.process import ChildProcess, run_streamed
@@ -210,6 +212,10 @@ class Executor:
             spool_max_bytes=self.cfg.log_spool_max_bytes,
             verifier=make_verifier(self.bg, self.task_id),
         ).start()
+        orphans = threading.Thread(
+            target=self._deliver_orphans, name="hpcagent-orphan-logs", daemon=True
+        )
+        orphans.start()
         previous = self._install_signal_handlers()
         watcher = AbortWatcher(
             lambda ep, body: self.bg.send(ep, body),
@@ -228,9 +234,25 @@ class Executor:
             watcher.stop()
             self._restore_signal_handlers(previous)
             self._unregister()
+            orphans.join(5.0)  # cut short, it leaves the rest for the next run (exactly once)
             delivered = self.shipper.close(self.cfg.final_flush_timeout_s)
             self._cleanup(delivered)
         return code
+
+    def _deliver_orphans(self) -> None:
+        """Deliver the log spools that earlier runs left in the work folder (their server was
+        away at their end, or they were killed): hpcagent.api.spool, exactly once."""
+        try:
+            report = spool.deliver_orphans(self.bg, self._base_dir())
+        except Exception as exc:  # never this task's failure
+            self.note(f"left-behind logs of earlier runs not delivered: {exc}", "WARNING")
+            return
+        if report.files:
+            self.note(
+                f"delivered {report.files} left-behind log request(s) of earlier runs "
+                f"({report.events} events)",
+                "DEBUG",
+            )
 
     def _unregister(self) -> None:
         """Remove this run's worker entry, when the id is this run's own (derived from host and

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hpcagent.api import ApiClient
+from hpcagent.api import ApiClient, spool
 from hpcagent.errors import (
     ApiError,
     ImagePullError,
@@ -95,6 +95,8 @@ class Submitter:
         self._props_sent_at = 0.0
         self.submitted_total = 0
         self.names = NameCache(api_fetch(client.send))  # project/queue names for templates
+        self._orphans: threading.Thread | None = None
+        self._orphans_next = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +133,7 @@ class Submitter:
         while not stop.is_set():
             now = time.monotonic()
             busy = False
+            self._orphan_logs(now)
             try:
                 if now >= next_track:
                     self.tracker.track()
@@ -153,6 +156,25 @@ class Submitter:
         self.tracker.flush()
         self.report()
         return submitted
+
+    def _orphan_logs(self, now: float) -> None:
+        """Now and then, deliver the log spools executors left behind (in a thread of its
+        own: a slow or absent server never holds up tracking)."""
+        root = self.opts.log_spool_root
+        if root is None or now < self._orphans_next:
+            return
+        if self._orphans is not None and self._orphans.is_alive():
+            return
+        self._orphans_next = now + self.opts.orphan_logs_interval_s
+
+        def deliver() -> None:
+            try:
+                spool.deliver_orphans(self.client, root)
+            except Exception as exc:  # never the loop's concern; the next round tries again
+                log.warning("left-behind executor logs not delivered: %s", exc)
+
+        self._orphans = threading.Thread(target=deliver, name="hpcagent-orphan-logs", daemon=True)
+        self._orphans.start()
 
     # -- restart -----------------------------------------------------------------
     def recover(self) -> None:

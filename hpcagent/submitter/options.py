@@ -79,5 +79,10 @@ class SubmitterOptions:
     task_vars: Callable[[str, QueueRef], Mapping[str, Any]] | None = None
     #: Extra fields for ``workers.status_report`` (e.g. ``machine_stats``).
     report_extra: Callable[[], Mapping[str, Any]] | None = None
+    #: The executor's work folder (``agent.venvs_dir``): log spools left there by executors that
+    #: ended before the server took their logs are delivered from here (hpcagent.api.spool),
+    #: at start and every ``orphan_logs_interval_s``; None: never.
+    log_spool_root: Path | None = None
+    orphan_logs_interval_s: float = 300.0
     #: What the worker reports itself to be (runtime property ``hpcagent_role``).
     role: str = "submitter"

@@ -107,6 +107,7 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         pre_setup=settings.slurm.pre_setup,
         post_setup=settings.slurm.post_setup,
         report_extra=req.report_extra,
+        log_spool_root=settings.agent.venvs_dir,
     )
     if req.dry_run:
         dry_run(client, settings, opts, echo)
