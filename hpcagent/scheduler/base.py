@@ -195,6 +195,12 @@ PROP_SCHEDULER = "job-scheduler"
 PROP_QUEUE = "job-queue"
 PROP_WORKER = "job-worker"
 PROP_NODES = "job-nodes"
+#: How the job ended, written by the submitter once it saw the end (any task status): the final
+#: state (``COMPLETED``, ``FAILED (exit code 1)``, ``TIMEOUT``, ``LOST``), the job's output file
+#: and its last lines (the web UI's Info tab shows them; the server cannot read the cluster).
+PROP_END = "job-end"
+PROP_OUTPUT = "job-output"
+PROP_OUTPUT_TAIL = "job-output-tail"
 #: The ``runtime`` keys the executor writes inside a job (docs/structure.md, "Who writes what").
 RUNTIME_JOB_ID = "job_id"
 RUNTIME_SCHEDULER = "job_scheduler"

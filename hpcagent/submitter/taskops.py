@@ -15,8 +15,11 @@ from typing import Any
 from hpcagent.api import ApiClient
 from hpcagent.errors import ApiError
 from hpcagent.scheduler.base import (
+    PROP_END,
     PROP_JOB_ID,
     PROP_NODES,
+    PROP_OUTPUT,
+    PROP_OUTPUT_TAIL,
     PROP_QUEUE,
     PROP_SCHEDULER,
     PROP_WORKER,
@@ -104,6 +107,10 @@ def requeue_front(client: ApiClient, task_id: str, queue_id: str, reason: str) -
     return True
 
 
+def _prop(name: str, value: str) -> dict[str, str]:
+    return {"section": "properties", "name": name, "value": value, "type": "str"}
+
+
 def record_job(
     client: ApiClient,
     task_id: str,
@@ -129,11 +136,19 @@ def record_job(
         PROP_WORKER: worker_id,
         PROP_NODES: nodes,
     }
-    props = [
-        {"section": "properties", "name": name, "value": value, "type": "str"}
-        for name, value in items.items()
-        if value
-    ]
+    props = [_prop(name, value) for name, value in items.items() if value]
+    client.send("tasks.edit_hyper_params", {"task": task_id, "hyperparams": props})
+
+
+def record_end(client: ApiClient, task_id: str, *, end: str, output: str, tail: str) -> None:
+    """Record how the job ended, its output file and that file's last lines in the
+    ``properties`` section (``job-end``, ``job-output``, ``job-output-tail``): item-wise, so
+    it races with nothing, and allowed in any task status (as clearml-server allows for
+    properties). Empty values are written too: an earlier run's tail must not stay. A re-run
+    (reset or clone) carries the earlier job's values until its own job ends: readers take
+    them only from a task in a final status (the web UI's ``present.job_output``)."""
+    items = {PROP_END: end, PROP_OUTPUT: output, PROP_OUTPUT_TAIL: tail[-MAX_MESSAGE:]}
+    props = [_prop(name, value) for name, value in items.items()]
     client.send("tasks.edit_hyper_params", {"task": task_id, "hyperparams": props})
 
 

@@ -218,6 +218,7 @@ class Tracker:
         status = str(task.get("status")) if task else "deleted"
         state = "LOST" if lost else js.state.value
         self._forget(tid)
+        out = self._record_end(entry, js, state) if task is not None else ""
         if task is None or status in taskops.FINAL_STATUSES or status == "created":
             if task is not None and js.state in KILLED_BY_SCHEDULER and _signalled(task):
                 # The executor saw only a signal (and may have said "stopped"); Slurm killed
@@ -225,7 +226,7 @@ class Tracker:
                 label = f"{self.scheduler.job_label} {job} {state}"
                 old = str(task.get("status_message") or "")
                 message = self._failure_message(
-                    entry, js, state, lead=f"{label} (the job was ended by Slurm)"
+                    entry, js, state, out, lead=f"{label} (the job was ended by Slurm)"
                 )
                 if old:
                     message += f"\nexecutor: {old}"
@@ -248,7 +249,7 @@ class Tracker:
             self.ledger.mark_finished(tid, f"job {state}; task stopped")
             log.info("task %s queue %s job %s: %s, task stopped", tid, entry.queue_name, job, state)
             return
-        message = self._failure_message(entry, js, state)
+        message = self._failure_message(entry, js, state, out)
         crashpoint("writing_final_status")
         taskops.fail(self.client, tid, f"{self.scheduler.job_label} {job} {state}", message)
         taskops.add_log(self.client, tid, message)
@@ -256,7 +257,7 @@ class Tracker:
         log.info("task %s queue %s job %s: %s, task failed", tid, entry.queue_name, job, state)
 
     def _failure_message(
-        self, entry: Entry, js: JobStatus, state: str, lead: str | None = None
+        self, entry: Entry, js: JobStatus, state: str, out: str, lead: str | None = None
     ) -> str:
         label = self.scheduler.job_label
         parts = [lead or f"{label} {entry.job_id} ended {state} before the task reported a result"]
@@ -270,25 +271,44 @@ class Tracker:
         if js.cancelled_by:
             parts.append(f"cancelled by uid {js.cancelled_by}")
         text = "; ".join(parts)
-        out = self._output_tail(entry)
         if out:
             text += "\n--- job output (tail) ---\n" + out
         return text
 
-    def _output_tail(self, entry: Entry) -> str:
+    def _record_end(self, entry: Entry, js: JobStatus, state: str) -> str:
+        """Write how the job ended and the tail of its output file on the task, whatever its
+        status (the web UI's Info tab shows them: the server cannot read the cluster's files);
+        returns the tail. Best effort: a failed write is logged, the tracking goes on."""
+        path = self._output_path(entry)
+        out = tail(path) if path is not None else ""
+        end = state
+        if js.exit_code is not None and js.exit_code != 0:
+            end += f" (exit code {js.exit_code})"
+        elif js.signal:
+            end += f" (signal {js.signal})"
+        try:
+            taskops.record_end(
+                self.client, entry.task_id, end=end, output=str(path or ""), tail=out
+            )
+        except ApiError as exc:
+            log.warning(
+                "task %s job %s: could not record its end: %s", entry.task_id, entry.job_id, exc
+            )
+        return out
+
+    def _output_path(self, entry: Entry) -> Path | None:
         script = ""
         if entry.script_path:
             try:
                 script = Path(entry.script_path).read_text(encoding="utf-8")
             except OSError:
                 script = ""
-        path = self.scheduler.output_path(
+        return self.scheduler.output_path(
             str(entry.job_id),
             job_name=job_name(entry.task_id),
             script=script,
             submit_dir=Path.cwd(),
         )
-        return tail(path) if path is not None else ""
 
     def _forget(self, tid: str) -> None:
         for d in (self._unknown_since, self._stopping_since, self._last_message, self._never_since):

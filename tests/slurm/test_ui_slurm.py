@@ -160,10 +160,28 @@ def test_task_run_by_slurm_in_the_ui(rig: Rig, ui: UiBrowser) -> None:
     ui.find(f"#enqueue-queue option[value='{rig.queue}']").click()
     ui.find("#enqueue").click()
     ui.wait_until(lambda: ui.text("#task-status") == "queued")
-    rig.wait_status(tid, ("completed", "failed", "stopped"))
+    # the page stays open: the task's end shows without a reload (live.js), then the tail of
+    # the job's output file that the submitter read on the cluster
+    ui.js("window.__notReloaded = 'yes';")
+    ui.wait_until(
+        lambda: ui.text("#task-status") in ("completed", "failed", "stopped"), 300, "task end"
+    )
     task = rig.task(tid)
     assert task["status"] == "completed", task
-    job = task["hyperparams"]["properties"]["job-id"]["value"]
+    assert ui.text("#task-status") == "completed"
+    ui.wait_until(lambda: ui.find_all("#job-output-tail"), 60, "the output tail, live")
+    assert ui.js("return window.__notReloaded === 'yes';")
+    tail = ui.text("#job-output-tail").splitlines()
+    assert "reported" in tail
+    assert "<img src=x onerror=alert(1)> hostile line" in tail
+    assert ui.find_all("#job-output-tail img") == []
+    props = {k: v["value"] for k, v in rig.task(tid)["hyperparams"]["properties"].items()}
+    job = props["job-id"]
+    assert props["job-end"] == "COMPLETED"
+    output = Path(props["job-output"])
+    assert output == rig.work / f"task-{tid}-{job}.log"
+    assert ui.text("#job-output") == str(output)
+    assert ui.text("#slurm-state") == "COMPLETED"
     # the table: the Slurm job and its final state
     ui.open(f"/tasks?queue={rig.queue}&name=slurm ui run")
     row = ui.wait(f"tr[data-task='{tid}']")

@@ -147,6 +147,12 @@ def test_task_runs_to_completion(rig: Rig) -> None:
     out = path.read_text()
     assert "hello from job for my task; $(touch pwned)" in out
     assert not (Path.cwd() / "pwned").exists()
+    # how the job ended and its output's tail, on the task (the web UI's Info tab shows them)
+    props = {k: v["value"] for k, v in rig.get(tid)["hyperparams"]["properties"].items()}
+    assert props["job-end"] == "COMPLETED"
+    assert props["job-output"] == str(path)
+    assert props["job-output-tail"].splitlines()[-1] == f"fake executor ran {tid}"
+    assert "hello from job for my task; $(touch pwned)" in props["job-output-tail"]
     finished = rig.ledger.get(tid)
     assert finished is not None
     assert finished.state == FINISHED
@@ -162,6 +168,9 @@ def test_job_ending_without_report_fails_task_with_tail(rig: Rig) -> None:
     assert "FAILED" in task["status_reason"]
     assert "exit code: 3" in task["status_message"]
     assert "job output line for no executor" in task["status_message"]
+    props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
+    assert props["job-end"] == "FAILED (exit code 3)"
+    assert props["job-output-tail"] == "job output line for no executor"
 
 
 def test_missing_template_value_fails_task_without_job(rig: Rig) -> None:

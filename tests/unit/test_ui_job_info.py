@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpcagent.server.ui.present import slurm_info
+from hpcagent.server.ui.present import job_output, slurm_info
 
 
 def _task(props: dict[str, str], runtime: dict[str, str], status: str, message: str) -> Any:
@@ -41,3 +41,28 @@ def test_pending_message_of_each_scheduler() -> None:
             "reason": "Priority",
             "nodes": "",
         }
+
+
+def test_job_end_recorded_by_the_submitter() -> None:
+    """Once the job ended the submitter's ``job-end`` is its state (with the exit code)."""
+    task = _task({"job-id": "3", "job-end": "FAILED (exit code 2)"}, {}, "failed", "boom")
+    assert slurm_info(task) == {"job": "3", "state": "FAILED", "reason": "exit code 2", "nodes": ""}
+    task = _task({"job-id": "3", "job-end": "TIMEOUT"}, {}, "failed", "")
+    assert slurm_info(task)["state"] == "TIMEOUT"
+    props = {
+        "job-id": "4",
+        "job-end": "COMPLETED",
+        "job-output": "/o/4.log",
+        "job-output-tail": "x",
+    }
+    assert job_output(_task(props, {}, "completed", "")) == {
+        "end": "COMPLETED",
+        "path": "/o/4.log",
+        "tail": "x",
+    }
+    # a re-run (reset, or a clone) carries the earlier job's end until its own job ended
+    task = _task({"job-id": "5", "job-end": "COMPLETED"}, {}, "queued", "slurm job 5: PENDING")
+    assert slurm_info(task)["state"] == "PENDING"
+    task = _task({"job-id": "5", "job-end": "COMPLETED", "job-nodes": "n"}, {}, "in_progress", "")
+    assert slurm_info(task)["state"] == "RUNNING"
+    assert job_output(task) == {"end": "", "path": "", "tail": ""}

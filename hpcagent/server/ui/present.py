@@ -18,6 +18,10 @@ _SLURM_MESSAGE = re.compile(
 )
 
 
+#: Statuses after which a task's job has ended.
+FINAL_STATUSES = frozenset({"completed", "failed", "stopped", "published", "closed"})
+
+
 def urlencode(params: dict[str, Any]) -> str:
     """A query string; list values repeat the key, empty values are left out."""
     pairs: list[tuple[str, str]] = []
@@ -53,10 +57,14 @@ def slurm_info(task: dict[str, Any]) -> dict[str, str]:
     )
     state = reason = ""
     match = _SLURM_MESSAGE.match(str(task.get("status_message") or ""))
+    end = job_output(task)["end"]
     if match:
         job = job or match.group("job")
         state = match.group("state")
         reason = match.group("reason") or ""
+    elif end:
+        state, _, rest = end.partition(" ")
+        reason = rest.strip().removeprefix("(").removesuffix(")")
     elif job:
         state = {
             "in_progress": "RUNNING",
@@ -65,6 +73,21 @@ def slurm_info(task: dict[str, Any]) -> dict[str, str]:
             "stopped": "CANCELLED",
         }.get(str(task.get("status")), "")
     return {"job": job, "state": state, "reason": reason, "nodes": nodes}
+
+
+def job_output(task: dict[str, Any]) -> dict[str, str]:
+    """``{end, path, tail}``: how the task's job ended, its output file and that file's last
+    lines, as the submitter recorded them once it saw the job end (properties ``job-end``,
+    ``job-output``, ``job-output-tail``; scheduler.base ``PROP_END``...). Empty for a task
+    not in a final status: a reset or cloned task carries its earlier job's values until its
+    own job ends."""
+    if task.get("status") not in FINAL_STATUSES:
+        return {"end": "", "path": "", "tail": ""}
+    return {
+        "end": prop(task, "job-end"),
+        "path": prop(task, "job-output"),
+        "tail": prop(task, "job-output-tail"),
+    }
 
 
 def parse_time(value: Any) -> _dt.datetime | None:
@@ -183,6 +206,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "when": when,
     "duration": duration,
     "slurm": slurm_info,
+    "job_output": job_output,
     "last_value": last_value,
     "pretty": pretty,
     "size": size,
