@@ -97,6 +97,12 @@ class ServerUnreachable(HpcAgentError):
     exit_code = 5
 
 
+class UnconfirmedCall(ServerUnreachable):
+    """A call that must not be made twice (a pop, an enqueue, a create) got no answer after
+    the request may have reached the server: it was not sent again, so whether it took effect
+    is unknown (the submitter's stranded-task sweep settles a pop that did)."""
+
+
 class CommandError(HpcAgentError):
     """An external command could not be started, did not finish in time, or failed.
 

@@ -13,9 +13,16 @@ Contract (see ``reference/clearml-api.md`` §1):
 * Connection errors, timeouts, HTTP 429 and 5xx are retried with jittered exponential backoff;
   any other 4xx fails at once. When the retry budget is spent the call raises
   :class:`~hpcagent.errors.ServerUnreachable` naming the host and the reason in a few words.
-  Long-running parts (submitter, executor, daemon) keep the patient configured budget
-  (``api.http.retries``); commands a person waits for use :data:`INTERACTIVE` (a wrong URL
-  fails within :meth:`RetryPolicy.worst_case_s` seconds).
+  The executor keeps the configured budget (``api.http.retries``); commands a person waits for
+  use :data:`INTERACTIVE` (a wrong URL fails within :meth:`RetryPolicy.worst_case_s` seconds);
+  ``hpcagent-slurm`` and ``hpcagent daemon`` call :meth:`ApiClient.wait_out_outages`: past the
+  budget a call waits for the server as long as it takes (capped backoff, one log line when it
+  goes and one when it is back, :class:`~hpcagent.outage.Outage`) until their stop event is set.
+* A call of :data:`NOT_REPEATABLE` (a pop, an enqueue, a create) is repeated only when the
+  request surely did not reach the server (no connection, HTTP 429); after a lost reply or a
+  timeout it raises :class:`~hpcagent.errors.UnconfirmedCall` instead. A pop that carries a
+  ``pop_id`` (sent only to a server that declares it, :mod:`hpcagent.api.compat`) is repeated:
+  the server answers the repeat with the same entry.
 * Missing credentials are a :class:`~hpcagent.errors.ConfigError`, found before any request.
 * Secrets and the Authorization header are never logged.
 """
@@ -34,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import orjson
 import requests
+import urllib3.exceptions
 from tenacity import (
     RetryCallState,
     RetryError,
     Retrying,
-    retry_if_exception_type,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -50,7 +57,8 @@ from hpcagent.api.projects import ProjectsService
 from hpcagent.api.queues import QueuesService
 from hpcagent.api.tasks import TasksService
 from hpcagent.api.workers import WorkersService
-from hpcagent.errors import ApiError, AuthError, ConfigError, ServerUnreachable
+from hpcagent.errors import ApiError, AuthError, ConfigError, ServerUnreachable, UnconfirmedCall
+from hpcagent.outage import Outage
 
 if TYPE_CHECKING:
     from hpcagent.config import Settings
@@ -68,14 +76,55 @@ TOKEN_REFRESH_THRESHOLD_S = 12 * 3600.0
 JSON = "application/json"
 JSON_LINES = "application/json-lines"
 
+#: Calls that change the server each time they are made (a second pop takes a second entry, a
+#: second enqueue or create adds a second one): never repeated once the request may have reached
+#: the server. ``queues.get_next_task`` with a ``pop_id`` is repeatable (:func:`repeatable`).
+NOT_REPEATABLE = frozenset(
+    {
+        "queues.get_next_task",
+        "queues.add_task",
+        "queues.move_task_forward",
+        "queues.move_task_backward",
+        "queues.create",
+        "tasks.enqueue",
+        "tasks.enqueue_many",
+        "tasks.dequeue",
+        "tasks.create",
+        "tasks.clone",
+        "projects.create",
+        "models.create",
+        "auth.create_credentials",
+    }
+)
+
+
+def repeatable(endpoint: str, body: Mapping[str, Any]) -> bool:
+    """May a call whose reply was lost be sent again? (A pop with a ``pop_id`` may.)"""
+    if endpoint == "queues.get_next_task" and body.get("pop_id"):
+        return True
+    return endpoint not in NOT_REPEATABLE
+
 
 class _Transient(Exception):
-    """A failure worth retrying: no answer, or HTTP 429/5xx (``response`` is set then)."""
+    """A failure worth retrying: no answer, or HTTP 429/5xx (``response`` is set then).
+    ``sent`` is False when the request surely never reached the server (no connection was
+    made, or HTTP 429: refused before it was handled)."""
 
-    def __init__(self, reason: str, response: requests.Response | None = None) -> None:
+    def __init__(
+        self, reason: str, response: requests.Response | None = None, *, sent: bool = True
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.response = response
+        self.sent = sent
+
+
+@dataclass
+class _Patience:
+    """What :meth:`ApiClient.wait_out_outages` set: wait until ``stop``, log via ``outage``."""
+
+    stop: threading.Event
+    outage: Outage
 
 
 @dataclass(frozen=True)
@@ -172,6 +221,21 @@ class ApiClient:
         self.projects = ProjectsService(self)
         #: What this server lacks, and the fallbacks (logged once): hpcagent.api.compat.
         self.compat = ServerCompat(self)
+        self._patience: _Patience | None = None
+
+    def wait_out_outages(self, stop: threading.Event) -> Outage:
+        """Make every call wait for the server for as long as it takes (the long-running parts).
+
+        A call first makes its quiet ``retries + 1`` attempts; then the server is logged
+        unreachable (once, by the returned :class:`Outage`, shared by every thread of this
+        client) and the call goes on trying every ``backoff_max_s`` at most, until it gets an
+        answer ("back after N s" is logged) or ``stop`` is set (it then raises
+        :class:`ServerUnreachable` at once). Non-repeatable calls stay as :data:`NOT_REPEATABLE`
+        says: they wait out a server that accepts no connection, never a lost reply.
+        """
+        outage = Outage(f"API server {self.host}", log, self.backoff_max_s)
+        self._patience = _Patience(stop, outage)
+        return outage
 
     # -- construction ------------------------------------------------------------------------
 
@@ -223,8 +287,11 @@ class ApiClient:
         version: str | None = None,
     ) -> dict[str, Any]:
         """Call ``endpoint`` (``"service.action"``) with a JSON ``body``; return envelope data."""
-        payload = orjson.dumps(dict(body or {}))
-        return self._call(endpoint, payload, JSON, method or self.method, version)
+        doc = dict(body or {})
+        payload = orjson.dumps(doc)
+        return self._call(
+            endpoint, payload, JSON, method or self.method, version, repeatable(endpoint, doc)
+        )
 
     def send_lines(
         self,
@@ -243,7 +310,7 @@ class ApiClient:
             max_bytes = EVENTS_MAX_REQ_SIZE if endpoint.startswith("events.") else self.max_req_size
         results: list[dict[str, Any]] = []
         for chunk in split_lines((orjson.dumps(dict(item)) for item in items), max_bytes):
-            results.append(self._call(endpoint, chunk, JSON_LINES, "post", None))
+            results.append(self._call(endpoint, chunk, JSON_LINES, "post", None, True))
         return results
 
     def token_claims(self) -> dict[str, Any]:
@@ -262,17 +329,24 @@ class ApiClient:
         return f"{self.host}/v{version}/{endpoint}" if version else f"{self.host}/{endpoint}"
 
     def _call(
-        self, endpoint: str, payload: bytes, content_type: str, method: str, version: str | None
+        self,
+        endpoint: str,
+        payload: bytes,
+        content_type: str,
+        method: str,
+        version: str | None,
+        repeat: bool,
     ) -> dict[str, Any]:
         url = self._url(endpoint, version)
         headers = {"Content-Type": content_type, "Authorization": self._bearer()}
-        resp = self._request(method, url, payload, headers)
+        resp = self._request(method, url, payload, headers, repeat)
         if resp.status_code == 401:
             # The token may have been revoked or the server restarted with a new secret:
-            # log in once more and repeat the call once (what both ClearML clients do).
+            # log in once more and repeat the call once (what both ClearML clients do; a 401
+            # was refused before anything was done, so this holds for every call).
             log.debug("%s answered 401; logging in again", endpoint)
             headers["Authorization"] = self._bearer(force_login=True)
-            resp = self._request(method, url, payload, headers)
+            resp = self._request(method, url, payload, headers, repeat)
         return parse_envelope(endpoint, resp)
 
     def _bearer(self, *, force_login: bool = False) -> str:
@@ -290,7 +364,7 @@ class ApiClient:
             )
         basic = base64.b64encode(f"{self._access_key}:{self._secret_key}".encode()).decode()
         headers = {"Content-Type": JSON, "Authorization": f"Basic {basic}"}
-        resp = self._request("post", f"{self.host}/auth.login", b"{}", headers)
+        resp = self._request("post", f"{self.host}/auth.login", b"{}", headers, True)
         data = parse_envelope("auth.login", resp)
         token = data.get("token")
         if not isinstance(token, str) or not token:
@@ -303,9 +377,15 @@ class ApiClient:
         self._token_refresh_at = token_refresh_time(token)
 
     def _request(
-        self, method: str, url: str, payload: bytes, headers: Mapping[str, str]
+        self, method: str, url: str, payload: bytes, headers: Mapping[str, str], repeat: bool
     ) -> requests.Response:
-        """Send one call, retrying transient failures; a non-transient answer is returned."""
+        """Send one call, retrying transient failures; a non-transient answer is returned.
+
+        ``repeat`` False (:data:`NOT_REPEATABLE`): only a failure that surely never reached the
+        server is retried; a lost reply raises :class:`UnconfirmedCall`.
+        """
+        name = url.rsplit("/", 1)[-1]
+        patience = self._patience
 
         def attempt() -> requests.Response:
             self.requests_sent += 1
@@ -314,37 +394,102 @@ class ApiClient:
                     method, url, data=payload, headers=dict(headers), timeout=self.timeout
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(_reason(exc, self.timeout)) from exc
+                raise _Transient(_reason(exc, self.timeout), sent=not _never_sent(exc)) from exc
             if _is_transient_status(resp.status_code):
-                raise _Transient(f"HTTP {resp.status_code}", resp)
+                raise _Transient(f"HTTP {resp.status_code}", resp, sent=resp.status_code != 429)
             return resp
 
+        def worth_retrying(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            return isinstance(exc, _Transient) and (repeat or not exc.sent)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            n = state.attempt_number
+            if patience is not None:
+                if n >= self.retries + 1:
+                    patience.outage.down(exc.reason if isinstance(exc, _Transient) else str(exc))
+                log.debug("%s: %s; retrying (attempt %d)", name, exc, n + 1)
+                return
+            # The first retries are routine (a server restart); only persistent trouble warns.
+            level = logging.DEBUG if n < 3 else logging.WARNING
+            log.log(
+                level, "%s: %s; retrying (attempt %d of %d)", name, exc, n + 1, self.retries + 1
+            )
+
         retrying = Retrying(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(self.retries + 1),
+            retry=worth_retrying,
+            stop=(
+                stop_after_attempt(self.retries + 1)
+                if patience is None
+                else _stop_when(patience.stop)
+            ),
             wait=_RetryAfterOr(
                 wait_random_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
                 self.backoff_max_s,
             ),
-            # The first retries are routine (a server restart); only persistent trouble warns.
-            before_sleep=lambda rs: log.log(
-                logging.DEBUG if rs.attempt_number < 3 else logging.WARNING,
-                "%s: %s; retrying (attempt %d of %d)",
-                url.rsplit("/", 1)[-1],
-                rs.outcome.exception() if rs.outcome else "?",
-                rs.attempt_number + 1,
-                self.retries + 1,
-            ),
+            sleep=_sleep_until(patience.stop) if patience is not None else time.sleep,
+            before_sleep=before_sleep,
         )
         try:
-            return retrying(attempt)
+            resp = retrying(attempt)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             reason = last.reason if isinstance(last, _Transient) else str(last)
+            tries = exc.last_attempt.attempt_number
             raise ServerUnreachable(
-                f"API server {self.host} unreachable after {self.retries + 1} attempts "
-                f"({url.rsplit('/', 1)[-1]}: {reason})"
+                f"API server {self.host} unreachable after {tries} attempt"
+                f"{'s' if tries != 1 else ''} ({name}: {reason})"
             ) from last
+        except _Transient as exc:  # not repeatable, and it may have reached the server
+            if exc.response is not None:
+                return exc.response  # the server's own error envelope (a 5xx) says what it is
+            raise UnconfirmedCall(
+                f"API server {self.host}: no answer to {name} ({exc.reason}); not sent again, "
+                "as it may have reached the server"
+            ) from exc
+        if patience is not None:
+            patience.outage.up()
+        return resp
+
+
+def _stop_when(event: threading.Event) -> Callable[[RetryCallState], bool]:
+    return lambda _state: event.is_set()
+
+
+def _sleep_until(event: threading.Event) -> Callable[[float], None]:
+    """Sleep that a set ``event`` cuts short (a stop during an outage is obeyed at once)."""
+
+    def sleep(seconds: float) -> None:
+        event.wait(seconds)
+
+    return sleep
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """No connection was made (refused, connect timeout, unknown host): the server never saw
+    the request, so even a non-repeatable call may be sent again."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        # urllib3's NewConnectionError (refused, unknown host) is a ConnectTimeoutError.
+        if isinstance(
+            cur,
+            (
+                requests.ConnectTimeout,
+                urllib3.exceptions.ConnectTimeoutError,
+                ConnectionRefusedError,
+                socket.gaierror,
+            ),
+        ):
+            return True
+        nested = [getattr(cur, "reason", None), cur.__cause__, cur.__context__, *cur.args]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+    return False
 
 
 class _RetryAfterOr:

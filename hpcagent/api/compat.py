@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEQUEUE_NEW_STATUS_API = (2, 26)
+#: The token claim listing the embedded server's extensions, and the pop-id extension's name.
+FEATURES_CLAIM = "hpcagent_features"
+POP_ID = "pop_id"
 RUNTIME_PROPERTY_ENDPOINTS = ("workers.get_runtime_properties", "workers.set_runtime_properties")
 
 
@@ -81,6 +84,22 @@ class ServerCompat:
                 exc.message,
             )
             return None
+
+    def has_feature(self, name: str) -> bool:
+        """Does the server declare the extension ``name`` (claim :data:`FEATURES_CLAIM`)?"""
+        features = self.client.token_claims().get(FEATURES_CLAIM)
+        return isinstance(features, list) and name in features
+
+    def pop_ids(self) -> bool:
+        """May a pop carry a ``pop_id``? (Otherwise it is never repeated: logged once.)"""
+        if self.has_feature(POP_ID):
+            return True
+        self.once(
+            "no-pop-id",
+            "the server keeps no pop ids: a pop whose reply is lost is not sent again; a task it "
+            "took is found by the stranded-task sweep",
+        )
+        return False
 
     def dequeue_sets_status(self) -> bool:
         """Does ``tasks.dequeue`` take ``new_status`` (API >= 2.26, or the embedded server)?"""

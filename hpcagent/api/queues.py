@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from hpcagent.api.base import Service, drop_none
@@ -61,11 +62,22 @@ class QueuesService(Service):
                     raise
         return self.by_name(name_or_id, create=create)
 
-    def get_next_task(self, queue_id: str, *, get_task_info: bool = False) -> dict[str, Any] | None:
-        """Pop the next entry ``{task, added, ...}`` of the queue; None when it is empty."""
+    def get_next_task(
+        self, queue_id: str, *, get_task_info: bool = False, pop_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """Pop the next entry ``{task, added, ...}`` of the queue; None when it is empty.
+
+        A server that keeps pop ids (``compat.pop_ids``) gets ``pop_id`` (a fresh one unless
+        given), so the client may repeat the pop after a lost reply and gets the same entry;
+        any other server gets the plain call, which the client never sends twice
+        (:class:`~hpcagent.errors.UnconfirmedCall` after a lost reply).
+        """
         body: dict[str, Any] = {"queue": queue_id}
         if get_task_info:
             body["get_task_info"] = True
+        compat = getattr(self.client, "compat", None)
+        if compat is not None and compat.pop_ids():
+            body["pop_id"] = pop_id or uuid.uuid4().hex
         data = self.call("get_next_task", body)
         entry = data.get("entry")
         if not data or not isinstance(entry, dict) or not entry.get("task"):

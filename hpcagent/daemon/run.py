@@ -136,14 +136,16 @@ def run_daemon(
 ) -> None:
     """Run until SIGTERM/SIGINT; then cancel this daemon's running tasks and settle them.
 
-    A server that cannot be reached does not end the daemon: it waits and tries again
-    (its tasks keep running and buffer their logs meanwhile).
+    A server that cannot be reached does not end the daemon: every call waits for it
+    (:meth:`ApiClient.wait_out_outages`; its tasks keep running and buffer their logs
+    meanwhile), and a stop during the wait is obeyed at once.
     """
     busy = (
         f"a daemon with worker id {req.worker_id} already runs ({req.state_dir}); --stop stops it"
     )
     with single_instance(req.state_dir, DAEMON_FILES, busy) as stop:
         client = ApiClient.from_settings(settings, worker=req.worker_id)
+        client.wait_out_outages(stop)  # one line when the server goes, one when it is back
         try:
             _serve(settings, req, client, stop, report_extra, hpcagent_argv)
         finally:
@@ -209,12 +211,11 @@ def _serve(
     )
     try:
         submitter.start()
-        while not stop.is_set():
-            try:
-                submitter.run(stop)
-            except ServerUnreachable as exc:
-                log.warning("server unreachable (%s); trying again", exc)
-                stop.wait(max(5.0, req.poll_interval_s))
+        submitter.run(stop)
+    except ServerUnreachable as exc:  # only a stop ends a wait for the server
+        if not stop.is_set():
+            raise
+        log.info("stopped while the server was away (%s)", exc)
     finally:
         stop_running(submitter, scheduler, req.stop_wait_s)
         try:

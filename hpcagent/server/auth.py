@@ -39,6 +39,9 @@ SERVER_VERSION = "1.17.0"
 DEFAULT_TOKEN_LIFETIME_S = 30 * 24 * 3600
 MIN_TOKEN_LIFETIME_S = 24 * 3600
 MAX_TOKEN_LIFETIME_S = 365 * 24 * 3600
+#: Extensions of the ClearML API this server has (claim ``hpcagent_features``): ``pop_id``,
+#: a repeatable ``queues.get_next_task`` (routes/queues.py).
+FEATURES = ("pop_id",)
 _CACHE_MAX = 4096
 
 ENV_ACCESS_KEY = "HPCAGENT_SERVER_ACCESS_KEY"
@@ -180,6 +183,8 @@ class Authenticator:
             "server_version": SERVER_VERSION,
             "server_build": "hpcagent",
             "feature_set": "basic",
+            # hpcagent's extensions, for its own client (api/compat.py); others ignore it.
+            "hpcagent_features": list(FEATURES),
             "identity": {
                 "user": self.user_id,
                 "company": "hpcagent",

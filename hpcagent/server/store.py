@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS queue_entries (
     added TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_entries_queue ON queue_entries(queue, seq);
 CREATE INDEX IF NOT EXISTS queue_entries_task ON queue_entries(task);
+-- queues.get_next_task's pop ids (an hpcagent extension, routes/queues.py): a pop repeated with
+-- the same id answers the entry the first one took, so a client may resend a pop whose reply it
+-- lost. Kept POP_ID_KEEP_S.
+CREATE TABLE IF NOT EXISTS pops (
+    pop_id TEXT PRIMARY KEY, queue TEXT NOT NULL, task TEXT NOT NULL, added TEXT NOT NULL,
+    at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS pops_at ON pops(at);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, last_activity REAL NOT NULL, doc BLOB NOT NULL);
 -- The machine_stats of workers.status_report, a bounded history per worker (worker_stats.py).
@@ -78,6 +85,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_scalar_point ON events(task, metric, va
 """
 
 CHECKPOINT_INTERVAL_S = 0.5
+#: How long a pop id is remembered (a client repeats a pop within minutes; a day is plenty).
+POP_ID_KEEP_S = 24 * 3600.0
 #: Task fields that are columns, so tasks.get_all can sort and page them in SQL.
 TASK_SORT_COLUMNS = frozenset(
     {"id", "name", "project", "status", "created", "started", "last_update"}
@@ -453,6 +462,21 @@ class Store:
             return None
         self.conn.execute("DELETE FROM queue_entries WHERE seq=?", (row[0],))
         return str(row[1]), str(row[2])
+
+    def recorded_pop(self, pop_id: str) -> tuple[str, str, str] | None:
+        """``(queue, task, added)`` of the pop made with ``pop_id``, if one was."""
+        row = self.conn.execute(
+            "SELECT queue, task, added FROM pops WHERE pop_id=?", (pop_id,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+    def record_pop(self, pop_id: str, queue_id: str, task_id: str, added: str, now: float) -> None:
+        """Remember a pop (call inside write(), with the pop); forget the expired ones."""
+        self.conn.execute("DELETE FROM pops WHERE at<?", (now - POP_ID_KEEP_S,))
+        self.conn.execute(
+            "INSERT INTO pops(pop_id, queue, task, added, at) VALUES (?,?,?,?,?)",
+            (pop_id, queue_id, task_id, added, now),
+        )
 
     # ---- workers -----------------------------------------------------------------------------
 

@@ -33,11 +33,15 @@ from typing import Any
 from hpcagent.api import ApiClient, spool
 from hpcagent.errors import (
     ApiError,
+    HpcAgentError,
     ImagePullError,
+    SchedulerError,
+    ServerUnreachable,
     SubmitError,
     SubmitLimitError,
     TemplateError,
     TransientSchedulerError,
+    UnconfirmedCall,
 )
 from hpcagent.scheduler.base import JobStatus, Scheduler
 from hpcagent.submitter import taskops
@@ -45,6 +49,7 @@ from hpcagent.submitter.blocks import render_for
 from hpcagent.submitter.ledger import PULLED, RENDERED, Entry, Ledger
 from hpcagent.submitter.options import QueueRef, SubmitterOptions, job_name, legacy_job_name
 from hpcagent.submitter.outputs import write_script
+from hpcagent.submitter.stranded import StrandedSweep
 from hpcagent.submitter.track import Tracker, crashpoint
 from hpcagent.submitter.worktime import force_from_properties, force_from_tags, may_pull
 from hpcagent.templating import NameCache, api_fetch
@@ -97,6 +102,9 @@ class Submitter:
         self.names = NameCache(api_fetch(client.send))  # project/queue names for templates
         self._orphans: threading.Thread | None = None
         self._orphans_next = 0.0
+        self.stranded = StrandedSweep(
+            client, ledger, scheduler, options.queues, options.worker_id, options.stranded_grace_s
+        )
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -109,15 +117,20 @@ class Submitter:
         self.ledger.prune(7 * 24 * 3600.0)  # settled rows are kept a week for --status/debugging
 
     def shutdown(self) -> None:
-        """Finish deferred writes and unregister (jobs keep running; a restart re-adopts them)."""
+        """Finish deferred writes and unregister (jobs keep running; a restart re-adopts them).
+
+        A server that is away does not hold the stop up: the worker entry then just expires.
+        """
         self.tracker.close()
         try:
             self.client.send(
                 "workers.unregister",
                 {"worker": self.opts.worker_id, "queues": [q.id for q in self.opts.queues]},
             )
-        except ApiError:
-            log.debug("unregister failed", exc_info=True)
+        except HpcAgentError as exc:
+            log.info(
+                "could not unregister %s (%s); its worker entry expires", self.opts.worker_id, exc
+            )
 
     def run(self, stop: threading.Event, max_cycles: int | None = None) -> None:
         """Run until ``stop`` is set (or ``max_cycles`` tracking rounds ran).
@@ -126,10 +139,16 @@ class Submitter:
         ``pull_interval_s`` (a cheap server call, so a new task is submitted within a
         fraction of a second), Slurm is asked about jobs every ``poll_interval_s`` (one
         batched command whatever the number of jobs). A pull that hit the per-round cap
-        goes on at once.
+        goes on at once. Tasks left queued without a queue entry are looked for every
+        ``stranded_check_s`` (:class:`StrandedSweep`).
+
+        A server or scheduler error ends the round, never the loop; with a client that waits
+        out outages (:meth:`ApiClient.wait_out_outages`) a call returns once the server is
+        back, and only a stop makes it raise :class:`ServerUnreachable` (that ends the loop).
         """
         cycles = 0
         next_track = 0.0
+        next_sweep = 0.0
         while not stop.is_set():
             now = time.monotonic()
             busy = False
@@ -140,8 +159,11 @@ class Submitter:
                     self.report()
                     next_track = now + self.opts.poll_interval_s
                     cycles += 1
+                if now >= next_sweep:
+                    next_sweep = now + self.opts.stranded_check_s
+                    self.stranded.sweep()
                 busy = self.pull() >= self.opts.max_pulls_per_cycle
-            except ApiError as exc:
+            except (ApiError, UnconfirmedCall, SchedulerError) as exc:
                 log.warning("cycle failed: %s", exc)
             if max_cycles is not None and cycles >= max_cycles:
                 break
@@ -306,7 +328,14 @@ class Submitter:
                     open_queues.remove(q)
                     continue
                 self.ledger.set_popping(q.id)
-                entry = self.client.queues.get_next_task(q.id)
+                try:
+                    entry = self.client.queues.get_next_task(q.id)
+                except UnconfirmedCall as exc:
+                    # A real ClearML server may have popped a task for a reply we never got:
+                    # the stranded-task sweep puts it back (never a second blind pop).
+                    self.ledger.clear_popping()
+                    log.warning("queue %s: %s; the stranded-task sweep settles it", q.name, exc)
+                    return submitted
                 if entry is None:
                     self.ledger.clear_popping()
                     open_queues.remove(q)
@@ -332,9 +361,35 @@ class Submitter:
         sbatch → submitted. A task that cannot be rendered or that sbatch rejects fails with
         the reason; a submit limit or a scheduler that does not answer puts the task back at
         the head of its queue and pauses pulling (unless the job turns out to exist).
+
+        Whatever the task record holds, this task ends here and the queue goes on: anything
+        it makes go wrong (a ``container`` that is a string, a field of the wrong type, ...)
+        fails the task with the reason, never the submitter. Only a stop during a server
+        outage (:class:`ServerUnreachable`) leaves the row ``pulled`` for the restart.
         """
         self.ledger.record_pulled(task_id, q.id, q.name)
         log.info("task %s queue %s: pulled", task_id, q.name)
+        try:
+            return self._submit(task_id, q)
+        except ServerUnreachable:
+            raise
+        except SchedulerError as exc:
+            return self._back_off(task_id, q, f"scheduler error: {exc}", transient=True)
+        except ApiError as exc:
+            why = f"the server refused a call about this task: {exc}"
+        except Exception as exc:  # a task record no one foresaw: it must not stop the queue
+            log.exception("task %s queue %s: cannot be handled", task_id, q.name)
+            why = f"hpcagent-slurm cannot handle this task record ({type(exc).__name__}: {exc})"
+        try:
+            return self._fail(task_id, q, "invalid task", why)
+        except ApiError as exc:
+            self.ledger.mark_finished(task_id, f"abandoned: {_one_line(why)}")
+            log.warning(
+                "task %s queue %s: %s; could not fail it either: %s", task_id, q.name, why, exc
+            )
+            return Outcome.FAILED
+
+    def _submit(self, task_id: str, q: QueueRef) -> Outcome:
         task = taskops.get_task(self.client, task_id)
         if task is None or task.get("status") != "queued":
             status = task.get("status") if task else "deleted"

@@ -62,6 +62,10 @@ class SubmitterOptions:
     limit_backoff_s: float = 60.0
     lost_grace_s: float = 300.0
     stop_grace_s: float = 30.0
+    #: A task ``queued`` with no queue entry (a lost pop, submitter/stranded.py) is put back
+    #: when two sweeps at least this far apart saw it so; sweeps run every ``stranded_check_s``.
+    stranded_grace_s: float = 120.0
+    stranded_check_s: float = 60.0
     #: A job that pends for a reason meaning it can never start (``never_runs``) is cancelled
     #: and its task failed with that reason after this long; 0 keeps it pending (its task's
     #: status message shows the reason).

@@ -17,6 +17,7 @@ from typing import Any
 from hpcagent import __version__
 from hpcagent.api import ApiClient
 from hpcagent.config import Settings
+from hpcagent.errors import ServerUnreachable
 from hpcagent.scheduler import registry
 from hpcagent.scheduler.base import Scheduler
 from hpcagent.submitter import taskops
@@ -83,14 +84,57 @@ def dry_run(
 
 
 def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any]) -> None:
-    """Build everything and run until SIGTERM/SIGINT."""
+    """Build everything and run until SIGTERM/SIGINT.
+
+    From the moment it holds its state folder the submitter waits out any outage of the
+    server (:meth:`ApiClient.wait_out_outages`: one line when it goes, one when it is back),
+    also while it resolves its queues at start; ``--dry-run`` fails fast instead.
+    """
     client = ApiClient.from_settings(settings, worker=req.worker_id)
+    if req.dry_run:
+        dry_run(client, settings, submitter_options(client, settings, req), echo)
+        return
+    busy = f"another hpcagent-slurm uses {req.state_dir} (see --status; --stop stops it)"
+    with single_instance(req.state_dir, SUBMITTER_FILES, busy) as stop:
+        client.wait_out_outages(stop)
+        opts = submitter_options(client, settings, req)
+        ledger = Ledger(req.state_dir / "ledger.sqlite")
+        scheduler = make_scheduler(req.scheduler_kind, req.state_dir)
+        submitter = Submitter(client, scheduler, ledger, opts, settings.get)
+        log_start(settings, req, opts, scheduler)
+        write_serving(req.state_dir, opts)
+        try:
+            submitter.start()
+            log.info(
+                "re-adopted %d job(s) from the last run; serving",
+                sum(1 for e in ledger.live() if e.job_id),
+            )
+            submitter.run(stop)
+        except ServerUnreachable as exc:
+            if not stop.is_set():
+                raise
+            log.info("stopped while the server was away (%s)", exc)
+        finally:
+            submitter.shutdown()
+            live = sum(1 for e in ledger.live() if e.job_id)
+            ledger.close()
+            (req.state_dir / SERVING_FILE).unlink(missing_ok=True)
+            log.info(
+                "hpcagent-slurm stopped (pid %d); %d job(s) keep running and are re-adopted by "
+                "the next start",
+                os.getpid(),
+                live,
+            )
+
+
+def submitter_options(client: ApiClient, settings: Settings, req: RunRequest) -> SubmitterOptions:
+    """The queues resolved with the server (by name or id) and the options of the request."""
     queues = []
     for name, template in req.pairs:
         q = client.queues.resolve(name)
         queues.append(QueueRef(id=str(q["id"]), name=str(q.get("name") or name), template=template))
     poll = req.poll_interval_s or float(settings.slurm.poll_interval_s)
-    opts = SubmitterOptions(
+    return SubmitterOptions(
         queues=queues,
         state_dir=req.state_dir,
         worker_id=req.worker_id,
@@ -109,34 +153,6 @@ def run_submitter(settings: Settings, req: RunRequest, echo: Callable[[str], Any
         report_extra=req.report_extra,
         log_spool_root=settings.agent.venvs_dir,
     )
-    if req.dry_run:
-        dry_run(client, settings, opts, echo)
-        return
-    busy = f"another hpcagent-slurm uses {req.state_dir} (see --status; --stop stops it)"
-    with single_instance(req.state_dir, SUBMITTER_FILES, busy) as stop:
-        ledger = Ledger(req.state_dir / "ledger.sqlite")
-        scheduler = make_scheduler(req.scheduler_kind, req.state_dir)
-        submitter = Submitter(client, scheduler, ledger, opts, settings.get)
-        log_start(settings, req, opts, scheduler)
-        write_serving(req.state_dir, opts)
-        try:
-            submitter.start()
-            log.info(
-                "re-adopted %d job(s) from the last run; serving",
-                sum(1 for e in ledger.live() if e.job_id),
-            )
-            submitter.run(stop)
-        finally:
-            submitter.shutdown()
-            live = sum(1 for e in ledger.live() if e.job_id)
-            ledger.close()
-            (req.state_dir / SERVING_FILE).unlink(missing_ok=True)
-            log.info(
-                "hpcagent-slurm stopped (pid %d); %d job(s) keep running and are re-adopted by "
-                "the next start",
-                os.getpid(),
-                live,
-            )
 
 
 #: The queues a running submitter serves (``--status`` reads it; removed when it stops).

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcagent.api import ApiClient
-from hpcagent.errors import ApiError, SchedulerError
+from hpcagent.errors import ApiError, SchedulerError, ServerUnreachable
 from hpcagent.scheduler.base import (
     KILLED_BY_SCHEDULER,
     JobState,
@@ -130,6 +130,10 @@ class Tracker:
                     to_cancel.append(entry)
             except ApiError as exc:
                 log.warning("task %s job %s: server call failed: %s", entry.task_id, js.job_id, exc)
+            except ServerUnreachable:
+                raise
+            except Exception:  # one odd task record must not stop the others' tracking
+                log.exception("task %s job %s: cannot be followed", entry.task_id, js.job_id)
         if to_cancel:
             self._cancel(to_cancel, tasks)
 
@@ -150,6 +154,11 @@ class Tracker:
 
         if js.state.is_terminal:
             self._finish(entry, js, task)
+            return False
+        if js.source == "cache":
+            # The scheduler did not answer (slurmctld or slurmdbd away): not knowing is not
+            # "gone", so the lost clock starts only once it answers "not found".
+            self._unknown_since.pop(tid, None)
             return False
         first = self._unknown_since.setdefault(tid, time.monotonic())
         if time.monotonic() - first >= self.opts.lost_grace_s:

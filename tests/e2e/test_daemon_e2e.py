@@ -463,13 +463,17 @@ def test_daemon_survives_a_server_restart(rig: Rig) -> None:
     )
     rig.server.stop()
     log = rig.tmp / "daemon-0.log"
-    wait_for(lambda: "server unreachable" in log.read_text(), timeout=120)
+    wait_for(lambda: "unreachable since" in log.read_text(), timeout=120)
     assert proc.poll() is None
     rig.server.start()
     rig.server._token = None  # a restarted server: log in again
     tid = rig.task("blip", "after")
     rig.wait_done([tid])
     assert rig.env_line(tid)["WID"] == wid
+    text = log.read_text()
+    # one line when the server went, one when it came back; none per attempt
+    assert text.count("unreachable since") == 1, text
+    assert text.count("back after") == 1, text
 
 
 def test_aborted_task_gives_its_gpus_back(rig: Rig) -> None:

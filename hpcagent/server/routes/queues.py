@@ -4,6 +4,7 @@ add_task, remove_task, get_num_entries, move_task_to_front / to_back / forward /
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,24 +94,50 @@ def delete(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"deleted": 1}
 
 
+#: Longest ``pop_id`` accepted.
+MAX_POP_ID = 128
+
+
 def get_next_task(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Atomically pop the oldest entry: ``{entry: {task, added}}`` or ``{}`` when empty.
 
     The pop does not change the task's status (like clearml-server). Entries whose task has
-    been deleted are dropped and skipped.
+    been deleted are dropped and skipped. ``pop_id`` (an hpcagent extension, declared in the
+    token's ``hpcagent_features``): a pop repeated with the same id answers the entry the first
+    one took and pops nothing (the client lost the first reply); the same id on another queue
+    is 400/12.
     """
     queue_id = req_str(body, "queue")
+    pop_id = opt_str(body, "pop_id")
+    if pop_id is not None and not 0 < len(pop_id) <= MAX_POP_ID:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: pop_id must have 1 to {MAX_POP_ID} characters",
+            {"field": "pop_id"},
+        )
     with ctx.store.write():
         ctx.store.get_queue(queue_id)
-        while True:
-            popped = ctx.store.pop_entry(queue_id)
-            if popped is None:
-                return {}
-            task_id, added = popped
-            if ctx.store.task_exists(task_id):
-                break
+        seen = ctx.store.recorded_pop(pop_id) if pop_id else None
+        if seen is not None:
+            if seen[0] != queue_id:
+                raise ApiFault(
+                    VALIDATION,
+                    "Validation error: pop_id was used for another queue",
+                    {"field": "pop_id"},
+                )
+            task_id, added = seen[1], seen[2]
+        else:
+            while True:
+                popped = ctx.store.pop_entry(queue_id)
+                if popped is None:
+                    return {}
+                task_id, added = popped
+                if ctx.store.task_exists(task_id):
+                    break
+            if pop_id:
+                ctx.store.record_pop(pop_id, queue_id, task_id, added, time.time())
     reply: dict[str, Any] = {"entry": {"task": task_id, "added": added}}
-    if opt_bool(body, "get_task_info"):
+    if opt_bool(body, "get_task_info") and ctx.store.task_exists(task_id):
         task = ctx.store.get_task(task_id)
         reply["task_info"] = {"company": task.get("company"), "user": task.get("user")}
     return reply
