@@ -78,9 +78,25 @@ def split_arguments(arguments: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(a) for a in arguments)
 
 
+def task_container(task: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The task's ``container`` section ({} when it has none). Anything but an object (a clone
+    made with ``new_task_container`` as a string, an old or hand-edited record) is a
+    :class:`ContainerError` that names it, so that the task fails with that reason."""
+    container = task.get("container")
+    if container is None or container == "":
+        return {}
+    if not isinstance(container, Mapping):
+        raise ContainerError(
+            f"the task's container field is a {type(container).__name__} "
+            f"({str(container)[:80]!r}), not an object with image/arguments; set it with "
+            "'hpcagent task edit --container IMAGE'"
+        )
+    return container
+
+
 def task_image(task: Mapping[str, Any], cfg: ContainerSettings) -> str:
     """The task's ``container.image``, else ``agent.default_docker.image`` ("" when neither)."""
-    container = task.get("container") or {}
+    container = task_container(task)
     return str(container.get("image") or "").strip() or cfg.default_image.strip()
 
 
@@ -92,7 +108,7 @@ def request_for_task(
     ``override_image`` (``--container IMAGE`` / ``--docker IMAGE``) wins. Returns None when no
     image is set anywhere. The default arguments apply only with the default image.
     """
-    container = task.get("container") or {}
+    container = task_container(task)
     image = str(override_image or container.get("image") or "").strip()
     if image:
         return ContainerRequest(image, split_arguments(container.get("arguments")))

@@ -234,6 +234,28 @@ def env_int(env: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+#: Variables that carry credentials (the layered configuration reads them: config/loader.py).
+SECRET_ENV = frozenset(
+    {
+        "CLEARML_API_ACCESS_KEY",
+        "CLEARML_API_SECRET_KEY",
+        "CLEARML_AGENT_GIT_USER",
+        "CLEARML_AGENT_GIT_PASS",
+        "HPCAGENT_SERVER_ACCESS_KEY",
+        "HPCAGENT_SERVER_SECRET_KEY",
+    }
+)
+_SECRET_WORDS = ("SECRET", "PASS", "TOKEN", "CREDENTIAL", "ACCESS_KEY")
+
+
+def is_secret_env(name: str) -> bool:
+    """A credential: one of :data:`SECRET_ENV`, or a ``CLEARML_AGENT__…`` override of a key
+    whose name says it is one (``…__SECRET_KEY``, ``…__GIT_PASS``, ``…__TOKEN``)."""
+    if name in SECRET_ENV:
+        return True
+    return name.startswith("CLEARML_AGENT__") and any(w in name for w in _SECRET_WORDS)
+
+
 class Scheduler(abc.ABC):
     """Submit, track and cancel batch jobs. See the module docstring for the contract."""
 
@@ -280,12 +302,16 @@ class Scheduler(abc.ABC):
     @classmethod
     def clean_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """A copy of ``environ`` (default: this process's) without the variables this scheduler
-        sets in a job (``job_env_prefixes`` except ``job_env_keep``)."""
+        sets in a job (``job_env_prefixes`` except ``job_env_keep``) and without hpcagent's and
+        ClearML's credentials (:func:`is_secret_env`): what the backend's commands get, so what
+        a job inherits (sbatch/qsub export it, and Slurm keeps it with the job). A job reads
+        its credentials from the 0600 configuration file that ``CLEARML_CONFIG_FILE`` names."""
         src = os.environ if environ is None else environ
         return {
             k: v
             for k, v in src.items()
-            if k in cls.job_env_keep or not k.startswith(cls.job_env_prefixes)
+            if (k in cls.job_env_keep or not k.startswith(cls.job_env_prefixes))
+            and not is_secret_env(k)
         }
 
     @abc.abstractmethod

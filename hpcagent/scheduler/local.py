@@ -165,7 +165,7 @@ class LocalScheduler(Scheduler):
             job_id = str(self._next_id)
             self._next_id += 1
             out_dir = self.output_dir or script.parent
-            out_dir.mkdir(parents=True, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             job = _LocalJob(job_id, job_name, script, out_dir / f"{job_name}-{job_id}.out")
             self._jobs[job_id] = job
             self._save()  # before it starts: a restart knows every job that may run
@@ -254,7 +254,9 @@ class LocalScheduler(Scheduler):
         env["HPCAGENT_JOB_ID"] = job.job_id
         env["HPCAGENT_JOB_NAME"] = job.name
         env["HPCAGENT_JOB_STATUS_FILE"] = str(job.status_file)
-        with open(job.output, "ab") as out:
+        # the job's output is the task's console: the owner's only (0600, in a 0700 folder)
+        fd = os.open(job.output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
             job.proc = start_process(
                 [self._bash, str(job.script)], stdout=out, env=env, cwd=job.script.parent
             )

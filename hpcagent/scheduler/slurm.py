@@ -66,6 +66,8 @@ from hpcagent.scheduler.slurm_parse import (
 log = logging.getLogger(__name__)
 
 _ACCOUNTING_DISABLED = "accounting storage is disabled"
+#: The umask of a job's output files and of the job itself (owner only).
+JOB_UMASK = "0077"
 _GONE_PATTERNS = ("invalid job id", "already completing or completed", "job has finished")
 _OUTPUT = re.compile(r"^#SBATCH\s+(?:--output[=\s]|-o\s*)(\S+)", re.MULTILINE)
 _CHDIR = re.compile(r"^#SBATCH\s+(?:--chdir[=\s]|-D\s*)(\S+)", re.MULTILINE)
@@ -173,13 +175,13 @@ class SlurmScheduler(Scheduler):
         self.last_cluster: str | None = None
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, argv: Sequence[str]) -> CommandResult:
+    def _run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> CommandResult:
         """One Slurm command; a timeout is transient, a command that cannot start a
         :class:`SchedulerError` (the scheduler's callers classify only those)."""
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
         try:
-            return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env)
+            return self._run_cmd(argv, timeout=self.command_timeout_s, env=env or self._env)
         except SchedulerError:
             raise
         except CommandTimeout as exc:
@@ -219,7 +221,9 @@ class SlurmScheduler(Scheduler):
         raise AssertionError("unreachable")  # pragma: no cover - Retrying reraises
 
     def _sbatch_once(self, argv: Sequence[str]) -> str:
-        res = self._run(argv)
+        # SLURM_UMASK: the umask slurmstepd creates the job's --output/--error files with
+        # (and the job runs with): readable by the submitting user only.
+        res = self._run(argv, {**self._env, "SLURM_UMASK": JOB_UMASK})
         parsed = parse_sbatch_output(res.stdout)
         if res.ok and parsed is not None:
             if res.stderr.strip():

@@ -377,6 +377,8 @@ class Submitter:
             return self._back_off(task_id, q, f"scheduler error: {exc}", transient=True)
         except ApiError as exc:
             why = f"the server refused a call about this task: {exc}"
+        except HpcAgentError as exc:  # e.g. ContainerError: a container field that is no object
+            why = f"invalid task record: {exc}"
         except Exception as exc:  # a task record no one foresaw: it must not stop the queue
             log.exception("task %s queue %s: cannot be handled", task_id, q.name)
             why = f"hpcagent-slurm cannot handle this task record ({type(exc).__name__}: {exc})"
