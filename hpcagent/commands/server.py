@@ -8,6 +8,7 @@ import click
 
 from hpcagent.commands.longrunning import services_mode_option
 from hpcagent.commands.services_agent import DEFAULT_SERVICES_QUEUE, ServicesAgent
+from hpcagent.server.connections import ConnectionLimits
 from hpcagent.server.files import FilesLimits
 from hpcagent.server.runner import (
     DEFAULT_DATA_DIR,
@@ -74,6 +75,28 @@ from hpcagent.server.runner import (
     help="The queue of --services-agent (created when missing).",
 )
 @click.option(
+    "--max-connections",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Open connections at most (0: 4096); always kept 128 below the descriptor limit. "
+    "A connection over it is answered 503.",
+)
+@click.option(
+    "--header-timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds a client has to send a request's headers; else 408 and closed.",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds a request body may pause between two chunks; else the connection is closed.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -90,6 +113,9 @@ def server_cmd(
     files_min_free_mb: float,
     services_agent: int | None,
     services_queue: str,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
     log_level: str,
 ) -> None:
     """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR).
@@ -104,6 +130,10 @@ def server_cmd(
         raise click.UsageError("--max-body-mb must be positive")
     if files_max_mb < 0 or files_min_free_mb < 0:
         raise click.UsageError("--files-max-mb and --files-min-free-mb must not be negative")
+    if max_connections < 0 or header_timeout <= 0 or body_timeout <= 0:
+        raise click.UsageError(
+            "--max-connections must not be negative, --header-timeout/--body-timeout positive"
+        )
     companions = []
     if services_agent is not None:
         companions.append(_services_agent(data_dir, services_queue, services_agent))
@@ -121,6 +151,11 @@ def server_cmd(
                 min_free_bytes=int(files_min_free_mb * 1024 * 1024),
             ),
             companions=companions,
+            limits=ConnectionLimits(
+                header_timeout_s=header_timeout,
+                body_timeout_s=body_timeout,
+                max_connections=max_connections or None,
+            ),
         )
     )
 

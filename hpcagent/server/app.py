@@ -6,8 +6,11 @@ query string is merged into the JSON body; every reply is the ``{"meta": ..., "d
 envelope with HTTP status == ``meta.result_code``. Client mistakes never produce a 5xx (the
 ClearML SDK retries those forever); an unexpected bug answers 500.
 
-Handlers are plain synchronous functions ``(ctx, body) -> data`` that run in the event loop, so
-the single SQLite connection is used serially and each request is atomic.
+Handlers are plain synchronous functions ``(ctx, body) -> data``. They run one at a time in the
+server's one database thread (:meth:`ServerApp.in_db`), so the single SQLite connection is used
+serially and each request is atomic, while the event loop stays free: it keeps accepting
+connections, reading bodies, answering ``debug.ping`` and ``auth.login`` and enforcing the
+connection limits (:mod:`hpcagent.server.connections`) however long a query takes.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -42,6 +47,7 @@ from hpcagent.server.files_http import FilesHttp
 from hpcagent.server.store import Store
 
 log = logging.getLogger("hpcagent.server")
+T = TypeVar("T")
 
 _PATH_RE = re.compile(r"^/?(v(?P<ver>\d+\.?\d+)/)?(?P<ep>[A-Za-z_]\w+\.[A-Za-z_]\w+)/?$")
 DEFAULT_MAX_BODY = 15 * 1024 * 1024
@@ -175,6 +181,9 @@ class ServerApp:
         self.max_body = max_body
         self.debug_errors = debug_errors
         self.routes = all_routes()
+        # The store's one thread; db_lock also serialises the web UI's in-process calls.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpcagent-db")
+        self.db_lock = threading.Lock()
         files_routes = FilesHttp(files, auth).routes() if files is not None else []
         from hpcagent.server.ui import ui_routes  # the web UI, on the same port
 
@@ -187,6 +196,15 @@ class ServerApp:
             lifespan=self._lifespan,
         )
 
+    async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the database thread (under :attr:`db_lock`), awaited from the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, self._locked, fn, *args)
+
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.db_lock:
+            return fn(*args)
+
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(self._sweep_files()) if self.files is not None else None
@@ -194,7 +212,8 @@ class ServerApp:
         if sweeper is not None:
             sweeper.cancel()
         # Graceful shutdown: every request committed already; checkpoint and close.
-        self.store.close()
+        await self.in_db(self.store.close)
+        self._db_thread.shutdown(wait=True)
         log.info("database closed")
 
     async def _sweep_files(self) -> None:
@@ -203,9 +222,13 @@ class ServerApp:
         while True:
             await asyncio.sleep(FILE_SWEEP_INTERVAL_S)
             try:
-                self.files.delete_urls(self.store.take_due_file_deletions(time.time()))
+                await self.in_db(self._delete_due_files)
             except Exception:  # never let the sweeper die; it retries next round
                 log.exception("deleting the files of deleted tasks/models failed")
+
+    def _delete_due_files(self) -> None:
+        assert self.files is not None
+        self.files.delete_urls(self.store.take_due_file_deletions(time.time()))
 
     async def _read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -249,9 +272,14 @@ class ServerApp:
             )
         try:
             raw = await self._read_body(request)
-            return self._dispatch(request, endpoint, requested, handler, raw)
+            if endpoint in PUBLIC_ENDPOINTS:  # no database: answered by the loop itself
+                return self._dispatch(request, endpoint, requested, handler, raw)
+            return await self.in_db(self._dispatch, request, endpoint, requested, handler, raw)
         except ApiFault as fault:
             return _fault_envelope(endpoint, requested, fault)
+        except ClientDisconnect:  # gone (or timed out) mid-body: one line, nothing to answer
+            log.info("%s: the client went away before its request body was complete", endpoint)
+            return Response(status_code=400)
 
     def _dispatch(
         self, request: Request, endpoint: str, requested: str, handler: Handler, raw: bytes

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -141,11 +142,16 @@ class FilesHttp:
         collector = _PartCollector(self.files)
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
         try:
+            # Parsing writes the file: in a worker thread, so a slow disk never holds the loop.
             async for chunk in request.stream():
-                parser.write(chunk)
-            parser.finalize()
+                await run_in_threadpool(parser.write, chunk)
+            await run_in_threadpool(parser.finalize)
         except FilesFault:
             raise
+        except ClientDisconnect as exc:  # a client that died mid-upload: one line, no trace
+            part = collector.current.relpath if collector.current is not None else "-"
+            log.info("upload aborted (the client went away) in %s; nothing stored of it", part)
+            raise FilesFault(400, "Upload aborted") from exc
         except Exception as exc:  # a malformed body: the parser's own error
             raise FilesFault(400, f"Malformed multipart body: {exc}") from exc
         finally:
@@ -159,9 +165,9 @@ class FilesHttp:
         try:
             self._authenticate(request)
             if request.method == "DELETE":
-                self.files.delete(path)
+                await run_in_threadpool(self.files.delete, path)
                 return _json(path)
-            return FileResponse(self.files.open_file(path))
+            return FileResponse(await run_in_threadpool(self.files.open_file, path))
         except FilesFault as fault:
             return PlainTextResponse(fault.message, status_code=fault.status)
 
@@ -177,7 +183,7 @@ class FilesHttp:
                 raise FilesFault(400, "files are missing")
             if not all(isinstance(f, str) for f in files):
                 raise FilesFault(400, "files must be strings")
-            deleted, errors = self.files.delete_many(files)
+            deleted, errors = await run_in_threadpool(self.files.delete_many, files)
             return _json({"deleted": deleted, "errors": errors})
         except FilesFault as fault:
             return PlainTextResponse(fault.message, status_code=fault.status)

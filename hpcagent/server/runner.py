@@ -29,6 +29,12 @@ from hpcagent.server.auth import (
     load_or_create_credentials,
     load_or_create_jwt_secret,
 )
+from hpcagent.server.connections import (
+    ConnectionLimits,
+    connection_cap,
+    guarded_protocol,
+    raise_descriptor_limit,
+)
 from hpcagent.server.files import FilesLimits, FileStore
 from hpcagent.server.store import Store
 
@@ -63,6 +69,7 @@ class ServerOptions:
     log_level: str = "info"
     files_limits: FilesLimits = field(default_factory=FilesLimits)
     companions: Sequence[Companion] = ()
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class _Server(uvicorn.Server):
@@ -198,8 +205,10 @@ def serve(options: ServerOptions, out: TextIO | None = None) -> None:
         url = public_url(options.host, options.port)
         if creds.generated:
             announce_credentials(creds, url, out or sys.stdout)
+        cap = connection_cap(options.limits.max_connections, raise_descriptor_limit())
         config = uvicorn.Config(
             app.asgi,
+            http=guarded_protocol(options.limits, cap),
             log_level=options.log_level.lower(),
             access_log=False,
             lifespan="on",
@@ -208,7 +217,12 @@ def serve(options: ServerOptions, out: TextIO | None = None) -> None:
         )
         local = local_url(options.host, options.port)
         server = _Server(config, options.companions, local, creds)
-        log.info("hpcagent server on %s, data in %s", url, options.data_dir.expanduser())
+        log.info(
+            "hpcagent server on %s, data in %s, at most %d connections",
+            url,
+            options.data_dir.expanduser(),
+            cap,
+        )
         server.run(sockets=[sock])
     finally:
         stop_companions(options.companions)  # when the server ended without a signal

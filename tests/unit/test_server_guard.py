@@ -7,11 +7,13 @@ while the hostile one is in progress (a stalled server fails it by the pytest ti
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import uuid
 from typing import Any
 
 import pytest
 import requests
+from helpers import wait_for
 
 from hpcagent.server.regex import RegexRefused, compile_filter
 
@@ -87,3 +89,95 @@ def test_overlong_pattern_is_refused() -> None:
     with pytest.raises(RegexRefused, match="longer than"):
         compile_filter("a" * 5000)
     assert compile_filter("A" * 100).search("a" * 100)  # case-insensitive, as ClearML's
+
+
+def _half_sent(srv: Server, count: int, data: bytes) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        sock.sendall(data)
+        sockets.append(sock)
+    return sockets
+
+
+def _closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes ``sock`` (the test's timeout guards it)."""
+    sock.settimeout(None)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return received
+
+
+def test_half_sent_requests_time_out_and_the_cap_answers_503(make_embedded_server: Any) -> None:
+    srv = make_embedded_server(
+        "capped", extra_args=["--max-connections", "20", "--header-timeout", "2"]
+    )
+    half = _half_sent(srv, 40, b"POST /debug.ping HTTP/1.1\r\nHost: x\r\nContent-")
+    # over the cap: a real client is answered at once (503 with an envelope), not refused
+    busy = requests.get(f"{srv.url}/debug.ping", timeout=60)
+    assert busy.status_code == 503
+    assert _meta(busy)["result_code"] == 503
+    assert busy.headers["retry-after"] == "1"
+    # every half-sent request is closed by the server; those under the cap get a 408 first
+    replies = [_closed_by_server(sock) for sock in half]
+    assert sum(r.startswith(b"HTTP/1.1 408") for r in replies) >= 1
+    assert all(r == b"" or r.startswith(b"HTTP/1.1 408") for r in replies)
+    assert requests.get(f"{srv.url}/debug.ping", timeout=60).status_code == 200
+    log = srv.log_path.read_text()
+    assert log.count("at the cap") == 1
+    assert "Traceback" not in log
+
+
+def test_half_sent_sockets_do_not_block_a_real_client(make_embedded_server: Any) -> None:
+    """Many idle and half-sent connections below the cap: a real client is served while they
+    are still open."""
+    srv = make_embedded_server("idle")
+    idle = _half_sent(srv, 200, b"GET /debug.ping HTTP/1.1\r\n")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        pings = [pool.submit(srv.send, "projects.get_all", {}) for _ in range(8)]
+        assert all("projects" in p.result() for p in pings)
+    for sock in idle:
+        sock.close()
+
+
+def test_a_stalled_body_is_closed_with_one_log_line(make_embedded_server: Any) -> None:
+    srv = make_embedded_server("stalled", extra_args=["--body-timeout", "1", "--log-level", "info"])
+    head = (
+        f"POST /projects.create HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.token()}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    (sock,) = _half_sent(srv, 1, head + b'{"name": ')
+    assert _closed_by_server(sock) == b""
+    assert srv.send("projects.get_all", {})["projects"] is not None
+    log = srv.log_path.read_text()
+    assert log.count("went away before its request body was complete") == 1, log
+    assert "Traceback" not in log
+
+
+def test_an_aborted_upload_is_one_log_line(make_embedded_server: Any) -> None:
+    srv = make_embedded_server("aborted", extra_args=["--log-level", "info"])
+    boundary = "b0undary"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="p/aborted.bin"; '
+        'filename="aborted.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
+    head = (
+        f"POST /files/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.token()}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {10 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    for _ in range(3):
+        (sock,) = _half_sent(srv, 1, head + part + b"x" * 300_000)
+        sock.close()  # the client dies mid-upload
+    assert srv.send("projects.get_all", {})["projects"] is not None  # still serving
+
+    def aborted() -> list[str]:
+        return [line for line in srv.log_path.read_text().splitlines() if "aborted.bin" in line]
+
+    wait_for(lambda: len(aborted()) >= 3, timeout=60)
+    assert len(aborted()) == 3, srv.log_path.read_text()
+    assert "went away" in aborted()[0]
+    assert "Traceback" not in srv.log_path.read_text()
+    assert not list((srv.data_dir / "files").rglob("aborted.bin"))

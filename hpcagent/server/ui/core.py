@@ -61,7 +61,8 @@ class Ui:
 
         handler = self.app.routes[endpoint]
         ctx = Ctx(store=self.app.store, endpoint=endpoint, identity=identity)
-        return handler(ctx, body)
+        with self.app.db_lock:  # the database thread may be running a REST request
+            return handler(ctx, body)
 
     def has(self, endpoint: str) -> bool:
         """Whether the server implements ``endpoint`` (models, files: other modules add them)."""
