@@ -36,7 +36,7 @@ from typing import Any
 import requests
 
 ACCESS_KEY = "BENCHACCESSKEY"
-SECRET_KEY = "bench-secret-key-0123456789"
+SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 characters
 HPCAGENT = [sys.executable, "-c", "from hpcagent.cli import main; main()"]
 
 

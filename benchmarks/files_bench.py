@@ -35,7 +35,7 @@ import psutil
 import requests
 
 ACCESS_KEY = "BENCHACCESSKEY"
-SECRET_KEY = "bench-secret-key-0123456789"
+SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 characters
 CHUNK = 1024 * 1024
 MIB = 1024 * 1024
 

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import requests
 
 ACCESS_KEY = "BENCHACCESSKEY"
-SECRET_KEY = "bench-secret-key-0123456789"
+SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 characters
 USE_REQUESTS = False
 
 

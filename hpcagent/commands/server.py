@@ -1,4 +1,5 @@
-"""``hpcagent server``: run the embedded ClearML-compatible server."""
+"""``hpcagent server``: run the embedded ClearML-compatible server; ``hpcagent server keys``:
+its key pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import click
 
 from hpcagent.commands.longrunning import services_mode_option
+from hpcagent.commands.server_keys import keys_cmd
 from hpcagent.commands.services_agent import DEFAULT_SERVICES_QUEUE, ServicesAgent
+from hpcagent.server.auth import DEFAULT_TOKEN_LIFETIME_S
 from hpcagent.server.connections import ConnectionLimits
 from hpcagent.server.files import FilesLimits
 from hpcagent.server.runner import (
@@ -19,7 +22,8 @@ from hpcagent.server.runner import (
 )
 
 
-@click.command("server")
+@click.group("server", invoke_without_command=True)
+@click.pass_context
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="TCP port.")
 @click.option(
@@ -97,12 +101,20 @@ from hpcagent.server.runner import (
     help="Seconds a request body may pause between two chunks; else the connection is closed.",
 )
 @click.option(
+    "--token-lifetime-days",
+    default=DEFAULT_TOKEN_LIFETIME_S / 86400,
+    show_default=True,
+    type=float,
+    help="Longest lifetime of a token from auth.login; clients sign in again with their keys.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
 )
 def server_cmd(
+    ctx: click.Context,
     host: str,
     port: int,
     data_dir: Path,
@@ -116,6 +128,7 @@ def server_cmd(
     max_connections: int,
     header_timeout: float,
     body_timeout: float,
+    token_lifetime_days: float,
     log_level: str,
 ) -> None:
     """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR).
@@ -123,7 +136,11 @@ def server_cmd(
     With --services-agent, a services-mode `hpcagent daemon` runs next to it on the services
     queue (its log: DATA_DIR/services-agent/daemon.log); it reads the configuration as
     `hpcagent daemon` does, with this server's address and keys.
+
+    `hpcagent server keys add|rotate|revoke|list` manage its key pairs (docs/server.md).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     if bool(access_key) != bool(secret_key):
         raise click.UsageError("--access-key and --secret-key must be given together")
     if max_body_mb <= 0:
@@ -134,6 +151,8 @@ def server_cmd(
         raise click.UsageError(
             "--max-connections must not be negative, --header-timeout/--body-timeout positive"
         )
+    if not 0 < token_lifetime_days <= 366:
+        raise click.UsageError("--token-lifetime-days must be above 0 and at most 366")
     companions = []
     if services_agent is not None:
         companions.append(_services_agent(data_dir, services_queue, services_agent))
@@ -156,6 +175,7 @@ def server_cmd(
                 body_timeout_s=body_timeout,
                 max_connections=max_connections or None,
             ),
+            token_lifetime_s=max(60, int(token_lifetime_days * 86400)),
         )
     )
 
@@ -176,6 +196,9 @@ def _services_agent(data_dir: Path, queue: str, limit: int) -> ServicesAgent:
         config_file=config_file,
         configured_files_server=settings.api.files_server if configured else "",
     )
+
+
+server_cmd.add_command(keys_cmd)
 
 
 if __name__ == "__main__":  # ``python -m hpcagent.commands.server`` (used by the test fixture)

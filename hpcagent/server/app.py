@@ -158,9 +158,12 @@ def _fault_envelope(endpoint: str, requested: str, fault: ApiFault) -> Response:
     Logged at debug level: clients such as the SDK often only log a refused call, so the
     server's log is where ``--log-level debug`` shows every call a flow made that failed."""
     log.debug("%s answered %d/%d: %s", endpoint, fault.code, fault.subcode, fault.message)
-    return _envelope(
+    response = _envelope(
         endpoint, requested, fault.code, fault.subcode, fault.message, None, fault.error_data
     )
+    if "retry_after" in fault.error_data:  # 429: when to try again, also as the HTTP header
+        response.headers["Retry-After"] = str(fault.error_data["retry_after"])
+    return response
 
 
 class ServerApp:
@@ -300,7 +303,9 @@ class ServerApp:
             body = self._parse_body(endpoint, raw, request)
             if endpoint == "auth.login":
                 token = self.auth.login(
-                    headers.get("authorization"), opt_int(body, "expiration_sec")
+                    headers.get("authorization"),
+                    opt_int(body, "expiration_sec"),
+                    request.client.host if request.client else "",
                 )
                 return _envelope(endpoint, requested, 200, 0, "OK", {"token": token})
             data = handler(ctx, body)

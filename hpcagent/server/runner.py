@@ -23,11 +23,12 @@ import uvicorn
 from hpcagent.errors import ServerError
 from hpcagent.server.app import DEFAULT_MAX_BODY, ServerApp, create_app
 from hpcagent.server.auth import (
+    DEFAULT_TOKEN_LIFETIME_S,
     Authenticator,
     Credentials,
     clearml_conf_snippet,
-    load_or_create_credentials,
     load_or_create_jwt_secret,
+    prepare_keys,
 )
 from hpcagent.server.connections import (
     ConnectionLimits,
@@ -36,6 +37,7 @@ from hpcagent.server.connections import (
     raise_descriptor_limit,
 )
 from hpcagent.server.files import FilesLimits, FileStore
+from hpcagent.server.keys import KeyFileError
 from hpcagent.server.store import Store
 
 DEFAULT_DATA_DIR = Path("~/.hpcagent/server")
@@ -70,6 +72,7 @@ class ServerOptions:
     files_limits: FilesLimits = field(default_factory=FilesLimits)
     companions: Sequence[Companion] = ()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S
 
 
 class _Server(uvicorn.Server):
@@ -119,20 +122,24 @@ def stop_companions(companions: Sequence[Companion]) -> None:
             log.exception("stopping %s failed", companion)
 
 
-def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials]:
-    """Create the data dir (0700), load or make the keys, open the store and the files."""
+def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials | None]:
+    """Create the data dir (0700), store preset keys or make the first pair, open the store
+    and the files. The second value is a pair generated now (to print once), else None."""
     data_dir = options.data_dir.expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
-        creds = load_or_create_credentials(data_dir, options.access_key, options.secret_key)
+        keyfile, generated = prepare_keys(data_dir, options.access_key, options.secret_key)
         secret = load_or_create_jwt_secret(data_dir)
         store = Store(data_dir / "server.db")
         files = FileStore(data_dir / "files", options.files_limits)
+    except KeyFileError as exc:
+        raise ServerError(f"cannot start the server: {exc}") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise ServerError(f"cannot prepare the server data dir {data_dir}: {exc}") from exc
-    app = create_app(store, Authenticator(creds, secret), files=files, max_body=options.max_body)
-    return app, creds
+    auth = Authenticator(keyfile, secret, token_lifetime_s=options.token_lifetime_s)
+    app = create_app(store, auth, files=files, max_body=options.max_body)
+    return app, generated
 
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (recognised, not bound)
@@ -201,10 +208,11 @@ def serve(options: ServerOptions, out: TextIO | None = None) -> None:
     logging.getLogger().setLevel(level)  # ``hpcagent server`` configured logging before: obey
     sock = _bind(options.host, options.port)
     try:
-        app, creds = prepare(options)
+        app, generated = prepare(options)
+        creds = app.auth.own_credentials()
         url = public_url(options.host, options.port)
-        if creds.generated:
-            announce_credentials(creds, url, out or sys.stdout)
+        if generated is not None:
+            announce_credentials(generated, url, out or sys.stdout)
         cap = connection_cap(options.limits.max_connections, raise_descriptor_limit())
         config = uvicorn.Config(
             app.asgi,

@@ -126,7 +126,8 @@ def test_auth_login_token_claims(embedded_server_session: EmbeddedServer) -> Non
     assert claims["feature_set"] == "basic"
     assert claims["server_version"] == "1.17.0"
     assert {"user", "company", "role"} <= set(claims["identity"])
-    assert claims["exp"] - claims["iat"] >= 30 * 24 * 3600
+    assert claims["exp"] - claims["iat"] == 3 * 24 * 3600  # the default cap: days, not a year
+    assert claims["kid"]  # bound to the key pair that signed in
     # the token works on a protected endpoint
     ok = requests.post(
         f"{srv.url}/projects.get_all",
@@ -188,7 +189,8 @@ def test_credentials_file_mode_and_generated_keys(make_embedded_server: Any) -> 
         creds_file = srv.data_dir / "credentials.json"
         assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
         assert stat.S_IMODE((srv.data_dir / "jwt_secret").stat().st_mode) == 0o600
-        creds = json.loads(creds_file.read_text())
+        (creds,) = json.loads(creds_file.read_text())["keys"]
+        assert creds["origin"] == "generated"
         printed = srv.log_path.read_text()
         assert creds["secret_key"] in printed
         assert "api_server" in printed
@@ -281,7 +283,7 @@ def test_busy_port_is_a_clear_error(embedded_server_session: EmbeddedServer, tmp
     srv = embedded_server_session
     proc = subprocess.run(
         [sys.executable, "-m", "hpcagent.commands.server", "--port", str(srv.port),
-         "--data-dir", str(tmp_path / "other"), "--access-key", "a", "--secret-key", "b"],
+         "--data-dir", str(tmp_path / "other"), "--access-key", "a", "--secret-key", "s" * 40],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode != 0
@@ -335,9 +337,12 @@ def test_auth_is_checked_before_the_body(embedded_server_session: EmbeddedServer
 
 def test_login_expiration_sec_is_clamped(embedded_server_session: EmbeddedServer) -> None:
     srv = embedded_server_session
+    day = 24 * 3600
+    # at least a day; never past the server's cap (3 days by default): 365 days gets 3
     for asked, least, most in (
-        (60, 24 * 3600, 24 * 3600 + 5),
-        (7 * 24 * 3600, 7 * 24 * 3600, 7 * 24 * 3600 + 5),
+        (60, day, day),
+        (2 * day, 2 * day, 2 * day),
+        (365 * day, 3 * day, 3 * day),
     ):
         reply = requests.get(
             f"{srv.url}/auth.login?expiration_sec={asked}",

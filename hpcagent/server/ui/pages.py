@@ -65,18 +65,23 @@ def routes(ui: Ui) -> list[BaseRoute]:
             return refused
         form = await read_form(request)
         target = safe_next(form_str(form, "next"))
+        source = request.client.host if request.client else ""
         try:
-            token = ui.sessions.sign_in(form_str(form, "access_key"), form_str(form, "secret_key"))
-        except ApiFault:
+            token = ui.sessions.sign_in(
+                form_str(form, "access_key"), form_str(form, "secret_key"), source
+            )
+        except ApiFault as fault:
             nonce = ui.sessions.login_nonce(request)
             return ui.render(
                 request,
                 "login.html",
-                401,
+                fault.code,
                 nonce=nonce,
                 next=target,
                 signed_in=False,
-                failed="Unknown access key or wrong secret key.",
+                failed=fault.message
+                if fault.code == 429
+                else "Unknown access key or wrong secret key.",
             )
         response = ui.redirect(target)
         ui.sessions.set_session(request, response, token)

@@ -74,10 +74,11 @@ class UiSessions:
         self.auth = auth
         self._signed_out: set[str] = set()
 
-    def sign_in(self, access_key: str, secret_key: str) -> str:
-        """A session token for the key pair; :class:`ApiFault` 401 when they are wrong."""
+    def sign_in(self, access_key: str, secret_key: str, source: str) -> str:
+        """A session token for the key pair; :class:`ApiFault` 401 when they are wrong, 429
+        while ``source`` (the browser's address) must wait after failed tries."""
         basic = base64.b64encode(f"{access_key}:{secret_key}".encode()).decode()
-        return self.auth.login(f"Basic {basic}", SESSION_LIFETIME_S)
+        return self.auth.login(f"Basic {basic}", SESSION_LIFETIME_S, source)
 
     def identity(self, request: Request) -> dict[str, Any] | None:
         """The identity of the request's session, or None (no, bad, expired or signed-out)."""
