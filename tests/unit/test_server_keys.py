@@ -187,3 +187,23 @@ def test_old_one_pair_key_file_still_signs_in(make_embedded_server: Any) -> None
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["identity"]["user"] == "hpcagent-legacyaccess"  # the owner of earlier tasks
     assert _call(srv, token) == (200, 0)
+
+
+def test_web_ui_sign_in_is_throttled_per_browser_address(tmp_path: Path) -> None:
+    """The UI's sign-in form goes through the same throttle, keyed by the browser's address."""
+    from hpcagent.server.auth import Authenticator, prepare_keys
+    from hpcagent.server.fields import ApiFault
+    from hpcagent.server.ui.session import UiSessions
+
+    keyfile, made = prepare_keys(tmp_path, "UIKEYUIKEYUIKEYUIKEY", "u" * 40)
+    assert made is None  # preset: nothing generated, nothing to print
+    sessions = UiSessions(Authenticator(keyfile, b"k" * 32))
+    codes = []
+    for _ in range(7):
+        try:
+            sessions.sign_in("UIKEYUIKEYUIKEYUIKEY", "wrong", "10.0.0.7")
+            codes.append(200)
+        except ApiFault as fault:
+            codes.append(fault.code)
+    assert codes == [401] * 6 + [429]
+    assert sessions.sign_in("UIKEYUIKEYUIKEYUIKEY", "u" * 40, "10.0.0.8")  # another browser
