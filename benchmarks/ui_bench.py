@@ -11,12 +11,16 @@ each page over loopback (so every figure includes HTTP; the server-side time is 
 * projects page (task counts per status);
 * console: the Console tab plus its first data page (= what "opening" costs), then 10 older
   pages;
-* scalars: the Scalars data of a 100,000-point series, sampled by the server to 2,000 points.
+* scalars: the Scalars data of a 100,000-point series, sampled by the server to 2,000 points
+  (averages with their min/max band), over HTTP and server side (the sampling function in this
+  process on the same database); with ``--draw`` also the Scalars tab in headless Chromium,
+  from navigation until Plotly drew the chart.
 
 Prints p50/p90 per item. Goals (issue 16): table first page <= 100 ms p50, console opens in
 <= 1 s and pages, the 100,000-point series drawn sampled.
 
     .venv/bin/python benchmarks/ui_bench.py [--tasks 100000] [--lines 1000000] [--repeat 30]
+        [--draw]
 """
 
 from __future__ import annotations
@@ -99,12 +103,13 @@ def fill(data_dir: Path, tasks: int, lines: int, points: int) -> tuple[str, str]
             )  # fmt: skip
     with store.write() as conn:
         conn.executemany(
-            "INSERT INTO events(task, type, ts, iter, metric, variant, doc) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO events(task, type, ts, iter, metric, variant, doc, value) "
+            "VALUES (?,?,?,?,?,?,?,?)",
             (
                 (scalars, "training_stats_scalar", start + n, n, "loss", "train",
                  orjson.dumps({"task": scalars, "type": "training_stats_scalar", "iter": n,
                                "metric": "loss", "variant": "train", "value": 1 / (n + 1),
-                               "timestamp": start + n}))
+                               "timestamp": start + n}), 1 / (n + 1))
                 for n in range(points)
             ),
         )  # fmt: skip
@@ -137,6 +142,69 @@ def timed(
     return times, reply
 
 
+def server_side_scalars(data_dir: Path, task: str, repeat: int) -> list[float]:
+    """The sampled series as the server computes it (event_reads.scalar_histogram, the
+    function both the UI's data and the REST endpoint run), in this process on the same
+    database (SQLite WAL: a second reader), without HTTP or JSON."""
+    from hpcagent.server.routes.event_reads import scalar_histogram
+    from hpcagent.server.store import Store
+
+    store = Store(data_dir / "server.db")
+    try:
+        scalar_histogram(store, task, "iter", 2000, None, envelope=True)  # warm-up
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            scalar_histogram(store, task, "iter", 2000, None, envelope=True)
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+    finally:
+        store.close()
+
+
+def draw_times(url: str, task: str, repeat: int) -> list[float]:
+    """From navigating to the Scalars tab until Plotly drew the chart, in headless Chromium
+    (Debian's chromium + chromedriver, as the browser tests use; `make browser`)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(shutil.which("chromium"))
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    driver = webdriver.Chrome(
+        options=options, service=Service(executable_path=str(shutil.which("chromedriver")))
+    )
+    try:
+        driver.get(f"{url}/login")
+        driver.find_element(By.ID, "access_key").send_keys(ACCESS_KEY)
+        driver.find_element(By.ID, "secret_key").send_keys(SECRET_KEY)
+        driver.find_element(By.ID, "sign-in").click()
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "task-table"))
+        times = []
+        for i in range(repeat + 1):
+            t0 = time.perf_counter()
+            driver.get(f"{url}/tasks/{task}?tab=scalars")
+            WebDriverWait(driver, 120, poll_frequency=0.02).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, ".scalar-chart .main-svg")
+            )
+            if i:  # the first is the warm-up
+                times.append((time.perf_counter() - t0) * 1000)
+        return times
+    finally:
+        driver.quit()
+
+
 def report(label: str, times: list[float], extra: str = "") -> None:
     ordered = sorted(times)
     p50 = statistics.median(ordered)
@@ -150,6 +218,9 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument(
+        "--draw", action="store_true", help="also time the Scalars tab in headless Chromium"
+    )
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()} nproc={os.cpu_count()} "
           f"python {platform.python_version()}", flush=True)  # fmt: skip
@@ -194,7 +265,13 @@ def main() -> int:
             report("console of 1M lines: one older page (1,000 lines)", older)
             times, reply = timed(session, f"{url}/data/tasks/{scalars}/scalars", min(n, 10))
             points = len(reply.json()["loss"]["train"]["x"])
-            report(f"scalars: {args.points}-point series, sampled", times, f"{points} points drawn")
+            report(f"scalars: {args.points}-point series, sampled (HTTP)", times,
+                   f"{points} points + min/max band")  # fmt: skip
+            report(f"scalars: {args.points}-point series, server side",
+                   server_side_scalars(data_dir, scalars, min(n, 10)))  # fmt: skip
+            if args.draw:
+                report(f"scalars: {args.points}-point series, Scalars tab drawn in Chromium",
+                       draw_times(url, scalars, 5))  # fmt: skip
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

@@ -76,7 +76,8 @@ CREATE INDEX IF NOT EXISTS models_task ON models(task);
 CREATE TABLE IF NOT EXISTS file_deletions (url TEXT NOT NULL, due REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, type TEXT NOT NULL,
-    ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL);
+    ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL,
+    value REAL);
 CREATE INDEX IF NOT EXISTS events_task ON events(task, type, ts);
 -- One scalar per (task, metric, variant, iteration), as in ClearML: a re-sent scalar (a client
 -- retrying a batch whose reply it lost) replaces the earlier one instead of doubling the point.
@@ -120,6 +121,17 @@ def _where(filters: tuple[tuple[str, list[str] | None], ...]) -> tuple[str, list
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def scalar_value(event: dict[str, Any]) -> float | None:
+    """A scalar event's value as the ``events.value`` column keeps it (None: not a number)."""
+    value = event.get("value")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond a double
+        return None
+
+
 def dumps(value: Any) -> bytes:
     """Serialise a document (orjson; non-str keys allowed)."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
@@ -140,6 +152,7 @@ class Store:
         self.conn.executescript(SCHEMA)
         self._depth = 0
         self._add_task_columns()
+        self._add_event_values()
         # WAL checkpoints run in a background thread (own connection; sqlite releases the GIL
         # during I/O), so a request never pays for copying the WAL into the database file.
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -165,6 +178,28 @@ class Store:
                 )
         for column in LATER_TASK_COLUMNS:
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS tasks_{column} ON tasks({column})")
+
+    def _add_event_values(self) -> None:
+        """Give a database made before scalar values were a column that column (filled from
+        the documents), and the index that answers a chart's sampled series from the index
+        alone (event_reads.scalar_histogram: 100,000 points in ~0.1 s, not ~1 s of documents;
+        ``type`` is in it too, else SQLite reads each row for it despite the WHERE)."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
+        if "value" not in have:
+            with self.write() as conn:
+                conn.execute("ALTER TABLE events ADD COLUMN value REAL")
+                rows = conn.execute(
+                    "SELECT seq, doc FROM events WHERE type='training_stats_scalar'"
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE events SET value=? WHERE seq=?",
+                    [(scalar_value(orjson.loads(doc)), seq) for seq, doc in rows],
+                )
+        self.conn.execute(
+            "CREATE INDEX IF NOT EXISTS events_scalar_values "
+            "ON events(task, metric, variant, iter, ts, value, type) "
+            "WHERE type = 'training_stats_scalar'"
+        )
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)

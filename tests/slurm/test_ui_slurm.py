@@ -249,3 +249,29 @@ def test_abort_from_the_ui_stops_a_running_job(rig: Rig, ui: UiBrowser) -> None:
     h.wait_for(lambda: _squeue_state(job) == "", timeout=60, interval=0.5)
     lines = h.task_log_lines(rig.server, tid)
     assert "tick 100" not in lines
+
+
+def test_compare_two_slurm_runs_with_different_lr(rig: Rig, ui: UiBrowser) -> None:
+    """Two runs made by hpcagent-slurm, ticked in the table and compared: ``lr`` is marked as
+    differing and both runs' loss curves are overlaid in one chart."""
+    runs = [rig.create(f"slurm ui compare lr={lr}", lr) for lr in ("0.25", "0.5")]
+    for tid in runs:
+        rig.server.send("tasks.enqueue", {"task": tid, "queue": rig.queue})
+    for tid in runs:
+        rig.wait_status(tid, ("completed", "failed", "stopped"))
+        assert rig.task(tid)["status"] == "completed"
+    ui.open(f"/tasks?queue={rig.queue}&name=slurm ui compare&sort=name")
+    for tid in runs:
+        ui.find(f"tr[data-task='{tid}'] .select-row").click()
+    ui.find("#compare-selected").click()
+    row = ui.wait("tr[data-param='Args/lr']")
+    assert "differs" in row.get_attribute("class")
+    assert [c.text for c in row.find_elements("css selector", "td")][2:] == ["0.25", "0.5"]
+    chart = "document.querySelector('.compare-chart[data-metric=loss]')"
+    ui.wait_until(lambda: ui.js(f"return !!{chart} && !!{chart}.data"), what="the loss chart")
+    traces = ui.js(f"return {chart}.data.map(function (t) {{ return t.meta.task; }})")
+    assert traces == runs  # one "train" curve per run
+    for i, lr in enumerate((0.25, 0.5)):
+        assert ui.js(f"return {chart}.data[{i}].y") == [lr / (n + 1) for n in range(10)]
+    ui.screenshot("slurm-compare")
+    assert ui.errors() == []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hpcagent.server.routes.event_reads import SINGLE_VALUE_ITER, sample_series
+from hpcagent.server.routes.event_reads import SINGLE_VALUE_ITER, bucket_interval
 
 Server = Any  # tests/conftest.py::EmbeddedServer
 
@@ -30,18 +30,40 @@ def _scalar(task: str, metric: str, variant: str, it: int, value: float) -> dict
             "variant": variant, "iter": it, "value": value, "timestamp": 1000 + it}  # fmt: skip
 
 
-def test_sampling_follows_the_real_server() -> None:
-    # fewer points than samples: every point
-    assert sample_series([(0, 1.0), (1, 2.0), (5, 3.0)], 10) == ([0, 1, 5], [1.0, 2.0, 3.0])
-    # 1000 iterations into 100 samples: buckets of ceil(1000/100)=10, averaged, keyed by start
-    points = [(i, float(i)) for i in range(1000)]
-    xs, ys = sample_series(points, 100)
+def test_bucket_width_follows_the_real_server() -> None:
+    assert bucket_interval(0, 5, 3, 10) == 1  # fewer points than samples: every point
+    assert bucket_interval(0, 999, 1000, 100) == 10  # ceil(1000 / 100)
+    assert bucket_interval(0, 1000, 1001, 300) == 4  # ceil(1001 / 300)
+    assert bucket_interval(7, 7, 5000, 2000) == 1
+
+
+def test_sampling_follows_the_real_server(srv: Server) -> None:
+    task = _task(srv, "sampled")
+    events = [_scalar(task, "few", "v", it, value) for it, value in ((0, 1.0), (1, 2.0), (5, 3.0))]
+    events += [_scalar(task, "long", "v", i, float(i)) for i in range(1000)]
+    events += [_scalar(task, "odd", "v", i, 0.0) for i in range(1001)]
+    events += [_scalar(task, "negative", "v", i, float(i)) for i in range(-10, 990)]
+    srv.request("events.add_batch", events)
+
+    def series(metric: str, samples: int) -> tuple[list[int], list[float]]:
+        body = {"task": task, "samples": samples, "metrics": [{"metric": metric}]}
+        data = srv.send("events.scalar_metrics_iter_histogram", body)[metric]["v"]
+        assert set(data) == {"name", "x", "y"}  # the real server's shape, nothing more
+        return data["x"], data["y"]
+
+    assert series("few", 10) == ([0, 1, 5], [1.0, 2.0, 3.0])
+    # 1000 iterations into 100 samples: buckets of 10, averaged, keyed by their start
+    xs, ys = series("long", 100)
     assert len(xs) == 100
     assert xs[:3] == [0, 10, 20]
     assert ys[0] == pytest.approx(4.5)
-    # a range that does not divide: ceil(1001/300)=4 -> ceil(1001/4)=251 buckets at most
-    xs, _ = sample_series([(i, 0.0) for i in range(1001)], 300)
+    # a range that does not divide: ceil(1001/300)=4 -> ceil(1001/4)=251 buckets
+    xs, _ = series("odd", 300)
     assert len(xs) == math.ceil(1001 / 4) == 251
+    # negative iterations: buckets start at multiples of the width (floor, as x // width)
+    xs, ys = series("negative", 100)
+    assert xs[:3] == [-10, 0, 10]
+    assert ys[0] == pytest.approx(-5.5)
 
 
 def test_long_series_sampled_and_single_values_apart(srv: Server) -> None:

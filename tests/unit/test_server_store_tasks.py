@@ -1,5 +1,6 @@
-"""The task columns of the embedded server's store: ``started``/``last_update`` are added to a
-database made before they existed, filled from the documents, and sort tasks.get_all in SQL."""
+"""The columns of the embedded server's store: ``started``/``last_update`` (tasks) and ``value``
+(scalar events) are added to a database made before they existed, filled from the documents;
+the task columns sort tasks.get_all in SQL, the values answer charts from an index."""
 
 from __future__ import annotations
 
@@ -69,3 +70,51 @@ def test_every_sort_of_the_task_table_is_a_column() -> None:
     from hpcagent.server.ui.table import SORT_KEYS
 
     assert SORT_KEYS <= TASK_SORT_COLUMNS
+
+
+OLD_EVENTS = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, type TEXT NOT NULL,
+    ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL);
+"""
+
+
+def test_old_database_gets_scalar_values_and_charts_read_the_index(tmp_path: Path) -> None:
+    """Scalar values became a column: an older database gets it filled from the documents,
+    and a chart's sampled series is read from the covering index, never the documents."""
+    path = tmp_path / "server.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(OLD_SCHEMA + OLD_EVENTS)
+    task = {"id": "t", "name": "t", "status": "completed", "created": "2026-01-01T00:00:01"}
+    conn.execute(
+        "INSERT INTO tasks(id, name, project, status, created, doc) VALUES (?,?,?,?,?,?)",
+        ("t", "t", None, "completed", task["created"], orjson.dumps(task)),
+    )
+    scalars = [
+        {"task": "t", "type": "training_stats_scalar", "metric": "loss", "variant": "train",
+         "iter": i, "value": value, "timestamp": 1000 + i}
+        for i, value in enumerate([0.5, 2, True, "x", 0.25])
+    ]  # fmt: skip
+    conn.executemany(
+        "INSERT INTO events(task, type, ts, iter, metric, variant, doc) VALUES (?,?,?,?,?,?,?)",
+        [("t", e["type"], e["timestamp"], e["iter"], "loss", "train", orjson.dumps(e))
+         for e in scalars],
+    )  # fmt: skip
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    try:
+        values = [r[0] for r in store.conn.execute("SELECT value FROM events ORDER BY seq")]
+        assert values == [0.5, 2.0, None, None, 0.25]  # a bool or a string is no value
+        handler = all_routes()["events.scalar_metrics_iter_histogram"]
+        ctx = Ctx(store=store, endpoint="events.scalar_metrics_iter_histogram")
+        hist = handler(ctx, {"task": "t"})
+        assert hist == {"loss": {"train": {"name": "train", "x": [0, 1, 4], "y": [0.5, 2.0, 0.25]}}}
+        plan = store.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT iter, AVG(value) FROM events WHERE task='t' "
+            "AND type='training_stats_scalar' AND (iter IS NULL OR iter > -2147483648) "
+            "AND value IS NOT NULL AND metric IS 'loss' AND variant IS 'train' GROUP BY iter"
+        ).fetchall()
+        assert "COVERING INDEX events_scalar_values" in str(plan)
+    finally:
+        store.close()

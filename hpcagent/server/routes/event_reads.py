@@ -134,45 +134,63 @@ def _top_iterations(events: list[dict[str, Any]], iters: int) -> list[dict[str, 
 # ---- scalars ------------------------------------------------------------------------------
 
 
-def sample_series(points: list[tuple[int, float]], samples: int) -> tuple[list[int], list[float]]:
-    """The real server's histogram of one series: ``points`` are ``(x, value)`` sorted by x."""
-    if len(points) < samples:
-        buckets: dict[int, list[float]] = {}
-        for x, value in points:
-            buckets.setdefault(x, []).append(value)
-    else:
-        low, high = points[0][0], points[-1][0]
-        interval = max(1, math.ceil((high - low + 1) / samples))
-        buckets = {}
-        for x, value in points:
-            buckets.setdefault((x // interval) * interval, []).append(value)
-    xs = sorted(buckets)
-    return xs, [sum(buckets[x]) / len(buckets[x]) for x in xs]
+def bucket_interval(low: int, high: int, count: int, samples: int) -> int:
+    """The real server's bucket width for a series of ``count`` points over ``[low, high]``:
+    1 (every x its own point) below ``samples`` points, else ``ceil((high - low + 1) /
+    samples)``; a bucket is answered at its floor-aligned start ``(x // width) * width``."""
+    if count < samples:
+        return 1
+    return max(1, math.ceil((high - low + 1) / samples))
 
 
 def scalar_histogram(
-    store: Store, task_id: str, key: str, samples: int, flt: MetricFilter
+    store: Store,
+    task_id: str,
+    key: str,
+    samples: int,
+    flt: MetricFilter,
+    *,
+    envelope: bool = False,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{metric: {variant: {name, x, y}}}`` of one task (single values left out)."""
-    rows = store.conn.execute(
-        "SELECT metric, variant, iter, ts, doc FROM events WHERE task=? AND type=? "
-        "AND (iter IS NULL OR iter > ?)",  # no ORDER BY: each series is sorted below
-        (task_id, SCALAR, SINGLE_VALUE_ITER),
+    """``{metric: {variant: {name, x, y}}}`` of one task (single values left out), each
+    series sampled as the real server does (``y`` the average of each bucket, see
+    :func:`bucket_interval`). With ``envelope`` (the web UI) each series also has ``y_min`` and
+    ``y_max`` per bucket and ``count``, the number of points it stands for, so a chart keeps
+    the spikes that an average hides.
+
+    Read from the ``events_scalar_values`` index alone, bucketed in SQL: no event document is
+    read (100,000 points in ~0.1 s)."""
+    col = "ts" if key in ("timestamp", "iso_time") else "COALESCE(iter, 0)"
+    # The scalar type is a literal so that SQLite sees the partial index's WHERE.
+    where = (
+        f"task=? AND type='{SCALAR}' AND (iter IS NULL OR iter > {SINGLE_VALUE_ITER}) "
+        "AND value IS NOT NULL"
     )
-    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for metric, variant, it, ts, doc in rows:
+    stats = store.conn.execute(
+        f"SELECT metric, variant, COUNT(*), MIN({col}), MAX({col}) FROM events "  # noqa: S608
+        f"WHERE {where} GROUP BY metric, variant",
+        (task_id,),
+    ).fetchall()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for metric, variant, count, low, high in sorted(stats, key=lambda r: (r[0] or "", r[1] or "")):
         if not wanted(flt, metric, variant):
             continue
-        value = orjson.loads(doc).get("value")
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        x = int(ts) if key in ("timestamp", "iso_time") else int(it or 0)
-        series.setdefault((metric or "", variant or ""), []).append((x, float(value)))
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (metric, variant), points in sorted(series.items()):
-        points.sort(key=lambda p: p[0])
-        xs, ys = sample_series(points, samples)
-        out.setdefault(metric, {})[variant] = {"name": variant, "x": xs, "y": ys}
+        width = bucket_interval(int(low), int(high), int(count), samples)
+        # floor-aligned buckets also for negative x (SQLite's % truncates toward zero)
+        bucket = col if width == 1 else f"({col} - (({col} % {width}) + {width}) % {width})"
+        rows = store.conn.execute(
+            f"SELECT {bucket} AS b, AVG(value), MIN(value), MAX(value) FROM events "  # noqa: S608
+            f"WHERE {where} AND metric IS ? AND variant IS ? GROUP BY b ORDER BY b",
+            (task_id, metric, variant),
+        ).fetchall()
+        series: dict[str, Any] = {
+            "name": variant or "",
+            "x": [int(r[0]) for r in rows],
+            "y": [r[1] for r in rows],
+        }
+        if envelope:
+            series.update(y_min=[r[2] for r in rows], y_max=[r[3] for r in rows], count=count)
+        out.setdefault(metric or "", {})[variant or ""] = series
     return out
 
 

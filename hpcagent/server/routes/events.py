@@ -26,14 +26,14 @@ from hpcagent.server.fields import (
     req_str,
 )
 from hpcagent.server.routes.event_reads import clean, metric_filter, wanted
-from hpcagent.server.store import dumps
+from hpcagent.server.store import dumps, scalar_value
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
 
 SCALAR = "training_stats_scalar"
 LOG = "log"
-_Row = tuple[str, str, int, "int | None", "str | None", "str | None", bytes]
+_Row = tuple[str, str, int, "int | None", "str | None", "str | None", bytes, "float | None"]
 
 
 def _bad_event(index: int, message: str) -> ApiFault:
@@ -146,6 +146,7 @@ def add_batch(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
                 metric if isinstance(metric, str) else None,
                 variant if isinstance(variant, str) else None,
                 line if line is not None else dumps(ev),
+                scalar_value(ev) if ev_type == SCALAR else None,
             )
         )
         task_ids.add(task_id)
@@ -161,8 +162,8 @@ def add_batch(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             errors_info["Invalid task id"] = before - len(rows)
         conn.executemany(
             # OR REPLACE: only scalars have a unique key (events_scalar_point), see store.py.
-            "INSERT OR REPLACE INTO events(task, type, ts, iter, metric, variant, doc) "
-            "VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO events(task, type, ts, iter, metric, variant, doc, value) "
+            "VALUES (?,?,?,?,?,?,?,?)",
             rows,
         )
         for task_id, evs in scalars.items():

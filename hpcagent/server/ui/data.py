@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from hpcagent.server.fields import INT_LIMIT
+from hpcagent.server.routes.event_reads import scalar_histogram
 from hpcagent.server.ui.core import STATIC, Identity, Ui, bad_request
 from hpcagent.server.ui.session import secure_headers
 
@@ -26,6 +27,7 @@ EVENT_TYPES = {"plot": "plot", "debug": "training_debug_image"}
 STATIC_FILES = {
     "ui.js": "text/javascript",
     "live.js": "text/javascript",
+    "compare.js": "text/javascript",
     "ui.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
@@ -112,10 +114,15 @@ def routes(ui: Ui) -> list[BaseRoute]:
         return secure_headers(response)
 
     async def scalars(request: Request, identity: Identity) -> Response:
+        """The task's scalar series sampled as ``events.scalar_metrics_iter_histogram`` does
+        (the same function), each bucket with its min and max too (``y_min``/``y_max``,
+        ``count``): the chart draws the average line in a min-max band, so a spike that the
+        average of a bucket hides still shows."""
         task_id = request.path_params["task_id"]
         key = "timestamp" if request.query_params.get("x") == "time" else "iter"
-        body = {"task": task_id, "key": key, "samples": SCALAR_SAMPLES}
-        return ui.json(ui.call(identity, "events.scalar_metrics_iter_histogram", body))
+        ui.call(identity, "tasks.get_by_id", {"task": task_id, "only_fields": ["id"]})
+        found = scalar_histogram(ui.app.store, task_id, key, SCALAR_SAMPLES, None, envelope=True)
+        return ui.json(found)
 
     async def events(request: Request, identity: Identity) -> Response:
         """Plots or debug samples, newest first, a page at a time (``scroll``)."""

@@ -125,6 +125,13 @@
     });
     return out;
   }
+  // Plotly's default colours, set explicitly so that a line and its band share one.
+  var COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                "#7f7f7f", "#bcbd22", "#17becf"];
+  function fade(hex) {
+    var n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + ",0.2)";
+  }
   function Scalars(box) {
     var base = "/data/tasks/" + encodeURIComponent(box.dataset.task) + "/scalars";
     var slider = document.getElementById("smoothing");
@@ -144,14 +151,36 @@
         card.appendChild(el("h3", "chart-title", metric));
         var plot = el("div", "chart scalar-chart");
         plot.dataset.metric = metric;
+        var variants = Object.keys(data[metric]).sort();
+        var lines = [], bands = [], shown = 0, points = 0;
+        variants.forEach(function (variant, i) {
+          var series = data[metric][variant];
+          var color = COLORS[i % COLORS.length];
+          var xs = axis.value === "time" ? series.x.map(function (ms) { return new Date(ms); }) : series.x;
+          var sampled = series.count > series.x.length;
+          shown += series.x.length;
+          points += series.count || series.x.length;
+          lines.push({ x: xs, y: smooth(series.y, weight), name: variant, type: "scatter",
+                       mode: sampled ? "lines" : "lines+markers", line: { color: color },
+                       marker: { size: 4, color: color }, legendgroup: variant });
+          if (sampled) {
+            // the min-max band of each bucket (fill to the trace before: the max)
+            bands.push({ x: xs, y: series.y_max, type: "scatter", mode: "lines",
+                         line: { width: 0, color: color }, showlegend: false,
+                         hoverinfo: "skip", legendgroup: variant, name: variant + " max" });
+            bands.push({ x: xs, y: series.y_min, type: "scatter", mode: "lines",
+                         line: { width: 0, color: color }, fill: "tonexty",
+                         fillcolor: fade(color), showlegend: false, hoverinfo: "skip",
+                         legendgroup: variant, name: variant + " min" });
+          }
+        });
+        if (points > shown) {
+          card.appendChild(el("p", "hint sampled-note", shown + " of " + points +
+            " points shown: each the average of its bucket, the band its min and max"));
+        }
         card.appendChild(plot);
         box.appendChild(card);
-        var traces = Object.keys(data[metric]).sort().map(function (variant) {
-          var series = data[metric][variant];
-          var xs = axis.value === "time" ? series.x.map(function (ms) { return new Date(ms); }) : series.x;
-          return { x: xs, y: smooth(series.y, weight), name: variant, mode: "lines+markers",
-                   type: "scatter", marker: { size: 4 } };
-        });
+        var traces = lines.concat(bands);
         window.Plotly.newPlot(plot, traces, {
           margin: { t: 10, r: 10, b: 40, l: 60 }, height: 300,
           xaxis: { title: { text: axis.value === "time" ? "time" : "iteration" } },
@@ -159,13 +188,21 @@
         }, { displaylogo: false, responsive: true });
       });
     }
+    var last = "";
     function fetchData() {
-      getJSON(base + "?x=" + axis.value).then(function (d) { data = d; draw(); })
-        .catch(function (err) { showError(box, err); });
+      return getJSON(base + "?x=" + axis.value).then(function (d) {
+        var text = JSON.stringify(d);
+        if (text === last) return;
+        last = text;
+        data = d;
+        draw();
+      }).catch(function (err) { showError(box, err); });
     }
+    // new points while the task runs: after the page saw a change (live.js's ticker)
+    window.HpcagentLive.follow(fetchData);
     slider.addEventListener("input", function () { if (data) draw(); });
     logScale.addEventListener("change", function () { if (data) draw(); });
-    axis.addEventListener("change", fetchData);
+    axis.addEventListener("change", function () { last = ""; fetchData(); });
     fetchData();
   }
 
