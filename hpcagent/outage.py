@@ -30,10 +30,14 @@ class Outage:
     is the longest wait between attempts, named in the first line.
     """
 
-    def __init__(self, what: str, logger: logging.Logger, retry_s: float) -> None:
+    def __init__(
+        self, what: str, logger: logging.Logger, retry_s: float | None, meanwhile: str = ""
+    ) -> None:
         self.what = what
         self.log = logger
         self.retry_s = retry_s
+        #: What happens meanwhile, said in the first line when there is no fixed retry pace.
+        self.meanwhile = meanwhile
         self._lock = threading.Lock()
         self._since: float | None = None  # wall clock, for the message
         self._since_mono = 0.0
@@ -54,13 +58,8 @@ class Outage:
             self._since_mono = time.monotonic()
             self.outages += 1
         when = dt.datetime.fromtimestamp(self._since, dt.timezone.utc).strftime("%H:%M:%S UTC")
-        self.log.warning(
-            "%s unreachable since %s (%s); retrying every <= %g s",
-            self.what,
-            when,
-            reason,
-            self.retry_s,
-        )
+        tail = f"retrying every <= {self.retry_s:g} s" if self.retry_s else self.meanwhile
+        self.log.warning("%s unreachable since %s (%s); %s", self.what, when, reason, tail)
         return True
 
     def up(self) -> bool:

@@ -35,6 +35,7 @@ from hpcagent.errors import (
     SubmitLimitError,
     TransientSchedulerError,
 )
+from hpcagent.outage import Outage
 from hpcagent.process import CommandResult, CommandRunner, run_command
 from hpcagent.scheduler.base import (
     JobIdentity,
@@ -173,6 +174,14 @@ class SlurmScheduler(Scheduler):
         self.accounting: bool | None = None
         #: cluster name from ``sbatch --parsable`` (federation/multi-cluster), if any.
         self.last_cluster: str | None = None
+        #: slurmctld (squeue, sbatch, scancel) and slurmdbd (sacct) as the submitter sees
+        #: them: one line when one stops answering, one when it is back (hpcagent.outage).
+        self.controller = Outage(
+            "slurmctld", log, None, "jobs keep their last known states until it answers"
+        )
+        self.dbd = Outage(
+            "slurmdbd (sacct)", log, None, "finished jobs keep their last known states"
+        )
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> CommandResult:
@@ -223,8 +232,16 @@ class SlurmScheduler(Scheduler):
     def _sbatch_once(self, argv: Sequence[str]) -> str:
         # SLURM_UMASK: the umask slurmstepd creates the job's --output/--error files with
         # (and the job runs with): readable by the submitting user only.
-        res = self._run(argv, {**self._env, "SLURM_UMASK": JOB_UMASK})
+        try:
+            res = self._run(argv, {**self._env, "SLURM_UMASK": JOB_UMASK})
+        except TransientSchedulerError as exc:
+            self.controller.down(_first_line(str(exc)))
+            raise
         parsed = parse_sbatch_output(res.stdout)
+        if is_transient(res.stderr) and not res.ok:
+            self.controller.down(_first_line(res.stderr))
+        else:
+            self.controller.up()
         if res.ok and parsed is not None:
             if res.stderr.strip():
                 log.info("sbatch succeeded with messages: %s", res.stderr.strip())
@@ -302,7 +319,8 @@ class SlurmScheduler(Scheduler):
         try:
             rows = self._squeue_rows(todo)
         except SchedulerError as exc:
-            log.warning(
+            self.controller.down(_first_line(str(exc)))  # logged once, not per cycle
+            log.debug(
                 "squeue failed (%s); keeping the last known states of %d jobs", exc, len(todo)
             )
             for j in todo:
@@ -313,6 +331,7 @@ class SlurmScheduler(Scheduler):
                     else unknown_status(j, f"controller did not answer: {exc}", "cache")
                 )
             return result
+        self.controller.up()
         missing: list[str] = []
         index = RowIndex(rows)
         for j in todo:
@@ -365,7 +384,10 @@ class SlurmScheduler(Scheduler):
             except SchedulerError as exc:
                 sacct_error = str(exc)
             if sacct_error:
-                log.warning("sacct failed (%s); keeping the last known states", sacct_error)
+                self.dbd.down(_first_line(sacct_error))  # logged once, not per cycle
+                log.debug("sacct failed (%s); keeping the last known states", sacct_error)
+            else:
+                self.dbd.up()
         if self.accounting is False:
             rows.extend(self._scontrol_rows([j for j in job_ids if j not in self._gone_noacct]))
         index = RowIndex(rows)
@@ -442,6 +464,10 @@ class SlurmScheduler(Scheduler):
         real = [ln for ln in errors if not any(p in ln.lower() for p in _GONE_PATTERNS)]
         if real:
             raise SchedulerError(f"scancel failed: {'; '.join(real)}", stderr=res.stderr)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text.strip())
 
 
 def _sorted_ids(ids: set[str]) -> list[str]:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +180,90 @@ def test_job_output_is_private_and_holds_no_secret() -> None:
     wait_for(out.exists, timeout=30)
     assert out.read_text().split() == ["0077", "0"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def _dead_ports(conf_dir: Path, dead: bool) -> None:
+    """The submitter's own copy of slurm.conf, with slurmctld's and slurmdbd's ports pointing
+    at a closed port (dead) or as the cluster has them: the Slurm commands it runs then cannot
+    reach either daemon, while the cluster itself (and every other user of it) is untouched."""
+    text = Path("/etc/slurm/slurm.conf").read_text()
+    if dead:
+        text += "\nSlurmctldPort=1\nAccountingStoragePort=1\n"
+    tmp = conf_dir / "slurm.conf.tmp"
+    tmp.write_text(text)
+    tmp.replace(conf_dir / "slurm.conf")
+
+
+def test_submitter_rides_out_slurmctld_and_slurmdbd_being_unreachable(
+    embedded_server: Any,
+) -> None:
+    """slurmctld and slurmdbd unreachable for the submitter (its SLURM_CONF names a closed
+    port; the shared cluster is not touched): jobs keep their last known state (never LOST),
+    a task popped meanwhile goes back to the front of its queue, one line each way; once Slurm
+    answers, the job that ended meanwhile is settled and the waiting task runs, each once."""
+    require_slurm()
+    server = embedded_server
+    work = slurm_workdir("ctld-outage")
+    conf_dir = work / "slurm-conf"
+    conf_dir.mkdir()
+    for item in Path("/etc/slurm").iterdir():
+        if item.is_file():
+            (conf_dir / item.name).write_bytes(item.read_bytes())
+    _dead_ports(conf_dir, dead=False)
+    (work / "t.template").write_text(TEMPLATE.format(work=work))
+    fake = work / "fake_execute.py"
+    fake.write_text(FAKE_EXECUTE)
+    conf = work / "clearml.conf"
+    conf.write_text(
+        json.dumps(
+            {
+                "api": api_section(server),
+                "slurm": {
+                    "state_dir": str(work / "state"),
+                    "hpcagent_command": f"{sys.executable} {fake}",
+                },
+            }
+        )
+    )
+    qid = str(server.send("queues.create", {"name": "ctld-outage"})["id"])
+    first = _enqueue(server, qid, "before the slurm outage")
+    argv = [
+        *SLURM_MAIN,
+        "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "1",
+        "--template-files", str(work / "t.template"), "--queue", "ctld-outage",
+    ]  # fmt: skip
+    log = work / "submitter.log"
+    env = {**clean_env(), "SLURM_CONF": str(conf_dir / "slurm.conf")}
+    proc = start_logged(argv, log, cwd=work, env=env)
+    try:
+        wait_status(server, first, ("in_progress",), log=log, timeout=180)
+        _dead_ports(conf_dir, dead=True)
+        (work / "go").touch()  # the job ends while the submitter cannot ask Slurm
+        wait_status(server, first, ("completed",), log=log, timeout=120)
+        during = _enqueue(server, qid, "during the slurm outage")
+        # sbatch cannot reach the controller (after its own retries): back in front, paused
+        wait_for(
+            lambda: f"task {during} queue ctld-outage: back in queue (" in log.read_text(), 240
+        )
+        assert "slurmctld unreachable since" in log.read_text()
+        assert get_task(server, during)["status"] == "queued"
+        _dead_ports(conf_dir, dead=False)
+        wait_status(server, during, ("completed",), log=log, timeout=240)
+        wait_for(lambda: "slurmctld back after" in log.read_text(), timeout=60)
+        # the job that ended during the outage is settled from accounting, never LOST
+        settled = re.compile(
+            rf"task {first} queue ctld-outage job \d+: COMPLETED \(task completed\)"
+        )
+        wait_for(lambda: settled.search(log.read_text()), timeout=60)
+        assert proc.poll() is None
+    finally:
+        _dead_ports(conf_dir, dead=False)
+        stop_process(proc)
+    text = log.read_text()
+    assert text.count("slurmctld unreachable since") == 1, text[-4000:]
+    assert text.count("slurmctld back after") == 1, text[-4000:]
+    assert "LOST" not in text
+    assert get_task(server, first)["status"] == "completed"
+    for tid in (first, during):
+        wait_for(lambda t=tid: sacct_jobs_named(job_name(t)), timeout=30, interval=1)
+        assert len(sacct_jobs_named(job_name(tid))) == 1, (tid, text[-4000:])

@@ -212,18 +212,30 @@ def test_no_accounting_gone_job_is_unknown_and_not_asked_again() -> None:
 
 
 def test_controller_down_keeps_last_known_state(caplog: pytest.LogCaptureFixture) -> None:
+    """slurmctld away (the subprocess seam answers as squeue does then): the last known states,
+    one warning when it goes and one line when it is back, never one per cycle."""
     answers: list[CommandResult | Exception] = [
         res("5|5|RUNNING|None|0|vm|a\n"),
         fx("squeue_unreachable", FIXTURES / "handmade"),
         CommandTimeout("squeue timed out after 60s"),
+        fx("squeue_unreachable", FIXTURES / "handmade"),
+        res("5|5|RUNNING|None|0|vm|a\n"),
     ]
     s = sched(FakeSlurm(squeue=answers))
     assert s.status(["5"])["5"].state is JobState.RUNNING
-    for _ in range(2):
-        st = s.status(["5", "6"])
-        assert (st["5"].state, st["5"].source) == (JobState.RUNNING, "cache")
-        assert st["6"].state is JobState.UNKNOWN
-    assert "keeping the last known states" in caplog.text
+    with caplog.at_level("INFO", logger="hpcagent.scheduler.slurm"):
+        for _ in range(3):
+            st = s.status(["5", "6"])
+            assert (st["5"].state, st["5"].source) == (JobState.RUNNING, "cache")
+            assert st["6"].state is JobState.UNKNOWN
+            assert st["6"].source == "cache"  # not "gone": the tracker's lost clock waits
+        assert s.status(["5"])["5"].source != "cache"
+    down = [r for r in caplog.records if "slurmctld unreachable since" in r.getMessage()]
+    back = [r for r in caplog.records if "slurmctld back after" in r.getMessage()]
+    assert len(down) == 1
+    assert "jobs keep their last known states" in down[0].getMessage()
+    assert len(back) == 1
+    assert [r.levelname for r in caplog.records if r.levelno >= 30] == ["WARNING"]
 
 
 def test_cancel_chunks_and_ignores_finished_jobs() -> None:
@@ -299,8 +311,11 @@ def test_sacct_failure_keeps_last_known_state(caplog: pytest.LogCaptureFixture) 
     assert s.status(["8"])["8"].state is JobState.RUNNING
     st = s.status(["8"])["8"]
     assert (st.state, st.source) == (JobState.RUNNING, "cache")
-    assert "sacct failed" in caplog.text
-    assert s.status(["8"])["8"].state is JobState.COMPLETED
+    assert "slurmdbd (sacct) unreachable since" in caplog.text
+    assert "Problem talking to the database" in caplog.text
+    with caplog.at_level("INFO", logger="hpcagent.scheduler.slurm"):
+        assert s.status(["8"])["8"].state is JobState.COMPLETED
+    assert "slurmdbd (sacct) back after" in caplog.text
 
 
 def test_never_runs_only_for_pending_reasons_that_cannot_change() -> None:
