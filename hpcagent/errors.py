@@ -182,6 +182,11 @@ class ExecutorError(HpcAgentError):
     exit_code = 8
 
 
+class TaskRecordError(ExecutorError):
+    """A task's stored record cannot be run as it is (a field of the wrong type: ``script``
+    a string, ``hyperparams.Args`` a list, ...); the message names the field."""
+
+
 class RepositoryError(ExecutorError, CommandError):
     """Cloning, checking out or applying the diff of the task's repository failed (git)."""
 

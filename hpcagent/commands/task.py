@@ -215,7 +215,7 @@ def list_cmd(
     names = _queue_names(client)
     if queue:
         qid = str(client.queues.resolve(queue)["id"])
-        tasks = [t for t in tasks if (t.get("execution") or {}).get("queue") == qid]
+        tasks = [t for t in tasks if _obj(t.get("execution")).get("queue") == qid]
     if status:  # servers may ignore unknown filters; filter again here
         tasks = [t for t in tasks if t.get("status") == status]
     tasks.sort(key=lambda t: str(t.get("last_update") or t.get("created") or ""), reverse=True)
@@ -228,7 +228,7 @@ def list_cmd(
             t.get("id"),
             t.get("name"),
             t.get("status"),
-            names.get(str((t.get("execution") or {}).get("queue") or ""), ""),
+            names.get(str(_obj(t.get("execution")).get("queue") or ""), ""),
             local_time(t.get("last_update") or t.get("created")),
             clip(t.get("status_message"), 200),
         ]
@@ -242,6 +242,14 @@ def list_cmd(
     )
 
 
+_SECTIONS = ("script", "execution", "container", "hyperparams", "configuration", "runtime")
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` when it is an object, else empty (a stored field of the wrong type)."""
+    return value if isinstance(value, dict) else {}
+
+
 @task_group.command("show")
 @click.argument("task_id")
 @json_option
@@ -253,12 +261,18 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(task)
         return
-    script = task.get("script") or {}
-    execution = task.get("execution") or {}
-    container = task.get("container") or {}
+    # A stored record may hold anything (clearml-server keeps what it was given): a section
+    # of the wrong type is shown as such, never a traceback.
+    odd = [k for k in _SECTIONS if task.get(k) is not None and not isinstance(task.get(k), dict)]
+    script, execution, container, reqs = (
+        _obj(task.get("script")),
+        _obj(task.get("execution")),
+        _obj(task.get("container")),
+        _obj(_obj(task.get("script")).get("requirements")),
+    )
     queue_id = execution.get("queue") or ""
     queue_name = _queue_names(client).get(str(queue_id), "") if queue_id else ""
-    pip = ((script.get("requirements") or {}).get("pip") or "").strip()
+    pip = str(reqs.get("pip") or "").strip()
     project = str(task.get("project") or "")
     if project:
         with contextlib.suppress(ApiError):  # a deleted project: show the id alone
@@ -285,10 +299,17 @@ def show_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
         ("binary", script.get("binary")),
         ("script text", f"{len(script.get('diff') or '')} chars" if script.get("diff") else ""),
         ("requirements", pip),
-        ("container", " ".join(filter(None, [container.get("image"), container.get("arguments")]))),
+        (
+            "container",
+            " ".join(str(v) for v in (container.get("image"), container.get("arguments")) if v),
+        ),
+        ("invalid fields", ", ".join(f"{k} ({type(task[k]).__name__})" for k in odd)),
     ]
-    for section, params in sorted((task.get("hyperparams") or {}).items()):
-        for key, item in sorted((params or {}).items()):
+    for section, params in sorted(_obj(task.get("hyperparams")).items(), key=lambda kv: str(kv[0])):
+        if not isinstance(params, dict):
+            lines.append((str(section), params))
+            continue
+        for key, item in sorted(params.items(), key=lambda kv: str(kv[0])):
             value = item.get("value") if isinstance(item, dict) else item
             lines.append((f"{section}/{key}", value))
     width = max(len(k) for k, _ in lines)

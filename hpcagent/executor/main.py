@@ -35,7 +35,12 @@ from hpcagent.api.spool import make_sender, make_verifier
 from hpcagent.config import ContainerSettings
 from hpcagent.container.base import PreparedCommand, Session
 from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, open_session
-from hpcagent.errors import EnvironmentSetupError, ExecutorError, RepositoryError
+from hpcagent.errors import (
+    EnvironmentSetupError,
+    ExecutorError,
+    RepositoryError,
+    TaskRecordError,
+)
 from hpcagent.executor import repo as repo_mod
 from hpcagent.executor import requirements as requirements_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
@@ -157,7 +162,7 @@ class Executor:
         except Exception as exc:
             self.note(f"could not set the task {action}: {exc}", "ERROR")
 
-    def _end(self, action: str, reason: str, message: str) -> None:
+    def _end(self, action: str, reason: str, message: str, *, force: bool = False) -> None:
         """Set the final status, unless the task ended itself (clearml-api.md §4.4).
 
         A status the task set (the SDK's ``mark_failed``/``mark_completed``, a pipeline
@@ -176,7 +181,7 @@ class Executor:
         if current in TERMINAL_STATUSES:
             self.note(f"the task set its own final status ({current}); leaving it")
             return
-        self._status(action, reason, message, force=False)
+        self._status(action, reason, message, force=force)
 
     # -- main --------------------------------------------------------------------------------
 
@@ -191,7 +196,10 @@ class Executor:
                 self._log_fh.close()
 
     def _run(self) -> int:
-        task = self._fetch(self.task_id)
+        try:
+            task = self._fetch(self.task_id)
+        except TaskRecordError as exc:
+            return self._refuse(exc)
         if self.opts.clone:
             self.task_id = str(self.client.send("tasks.clone", {"task": self.task_id})["id"])
             self.note(f"running clone {self.task_id} of task {task.id}")
@@ -270,7 +278,15 @@ class Executor:
 
     def _fetch(self, task_id: str) -> TaskInfo:
         data = self.client.send("tasks.get_by_id", {"task": task_id})
-        return TaskInfo.from_task(data.get("task") or {})
+        task = data.get("task")
+        return TaskInfo.from_task(task if isinstance(task, Mapping) else {})
+
+    def _refuse(self, exc: TaskRecordError) -> int:
+        """The task's record cannot be run: fail the task with the reason, unless it already
+        ended (never rewritten after the fact; forced: it may still be queued); exit 8."""
+        self.note(str(exc), "ERROR")
+        self._end("failed", "invalid task record", str(exc)[-2000:], force=True)
+        return exc.exit_code
 
     def _mark_started(self, task: TaskInfo) -> bool:
         """Mark the task started; False when another executor took the queued task first."""

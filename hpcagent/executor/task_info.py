@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcagent.errors import TaskRecordError
 from hpcagent.scheduler.base import (
     LEGACY_PROP_JOB_ID,
     LEGACY_RUNTIME_JOB_ID,
@@ -72,55 +73,110 @@ class TaskInfo:
 
     @classmethod
     def from_task(cls, task: Mapping[str, Any]) -> TaskInfo:
-        """Build from a task dict as returned by ``tasks.get_by_id`` (``data.task``)."""
-        script = task.get("script") or {}
-        reqs = script.get("requirements") or {}
-        pip_reqs = reqs.get("pip") if isinstance(reqs, Mapping) else None
-        working_dir = str(script.get("working_dir") or "")
-        entry = str(script.get("entry_point") or "")
+        """Build from a task dict as returned by ``tasks.get_by_id`` (``data.task``).
+
+        Raises :class:`TaskRecordError` naming the field when a part the executor uses has
+        the wrong type (a server may hold anything: an old SDK, a script, a database edit);
+        a missing or null section counts as empty. ``runtime`` of the wrong type counts as
+        empty too (the executor writes it anew).
+        """
+        script = _section(task, "script")
+        reqs = script.get("requirements")
+        if isinstance(reqs, str):  # some writers store the pip text alone
+            reqs = {"pip": reqs}
+        reqs = _section({"script.requirements": reqs}, "script.requirements")
+        pip_reqs = reqs.get("pip")
+        if isinstance(pip_reqs, list) and all(isinstance(x, str) for x in pip_reqs):
+            pip_reqs = "\n".join(pip_reqs)
+        elif pip_reqs is not None and not isinstance(pip_reqs, str):
+            raise _wrong("script.requirements.pip", pip_reqs, "a text")
+        text = {k: _text(script, k, "script") for k in _SCRIPT_TEXTS}
+        working_dir, entry = text["working_dir"], text["entry_point"]
         if not working_dir and ":" in entry and not entry.startswith("-m"):
             # ClearML allows "dir:script.py" when working_dir is empty.
             working_dir, entry = entry.split(":", 1)
-        hyper = task.get("hyperparams") or {}
-        container = task.get("container") or {}
+        hyper = _section(task, "hyperparams")
+        container = _section(task, "container")
+        runtime = task.get("runtime")
         return cls(
             id=str(task.get("id", "")),
             name=str(task.get("name", "")),
             status=str(task.get("status", "")),
             status_message=str(task.get("status_message") or ""),
             script=ScriptInfo(
-                repository=str(script.get("repository") or ""),
-                branch=str(script.get("branch") or ""),
-                tag=str(script.get("tag") or ""),
-                version_num=str(script.get("version_num") or ""),
+                repository=text["repository"],
+                branch=text["branch"],
+                tag=text["tag"],
+                version_num=text["version_num"],
                 entry_point=entry,
                 working_dir=working_dir or ".",
-                binary=str(script.get("binary") or "python"),
-                diff=str(script.get("diff") or ""),
-                requirements_pip=str(pip_reqs) if pip_reqs is not None else None,
+                binary=text["binary"] or "python",
+                diff=text["diff"],
+                requirements_pip=pip_reqs,
             ),
-            args=_section_items(hyper.get("Args")),
-            environment=_section_items(hyper.get("Environment")),
-            runtime=dict(task.get("runtime") or {}),
-            properties=dict(_section_items(hyper.get("properties"))),
-            container_image=str(container.get("image") or ""),
-            container_arguments=str(container.get("arguments") or ""),
-            setup_shell_script=str(container.get("setup_shell_script") or ""),
+            args=_section_items(hyper, "Args"),
+            environment=_section_items(hyper, "Environment"),
+            runtime=dict(runtime) if isinstance(runtime, Mapping) else {},
+            properties=dict(_section_items(hyper, "properties")),
+            container_image=_text(container, "image", "container"),
+            container_arguments=_text(container, "arguments", "container"),
+            setup_shell_script=_text(container, "setup_shell_script", "container"),
         )
 
 
-def _section_items(section: Any) -> tuple[tuple[str, str], ...]:
-    """``hyperparams.<section>`` as ``(name, value)`` pairs in the task's order."""
-    if not isinstance(section, Mapping):
-        return ()
+_SCRIPT_TEXTS = (
+    "repository", "branch", "tag", "version_num", "entry_point", "working_dir", "binary", "diff"
+)  # fmt: skip
+
+
+def _wrong(field_name: str, value: Any, want: str) -> TaskRecordError:
+    return TaskRecordError(
+        f"the task record cannot be run: {field_name} is {_kind(value)}, expected {want}"
+    )
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a text", bool: "a boolean"}
+    for typ, name in names.items():
+        if isinstance(value, typ):
+            return name
+    return "a number" if isinstance(value, int | float) else type(value).__name__
+
+
+def _section(record: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``record[key]`` as a mapping: missing or null is empty, another type is an error."""
+    value = record.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _wrong(key, value, "an object")
+    return value
+
+
+def _text(section: Mapping[str, Any], key: str, where: str) -> str:
+    """A text field: missing or null is "", another type than text is an error."""
+    value = section.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _wrong(f"{where}.{key}", value, "a text")
+    return value
+
+
+def _section_items(hyper: Mapping[str, Any], name: str) -> tuple[tuple[str, str], ...]:
+    """``hyperparams.<name>`` as ``(name, value)`` pairs in the task's order; a value that is
+    not a scalar (an object, a list) is an error naming it."""
+    section = _section({f"hyperparams.{name}": hyper.get(name)}, f"hyperparams.{name}")
     items: list[tuple[str, str]] = []
     for key, item in section.items():
         if isinstance(item, Mapping):
-            name = str(item.get("name") or key)
+            name_ = str(item.get("name") or key)
             value = item.get("value")
         else:
-            name, value = str(key), item
-        items.append((name, "" if value is None else str(value)))
+            name_, value = str(key), item
+        if isinstance(value, Mapping | list):
+            raise _wrong(f"hyperparams.{name}.{key}", value, "a text or a number")
+        items.append((name_, "" if value is None else str(value)))
     return tuple(items)
 
 
@@ -131,7 +187,12 @@ def entry_argv(python: str, script: ScriptInfo) -> list[str]:
     a bash binary runs the entry point with bash. Splitting uses :func:`shlex.split` on the
     task's own entry point only; nothing is ever given to a shell.
     """
-    parts = shlex.split(script.entry_point) if script.entry_point else []
+    try:
+        parts = shlex.split(script.entry_point) if script.entry_point else []
+    except ValueError as exc:  # an unbalanced quote
+        raise ValueError(
+            f"script.entry_point {script.entry_point!r} cannot be split as a shell would: {exc}"
+        ) from exc
     if not parts:
         raise ValueError("the task has no entry point (script.entry_point is empty)")
     binary = os.path.basename(script.binary or "python")
