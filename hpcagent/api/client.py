@@ -401,7 +401,16 @@ class ApiClient:
 
         def worth_retrying(state: RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
-            return isinstance(exc, _Transient) and (repeat or not exc.sent)
+            if not (isinstance(exc, _Transient) and (repeat or not exc.sent)):
+                return False
+            # An HTTP 500 with the server's error envelope is its answer about this request
+            # (a stored record it cannot handle, say), not an outage: past the quiet budget it
+            # is returned as the error it is, so one bad task cannot hold a daemon forever.
+            return not (
+                patience is not None
+                and state.attempt_number >= self.retries + 1
+                and _error_envelope(exc.response)
+            )
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -451,6 +460,17 @@ class ApiClient:
         if patience is not None:
             patience.outage.up()
         return resp
+
+
+def _error_envelope(resp: requests.Response | None) -> bool:
+    """An HTTP 500 that carries a ClearML error envelope (the server answered)."""
+    if resp is None or resp.status_code != 500:
+        return False
+    try:
+        body = resp.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("meta"), dict)
 
 
 def _stop_when(event: threading.Event) -> Callable[[RetryCallState], bool]:

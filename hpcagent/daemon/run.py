@@ -21,10 +21,13 @@ log, scripts, job outputs), so several daemons with different ``--gpus`` share a
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,20 +212,54 @@ def _serve(
         " (dynamic)" if req.dynamic else "",
         "" if req.services is None else f"; services mode, at most {req.limit or 'any number'}",
     )
+    crashed = True
     try:
         submitter.start()
-        submitter.run(stop)
+        _run_through_full_disks(submitter, stop, req.state_dir)
+        crashed = False
     except ServerUnreachable as exc:  # only a stop ends a wait for the server
         if not stop.is_set():
             raise
+        crashed = False
         log.info("stopped while the server was away (%s)", exc)
     finally:
-        stop_running(submitter, scheduler, req.stop_wait_s)
+        if crashed and not stop.is_set():
+            # Not a stop that was asked for: the tasks run on, the next start re-adopts them.
+            log.error(
+                "daemon %s ends on an error; its running tasks keep running and the next "
+                "start re-adopts them",
+                req.worker_id,
+            )
+        else:
+            stop_running(submitter, scheduler, req.stop_wait_s)
         try:
             submitter.shutdown()
         except HpcAgentError as exc:  # the server may be gone; the worker then just expires
             log.warning("could not unregister %s: %s", req.worker_id, exc)
         ledger.close()
+
+
+def _run_through_full_disks(submitter: Submitter, stop: threading.Event, state_dir: Path) -> None:
+    """``submitter.run(stop)``, waiting out a state folder that cannot be written (a full
+    disk, a quota): the ledger refuses each write whole, so the loop goes on where it was
+    once there is space again (a task popped right before stays ``queued`` without a ledger
+    row, and the stranded-task sweep puts it back in its queue). At most one line a minute."""
+    said = -FULL_DISK_LOG_S
+    while not stop.is_set():
+        try:
+            submitter.run(stop)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if time.monotonic() - said >= FULL_DISK_LOG_S:
+                said = time.monotonic()
+                log.warning("cannot write the state folder %s (%s); retrying", state_dir, exc)
+            stop.wait(2.0)
+
+
+#: How often the daemon repeats that its state folder cannot be written.
+FULL_DISK_LOG_S = 60.0
 
 
 def stop_running(submitter: Submitter, scheduler: LocalScheduler, wait_s: float) -> None:

@@ -115,3 +115,27 @@ def test_non_repeatable_call_waits_out_a_refused_connection(embedded_server: Any
     assert "error" not in out, out
     queue = client.queues.get_by_id(qid)
     assert [e["task"] for e in queue["entries"]] == [tid]
+
+
+def test_a_500_about_one_record_is_an_answer_not_an_outage(embedded_server: Any) -> None:
+    """A stored record the server cannot handle makes a call about it answer 500 (with its
+    error envelope) every time: the patient client returns that error after its quiet budget
+    instead of waiting forever, so one bad task never holds a daemon (issue 14, item 5)."""
+    from hostile_tasks import plant
+
+    from hpcagent.errors import ApiError
+
+    task = embedded_server.send("tasks.create", {"name": "odd", "type": "training"})["id"]
+    embedded_server.stop()
+    plant(embedded_server.data_dir, {task: {"hyperparams": "not an object"}})
+    embedded_server.start()
+    stop = threading.Event()
+    client = _patient(embedded_server, stop)
+    body = {"task": task, "hyperparams": [{"section": "properties", "name": "k", "value": "v"}]}
+    thread, out = _in_thread(lambda: client.send("tasks.edit_hyper_params", body))
+    thread.join(timeout=60)
+    stop.set()
+    assert not thread.is_alive(), "still waiting: a 500 about one record taken for an outage"
+    if "error" in out:  # the server cannot handle the record (else it answered: also fine)
+        assert isinstance(out["error"], ApiError), out
+        assert out["error"].result_code == 500
