@@ -18,8 +18,14 @@ if TYPE_CHECKING:
 
 def ui_routes(app: ServerApp) -> list[BaseRoute]:
     """The UI's routes around ``app`` (its store, authenticator and REST handlers)."""
-    from hpcagent.server.ui import actions, compare, data, pages
+    from hpcagent.server.ui import actions, compare, data, ops, pages
     from hpcagent.server.ui.core import Ui
 
     ui = Ui(app)
-    return [*pages.routes(ui), *actions.routes(ui), *data.routes(ui), *compare.routes(ui)]
+    return [
+        *pages.routes(ui),
+        *actions.routes(ui),
+        *data.routes(ui),
+        *compare.routes(ui),
+        *ops.routes(ui),
+    ]

@@ -28,6 +28,7 @@ STATIC_FILES = {
     "ui.js": "text/javascript",
     "live.js": "text/javascript",
     "compare.js": "text/javascript",
+    "ops.js": "text/javascript",
     "ui.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

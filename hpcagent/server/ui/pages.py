@@ -45,7 +45,7 @@ def project_names(ui: Ui, identity: Identity) -> dict[str, str]:
 
 def routes(ui: Ui) -> list[BaseRoute]:
     async def home(request: Request) -> Response:
-        return ui.redirect("/tasks")
+        return ui.redirect("/home")
 
     async def login_form(request: Request) -> Response:
         nonce = ui.sessions.login_nonce(request)
