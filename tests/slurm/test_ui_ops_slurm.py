@@ -155,6 +155,18 @@ def _job_cell(ui: UiBrowser, job: str) -> str:
     return str(cells[0].text) if cells else ""
 
 
+def _executor_holds(ui: UiBrowser, task: str) -> bool:
+    ui.open("/workers")
+    _loaded(ui)
+    for section in ui.find_all("section.worker"):
+        links = section.find_elements("css selector", f"a.worker-task[href='/tasks/{task}']")
+        if links:
+            wid = section.get_attribute("data-worker")
+            row = ui.find_all(f"tr.worker-row[data-worker='{wid}'][data-role='executor']")
+            return bool(row) and row[0].find_element("css selector", ".worker-held").text == "1"
+    return False
+
+
 def test_queues_workers_and_moving_to_the_top_in_the_ui(rig: Rig, ui: UiBrowser) -> None:
     submitter = h.wait_for(lambda: rig.worker_serving("slurm"), timeout=60)
     daemon = h.wait_for(lambda: rig.worker_serving("local"), timeout=60)
@@ -187,6 +199,9 @@ def test_queues_workers_and_moving_to_the_top_in_the_ui(rig: Rig, ui: UiBrowser)
     first = rig.create("ops first (holds the slot)", flag)
     rig.enqueue(first, "slurm")
     h.wait_for(lambda: rig.job(first), timeout=120)
+    # its executor (hpcagent execute in the job) is a worker of its own, holding the task
+    rig.wait_status(first, ("in_progress",), timeout=180)
+    ui.wait_until(lambda: _executor_holds(ui, first), 60, "executor row")
     b, c = rig.create("ops b"), rig.create("ops c")
     rig.enqueue(b, "slurm")
     rig.enqueue(c, "slurm")

@@ -108,6 +108,14 @@ def test_queues_page_reorders_removes_creates_and_deletes(ui: UiBrowser, daemon:
     served = ui.find(f"#queue-{daemon.queue} .queue-workers").text
     assert daemon.worker in served
     ui.screenshot("queues")
+    # live: a task enqueued elsewhere shows up without a reload (live.js swaps #queue-list)
+    ui.js("window.notReloaded = true;")
+    d = _task(srv, "ops d")
+    srv.send("tasks.enqueue", {"task": d, "queue": queue})
+    ui.wait_until(lambda: _rows(ui, queue) == [a, b, c, d], 10, "live queue")
+    assert ui.js("return window.notReloaded === true")
+    srv.send("queues.remove_task", {"queue": queue, "task": d, "update_task_status": True})
+    ui.wait_until(lambda: _rows(ui, queue) == [a, b, c], 10, "live queue")
     # top, down, up, bottom: the page and the server agree after each
     _op(ui, queue, c, "top")
     assert _rows(ui, queue) == _entries(srv, queue) == [c, a, b]
@@ -169,7 +177,7 @@ def test_workers_page_shows_the_daemon_and_its_series(ui: UiBrowser, daemon: Any
         f"{ui.server.url}/data/worker-stats", params={"worker": daemon.worker, "range": "3600"}
     )
     assert series.status_code == 200
-    cpu = series.json()["series"]["cpu_usage"]
+    cpu = series.json()["workers"][daemon.worker]["cpu_usage"]
     assert cpu["values"]
     charts = ui.js(
         "return Array.from(document.querySelectorAll(arguments[0] + ' .stats-chart'))"
@@ -223,4 +231,10 @@ def test_home_figures_match_the_server(ui: UiBrowser, daemon: Any) -> None:
     assert reason in failures[failed].find_element("css selector", ".failure-reason").text
     assert int(ui.text("#fig-failed")) == len(failures)
     ui.screenshot("home")
+    # live: one more waiting task moves the figures without a reload
+    before = int(ui.text("#fig-queued"))
+    ui.js("window.notReloaded = true;")
+    srv.send("tasks.enqueue", {"task": _task(srv, "ops one more"), "queue": idle_queue})
+    ui.wait_until(lambda: int(ui.text("#fig-queued")) == before + 1, 10, "live home")
+    assert ui.js("return window.notReloaded === true")
     assert ui.errors() == []

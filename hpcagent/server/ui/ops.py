@@ -13,6 +13,7 @@ page shows them although the server never talks to the cluster.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import time
 from typing import Any
@@ -36,6 +37,8 @@ ENTRY_OPS = {
 CHART_KEYS = ("cpu_usage", "memory_used", "gpu_usage", "gpu_memory_used")
 #: Chart ranges offered on the workers page (seconds).
 RANGES = (600, 3600, 6 * 3600, 24 * 3600)
+#: The most workers one chart request covers.
+MAX_CHARTED = 200
 FAILURE_WINDOW_S = 24 * 3600
 MAX_FAILURES = 500  # the newest failed tasks the home page reads
 
@@ -97,6 +100,8 @@ def describe_workers(ui: Ui, identity: Identity) -> list[dict[str, Any]]:
         out.append(
             {
                 "id": wid,
+                "dom": "worker-"
+                + hashlib.sha1(wid.encode(), usedforsecurity=False).hexdigest()[:12],
                 "role": role,
                 "host": wid.split(":", 1)[0],
                 "queues": [q for q in worker.get("queues") or [] if isinstance(q, dict)],
@@ -202,23 +207,25 @@ def home_view(ui: Ui, identity: Identity) -> dict[str, Any]:
     }
 
 
-def stats_series(ui: Ui, identity: Identity, worker_id: str, range_s: int) -> dict[str, Any]:
-    """``workers.get_stats`` of one worker for the charts: ``{metric: {dates, values}}`` (avg per
-    interval; lists such as per-core usage averaged; absent metrics left out)."""
+def stats_series(ui: Ui, identity: Identity, worker_ids: list[str], range_s: int) -> dict[str, Any]:
+    """One ``workers.get_stats`` for the charts of ``worker_ids``: ``{workers: {id: {metric:
+    {dates, values}}}}`` (avg per interval; per-core or per-GPU lists averaged; metrics a worker
+    never reported left out)."""
     now = time.time()
     body = {
-        "worker_ids": [worker_id],
+        "worker_ids": worker_ids,
         "from_date": now - range_s,
         "to_date": now,
         "interval": max(1, range_s // 360),
         "items": [{"key": key, "category": "avg"} for key in CHART_KEYS],
     }
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {wid: {} for wid in worker_ids}
     for worker in ui.call(identity, "workers.get_stats", body)["workers"]:
+        series = out.setdefault(str(worker["worker"]), {})
         for metric in worker["metrics"]:
             values = metric["stats"][0]["values"] if metric["stats"] else []
-            out[metric["metric"]] = {"dates": metric["dates"], "values": values}
-    return {"worker": worker_id, "range": range_s, "series": out}
+            series[metric["metric"]] = {"dates": metric["dates"], "values": values}
+    return {"range": range_s, "workers": out}
 
 
 def routes(ui: Ui) -> list[BaseRoute]:
@@ -259,12 +266,12 @@ def routes(ui: Ui) -> list[BaseRoute]:
         return ui.redirect(f"/queues#queue-{queue_id}")
 
     async def worker_stats(request: Request, identity: Identity) -> Response:
-        worker_id = request.query_params.get("worker") or ""
-        if not worker_id:
+        worker_ids = [w for w in request.query_params.getlist("worker") if w][:MAX_CHARTED]
+        if not worker_ids:
             raise bad_request("worker is required")
         value = request.query_params.get("range") or "3600"
         range_s = int(value) if value.isdigit() and int(value[:9]) in RANGES else 3600
-        return ui.json(stats_series(ui, identity, worker_id, range_s))
+        return ui.json(stats_series(ui, identity, worker_ids, range_s))
 
     return [
         Route("/home", ui.page(home), methods=["GET"]),

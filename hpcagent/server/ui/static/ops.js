@@ -1,9 +1,12 @@
 // hpcagent web UI: the workers page's CPU / memory / GPU charts (machine_stats the workers
-// reported, from /data/worker-stats, i.e. workers.get_stats). Text from the server is only
-// ever inserted with textContent. Loaded from /static (the CSP allows no inline script).
+// reported, from /data/worker-stats, i.e. workers.get_stats). One request draws the charts of
+// every worker on the page; they are drawn again every 30 s (workers report every 30 s), and
+// at once when the range changes. Text from the server is only ever inserted with
+// textContent. Loaded from /static (the CSP allows no inline script).
 "use strict";
 
 (function () {
+  var REFRESH_MS = 30000;
   var CHARTS = [
     { title: "CPU usage (%)", keys: ["cpu_usage"], names: ["cpu"] },
     { title: "Memory used (MB)", keys: ["memory_used"], names: ["memory"] },
@@ -18,7 +21,7 @@
     return node;
   }
 
-  function draw(box, data) {
+  function draw(box, series) {
     box.textContent = "";
     CHARTS.forEach(function (chart) {
       var card = el("div", "chart-card");
@@ -26,7 +29,7 @@
       box.appendChild(card);
       var traces = [];
       chart.keys.forEach(function (key, i) {
-        var s = data.series[key];
+        var s = series[key];
         if (!s || !s.dates.length) return;
         traces.push({ x: s.dates.map(function (d) { return new Date(d * 1000); }), y: s.values,
                       name: chart.names[i], type: "scatter", mode: "lines+markers",
@@ -43,22 +46,32 @@
       if (traces.length > 1) layout.yaxis2 = { overlaying: "y", side: "right" };
       window.Plotly.newPlot(plot, traces, layout, { displaylogo: false, responsive: true });
     });
-  }
-
-  function load(box, range) {
-    var url = "/data/worker-stats?worker=" + encodeURIComponent(box.dataset.worker) + "&range=" + range;
-    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw new Error(b.error || r.status); return b; }); })
-      .then(function (data) { draw(box, data); box.dataset.loaded = "1"; })
-      .catch(function (err) { box.textContent = ""; box.appendChild(el("p", "error", String(err.message || err))); });
+    box.dataset.loaded = "1";
   }
 
   function start() {
     var select = document.getElementById("stats-range");
-    var boxes = document.querySelectorAll(".worker-charts");
-    function all() { boxes.forEach(function (box) { load(box, select ? select.value : "3600"); }); }
-    if (select) select.addEventListener("change", all);
-    all();
+    var boxes = Array.prototype.slice.call(document.querySelectorAll(".worker-charts"));
+    if (!boxes.length) return;
+    function load() {
+      if (document.hidden) return;
+      var url = "/data/worker-stats?range=" + (select ? select.value : "3600") +
+        boxes.map(function (b) { return "&worker=" + encodeURIComponent(b.dataset.worker); }).join("");
+      fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw new Error(b.error || r.status); return b; }); })
+        .then(function (data) {
+          boxes.forEach(function (box) { draw(box, data.workers[box.dataset.worker] || {}); });
+        })
+        .catch(function (err) {
+          boxes.forEach(function (box) {
+            box.textContent = "";
+            box.appendChild(el("p", "error", String(err.message || err)));
+          });
+        });
+    }
+    if (select) select.addEventListener("change", load);
+    load();
+    window.setInterval(load, REFRESH_MS);
   }
   if (window.Plotly) start(); else window.addEventListener("load", start);
 })();
