@@ -270,7 +270,8 @@ def routes(ui: Ui) -> list[BaseRoute]:
         if not worker_ids:
             raise bad_request("worker is required")
         value = request.query_params.get("range") or "3600"
-        range_s = int(value) if value.isdigit() and int(value[:9]) in RANGES else 3600
+        range_s = int(value) if value.isdigit() and len(value) <= 6 else 3600
+        range_s = range_s if range_s in RANGES else 3600  # only the ranges the page offers
         return ui.json(stats_series(ui, identity, worker_ids, range_s))
 
     return [
