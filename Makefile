@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint test test-unit slurm-up slurm-down gridengine-up gridengine-down docker-up browser demo bench clean help cluster-up cluster-down cluster-test
+.PHONY: install lint test test-unit slurm-up slurm-down gridengine-up gridengine-down docker-up browser demo bench chaos clean help cluster-up cluster-down cluster-test
 
 help:
 	@echo "make demo    install, then run an example task end to end on the embedded server"
 	@echo "make test    install, start the local one-host Slurm and Grid Engine, run lint and every test"
 	@echo "make lint    ruff + mypy --strict + lint-imports (the layering of docs/structure.md)"
 	@echo "make bench   run the benchmarks and print their figures"
+	@echo "make chaos   the fault suite: kill -9, SIGSTOP, a full disk, hostile task records (root; CHAOS_ARGS='--seed N --tasks N')"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,10 @@ demo: install
 
 bench: install
 	for b in benchmarks/*_bench.py; do $(PY) $$b || exit 1; done
+
+# The fault suite in full (make test runs its short form, tests/e2e/test_chaos.py).
+chaos: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) tests/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
