@@ -151,6 +151,9 @@ class Store:
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(SCHEMA)
         self._depth = 0
+        #: Rows that events.add_batch inserted (of ``conn.total_changes``): the web UI's live
+        #: polls tell "a document changed" from "events came in" by it (ui/live.py).
+        self.event_changes = 0
         self._add_task_columns()
         self._add_event_values()
         # WAL checkpoints run in a background thread (own connection; sqlite releases the GIL

@@ -7,6 +7,7 @@ it, and a page makes at most one request a second.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -30,6 +31,13 @@ def _task(srv: Any, name: str) -> str:
     return str(srv.send("tasks.create", {"name": name, "type": "training"})["id"])
 
 
+def _running_task(srv: Any, name: str) -> str:
+    task = _task(srv, name)
+    srv.send("tasks.enqueue", {"task": task, "queue": _queue(srv)})
+    srv.send("tasks.started", {"task": task, "force": True})
+    return task
+
+
 def _mark(ui: UiBrowser) -> None:
     ui.js("window.__notReloaded = 'yes';")
 
@@ -48,10 +56,7 @@ def test_task_page_shows_completed_without_reload(
     ui: UiBrowser, embedded_server_session: Any
 ) -> None:
     srv = embedded_server_session
-    queue = _queue(srv)
-    task = _task(srv, "live task page")
-    srv.send("tasks.enqueue", {"task": task, "queue": queue})
-    srv.send("tasks.started", {"task": task, "force": True})
+    task = _running_task(srv, "live task page")
     ui.open(f"/tasks/{task}")
     assert ui.text("#task-status") == "in_progress"
     ui.find("#clone-name").clear()
@@ -122,6 +127,16 @@ def test_idle_page_is_not_rendered_again(ui: UiBrowser, embedded_server_session:
     other = session.get(url, headers={"X-Hpcagent-Live": token})
     assert other.status_code == 204
     assert other.headers["X-Hpcagent-Live"] != token
+    # events coming in (console lines) change no document: 204 without rendering the page,
+    # but the first part of the token moved, which sets off the page's followers (the tail)
+    token = other.headers["X-Hpcagent-Live"]
+    line = json.dumps({"task": task, "type": "log", "msg": "a line"}).encode()
+    assert srv.request("events.add_batch", data=line).status_code == 200
+    logged = session.get(url, headers={"X-Hpcagent-Live": token})
+    assert logged.status_code == 204
+    moved = logged.headers["X-Hpcagent-Live"].split(".")
+    assert moved[0] != token.split(".")[0]
+    assert moved[1:] == token.split(".")[1:]  # same documents, same page: not rendered
     # without a session: the sign-in redirect, as for any page
 
     anonymous = requests.get(url, headers={"X-Hpcagent-Live": token}, allow_redirects=False)
@@ -130,3 +145,29 @@ def test_idle_page_is_not_rendered_again(ui: UiBrowser, embedded_server_session:
 
 def _queue(srv: Any) -> str:
     return str(srv.send("queues.create", {"name": f"live-{uuid.uuid4().hex[:6]}"})["id"])
+
+
+def test_console_tail_shares_the_one_request_a_second(
+    ui: UiBrowser, embedded_server_session: Any
+) -> None:
+    """On the Console tab the live tail is a follower of the page's poll: new lines appear
+    without a reload while the page (status and tail together) stays within one request a
+    second, and the status still changes live."""
+    srv = embedded_server_session
+    task = _running_task(srv, "live console")
+    ui.open(f"/tasks/{task}?tab=console")
+    _mark(ui)
+    for batch in range(3):
+        line = f"streamed line {batch}"
+        body = {"task": task, "type": "log", "msg": line}
+        assert srv.request("events.add_batch", data=json.dumps(body).encode()).status_code == 200
+        ui.wait_until(
+            lambda line=line: line in [e.text for e in ui.find_all("#console .line")], 60, line
+        )
+    srv.send("tasks.completed", {"task": task, "force": True})
+    ui.wait_until(lambda: ui.text("#task-status") == "completed", 60, "completed shown live")
+    assert _not_reloaded(ui)
+    lines = [e.text for e in ui.find_all("#console .line")]
+    assert lines == [f"streamed line {i}" for i in range(3)]  # each once
+    _at_most_one_request_a_second(ui)
+    assert ui.errors() == []

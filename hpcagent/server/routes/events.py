@@ -160,12 +160,14 @@ def add_batch(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             before = len(rows)
             rows = [r for r in rows if r[0] in known]
             errors_info["Invalid task id"] = before - len(rows)
+        changes = conn.total_changes
         conn.executemany(
             # OR REPLACE: only scalars have a unique key (events_scalar_point), see store.py.
             "INSERT OR REPLACE INTO events(task, type, ts, iter, metric, variant, doc, value) "
             "VALUES (?,?,?,?,?,?,?,?)",
             rows,
         )
+        ctx.store.event_changes += conn.total_changes - changes
         for task_id, evs in scalars.items():
             if task_id in known:
                 _update_metrics(ctx, task_id, evs, now)

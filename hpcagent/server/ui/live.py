@@ -4,12 +4,15 @@ The protocol is one conditional GET of the page's own URL, at most once a second
 
 * ``static/live.js`` asks for ``location.pathname + location.search`` with the request header
   ``X-Hpcagent-Live: TOKEN`` (``-`` the first time);
-* :func:`answer` compares the token with the database's change counter (the server's one SQLite
-  connection's ``total_changes``, which every write moves): nothing written since the token was
-  issued, and the token younger than :data:`REFRESH_S`, is a ``204`` at once, without running the
-  page. Otherwise the page is rendered as for a normal GET and hashed; the same HTML as the
-  token's is again a ``204``, different HTML is a ``200`` with the page. Both carry the new
-  token in the ``X-Hpcagent-Live`` reply header;
+* :func:`answer` compares the token with the database's change counters (the server's one
+  SQLite connection's ``total_changes``, which every write moves, and the part of it that is
+  not events coming in, ``Store.event_changes``): no document written since the token was
+  issued, and the token younger than :data:`REFRESH_S`, is a ``204`` at once, without running
+  the page (the pages render documents; console lines and points are read by their scripts).
+  Otherwise the page is rendered as for a normal GET and hashed; the same HTML as the token's
+  is again a ``204``, different HTML is a ``200`` with the page. Both carry the new token in
+  the ``X-Hpcagent-Live`` reply header, whose first part (``total_changes``) tells live.js
+  that something, events included, was written;
 * live.js swaps the elements of the page marked ``data-live`` (each with an ``id``) for their
   new versions, keeps what the user did there (ticked boxes, typed values, the focused field),
   and fires the ``hpcagent:live`` event on ``document`` (scripts of a page redraw from it).
@@ -49,12 +52,12 @@ def asked(request: Request) -> bool:
     return HEADER.lower() in request.headers
 
 
-def _parse(token: str) -> tuple[int, float, str] | None:
-    changes, _, rest = token.partition(".")
-    issued, _, digest = rest.partition(".")
-    if not (changes.isdigit() and issued.isdigit() and digest) or len(token) > 100:
+def _parse(token: str) -> tuple[int, int, float, str] | None:
+    """``(total changes, document changes, issued, page digest)`` of a token, None if bad."""
+    parts = token.split(".")
+    if len(token) > 100 or len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
         return None
-    return int(changes), float(issued), digest
+    return int(parts[0]), int(parts[1]), float(parts[2]), parts[3]
 
 
 def _unchanged(token: str) -> Response:
@@ -67,17 +70,19 @@ async def answer(ui: Ui, request: Request, identity: dict[str, Any], handler: Ha
     """live.js's poll of a page: ``204`` when it did not change since the request's token,
     else the page (``200``); either way the new token in the ``X-Hpcagent-Live`` header.
     A page that is not ``200`` (an error, a redirect) is answered as it is."""
-    changes = ui.app.store.conn.total_changes
+    store = ui.app.store
+    changes = store.conn.total_changes
+    documents = changes - store.event_changes
     now = time.time()
     old = _parse(request.headers.get(HEADER, ""))
-    if old is not None and old[0] == changes and now - old[1] < REFRESH_S:
-        return _unchanged(request.headers[HEADER])
+    if old is not None and old[1] == documents and now - old[2] < REFRESH_S:
+        return _unchanged(f"{changes}.{documents}.{int(old[2])}.{old[3]}")
     response = await handler(request, identity)
     if response.status_code != 200:
         return response
     digest = hashlib.blake2b(bytes(response.body), digest_size=12).hexdigest()
-    token = f"{changes}.{int(now)}.{digest}"
-    if old is not None and old[2] == digest:
+    token = f"{changes}.{documents}.{int(now)}.{digest}"
+    if old is not None and old[3] == digest:
         return _unchanged(token)
     response.headers[HEADER] = token
     return response
