@@ -49,13 +49,16 @@ class Outage:
     def is_down(self) -> bool:
         return self._since is not None
 
-    def down(self, reason: str) -> bool:
-        """The part did not answer; True when this call began the outage (and logged it)."""
+    def down(self, reason: str, began: float | None = None) -> bool:
+        """The part did not answer; True when this call began the outage (and logged it).
+        ``began`` (a ``time.monotonic()`` value) is when the first failed attempt was made,
+        if earlier than now (the client declares an outage after its quiet retries)."""
         with self._lock:
             if self._since is not None:
                 return False
-            self._since = time.time()
-            self._since_mono = time.monotonic()
+            now_mono = time.monotonic()
+            self._since_mono = min(now_mono, began) if began is not None else now_mono
+            self._since = time.time() - (now_mono - self._since_mono)
             self.outages += 1
         when = dt.datetime.fromtimestamp(self._since, dt.timezone.utc).strftime("%H:%M:%S UTC")
         tail = f"retrying every <= {self.retry_s:g} s" if self.retry_s else self.meanwhile

@@ -117,6 +117,7 @@ class _Transient(Exception):
         self.reason = reason
         self.response = response
         self.sent = sent
+        self.read_timeout = False  # the server took the request and did not answer in time
 
 
 @dataclass
@@ -137,20 +138,29 @@ class RetryPolicy:
     backoff_s: float
     backoff_max_s: float
     connect_timeout_s: float
+    #: The read timeout; a reply that does not come within it is not waited for again (a
+    #: server that took the request and is stuck, paused or overloaded). None: the configured
+    #: ``api.http.timeout_sec``, retried like any failure.
+    read_timeout_s: float | None = None
 
     def worst_case_s(self) -> float:
-        """Longest a call to a server that never accepts a connection takes (name resolution
-        aside): every attempt's connect timeout plus the longest wait before each retry."""
+        """Longest a call takes (name resolution aside) when the server never accepts a
+        connection (every attempt's connect timeout plus the longest wait before each retry),
+        or when it accepts and never answers (one connect and one read timeout)."""
         waits = sum(
             min(self.backoff_max_s, self.backoff_s * 2.0**n) for n in range(max(0, self.retries))
         )
-        return (self.retries + 1) * self.connect_timeout_s + waits
+        refused = (self.retries + 1) * self.connect_timeout_s + waits
+        silent = self.connect_timeout_s + (self.read_timeout_s or float("inf"))
+        return max(refused, silent)
 
 
 #: The policy of commands a person waits for (``hpcagent task …``, ``queue …``, ``workers …``):
-#: a wrong or dead server URL fails in under 5 s (3 attempts), not after the patient budget of
-#: the long-running parts.
-INTERACTIVE = RetryPolicy(retries=2, backoff_s=0.25, backoff_max_s=1.0, connect_timeout_s=1.0)
+#: a wrong, dead or paused server fails in under 5 s (3 attempts, or one unanswered request),
+#: not after the patient budget of the long-running parts.
+INTERACTIVE = RetryPolicy(
+    retries=2, backoff_s=0.25, backoff_max_s=1.0, connect_timeout_s=1.0, read_timeout_s=4.0
+)
 
 
 def _is_transient_status(status: int) -> bool:
@@ -184,6 +194,7 @@ class ApiClient:
         method: str = "post",
         token: str | None = None,
         connect_timeout_s: float | None = None,
+        retry_read_timeouts: bool = True,
     ) -> None:
         if not host:
             raise ConfigError("no API server configured (api.api_server / CLEARML_API_HOST)")
@@ -193,6 +204,7 @@ class ApiClient:
         connect = min(10.0, timeout_s) if connect_timeout_s is None else connect_timeout_s
         self.timeout = (connect, timeout_s)
         self.retries = max(0, retries)
+        self.retry_read_timeouts = retry_read_timeouts
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.worker = worker or socket.gethostname()
@@ -256,12 +268,17 @@ class ApiClient:
     def interactive(cls, settings: Settings, policy: RetryPolicy = INTERACTIVE) -> ApiClient:
         """A client for a command a person waits for: ``policy`` in place of the configured
         retry budget, so that a wrong URL fails fast with one line."""
+        overrides: dict[str, Any] = {}
+        if policy.read_timeout_s is not None:
+            overrides["timeout_s"] = min(policy.read_timeout_s, settings.api.timeout_s)
+            overrides["retry_read_timeouts"] = False
         return cls.from_settings(
             settings,
             retries=min(policy.retries, settings.api.retries),
             backoff_s=policy.backoff_s,
             backoff_max_s=policy.backoff_max_s,
             connect_timeout_s=policy.connect_timeout_s,
+            **overrides,
         )
 
     def close(self) -> None:
@@ -394,14 +411,20 @@ class ApiClient:
                     method, url, data=payload, headers=dict(headers), timeout=self.timeout
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(_reason(exc, self.timeout), sent=not _never_sent(exc)) from exc
+                transient = _Transient(_reason(exc, self.timeout), sent=not _never_sent(exc))
+                transient.read_timeout = isinstance(exc, requests.ReadTimeout)
+                raise transient from exc
             if _is_transient_status(resp.status_code):
                 raise _Transient(f"HTTP {resp.status_code}", resp, sent=resp.status_code != 429)
             return resp
 
         def worth_retrying(state: RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
-            if not (isinstance(exc, _Transient) and (repeat or not exc.sent)):
+            if not isinstance(exc, _Transient):
+                return False
+            if exc.read_timeout and not self.retry_read_timeouts:
+                return False
+            if not (repeat or not exc.sent):
                 return False
             # An HTTP 500 with the server's error envelope is its answer about this request
             # (a stored record it cannot handle, say), not an outage: past the quiet budget it
@@ -417,7 +440,8 @@ class ApiClient:
             n = state.attempt_number
             if patience is not None:
                 if n >= self.retries + 1:
-                    patience.outage.down(exc.reason if isinstance(exc, _Transient) else str(exc))
+                    reason = exc.reason if isinstance(exc, _Transient) else str(exc)
+                    patience.outage.down(reason, began=state.start_time)
                 log.debug("%s: %s; retrying (attempt %d)", name, exc, n + 1)
                 return
             # The first retries are routine (a server restart); only persistent trouble warns.
@@ -453,6 +477,11 @@ class ApiClient:
         except _Transient as exc:  # not repeatable, and it may have reached the server
             if exc.response is not None:
                 return exc.response  # the server's own error envelope (a 5xx) says what it is
+            if exc.read_timeout and not self.retry_read_timeouts:
+                raise ServerUnreachable(
+                    f"API server {self.host} took the request but did not answer "
+                    f"({name}: {exc.reason}); is it paused or overloaded?"
+                ) from exc
             raise UnconfirmedCall(
                 f"API server {self.host}: no answer to {name} ({exc.reason}); not sent again, "
                 "as it may have reached the server"

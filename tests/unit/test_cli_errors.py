@@ -90,6 +90,37 @@ def test_closed_port_fails_fast_with_one_line(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_paused_server_fails_after_one_unanswered_request(
+    bare: Any, tmp_path: Path, attempts: list[str], embedded_server: Any
+) -> None:
+    """A server that accepts the connection and never answers (SIGSTOP) is not waited for
+    again: one request, one read timeout (INTERACTIVE.read_timeout_s), one line."""
+    import os
+    import signal
+
+    conf = write_conf(
+        tmp_path / "paused.conf",
+        embedded_server.url,
+        embedded_server.access_key,
+        embedded_server.secret_key,
+        retries=8,
+    )
+    assert embedded_server.proc is not None
+    attempts.clear()  # the fixture's own start-up pings
+    os.kill(embedded_server.proc.pid, signal.SIGSTOP)
+    try:
+        rc, out, err = bare("--config-file", str(conf), "queue", "list")
+    finally:
+        os.kill(embedded_server.proc.pid, signal.SIGCONT)
+    assert (rc, out) == (5, "")
+    assert err.splitlines() == [
+        f"error: API server {embedded_server.url} took the request but did not answer "
+        f"(auth.login: no answer within {INTERACTIVE.read_timeout_s:g} s); "
+        "is it paused or overloaded?"
+    ]
+    assert len(attempts) == 1
+
+
 def test_unresolvable_host_says_so(bare: Any, tmp_path: Path, attempts: list[str]) -> None:
     conf = write_conf(tmp_path / "dns.conf", "http://nosuch.invalid:8008", "k", "s", retries=8)
     rc, _, err = bare("--config-file", str(conf), "task", "list")
