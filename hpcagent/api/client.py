@@ -476,6 +476,8 @@ class ApiClient:
             ) from last
         except _Transient as exc:  # not repeatable, and it may have reached the server
             if exc.response is not None:
+                if patience is not None:
+                    patience.outage.up()  # it answered, if with an error
                 return exc.response  # the server's own error envelope (a 5xx) says what it is
             if exc.read_timeout and not self.retry_read_timeouts:
                 raise ServerUnreachable(
