@@ -176,6 +176,13 @@ def embedded_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterato
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def embedded_server_class() -> type[EmbeddedServer]:
+    """The class itself, for fixtures of a wider scope than ``make_embedded_server`` (they
+    stop the servers they start)."""
+    return EmbeddedServer
+
+
 @pytest.fixture
 def make_embedded_server(tmp_path: Path) -> Iterator[Callable[..., EmbeddedServer]]:
     """A factory: ``make_embedded_server(name, start=True, **EmbeddedServer kwargs)``; every

@@ -30,6 +30,17 @@ WHEELS = ["clearml==2.1.12", "six==1.16.0", "pip<22.3"]
 
 BIN = Path(sys.executable).parent
 
+#: The sbatch template of the tiers under Slurm (tests/slurm): one task, the job log in its cwd.
+SLURM_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
+#SBATCH --output=task-${CLEARML_TASK.id}-%j.log
+#SBATCH --ntasks=1
+#SBATCH --time=00:20:00
+${CLEARML_PRE_SETUP}
+${CLEARML_AGENT_EXECUTE}
+${CLEARML_POST_SETUP}
+"""
+
 TRAIN_PY = """\
 import argparse
 import json
@@ -165,7 +176,7 @@ class Tier:
         return str(self.server.send("tasks.clone", {"task": task_id})["id"])
 
 
-def _download_wheels(dest: Path) -> Path:
+def download_wheels(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
         stamp = dest / (".done-" + "-".join(WHEELS).replace("<", "lt").replace("=", ""))
@@ -206,7 +217,7 @@ def make_tier(root: Path, server: Any) -> Tier:
     """The repositories, wheelhouse, user clearml.conf and queue of a tier under ``root``."""
     for tool in ("clearml-agent", "clearml-task", "poetry"):  # dev dependencies
         assert (BIN / tool).exists(), f"{tool} missing next to {sys.executable}: make install"
-    wheelhouse = _download_wheels(WHEELHOUSE.expanduser())
+    wheelhouse = download_wheels(WHEELHOUSE.expanduser())
     bare, work, sha, feature_sha = _make_repo(root)
     user_conf = root / "user-clearml.conf"
     api = {

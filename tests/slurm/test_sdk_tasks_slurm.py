@@ -16,19 +16,9 @@ from typing import Any
 
 import helpers as h
 import pytest
-from sdk_tier import CASES, Run, Tier, compare, make_tier, result, tier_conf
+from sdk_tier import CASES, SLURM_TEMPLATE, Run, Tier, compare, make_tier, result, tier_conf
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
-
-TEMPLATE = """#!/bin/bash
-#SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
-#SBATCH --output=task-${CLEARML_TASK.id}-%j.log
-#SBATCH --ntasks=1
-#SBATCH --time=00:20:00
-${CLEARML_PRE_SETUP}
-${CLEARML_AGENT_EXECUTE}
-${CLEARML_POST_SETUP}
-"""
 
 
 class Submitters:
@@ -40,7 +30,7 @@ class Submitters:
         self.queues: dict[str, str] = {}
         self.logs: dict[str, Path] = {}
         template = tier.root / "sdk.template"
-        template.write_text(TEMPLATE)
+        template.write_text(SLURM_TEMPLATE)
         for manager in ("uv", "poetry"):
             conf = tier_conf(tier, f"slurm-{manager}", manager)
             data = json.loads(conf.read_text())
