@@ -9,7 +9,10 @@ status, the arguments the script saw and the scalars it reported are equal.
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,13 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import joblib
 import requests
 from filelock import FileLock
-from helpers import _git, clean_env, get_task, run_execute, write_conf
+from helpers import _git, clean_env, get_task, run_execute, task_log_lines, write_conf
 
 #: Wheels for the tasks' venvs (clearml and its dependencies), downloaded once from PyPI.
 WHEELHOUSE = Path(os.environ.get("HPCAGENT_TEST_WHEELHOUSE", "~/.cache/hpcagent-tests/sdk-wheels"))
-WHEELS = ["clearml==2.1.12", "six==1.16.0", "pip<22.3"]
+#: The frameworks the SDK auto-logs that AUTOLOG_PY uses (dev dependencies): the task records
+#: the versions of the user's venv, which is this one, so the wheelhouse holds those.
+FRAMEWORKS = ("matplotlib", "tensorboardX", "joblib")
+WHEELS = [
+    "clearml==2.1.12",
+    "six==1.16.0",
+    "pip<22.3",
+    *(f"{name}=={importlib.metadata.version(name)}" for name in FRAMEWORKS),
+]
 
 BIN = Path(sys.executable).parent
 
@@ -79,6 +91,44 @@ task.upload_artifact("seen", artifact_object=seen, wait_on_upload=True)
 task.flush(wait_for_uploads=True)
 if a.fail_itself:
     task.mark_failed(status_reason="the script failed itself")
+"""
+
+#: Framework auto-logging: a tensorboardX SummaryWriter (scalars), a matplotlib figure shown
+#: (a plot) and a joblib.dump (an output model, uploaded to output_uri=True: the files server).
+AUTOLOG_PY = """\
+import argparse
+import json
+import os
+
+import joblib
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from clearml import Task
+from tensorboardX import SummaryWriter
+
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=3)
+p.add_argument("--lr", type=float, default=0.5)
+name = "autolog-" + os.environ.get("SDK_TIER_TAG", "")
+task = Task.init(project_name="sdk-tier", task_name=name, output_uri=True)
+a = p.parse_args()
+writer = SummaryWriter(logdir="tb-runs")
+for step in range(a.steps):
+    writer.add_scalar("tb/loss", a.lr / (step + 1), step)
+writer.close()
+plt.figure()
+plt.plot(list(range(a.steps)), [a.lr * s for s in range(a.steps)], label="lr*step")
+plt.title("lr curve")
+plt.legend()
+plt.show()
+# compressed: the SDK hooks the file object joblib makes then (a plain open() it cannot hook)
+joblib.dump({"steps": a.steps, "lr": a.lr}, "model.pkl", compress=3)
+same = Task.current_task().id == task.id == os.environ.get("CLEARML_TASK_ID")
+seen = dict(vars(a), same_task=same)
+print("ARGS " + json.dumps(seen, sort_keys=True), flush=True)
+task.flush(wait_for_uploads=True)
 """
 
 POETRY_RUN_PY = """\
@@ -194,6 +244,7 @@ def _make_repo(root: Path) -> tuple[Path, Path, str, str]:
     seed.mkdir()
     _git(["init", "-q", "-b", "main"], seed)
     (seed / "train.py").write_text(TRAIN_PY)
+    (seed / "autolog.py").write_text(AUTOLOG_PY)
     (seed / "old.txt").write_text("committed file the zero-context diff deletes\n")
     _git(["add", "."], seed)
     _git(["commit", "-q", "-m", "train"], seed)
@@ -249,22 +300,52 @@ class Run:
     scalars: dict[str, Any]
     #: ``{artifact key: its content}``, fetched from where the task uploaded it.
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    #: ``{(metric, variant): the plot's figure}`` (matplotlib auto-logging).
+    plots: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: ``{(framework, file name): content}`` of the task's output models (joblib auto-logging),
+    #: fetched from the files server.
+    models: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    #: How many ``ARGS`` lines the task's console log on the server holds.
+    console_args: int = 0
+
+
+def _fetch(tier: Tier, uri: str) -> bytes:
+    """The content at ``uri``, which must be on this tier's files server (the SDK inside the
+    task uploaded to the configured server, not elsewhere)."""
+    files = tier.server.url + "/files/"
+    assert uri.startswith(files), (uri, files)
+    reply = requests.get(
+        uri, headers={"Authorization": f"Bearer {tier.server.token()}"}, timeout=30
+    )
+    assert reply.status_code == 200, (uri, reply.status_code)
+    return reply.content
 
 
 def _artifacts(tier: Tier, task: dict[str, Any]) -> dict[str, bytes]:
-    """The task's artifacts, each fetched from its URI, which must be on this tier's files
-    server (the SDK inside the task uploaded to the configured server, not elsewhere)."""
-    files = tier.server.url + "/files/"
-    out: dict[str, bytes] = {}
-    for art in (task.get("execution") or {}).get("artifacts") or []:
-        uri = str(art.get("uri") or "")
-        assert uri.startswith(files), (art, files)
-        reply = requests.get(
-            uri, headers={"Authorization": f"Bearer {tier.server.token()}"}, timeout=30
-        )
-        assert reply.status_code == 200, (uri, reply.status_code)
-        out[str(art["key"])] = reply.content
+    """The task's artifacts, each fetched from its URI."""
+    arts = (task.get("execution") or {}).get("artifacts") or []
+    return {str(art["key"]): _fetch(tier, str(art.get("uri") or "")) for art in arts}
+
+
+def _plots(tier: Tier, task_id: str) -> dict[tuple[str, str], Any]:
+    """The task's plots, each figure without the parts that name the run (its id, a time)."""
+    plots = tier.server.send("events.get_task_plots", {"task": task_id, "iters": 10})["plots"]
+    out: dict[tuple[str, str], Any] = {}
+    for plot in plots:
+        figure = json.loads(plot["plot_str"])
+        out[(str(plot["metric"]), str(plot["variant"]))] = {
+            "data": figure.get("data"),
+            "title": (figure.get("layout") or {}).get("title"),
+        }
     return out
+
+
+def _models(tier: Tier, task_id: str) -> dict[tuple[str, str], bytes]:
+    models = tier.server.send("models.get_all", {"task": [task_id]})["models"]
+    return {
+        (str(m.get("framework")), str(m["uri"]).rsplit("/", 1)[-1]): _fetch(tier, str(m["uri"]))
+        for m in models
+    }
 
 
 def result(tier: Tier, task_id: str, returncode: int, output: str) -> Run:
@@ -278,7 +359,11 @@ def result(tier: Tier, task_id: str, returncode: int, output: str) -> Run:
     }
     task = get_task(tier.server, task_id)
     arts = _artifacts(tier, task)
-    return Run(task_id, returncode, output, task["status"], args, clean, arts)
+    console = sum(line.startswith("ARGS ") for line in task_log_lines(tier.server, task_id))
+    plots, models = _plots(tier, task_id), _models(tier, task_id)
+    return Run(
+        task_id, returncode, output, task["status"], args, clean, arts, plots, models, console
+    )
 
 
 def tier_conf(tier: Tier, name: str, manager: str) -> Path:
@@ -353,10 +438,16 @@ def compare(tier: Tier, case: Case, runner: Runner = run_hpcagent) -> tuple[Run,
     assert hp.scalars == ref.scalars, (hp.scalars, ref.scalars)
     assert hp.scalars, "the script reported no scalars"
     assert hp.artifacts == ref.artifacts, (hp.artifacts, ref.artifacts)
+    assert hp.plots == ref.plots, (hp.plots, ref.plots)
+    assert hp.models == ref.models, (hp.models, ref.models)
+    # the script's console line reached the task's log on the server, once
+    assert hp.console_args == ref.console_args == 1, (hp.console_args, ref.console_args)
     assert hp.status == ref.status, (hp.output[-3000:], ref.output[-3000:])
     assert hp.status == case.status
     for key, value in case.expect.items():
         assert hp.args[key] == value, (key, hp.args)
+    if case.check is not None:
+        case.check(hp)
     return hp, ref
 
 
@@ -372,6 +463,8 @@ class Case:
     status: str = "completed"
     expect: dict[str, Any] = field(default_factory=dict)
     manager: str = "uv"
+    #: More assertions on hpcagent's run (equal to clearml-agent's by then).
+    check: Callable[[Run], None] | None = None
 
 
 def _clones(tier: Tier, task_id: str) -> tuple[str, str]:
@@ -513,6 +606,38 @@ def poetry_project(tier: Tier) -> Case:
     return Case(*_clones(tier, made["id"]), expect={"steps": 3, "six": "1.16.0"}, manager="poetry")
 
 
+def framework_autolog(tier: Tier) -> Case:
+    """What the SDK's framework bindings log inside the task: tensorboardX scalars, a
+    matplotlib figure (a plot) and a joblib.dump (an output model uploaded to the files server
+    as ``output_uri=True`` asks), for the run's own arguments (overridden on the clone)."""
+    argv = ["autolog.py", "--steps", "4", "--lr", "0.25"]
+    tier.user_run([sys.executable, *argv], tier.work)
+    made = tier.find("autolog")
+    recorded = made["script"]["requirements"]["pip"]
+    for name in FRAMEWORKS:
+        assert name.lower() in recorded.lower(), (name, recorded)
+    ids = _clones(tier, made["id"])
+    for task_id in ids:
+        override = {"section": "Args", "name": "steps", "value": "5"}
+        tier.server.send("tasks.edit_hyper_params", {"task": task_id, "hyperparams": [override]})
+
+    def check(run: Run) -> None:
+        xs, ys = run.scalars["tb"]["loss"]
+        assert list(xs) == [0, 1, 2, 3, 4], run.scalars
+        want = [0.25 / (i + 1) for i in range(5)]  # tensorboardX writes float32
+        assert all(math.isclose(y, w, rel_tol=1e-6) for y, w in zip(ys, want, strict=True)), ys
+        titles = [str(plot["title"]) for plot in run.plots.values()]
+        assert any("lr curve" in title for title in titles), run.plots
+        data = next(iter(run.plots.values()))["data"]
+        assert [list(trace["y"]) for trace in data] == [[0.25 * i for i in range(5)]], data
+        (framework, model), *more = run.models.items()
+        assert framework == ("ScikitLearn", "model.pkl"), run.models  # as the SDK names joblib's
+        assert not more, run.models
+        assert joblib.load(io.BytesIO(model)) == {"steps": 5, "lr": 0.25}
+
+    return Case(*ids, expect={"steps": 5, "lr": 0.25, "same_task": True}, check=check)
+
+
 CASES = {
     "init_argparse": init_argparse,
     "execute_remotely": execute_remotely,
@@ -521,4 +646,5 @@ CASES = {
     "zero_context_diff": zero_context_diff,
     "fails_itself": fails_itself,
     "poetry_project": poetry_project,
+    "framework_autolog": framework_autolog,
 }

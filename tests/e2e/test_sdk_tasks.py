@@ -12,7 +12,8 @@ import pytest
 from helpers import get_task
 from sdk_tier import CASES, Tier, compare, make_tier
 
-pytestmark = pytest.mark.e2e
+# a case installs its venv twice (hpcagent, clearml-agent): minutes on a loaded machine
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

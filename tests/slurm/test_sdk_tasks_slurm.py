@@ -18,7 +18,7 @@ import helpers as h
 import pytest
 from sdk_tier import CASES, SLURM_TEMPLATE, Run, Tier, compare, make_tier, result, tier_conf
 
-pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 class Submitters:
