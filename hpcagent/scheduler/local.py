@@ -360,7 +360,7 @@ class LocalScheduler(Scheduler):
         }
         tmp = self._state.with_suffix(".tmp")
         try:
-            self._state.parent.mkdir(parents=True, exist_ok=True)
+            self._state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(data, fh)

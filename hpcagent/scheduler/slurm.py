@@ -215,7 +215,9 @@ class SlurmScheduler(Scheduler):
         """
         argv = ["sbatch", "--parsable", f"--job-name={job_name}", *self.sbatch_args]
         argv.append(str(script_path))
-        for attempt in self._retrying():
+        # While slurmctld is known to be away one attempt will do: the submitter puts the task
+        # back and pauses, instead of spending minutes in retries that cannot succeed.
+        for attempt in self._retrying(1 if self.controller.is_down else None):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     existing = self._live_ids_by_name(job_name)

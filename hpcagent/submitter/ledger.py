@@ -67,7 +67,7 @@ class Ledger:
     """The ledger in ``<state_dir>/ledger.sqlite`` (one submitter per state folder)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         if not path.exists():  # owner-only, like everything in the state folder
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
