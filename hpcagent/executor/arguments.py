@@ -1,4 +1,4 @@
-"""The task's arguments and SDK environment: the contract of ``clearml-agent execute``.
+"""The task's arguments and environment: the contract of ``clearml-agent execute``.
 
 **Nothing goes on argv by default.** The official agent never adds the task's ``Args`` to the
 command line: a script that uses the clearml SDK gets them from ``Task.init()``, whose argparse
@@ -17,9 +17,13 @@ docs/executor.md ("Arguments").
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
+from hpcagent.executor.options import ExecutorConfig
 from hpcagent.taskbuild import ARGS_ON_ARGV_PROPERTY
 
 #: Names an ``Args/*`` item may have to be put on the command line as an option.
@@ -125,3 +129,64 @@ def sdk_env(
     out["CLEARML_LOG_LEVEL"] = out["TRAINS_LOG_LEVEL"] = level
     out["CLEARML_WORKER_ID"] = worker
     return out
+
+
+def child_env(
+    cfg: ExecutorConfig,
+    host_env: Mapping[str, str],
+    task_env: Iterable[tuple[str, str]],
+    workdir: Path,
+    *,
+    python: Path,
+    code_dir: Path,
+    task_id: str,
+    worker: str,
+) -> dict[str, str]:
+    """The environment the task's entry point runs under (docs/executor.md, "Environment").
+
+    ``host_env`` plus the task's own variables (only with ``enable_task_env``), then
+    :func:`sdk_env`, the ``CLEARML_*`` hosts and credentials, the venv of ``python`` first on
+    ``PATH`` and ``code_dir`` first on ``PYTHONPATH``; ``PYTHONHOME`` is dropped. Writes
+    ``workdir/clearml.conf`` (mode 0600) for the SDK: secrets go only into the returned
+    environment and that file, never on argv.
+    """
+    env = dict(host_env)
+    if cfg.enable_task_env:
+        env.update(dict(task_env))
+    conf = workdir / "clearml.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The SDK needs a web and a files host; when they cannot be derived from the API host
+    # (a non-8008 port), the API host stands in (it only serves links and uploads).
+    web = cfg.web_server or cfg.api_server
+    files = cfg.files_server or cfg.api_server
+    with os.fdopen(fd, "w") as fh:
+        fh.write(
+            "api {\n"
+            f"  api_server: {json.dumps(cfg.api_server)}\n"
+            f"  web_server: {json.dumps(web)}\n"
+            f"  files_server: {json.dumps(files)}\n"
+            "  credentials {\n"
+            f"    access_key: {json.dumps(cfg.access_key)}\n"
+            f"    secret_key: {json.dumps(cfg.secret_key)}\n"
+            "  }\n}\n"
+        )
+    venv_bin = str(python.parent)
+    env = sdk_env(env, task_id=task_id, config_file=str(conf), worker=worker)
+    env.update(
+        {
+            "CLEARML_API_HOST": cfg.api_server,
+            "CLEARML_WEB_HOST": web,
+            "CLEARML_FILES_HOST": files,
+            "CLEARML_API_ACCESS_KEY": cfg.access_key,
+            "CLEARML_API_SECRET_KEY": cfg.secret_key,
+            "PYTHONUNBUFFERED": "1",
+            "VIRTUAL_ENV": str(python.parent.parent),
+            "PATH": venv_bin + os.pathsep + env.get("PATH", os.defpath),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p
+            ),
+        }
+    )
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    env.pop("PYTHONHOME", None)
+    return env

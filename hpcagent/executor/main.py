@@ -15,7 +15,6 @@ error's ``exit_code`` (see hpcagent.errors) when the executor itself failed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -44,7 +43,7 @@ from hpcagent.errors import (
 from hpcagent.executor import repo as repo_mod
 from hpcagent.executor import requirements as requirements_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
-from hpcagent.executor.arguments import args_on_argv, args_to_argv, sdk_env
+from hpcagent.executor.arguments import args_on_argv, args_to_argv, child_env
 from hpcagent.executor.logs import LogShipper
 from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
@@ -497,50 +496,6 @@ class Executor:
                 self.note(f"could not record the installed packages: {exc}", "WARNING")
         return venv.python
 
-    def child_env(self, task: TaskInfo, python: Path, code_dir: Path) -> dict[str, str]:
-        """The task's environment (see docs/executor.md; secrets only in env and a 0600 file)."""
-        assert self._workdir is not None
-        env = dict(self.env)
-        if self.cfg.enable_task_env:
-            env.update(dict(task.environment))
-        conf = self._workdir / "clearml.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        # The SDK needs a web and a files host; when they cannot be derived from the API host
-        # (a non-8008 port), the API host stands in (it only serves links and uploads).
-        web = self.cfg.web_server or self.cfg.api_server
-        files = self.cfg.files_server or self.cfg.api_server
-        with os.fdopen(fd, "w") as fh:
-            fh.write(
-                "api {\n"
-                f"  api_server: {json.dumps(self.cfg.api_server)}\n"
-                f"  web_server: {json.dumps(web)}\n"
-                f"  files_server: {json.dumps(files)}\n"
-                "  credentials {\n"
-                f"    access_key: {json.dumps(self.cfg.access_key)}\n"
-                f"    secret_key: {json.dumps(self.cfg.secret_key)}\n"
-                "  }\n}\n"
-            )
-        venv_bin = str(python.parent)
-        env = sdk_env(env, task_id=self.task_id, config_file=str(conf), worker=self.worker)
-        env.update(
-            {
-                "CLEARML_API_HOST": self.cfg.api_server,
-                "CLEARML_WEB_HOST": web,
-                "CLEARML_FILES_HOST": files,
-                "CLEARML_API_ACCESS_KEY": self.cfg.access_key,
-                "CLEARML_API_SECRET_KEY": self.cfg.secret_key,
-                "PYTHONUNBUFFERED": "1",
-                "VIRTUAL_ENV": str(python.parent.parent),
-                "PATH": venv_bin + os.pathsep + env.get("PATH", os.defpath),
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p
-                ),
-            }
-        )
-        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        env.pop("PYTHONHOME", None)
-        return env
-
     def _execute(self, task: TaskInfo, python: Path, cwd: Path, code_dir: Path) -> int:
         try:
             argv = entry_argv(str(python), task.script)
@@ -548,7 +503,17 @@ class Executor:
             raise ExecutorError(str(exc)) from exc
         if args_on_argv(task.properties, self.cfg.args_to_cli):
             argv += args_to_argv(task.args)
-        env = self.child_env(task, python, code_dir)
+        assert self._workdir is not None
+        env = child_env(
+            self.cfg,
+            self.env,
+            task.environment,
+            self._workdir,
+            python=python,
+            code_dir=code_dir,
+            task_id=self.task_id,
+            worker=self.worker,
+        )
         self._status(
             "started", "worker starting task execution", f"Changed by hpcagent {self.worker}"
         )

@@ -17,6 +17,7 @@ import pytest
 from cli_helpers import Invoke, ok, one_error_line, write_conf
 
 from hpcagent.api import ApiClient
+from hpcagent.commands import task as task_cmd
 
 
 def test_queue_create_and_list(cli: Invoke) -> None:
@@ -289,7 +290,11 @@ def test_workers_list(cli: Invoke, api: ApiClient) -> None:
 
 
 def test_follow_rides_out_a_server_restart(
-    cli: Invoke, api: ApiClient, embedded_server: Any, tmp_path: Path
+    cli: Invoke,
+    api: ApiClient,
+    embedded_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Following is long-running: a restarting server is waited for (one warning line each
     way), not an error after the interactive 3 attempts."""
@@ -300,12 +305,26 @@ def test_follow_rides_out_a_server_restart(
                  "--enqueue", "rqq")).strip()  # fmt: skip
     api.tasks.started(tid)
     api.events.add_log(tid, ["before"], "w")
+    # The outage must begin once the command follows (its first wait between polls, after
+    # "before" was printed): a server that is away when the command starts is an error, by
+    # contract. A fixed head start lost that race on a loaded machine.
+    following = threading.Event()
+
+    class _Clock:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            following.set()
+            time.sleep(seconds)
+
+    monkeypatch.setattr(task_cmd, "time", _Clock)
     result: list[tuple[int, str, str]] = []
     follow = threading.Thread(
         target=lambda: result.append(cli("task", "log", tid, "--follow", "--interval", "0.2"))
     )
     follow.start()
-    time.sleep(1.0)
+    assert following.wait(timeout=120), result
     embedded_server.stop()
     time.sleep(6.0)  # longer than the interactive policy's 3 attempts
     embedded_server.start()
