@@ -154,6 +154,30 @@ class EmbeddedServer:
         return data
 
 
+#: The embedded server's log line for a request field it refused (hpcagent/server/fields.py).
+FIELD_REFUSED = "refused unsupported field"
+
+
+@pytest.fixture
+def no_field_refused(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test when an embedded server it used refused a request field during it: the
+    server refuses every field it does not apply and logs a warning line for each, so a field
+    the official SDK, clearml-agent or hpcagent's own parts send and the server would refuse
+    is found by the flow that sends it (tests/e2e and tests/slurm use this for every test)."""
+    names = ("embedded_server", "embedded_server_session")
+    servers: list[Any] = [request.getfixturevalue(n) for n in names if n in request.fixturenames]
+    start = {id(s): s.log_path.stat().st_size if s.log_path.exists() else 0 for s in servers}
+    yield
+    for server in servers:
+        if not server.log_path.exists():
+            continue
+        with server.log_path.open("rb") as log:
+            log.seek(start[id(server)])
+            lines = log.read().decode(errors="replace").splitlines()
+        refused = [line for line in lines if FIELD_REFUSED in line]
+        assert refused == [], f"the server refused fields the flow sent: {refused}"
+
+
 @pytest.fixture
 def embedded_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     """A fresh real server per test."""

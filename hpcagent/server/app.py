@@ -30,10 +30,12 @@ from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hpcagent.server.accepted import strict
 from hpcagent.server.auth import API_VERSION, Authenticator
 from hpcagent.server.fields import (
     BODY_TOO_LARGE,
@@ -45,6 +47,7 @@ from hpcagent.server.fields import (
 from hpcagent.server.files import FileStore
 from hpcagent.server.files_http import FilesHttp
 from hpcagent.server.store import Store
+from hpcagent.server.validation import check_depth
 
 log = logging.getLogger("hpcagent.server")
 T = TypeVar("T")
@@ -114,7 +117,7 @@ def all_routes() -> dict[str, Handler]:
         table.update(module.ROUTES)
     table["debug.ping"] = lambda ctx, body: {"msg": "hpcagent embedded server"}
     table["auth.login"] = lambda ctx, body: {}  # answered by ServerApp._dispatch itself
-    return table
+    return {endpoint: strict(endpoint, handler) for endpoint, handler in table.items()}
 
 
 def _envelope(
@@ -166,6 +169,51 @@ def _fault_envelope(endpoint: str, requested: str, fault: ApiFault) -> Response:
     return response
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc`` and where it was raised, for a one-line log entry."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{exc!r}{where}"
+
+
+def _internal_error(
+    endpoint: str, requested: str, exc: BaseException, stack: str | None
+) -> Response:
+    """The 500 envelope of a bug of ours (never more than 500: clients retry those)."""
+    return _envelope(
+        endpoint, requested, 500, 0, f"Internal server error: {exc!r}"[:500], None, None, stack
+    )
+
+
+class _LastResort:
+    """The outermost ASGI layer. Whatever escapes the application (Starlette answers it with
+    the 500 envelope of :meth:`ServerApp._crash` first, then re-raises it) is logged here as
+    one line (the traceback at debug level), never as a traceback per request."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            if message.get("type") == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if scope.get("type") != "http":
+                raise
+            log.error("internal error on %s %s: %s", scope.get("method"), scope.get("path"),
+                      _one_line(exc))  # fmt: skip
+            log.debug("traceback", exc_info=exc)
+            if not started:
+                await _internal_error("", API_VERSION, exc, None)(scope, receive, send)
+
+
 class ServerApp:
     """Holds the store, the authenticator and the route table; ``asgi`` is the Starlette app."""
 
@@ -190,14 +238,32 @@ class ServerApp:
         files_routes = FilesHttp(files, auth).routes() if files is not None else []
         from hpcagent.server.ui import ui_routes  # the web UI, on the same port
 
-        self.asgi = Starlette(
+        self.starlette = Starlette(
             routes=[
                 *files_routes,
                 *ui_routes(self),
                 Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT"]),
             ],
             lifespan=self._lifespan,
+            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
         )
+        self.asgi = _LastResort(self.starlette)
+
+    @staticmethod
+    async def _http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own errors (405 for a method other than GET/POST/PUT, ...) as a ClearML
+        envelope, like every other answer."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else repr(exc)
+        match = _PATH_RE.match(request.url.path)
+        endpoint = match.group("ep") if match else ""
+        return _envelope(endpoint, API_VERSION, code, 0, f"{detail} ({request.method})", None)
+
+    @staticmethod
+    async def _crash(request: Request, exc: Exception) -> Response:
+        """The 500 envelope of an exception no handler caught (logged by :class:`_LastResort`)."""
+        match = _PATH_RE.match(request.url.path)
+        return _internal_error(match.group("ep") if match else "", API_VERSION, exc, None)
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the database thread (under :attr:`db_lock`), awaited from the loop."""
@@ -302,6 +368,7 @@ class ServerApp:
                 ctx.identity = self.auth.verify(headers.get("authorization"))
             body = self._parse_body(endpoint, raw, request)
             if endpoint == "auth.login":
+                handler(ctx, body)  # the field check of hpcagent.server.accepted
                 token = self.auth.login(
                     headers.get("authorization"),
                     opt_int(body, "expiration_sec"),
@@ -311,12 +378,11 @@ class ServerApp:
             data = handler(ctx, body)
         except ApiFault as fault:
             return _fault_envelope(endpoint, requested, fault)
-        except Exception as exc:  # a bug of ours: log it, answer 500 (never > 500)
-            log.exception("internal error in %s", endpoint)
+        except Exception as exc:  # a bug of ours: one log line, answer 500 (never > 500)
+            log.error("internal error in %s: %s", endpoint, _one_line(exc))
+            log.debug("traceback", exc_info=exc)
             stack = traceback.format_exc() if self.debug_errors else None
-            return _envelope(
-                endpoint, requested, 500, 0, f"Internal server error: {exc!r}", None, None, stack
-            )
+            return _internal_error(endpoint, requested, exc, stack)
         return _envelope(endpoint, requested, 200, 0, "OK", data)
 
     @staticmethod
@@ -329,6 +395,7 @@ class ServerApp:
                 raise ApiFault(VALIDATION, f"Malformed JSON body: {exc}") from exc
             if not isinstance(parsed, dict):
                 raise ApiFault(VALIDATION, "Malformed request: the JSON body must be an object")
+            check_depth(parsed)
             body = parsed
         if request.query_params:
             for key, value in request.query_params.multi_items():

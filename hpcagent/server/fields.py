@@ -11,12 +11,15 @@ passed over.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from hpcagent.server.regex import Matcher, RegexRefused, compile_filter
+
+log = logging.getLogger("hpcagent.server")
 
 # ClearML result codes/subcodes used by the server (apiserver/apierrors/errors.conf).
 VALIDATION = (400, 12)
@@ -241,16 +244,25 @@ NON_FILTER_KEYS = frozenset({"method"})
 MULTI_FIELD_KEYS = {"_all_": True, "_and_": True, "_any_": False, "_or_": False}
 
 
-def reject_unknown(body: dict[str, Any], known: Iterable[str]) -> None:
-    """400/12 naming every key of ``body`` outside ``known``: a filter is applied or refused."""
+def reject_unknown(body: dict[str, Any], known: Iterable[str], endpoint: str = "") -> None:
+    """400/12 naming every key of ``body`` outside ``known`` (and ``endpoint``): a field is
+    applied or refused, never ignored."""
     allowed = set(known) | NON_FILTER_KEYS
     unknown = sorted(k for k in body if k not in allowed)
     if unknown:
-        names = ", ".join(f"'{k}'" for k in unknown)
+        names = ", ".join(f"'{k[:64]}'" for k in unknown[:10])
+        data: dict[str, Any] = {"field": unknown[0][:64], "fields": [k[:64] for k in unknown[:10]]}
+        if endpoint:
+            data["endpoint"] = endpoint
+        where = f" of {endpoint}" if endpoint else ""
+        # One warning line: a client that sends what this server does not apply is a
+        # compatibility gap to see (tests/e2e fail on these lines after the SDK's flows).
+        log.warning("refused unsupported field(s) %s%s", names, where)
         raise ApiFault(
             VALIDATION,
-            f"Validation error: unsupported field(s) {names}: this server does not apply them",
-            {"field": unknown[0], "fields": unknown},
+            f"Validation error: unsupported field(s) {names}{where}: this server does not "
+            "apply them",
+            data,
         )
 
 

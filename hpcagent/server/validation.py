@@ -26,7 +26,15 @@ _DESCRIPTIONS = {
     "metadata": "an array or object of {key, type, value}",
     "list": "an array",
     "number": "a number",
+    "int": "an integer",
+    "dict_list": "an array of objects",
+    "str_map": "an object of strings (or null)",
 }
+
+#: How deep a request's JSON may nest. MongoDB (clearml-server's store) refuses documents
+#: nested more than 100 levels; orjson, which writes every reply, stops at 254, so a record
+#: stored deeper could never be read back. No client sends more than a few levels.
+MAX_DEPTH = 64
 
 
 def _fits(kind: str, value: Any) -> bool:
@@ -48,6 +56,14 @@ def _fits(kind: str, value: Any) -> bool:
         )
     if kind == "metadata":
         return isinstance(value, (list, dict))
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "dict_list":
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+    if kind == "str_map":
+        return isinstance(value, dict) and all(
+            v is None or isinstance(v, str) for v in value.values()
+        )
     raise ValueError(f"unknown field kind {kind}")
 
 
@@ -61,6 +77,36 @@ def check_value(field: str, kind: str, value: Any) -> Any:
         f"got {type(value).__name__}: {str(value)[:100]}",
         {"field": field},
     )
+
+
+def check_depth(value: Any, where: str = "body", limit: int = MAX_DEPTH) -> None:
+    """400/12 when ``value`` nests arrays/objects more than ``limit`` levels (iterative: a
+    hostile depth costs no Python recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise ApiFault(
+                VALIDATION,
+                f"Validation error: {where} nests deeper than {limit} levels",
+                {"field": where, "max_depth": limit},
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
+def check_subfields(field: str, value: Any, spec: dict[str, str]) -> None:
+    """The keys of ``spec`` in the object ``value`` (an embedded document) checked with
+    :func:`check_value` (400/12 naming ``field.key``); other keys are kept as sent."""
+    if isinstance(value, dict):
+        for key, kind in spec.items():
+            if key in value:
+                check_value(f"{field}.{key}", kind, value[key])
 
 
 def check_fields(body: dict[str, Any], spec: dict[str, str]) -> dict[str, Any]:

@@ -103,3 +103,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.failed and "slurm_cluster" in getattr(item, "fixturenames", ()):
         report.sections.append(("Slurm logs (tails)", log_tails()))
+
+
+@pytest.fixture(autouse=True)
+def _strict_fields(no_field_refused: None) -> None:
+    """Every flow on Slurm fails when the embedded server refused a field it sent
+    (tests/conftest.py::no_field_refused)."""

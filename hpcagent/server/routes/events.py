@@ -27,6 +27,7 @@ from hpcagent.server.fields import (
 )
 from hpcagent.server.routes.event_reads import clean, metric_filter, wanted
 from hpcagent.server.store import dumps, scalar_value
+from hpcagent.server.validation import check_depth
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -43,14 +44,22 @@ def _bad_event(index: int, message: str) -> ApiFault:
 
 
 def _parse_events(raw: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
-    """``(event, raw line or None)`` pairs from a json-lines body or a JSON list body."""
+    """``(event, raw line or None)`` pairs from a json-lines body or a JSON list body, each
+    event at most :data:`~hpcagent.server.validation.MAX_DEPTH` levels deep."""
+    events = _split_events(raw)
+    for index, (event, _line) in enumerate(events):
+        check_depth(event, f"events[{index}]")
+    return events
+
+
+def _split_events(raw: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
     stripped = raw.strip()
     if not stripped:
         return []
     try:
         if stripped[:1] == b"[":
             items = orjson.loads(stripped)
-            return [(item, None) for item in items]
+            return [(item, None) for item in items]  # a list of anything: add_batch checks
         if stripped[:1] == b"{" and b"\n" not in stripped:
             single = orjson.loads(stripped)
             if isinstance(single, dict) and isinstance(single.get("requests"), list):

@@ -95,6 +95,8 @@ def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     reject_unknown(body, ("project", *UPDATABLE))
     project = ctx.store.get_project(req_str(body, "project"))
     fields = check_fields(body, UPDATABLE)
+    if "name" in fields and fields["name"] is None:
+        check_project_name(None)  # a project keeps a name: 400 naming the field
     with ctx.store.write():
         renamed: list[dict[str, Any]] = []
         if fields.get("name") is not None and fields["name"].strip() != project["name"]:

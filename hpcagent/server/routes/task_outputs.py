@@ -18,6 +18,7 @@ from hpcagent.server.fields import (
     ApiFault,
     now_iso,
     opt_bool,
+    opt_int,
     opt_list,
     req_list,
     req_str,
@@ -133,6 +134,7 @@ def add_or_update_model(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             VALIDATION, "Validation error: field 'type' must be input or output", {"field": "type"}
         )
     ctx.store.get_model(model_id)
+    iteration = opt_int(body, "iteration")
     now = now_iso()
     with ctx.store.write():
         models = dict(task.get("models") or {})
@@ -141,6 +143,8 @@ def add_or_update_model(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         models[kind] = items
         task["models"] = models
         task["last_update"] = now
+        if iteration is not None:  # clearml-server: last_iteration_max
+            task["last_iteration"] = max(int(task.get("last_iteration") or 0), iteration)
         ctx.store.put_task(task)
     return {"updated": 1}
 

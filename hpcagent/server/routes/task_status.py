@@ -35,6 +35,9 @@ from hpcagent.server.statemachine import (
     status_fields,
 )
 
+#: A worker that reported within this many seconds serves its queues (workers.get_all's default).
+WORKER_ACTIVE_S = 600
+
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
 
@@ -156,7 +159,20 @@ def enqueue(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             fields["execution.queue"] = queue["id"]
         task["system_tags"] = [t for t in task.get("system_tags") or [] if t != "development"]
         ctx.store.put_task(task)
-    return {"queued": 1, "updated": 1, "fields": fields}
+    reply: dict[str, Any] = {"queued": 1, "updated": 1, "fields": fields}
+    if opt_bool(body, "verify_watched_queue"):
+        reply["queue_watched"] = _watched(ctx, str(queue["id"]))
+    return reply
+
+
+def _watched(ctx: Ctx, queue_id: str) -> bool:
+    """Whether an active worker serves the queue (clearml-server's ``queue_watched``)."""
+    return any(
+        ref.get("id") == queue_id
+        for worker in ctx.store.active_workers(time.time() - WORKER_ACTIVE_S)
+        for ref in worker.get("queues") or []
+        if isinstance(ref, dict)
+    )
 
 
 def dequeue(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,12 @@ from hpcagent.server.fields import (
 )
 from hpcagent.server.statemachine import CREATED, PUBLISHED, PUBLISHING, task_for_update
 from hpcagent.server.store import TASK_SORT_COLUMNS
-from hpcagent.server.validation import check_name, check_task_type, check_value
+from hpcagent.server.validation import (
+    check_name,
+    check_subfields,
+    check_task_type,
+    check_value,
+)
 
 if TYPE_CHECKING:
     from hpcagent.server.app import Ctx, Handler
@@ -54,6 +59,26 @@ _FIELD_KINDS: dict[str, str] = {
 }
 # Sections of these maps are objects of objects (``hyperparams.SECTION.NAME = {...}``).
 _NESTED_MAPS = {"hyperparams": 2, "configuration": 1}
+# The string fields of a hyperparameter or configuration item (clearml-server's ParamsItem,
+# ConfigurationItem).
+_ITEM_STRINGS = dict.fromkeys(("section", "name", "value", "type", "description"), "str")
+# The typed fields of the embedded documents (clearml-server's Script, Execution, Output,
+# Models; ``container`` is a map of strings); other keys are stored as sent.
+_EMBEDDED: dict[str, dict[str, str]] = {
+    "script": {
+        **dict.fromkeys(("binary", "repository", "tag", "branch", "version_num"), "str"),
+        **dict.fromkeys(("entry_point", "working_dir", "diff"), "str"),
+        "requirements": "dict",
+    },
+    "execution": {
+        **dict.fromkeys(("queue", "framework", "docker_cmd"), "str"),
+        **{"parameters": "dict", "model_desc": "dict", "model_labels": "int_dict"},
+        **{"artifacts": "dict_list", "test_split": "number"},
+    },
+    "output": dict.fromkeys(("destination", "error", "result", "model"), "str"),
+    "models": {"input": "dict_list", "output": "dict_list"},
+}
+_MODEL_ITEM = {"name": "str", "model": "str"}
 
 
 def _checked(body: dict[str, Any], field: str) -> Any:
@@ -63,10 +88,15 @@ def _checked(body: dict[str, Any], field: str) -> Any:
         return check_name(field, value, "task")
     if field == "type":
         return check_task_type(value)
-    check_value(field, _FIELD_KINDS[field], value)
+    check_value(field, "str_map" if field == "container" else _FIELD_KINDS[field], value)
     depth = _NESTED_MAPS.get(field)
     if depth and value is not None:
         _check_nested(field, value, depth)
+    check_subfields(field, value, _EMBEDDED.get(field, {}))
+    if field == "models" and isinstance(value, dict):
+        for kind in ("input", "output"):
+            for index, item in enumerate(value.get(kind) or []):
+                check_subfields(f"models.{kind}[{index}]", item, _MODEL_ITEM)
     return value
 
 
@@ -75,6 +105,8 @@ def _check_nested(field: str, value: dict[str, Any], depth: int) -> None:
         check_value(f"{field}.{key}", "dict", item)
         if depth > 1 and isinstance(item, dict):
             _check_nested(f"{field}.{key}", item, depth - 1)
+        elif isinstance(item, dict):  # an item: its fields are strings
+            check_subfields(f"{field}.{key}", item, _ITEM_STRINGS)
 
 
 def new_task_doc(ctx: Ctx, name: str, now: str) -> dict[str, Any]:
@@ -331,6 +363,7 @@ def clone(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     task["execution"]["queue"] = None
     execution_overrides = opt_dict(body, "execution_overrides")
     if execution_overrides:
+        _checked({"execution": execution_overrides}, "execution")
         task["execution"].update(execution_overrides)
     for src_field, dst_field in (
         ("new_task_comment", "comment"),
@@ -340,16 +373,40 @@ def clone(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         ("new_task_hyperparams", "hyperparams"),
         ("new_task_configuration", "configuration"),
         ("new_task_container", "container"),
-        ("new_task_input_models", None),
     ):
-        if dst_field is not None and body.get(src_field) is not None:
+        if body.get(src_field) is not None:
             task[dst_field] = _checked({dst_field: body[src_field]}, dst_field)
+    if body.get("new_task_input_models") is not None:
+        task["models"] = {
+            **(task.get("models") or {}),
+            "input": _input_models(ctx, body["new_task_input_models"], now),
+        }
     if task.get("project"):
         ctx.store.get_project(str(task["project"]))
     task["system_tags"] = [t for t in task.get("system_tags") or [] if t != "archived"]
     with ctx.store.write():
         ctx.store.put_task(task)
     return {"id": task["id"], "new_project": {}}
+
+
+def _input_models(ctx: Ctx, items: Any, now: str) -> list[dict[str, Any]]:
+    """``new_task_input_models`` as clearml-server's clone takes them: ``[{name, model}]``
+    replacing the clone's input models; each model must exist."""
+    field = "new_task_input_models"
+    check_value(field, "list", items)
+    out = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(key), str) and item[key] for key in ("name", "model")
+        ):
+            raise ApiFault(
+                VALIDATION,
+                f"Validation error: {field}[{index}] must be an object with string name, model",
+                {"field": f"{field}[{index}]"},
+            )
+        ctx.store.get_model(item["model"])
+        out.append({"name": item["name"], "model": item["model"], "updated": now})
+    return out
 
 
 PROPERTIES = "properties"  # the section every status may edit (clearml-server's rule)
@@ -365,7 +422,9 @@ def _param_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     for index, item in enumerate(items):
         field = f"hyperparams[{index}]"
         if not isinstance(item, dict):
-            check_value(field, "dict", item)
+            raise ApiFault(
+                VALIDATION, f"Validation error: {field} must be an object", {"field": field}
+            )
         for key in ("section", "name", "value"):
             if not isinstance(item.get(key), str) or (key != "value" and not item[key]):
                 raise ApiFault(

@@ -15,6 +15,7 @@ from hpcagent.server.fields import (
     VALIDATION,
     ApiFault,
     now_iso,
+    opt_bool,
     opt_dict,
     opt_int,
     opt_list,
@@ -68,6 +69,19 @@ def _save(ctx: Ctx, doc: dict[str, Any]) -> None:
     ctx.store.put_worker(doc, time.time() + timeout - DEFAULT_TIMEOUT_S)
 
 
+def _set_reported(doc: dict[str, Any], body: dict[str, Any]) -> None:
+    """What clearml-agent's reports add: ``system_tags``, the ``queue`` its task came from,
+    the report's own ``timestamp`` (ms) and ``is_daemon``; each kept on the worker as sent."""
+    if "system_tags" in body:
+        doc["system_tags"] = opt_str_list(body, "system_tags") or []
+    if "queue" in body:
+        doc["queue"] = opt_str(body, "queue")
+    if "timestamp" in body:
+        doc["report_timestamp"] = opt_int(body, "timestamp")
+    if "is_daemon" in body:
+        doc["is_daemon"] = opt_bool(body, "is_daemon")
+
+
 def register(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     worker_id = req_str(body, "worker")
     now = now_iso()
@@ -79,12 +93,15 @@ def register(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         if "queues" in body:
             doc["queues"] = _queue_refs(ctx, opt_str_list(body, "queues"))
         doc["tags"] = opt_str_list(body, "tags") or doc.get("tags") or []
+        _set_reported(doc, body)
         _save(ctx, doc)
     return {}
 
 
 def unregister(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """Remove the worker; ``queues`` (clearml-agent sends the ones it served) are left with it."""
     worker_id = req_str(body, "worker")
+    opt_str_list(body, "queues")
     with ctx.store.write():
         ctx.store.delete_worker(worker_id)
     return {}
@@ -106,6 +123,7 @@ def status_report(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             doc["queues"] = _queue_refs(ctx, opt_str_list(body, "queues"))
         if "tags" in body:
             doc["tags"] = opt_str_list(body, "tags") or []
+        _set_reported(doc, body)
         if task_id:
             task = ctx.store.get_task(task_id)
             task["last_worker"] = worker_id
