@@ -97,9 +97,10 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "queues.create": ("name", "display_name", "tags", "system_tags"),
     "queues.delete": ("queue", "force"),
     "queues.update": ("queue", "name", "tags", "system_tags"),
-    "queues.get_next_task": ("queue", "get_task_info"),
+    # pop_id: hpcagent's repeatable pop (declared in the token's hpcagent_features)
+    "queues.get_next_task": ("queue", "get_task_info", "pop_id"),
     "queues.add_task": _MOVE,
-    "queues.remove_task": _MOVE,
+    "queues.remove_task": (*_MOVE, "update_task_status"),
     "queues.get_num_entries": ("queue",),
     "queues.move_task_to_front": _MOVE,
     "queues.move_task_to_back": _MOVE,
@@ -158,6 +159,11 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
         *("timestamp", "is_daemon"),
     ),
     "workers.get_all": SELF_CHECKED,
+    "workers.get_stats": (
+        *("from_date", "to_date", "interval", "items", "split_by_variant", "worker_ids"),
+    ),
+    "workers.get_activity_report": ("from_date", "to_date", "interval"),
+    "workers.get_metric_keys": ("worker_ids",),
     "workers.get_runtime_properties": ("worker",),
     "workers.set_runtime_properties": ("worker", "runtime_properties"),
 }
