@@ -21,9 +21,10 @@ Faults (each on its own queue, with a fresh daemon state folder, one server for 
   tmpfs of a few MiB, filled to the last byte while tasks arrive and run, then freed (root
   only: without root this fault is reported as not run, never as passed);
 * ``hostile-records`` — the task-record corpus (tests/hostile_tasks.py) planted in the
-  server's database and run through the daemon; the server-side corpus of the ``strict``
-  work (``tests/hostile_records.py``, when present: see :func:`server_corpus`) is run through
-  every endpoint by its own tests.
+  server's database and run through the daemon; then the server-side corpus
+  (tests/hostile_corpus.py, :func:`server_corpus`): bad payloads through every endpoint of the
+  same server, then every read for every stored task (a 5xx, an answer without envelope or a
+  failed read counts as an error and fails the fault).
 
 A task's script appends one line to ``runs/<label>`` when it starts: more than one line is a
 duplicate; a task ends "completed" only if its script ran; "failed with reason" needs a
@@ -54,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from conftest import EmbeddedServer  # noqa: E402
+from hostile_corpus import run_corpus  # noqa: E402
 from hostile_tasks import CORPUS, plant  # noqa: E402
 
 FINAL = ("completed", "failed", "stopped")
@@ -67,18 +69,20 @@ class Tally:
     failed: int = 0  # failed or stopped, with a reason
     lost: int = 0
     duplicated: int = 0
+    errors: int = 0  # server answers that broke the rule (5xx, no envelope, failed read)
     notes: list[str] = field(default_factory=list)
 
     def row(self) -> str:
         return (
             f"{self.fault:16} submitted {self.submitted:3}  completed {self.completed:3}  "
             f"failed-with-reason {self.failed:3}  lost {self.lost}  duplicated {self.duplicated}"
+            + (f"  server errors {self.errors}" if self.errors else "")
             + (f"  ({'; '.join(self.notes)})" if self.notes else "")
         )
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0
+        return self.lost == 0 and self.duplicated == 0 and self.errors == 0
 
 
 def _script(runs: Path, label: str, seconds: float) -> dict[str, Any]:
@@ -435,17 +439,24 @@ def hostile_records(rig: Rig, n: int, rng: random.Random) -> Tally:
             t.notes.append(f"{label} LOST: {s.get('status')}")
         if tid in bad and s.get("status") != bad[tid][2]:
             t.notes.append(f"{label}: {s.get('status')}, expected {bad[tid][2]}")
-    hook = server_corpus()
-    t.notes.append(hook)
+    server_corpus(rig, t, rng)
     return t
 
 
-def server_corpus() -> str:
-    """The server-side hostile corpus (helper ``strict``): run by its own tests through every
-    endpoint; here only named, so the figures say whether it was there."""
-    if (HERE / "hostile_records.py").exists():
-        return "server corpus: tests/hostile_records.py (run by its tests)"
-    return "server corpus: not on main yet (hook: tests/hostile_records.py)"
+def server_corpus(rig: Rig, t: Tally, rng: random.Random, sample: int = 2) -> None:
+    """The server-side hostile corpus (tests/hostile_corpus.py) through every endpoint of the
+    rig's server, ``sample`` hostile values per field, then every read for every stored task;
+    its counts go to the notes, anything against the rule to ``t.errors``."""
+    server = rig.server
+    result = run_corpus(server.url, server.access_key, server.secret_key, sample=sample,
+                        seed=rng.randrange(2**31))  # fmt: skip
+    t.errors += result.server_errors + result.bad_envelopes + result.failed_reads
+    t.notes.append(
+        f"server corpus: {result.sent} requests, {result.accepted} 2xx, {result.refused} 4xx, "
+        f"{result.server_errors} 5xx, {result.bad_envelopes} without envelope, "
+        f"{result.reads} reads ({result.failed_reads} failed)"
+    )
+    t.notes.extend(result.failures[:5])
 
 
 FAULTS: dict[str, Callable[[Rig, int, random.Random], Tally]] = {

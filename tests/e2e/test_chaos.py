@@ -22,6 +22,7 @@ def test_fault_suite_short_form(tmp_path: Path) -> None:
         assert t.submitted > 0, where
         assert t.lost == 0, where
         assert t.duplicated == 0, where
+        assert t.errors == 0, where  # the server corpus: no 5xx, every read answers
         assert t.completed + t.failed == t.submitted, where
     kills = next(t for t in tallies if t.fault == "executor-kill9")
     assert kills.failed >= 1, kills.row()  # the task whose executor was killed says why
