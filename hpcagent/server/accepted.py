@@ -42,8 +42,9 @@ _TASK_FIELDS = (
 ACCEPTED: dict[str, tuple[str, ...]] = {
     "auth.login": ("expiration_sec",),
     "debug.ping": (),
-    # events: add_batch reads its raw body (json-lines or a list), never the merged object
-    "events.add_batch": ("requests",),
+    # events: add_batch reads its raw body (json-lines, a list or {"requests": [...]}); the
+    # query string is its only merged object, and it reads nothing there
+    "events.add_batch": (),
     "events.get_task_log": ("task", "batch_size", "navigate_earlier", "from_timestamp", "order"),
     "events.get_task_events": (
         *("task", "event_type", "batch_size", "order", "scroll_id", "metrics", "model_events"),
@@ -55,6 +56,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "events.get_vector_metrics_and_variants": ("task", "model_events"),
     "events.get_task_metrics": ("tasks", "event_type", "model_events"),
     "events.get_multi_task_metrics": ("tasks", "event_type", "model_events"),
+    # plots are answered whole, never with a scroll: no_scroll holds either way
     "events.get_task_plots": ("task", "iters", "metrics", "model_events", "no_scroll"),
     "events.get_multi_task_plots": (*_METRICS_READ, "iters", "no_scroll"),
     "events.debug_images": (

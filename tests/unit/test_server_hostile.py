@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_corpus import envelope_problem, run_corpus
+from hostile_corpus import envelope_problem, read_everything, run_corpus
+from hostile_tasks import CORPUS, plant
 
 from hpcagent.server.accepted import ACCEPTED, SELF_CHECKED
 from hpcagent.server.app import ServerApp, all_routes
@@ -266,3 +267,21 @@ def test_hostile_corpus_through_every_endpoint(make_embedded_server: Any) -> Non
     assert result.accepted > 0
     assert result.reads > 0
     assert srv.request("tasks.get_all", {}).status_code == 200
+
+
+def test_planted_records_read_back(make_embedded_server: Any) -> None:
+    """Records that reached the database without the write checks (the daemon's corpus,
+    tests/hostile_tasks.py, planted in SQLite) still read back: every read endpoint answers
+    200 for every task."""
+    srv = make_embedded_server("planted-data")
+    ids = [
+        srv.send("tasks.create", {"name": f"planted {i}", "type": "training"})["id"]
+        for i in range(len(CORPUS))
+    ]
+    srv.stop()
+    plant(srv.data_dir, {tid: patch for tid, (_, patch, _) in zip(ids, CORPUS, strict=True)})
+    srv.start()
+    srv._token = None
+    result = read_everything(srv.url, srv.access_key, srv.secret_key)
+    assert result.reads > len(CORPUS) * 5
+    assert result.failed_reads == 0, "\n".join(result.failures)

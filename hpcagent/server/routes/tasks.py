@@ -522,9 +522,10 @@ def get_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     params = []
     for task_id in ids:
         task = ctx.store.get_task(task_id)
+        stored = task.get("hyperparams")  # a record from before validation may hold anything
         flat = [
             dict(item)
-            for section in (task.get("hyperparams") or {}).values()
+            for section in (stored.values() if isinstance(stored, dict) else ())
             if isinstance(section, dict)
             for item in section.values()
             if isinstance(item, dict)
