@@ -349,7 +349,9 @@ class Executor:
         try:
             # An abort or a signal during setup is honoured between the steps (a running git
             # or pip command is not interrupted; setup scripts are).
-            cwd, code_dir, repo_root = self._workspace(task)
+            cwd, code_dir, repo_root = repo_mod.prepare_workspace(
+                task.script, self._workdir, self.cfg, self.note
+            )
             choice = choose_mode(
                 container=self.opts.container, docker=self.opts.docker, env=self.env
             )
@@ -387,33 +389,6 @@ class Executor:
             if self.child is not None and self.child.poll() is None:
                 self.child.terminate(self.cfg.kill_grace_s)
             return ExecutorError.exit_code
-
-    def _workspace(self, task: TaskInfo) -> tuple[Path, Path, Path | None]:
-        """Returns (working dir, code dir for PYTHONPATH, repository root or None)."""
-        assert self._workdir is not None
-        script = task.script
-        if script.is_literal:
-            code_dir = self._workdir / "code"
-            repo_mod.write_literal_script(script, code_dir, self.note)
-            return code_dir, code_dir, None
-        repo_dir = self._workdir / "repo"
-        git_env = repo_mod.make_git_env(self.cfg.git_user, self.cfg.git_pass, self._workdir)
-        try:
-            repo_mod.checkout(
-                script,
-                repo_dir,
-                git_env=git_env,
-                vcs_cache=self.cfg.vcs_cache_path,
-                log=self.note,
-                force_ssh=self.cfg.force_git_ssh_protocol,
-            )
-            repo_mod.apply_diff(repo_dir, script.diff, git_env, self.note)
-        finally:
-            git_env.cleanup()
-        cwd = (repo_dir / script.working_dir).resolve()
-        if repo_dir.resolve() not in (cwd, *cwd.parents):
-            raise RepositoryError(f"working_dir {script.working_dir!r} leaves the repository")
-        return cwd, repo_dir, repo_dir
 
     def _setup_scripts(self, task: TaskInfo, cwd: Path) -> None:
         assert self._workdir is not None

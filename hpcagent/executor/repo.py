@@ -29,6 +29,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from hpcagent.errors import CommandError, RepositoryError
+from hpcagent.executor.options import ExecutorConfig
 from hpcagent.executor.task_info import ScriptInfo
 from hpcagent.process import CommandResult, run_command
 
@@ -291,3 +292,37 @@ def write_literal_script(script: ScriptInfo, code_dir: Path, log: Logger) -> Pat
     target.write_text(script.diff)
     log(f"wrote the task's script to {target}")
     return target
+
+
+def prepare_workspace(
+    script: ScriptInfo, workdir: Path, cfg: ExecutorConfig, log: Logger
+) -> tuple[Path, Path, Path | None]:
+    """The task's code under ``workdir``: returns (working dir, code dir for ``PYTHONPATH``,
+    repository root or None).
+
+    A literal script is written to ``workdir/code``; a repository is checked out to
+    ``workdir/repo`` through the cache, ``script.diff`` applied, with the credentials helper
+    removed afterwards. A ``working_dir`` that leaves the repository is a RepositoryError.
+    """
+    if script.is_literal:
+        code_dir = workdir / "code"
+        write_literal_script(script, code_dir, log)
+        return code_dir, code_dir, None
+    repo_dir = workdir / "repo"
+    git_env = make_git_env(cfg.git_user, cfg.git_pass, workdir)
+    try:
+        checkout(
+            script,
+            repo_dir,
+            git_env=git_env,
+            vcs_cache=cfg.vcs_cache_path,
+            log=log,
+            force_ssh=cfg.force_git_ssh_protocol,
+        )
+        apply_diff(repo_dir, script.diff, git_env, log)
+    finally:
+        git_env.cleanup()
+    cwd = (repo_dir / script.working_dir).resolve()
+    if repo_dir.resolve() not in (cwd, *cwd.parents):
+        raise RepositoryError(f"working_dir {script.working_dir!r} leaves the repository")
+    return cwd, repo_dir, repo_dir
