@@ -19,6 +19,7 @@ from selenium.common.exceptions import (
     NoAlertPresentException,
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -37,6 +38,18 @@ CHROMIUM_FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1400,1000",
 )
+
+
+def gone(exc: Exception) -> bool:
+    """Whether ``exc`` says the element left the document: Selenium's stale-element error, or
+    chromedriver's DevTools error for the same thing, which it reports as an unknown error
+    (https://github.com/SeleniumHQ/selenium/issues/15401)."""
+    if isinstance(exc, StaleElementReferenceException):
+        return True
+    text = str(exc)
+    return isinstance(exc, WebDriverException) and (
+        "does not belong to the document" in text or "No node with given id" in text
+    )
 
 
 def browser_missing() -> str:
@@ -101,13 +114,49 @@ class UiBrowser:
 
     def click_and_load(self, css: str, *, confirm: bool = False) -> str:
         """Click ``css`` (a submit button or link) and wait until the next page replaced this
-        one; with ``confirm`` accept the confirm() dialog first and return its text."""
-        page = self.find("html")
-        self.find(css).click()
+        one; with ``confirm`` accept the confirm() dialog first and return its text.
+
+        The old page is told from the new one by a mark set on its window (a new document has
+        none), not by an element handle: chromedriver may answer a handle of a page being
+        replaced with an unknown error instead of a stale one (see :func:`gone`)."""
+        self.js("window.hpcagentTestOldPage = true;")
+        self.click(css)
         text = self.accept_confirm() if confirm else ""
-        WebDriverWait(self.driver, 30).until(ec.staleness_of(page))
+
+        def replaced() -> bool:
+            try:
+                return bool(
+                    self.js(
+                        "return window.hpcagentTestOldPage === undefined"
+                        " && document.readyState === 'complete';"
+                    )
+                )
+            except WebDriverException:  # between the two documents
+                return False
+
+        WebDriverWait(self.driver, 30, poll_frequency=0.1).until(
+            lambda _: replaced(), message=f"the page after clicking {css}"
+        )
         self.wait("body")
         return text
+
+    def click(self, css: str, nth: int = 0) -> None:
+        """Click the ``nth`` element matching ``css``, found right before the click. A live
+        region (live.js) may replace it between the find and the click, as it may under a
+        user's pointer: then it is found again and clicked (the failed click reached nothing)."""
+
+        def attempt() -> bool:
+            try:
+                self.find_all(css)[nth].click()
+            except WebDriverException as exc:
+                if gone(exc):
+                    return False
+                raise
+            return True
+
+        WebDriverWait(self.driver, 30, poll_frequency=0.1).until(
+            lambda _: attempt(), message=f"clicking {css} [{nth}]"
+        )
 
     def find(self, css: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, css)

@@ -383,24 +383,24 @@ def test_bulk_enqueue_abort_archive(ui: UiBrowser, world: dict[str, Any]) -> Non
     srv = world["srv"]
     picked = world["others"][:3]
     ui.open(f"/tasks?project={world['project']}&name=sweep&sort=name")
-    for box in ui.find_all(".select-row")[:3]:
-        box.click()
-    ui.find(f"#bulk-queue option[value='{world['queue']}']").click()
+    for nth in range(3):  # found afresh each time: the table is a live region
+        ui.click(".select-row", nth)
+    ui.click(f"#bulk-queue option[value='{world['queue']}']")
     ui.click_and_load("#bulk-enqueue")
     assert "name=sweep" in ui.path()
     statuses = {srv.send("tasks.get_by_id", {"task": t})["task"]["status"] for t in picked}
     assert statuses == {"queued"}
     ui.open(f"/tasks?project={world['project']}&status=queued&queue={world['queue']}&name=sweep")
     assert len(ui.find_all("#task-table td.name a")) == 3
-    for box in ui.find_all(".select-row")[:2]:
-        box.click()
+    for nth in range(2):
+        ui.click(".select-row", nth)
     assert "Abort the selected tasks" in ui.click_and_load("#bulk-abort", confirm=True)
     assert len(ui.find_all("#task-table td.name a")) == 1
     statuses = sorted(srv.send("tasks.get_by_id", {"task": t})["task"]["status"] for t in picked)
     assert statuses == ["queued", "stopped", "stopped"]
     ui.open(f"/tasks?project={world['project']}&queue={world['queue']}&name=sweep")
     assert len(ui.find_all("#task-table td.name a")) == 3
-    ui.find("#select-all").click()
+    ui.click("#select-all")
     ui.click_and_load("#bulk-archive")
     assert "No tasks in this view" in ui.text("#task-table")
     ui.open(f"/tasks?project={world['project']}&archived=1")

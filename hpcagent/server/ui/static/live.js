@@ -4,7 +4,8 @@
 // script asks the page's own URL again with the header X-Hpcagent-Live (the token of what it
 // shows); the server answers 204 while nothing changed, else the new page, whose data-live
 // elements replace the old ones here. What the user did in them survives: ticked boxes, typed
-// values, and a region holding the focused field waits for the next poll. Then the event
+// values; a region holding the focused field, or the element a pointer is pressed on (a click
+// in progress would land on a removed node and be lost), waits for the next poll. Then the event
 // "hpcagent:live" fires on document (detail.regions: the ids swapped).
 //
 // One request per tick, at most one a second: scripts with data of their own to poll register
@@ -20,6 +21,13 @@
   var followers = [];
   var due = [];
   var sources = {}; // region id -> the server's HTML it was last built from
+  var pressed = null; // the element a pointer is down on, until it is released
+
+  document.addEventListener("pointerdown", function (e) { pressed = e.target; }, true);
+  ["pointerup", "pointercancel"].forEach(function (type) {
+    // released after the click event of this press has been dispatched
+    document.addEventListener(type, function () { setTimeout(function () { pressed = null; }); }, true);
+  });
 
   function key(input) {
     if (input.type === "checkbox" || input.type === "radio") {
@@ -74,7 +82,8 @@
       if (!next) return;
       var source = next.outerHTML;
       if (source === (sources[old.id] === undefined ? old.outerHTML : sources[old.id])) return;
-      if (old.contains(document.activeElement) && typing(document.activeElement)) {
+      var busyHere = old.contains(document.activeElement) && typing(document.activeElement);
+      if (busyHere || (pressed && old.contains(pressed))) {
         waited = true;
         return;
       }
