@@ -104,13 +104,19 @@ class UiBrowser:
         return element
 
     def wait_until(self, predicate: Any, timeout: float = 30, what: str = "") -> Any:
-        # The page may be replaced while it is read (an action's redirect): read it again.
+        # The page may be replaced while it is read (an action's redirect, a live region's
+        # swap): read it again.
+        def check() -> Any:
+            try:
+                return predicate()
+            except WebDriverException as exc:
+                if gone(exc):
+                    return False
+                raise
+
         return WebDriverWait(
-            self.driver,
-            timeout,
-            poll_frequency=0.2,
-            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-        ).until(lambda _: predicate(), message=what)
+            self.driver, timeout, poll_frequency=0.2, ignored_exceptions=(NoSuchElementException,)
+        ).until(lambda _: check(), message=what)
 
     def click_and_load(self, css: str, *, confirm: bool = False) -> str:
         """Click ``css`` (a submit button or link) and wait until the next page replaced this

@@ -1,7 +1,8 @@
 // hpcagent web UI: the workers page's CPU / memory / GPU charts (machine_stats the workers
 // reported, from /data/worker-stats, i.e. workers.get_stats). One request draws the charts of
-// every worker on the page; they are drawn again every 30 s (workers report every 30 s), and
-// at once when the range changes. Text from the server is only ever inserted with
+// every worker on the page; they are drawn again at most every 30 s (workers report every
+// 30 s) as a follower of live.js (HpcagentLive.follow: after the database changed, within the
+// page's one request a second), and at once when the range changes. Text from the server is only ever inserted with
 // textContent. Loaded from /static (the CSP allows no inline script).
 "use strict";
 
@@ -53,11 +54,13 @@
     var select = document.getElementById("stats-range");
     var boxes = Array.prototype.slice.call(document.querySelectorAll(".worker-charts"));
     if (!boxes.length) return;
+    var loaded = 0; // when the charts were last asked for
     function load() {
-      if (document.hidden) return;
+      if (document.hidden) return Promise.resolve();
+      loaded = Date.now();
       var url = "/data/worker-stats?range=" + (select ? select.value : "3600") +
         boxes.map(function (b) { return "&worker=" + encodeURIComponent(b.dataset.worker); }).join("");
-      fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw new Error(b.error || r.status); return b; }); })
         .then(function (data) {
           boxes.forEach(function (box) { draw(box, data.workers[box.dataset.worker] || {}); });
@@ -71,7 +74,17 @@
     }
     if (select) select.addEventListener("change", load);
     load();
-    window.setInterval(load, REFRESH_MS);
+    function follow() {
+      if (window.HpcagentLive) {
+        window.HpcagentLive.follow(function () {
+          return Date.now() - loaded < REFRESH_MS ? Promise.resolve() : load();
+        });
+      } else {
+        window.setInterval(load, REFRESH_MS);
+      }
+    }
+    // live.js comes after this script: it is there once the page has loaded
+    if (document.readyState === "complete") follow(); else window.addEventListener("load", follow);
   }
   if (window.Plotly) start(); else window.addEventListener("load", start);
 })();
