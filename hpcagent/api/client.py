@@ -52,12 +52,18 @@ from tenacity import (
 
 from hpcagent import __version__
 from hpcagent.api.compat import ServerCompat
+from hpcagent.api.envelope import (
+    error_envelope,
+    parse_envelope,
+    split_lines,
+    token_refresh_time,
+)
 from hpcagent.api.events import EventsService
 from hpcagent.api.projects import ProjectsService
 from hpcagent.api.queues import QueuesService
 from hpcagent.api.tasks import TasksService
 from hpcagent.api.workers import WorkersService
-from hpcagent.errors import ApiError, AuthError, ConfigError, ServerUnreachable, UnconfirmedCall
+from hpcagent.errors import ApiError, ConfigError, ServerUnreachable, UnconfirmedCall
 from hpcagent.outage import Outage
 
 if TYPE_CHECKING:
@@ -69,10 +75,6 @@ log = logging.getLogger(__name__)
 EVENTS_MAX_REQ_SIZE = 1024 * 1024
 #: ClearML's default ``api.http.max_req_size``.
 DEFAULT_MAX_REQ_SIZE = 15 * 1024 * 1024
-#: Renew the token when it has less than this left (the agent's threshold), but never later than
-#: half-way through its lifetime, so that short-lived tokens do not cause a login per call.
-TOKEN_REFRESH_THRESHOLD_S = 12 * 3600.0
-
 JSON = "application/json"
 JSON_LINES = "application/json-lines"
 
@@ -432,7 +434,7 @@ class ApiClient:
             return not (
                 patience is not None
                 and state.attempt_number >= self.retries + 1
-                and _error_envelope(exc.response)
+                and error_envelope(exc.response)
             )
 
         def before_sleep(state: RetryCallState) -> None:
@@ -491,17 +493,6 @@ class ApiClient:
         if patience is not None:
             patience.outage.up()
         return resp
-
-
-def _error_envelope(resp: requests.Response | None) -> bool:
-    """An HTTP 500 that carries a ClearML error envelope (the server answered)."""
-    if resp is None or resp.status_code != 500:
-        return False
-    try:
-        body = resp.json()
-    except ValueError:
-        return False
-    return isinstance(body, dict) and isinstance(body.get("meta"), dict)
 
 
 def _stop_when(event: threading.Event) -> Callable[[RetryCallState], bool]:
@@ -582,73 +573,3 @@ def _reason(exc: BaseException, timeout: tuple[float, float]) -> str:
     if isinstance(exc, requests.ConnectionError):
         return "connection failed"
     return type(exc).__name__
-
-
-def token_refresh_time(token: str, now: float | None = None) -> float:
-    """When to renew ``token``: ``exp`` minus the threshold, at most half-way through its life.
-
-    The token is decoded without verifying its signature (the client cannot, and needs only the
-    claims). A token without ``exp`` never needs renewal; one that cannot be decoded is renewed
-    after an hour.
-    """
-    now = time.time() if now is None else now
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return now + 3600.0
-    exp = claims.get("exp")
-    if not isinstance(exp, (int, float)):
-        return float("inf")
-    iat = claims.get("iat")
-    threshold = TOKEN_REFRESH_THRESHOLD_S
-    if isinstance(iat, (int, float)) and exp > iat:
-        threshold = min(threshold, (exp - iat) / 2)
-    return float(exp) - threshold
-
-
-def parse_envelope(endpoint: str, resp: requests.Response) -> dict[str, Any]:
-    """Return the ``data`` dict of a ClearML reply, or raise ApiError/AuthError from ``meta``."""
-    status = resp.status_code
-    try:
-        doc = orjson.loads(resp.content)
-    except orjson.JSONDecodeError:
-        doc = None
-    meta = doc.get("meta") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or not isinstance(meta, dict):
-        snippet = resp.text[:200].strip().replace("\n", " ")
-        cls = AuthError if status == 401 else ApiError
-        raise cls(endpoint, status, 0, f"not a ClearML API reply (HTTP {status}): {snippet}")
-    code = meta.get("result_code", status)
-    code = code if isinstance(code, int) else status
-    if code != 200 or status >= 400:
-        code = status if status >= 400 else code
-        subcode = meta.get("result_subcode") or 0
-        message = str(meta.get("result_msg") or "")
-        err_data = doc.get("data") if isinstance(doc.get("data"), dict) else None
-        cls = AuthError if code == 401 else ApiError
-        raise cls(endpoint, code, int(subcode), message, err_data)
-    data = doc.get("data")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ApiError(endpoint, status, 0, f"reply data is a {type(data).__name__}, not an object")
-    return data
-
-
-def split_lines(lines: Iterable[bytes], max_bytes: int) -> Iterable[bytes]:
-    """Group serialized JSON ``lines`` into newline-joined bodies of at most ``max_bytes``.
-
-    Order is kept. A single line longer than ``max_bytes`` forms a body of its own.
-    """
-    chunk: list[bytes] = []
-    size = 0
-    for line in lines:
-        extra = len(line) + (1 if chunk else 0)
-        if chunk and size + extra > max_bytes:
-            yield b"\n".join(chunk)
-            chunk, size = [], 0
-            extra = len(line)
-        chunk.append(line)
-        size += extra
-    if chunk:
-        yield b"\n".join(chunk)
