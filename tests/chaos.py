@@ -54,7 +54,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from conftest import EmbeddedServer  # noqa: E402
+from embedded import EmbeddedServer  # noqa: E402
 from hostile_corpus import run_corpus  # noqa: E402
 from hostile_tasks import CORPUS, plant  # noqa: E402
 
