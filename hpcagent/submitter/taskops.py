@@ -67,6 +67,23 @@ def set_message(client: ApiClient, task_id: str, message: str) -> None:
     client.send("tasks.update", {"task": task_id, "status_message": message[:MAX_MESSAGE]})
 
 
+def set_queued_message(client: ApiClient, task_id: str, message: str) -> bool:
+    """Show ``message`` (the job's state) on a task that is still ``queued``; False, and nothing
+    written, when the task has moved on.
+
+    The status read before is the caller's, from the start of a tracking cycle: in between, the
+    executor may have ended the task with a message of its own (an invalid record fails within
+    a second of the job starting), which the job state must not overwrite. ``tasks.update`` has
+    no condition in the ClearML API, so the status is read again right before the write; the
+    window left is one round trip, not a tracking cycle.
+    """
+    now = get_statuses(client, [task_id]).get(task_id)
+    if now is None or now.get("status") != "queued":
+        return False
+    set_message(client, task_id, message)
+    return True
+
+
 def fail(client: ApiClient, task_id: str, reason: str, message: str) -> None:
     """Mark the task failed (force) with a reason and a (possibly long) message."""
     client.send(

@@ -217,8 +217,8 @@ class Tracker:
         message = f"{self.scheduler.job_label} {job}: {text}"
         if status == "queued" and self._last_message.get(tid) != message:
             crashpoint("writing_status")
-            taskops.set_message(self.client, tid, message)
-            self._last_message[tid] = message
+            if taskops.set_queued_message(self.client, tid, message):
+                self._last_message[tid] = message
 
     def _finish(
         self, entry: Entry, js: JobStatus, task: dict[str, Any] | None, *, lost: bool = False
