@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,11 @@ def api(embedded_server: Any) -> ApiClient:
     return ApiClient(
         embedded_server.url, embedded_server.access_key, embedded_server.secret_key, retries=2
     )
+
+
+@pytest.fixture
+def client(embedded_server: Any) -> Iterator[ApiClient]:
+    """A client of the embedded server with the default retries, closed after the test."""
+    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
+    yield c
+    c.close()

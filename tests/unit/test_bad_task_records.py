@@ -13,12 +13,10 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from test_submitter_loop import Rig
 
 from hpcagent.api import ApiClient
@@ -30,13 +28,6 @@ from hpcagent.submitter.ledger import SUBMITTED
 from hpcagent.submitter.options import QueueRef
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-
-
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
 
 
 def _string_container(client: ApiClient, server: Any, source: str) -> str:

@@ -4,11 +4,8 @@ LocalScheduler whose jobs run a plain script (no executor needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from hpcagent.api import ApiClient
 from hpcagent.scheduler.local import LocalScheduler
@@ -19,13 +16,6 @@ from hpcagent.submitter.options import QueueRef, SubmitterOptions
 TEMPLATE = """#!/bin/bash
 echo "GPUS=${CLEARML_DAEMON_GPUS:none} TASK=${CLEARML_TASK.name}"
 """
-
-
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
 
 
 def _queue(client: ApiClient, name: str, tmpl: Path) -> QueueRef:

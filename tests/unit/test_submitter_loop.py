@@ -49,13 +49,6 @@ exit ${CLEARML_TASK.hyperparams.properties.rc.value:3}
 """
 
 
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
-
-
 class Rig:
     """A submitter wired to a server, a LocalScheduler and a ledger in tmp_path."""
 

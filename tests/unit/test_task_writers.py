@@ -10,7 +10,7 @@ writers at the worst points against the embedded server.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -23,13 +23,6 @@ from hpcagent.submitter import taskops
 
 JOB = job_identity({"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[3-4]"})
 WORKER = "node3:slurm-4242"
-
-
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
 
 
 def _new_task(client: ApiClient) -> str:

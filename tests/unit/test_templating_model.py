@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from helpers import SLURM_MAIN, clean_env, write_server_conf
 
 from hpcagent.api import ApiClient
@@ -36,13 +34,6 @@ echo ${CLEARML_TASK.script.branch} ${CLEARML_TASK.container.image}
 echo ${CLEARML_TASK.hyperparams.properties.user_key.value:dflt} ${CLEARML_TASK.tags}
 : ${CLEARML_AGENT_EXECUTE}
 """
-
-
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
 
 
 def test_every_documented_variable_resolves() -> None:

@@ -6,7 +6,6 @@ and a real LocalScheduler job (tests/e2e/test_hostile_tasks.py shows it through 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from test_submitter_loop import TEMPLATE, Rig
 from hpcagent.api import ApiClient
 from hpcagent.submitter import taskops
 from hpcagent.submitter.options import QueueRef
-
-
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
 
 
 def test_job_state_never_overwrites_the_message_of_an_ended_task(

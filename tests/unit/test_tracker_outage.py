@@ -10,11 +10,10 @@ real thing).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from test_submitter_loop import TEMPLATE, Rig
 
 from hpcagent.api import ApiClient
@@ -37,13 +36,6 @@ class Away:
     def status(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         reason = "controller did not answer" if self.answer == "cache" else "not found"
         return {j: unknown_status(j, reason, self.answer) for j in job_ids}
-
-
-@pytest.fixture
-def client(embedded_server: Any) -> Iterator[ApiClient]:
-    c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
-    yield c
-    c.close()
 
 
 def test_cached_unknown_never_counts_towards_lost(
