@@ -52,3 +52,14 @@ def client(embedded_server: Any) -> Iterator[ApiClient]:
     c = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
     yield c
     c.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, client: ApiClient, embedded_server: Any) -> Iterator[Any]:
+    """A submitter test rig (tests/unit/test_submitter_loop.py ``Rig``) on the embedded server;
+    its ledger is closed after the test."""
+    from test_submitter_loop import Rig
+
+    r = Rig(tmp_path, client, embedded_server)
+    yield r
+    r.ledger.close()

@@ -50,33 +50,29 @@ def _string_container(client: ApiClient, server: Any, source: str) -> str:
 
 
 def test_a_string_container_fails_that_task_and_the_queue_goes_on(
-    tmp_path: Path, client: ApiClient, embedded_server: Any
+    rig: Rig, client: ApiClient, embedded_server: Any
 ) -> None:
-    rig = Rig(tmp_path, client, embedded_server)
-    try:
-        qid = rig.queue("bad-records")
-        source = str(client.send("tasks.create", {"name": "source", "type": "training"})["id"])
-        bad = _string_container(client, embedded_server, source)
-        assert client.tasks.get_by_id(bad)["container"] == "docker://alpine"
-        client.send("tasks.enqueue", {"task": bad, "queue": qid})
-        good = rig.task("good one", qid, container={"image": "docker://alpine"})
-        template = TEMPLATES / "slurm.singularity.template"
-        s = rig.submitter([QueueRef(qid, "bad-records", template)], container_mode="singularity")
-        for _ in range(3):  # the same bad task never comes back; the good one is served
-            s.cycle()
-        failed = rig.get(bad)
-        assert failed["status"] == "failed"
-        assert failed["status_reason"] == "invalid task"
-        assert "container field is a str" in failed["status_message"]
-        entry = s.ledger.get(good)
-        assert entry is not None
-        assert entry.state == SUBMITTED
-        queue = client.send("queues.get_by_id", {"queue": qid})["queue"]
-        assert queue["entries"] == []
-        s.scheduler.cancel([str(entry.job_id)])
-        s.shutdown()
-    finally:
-        rig.ledger.close()
+    qid = rig.queue("bad-records")
+    source = str(client.send("tasks.create", {"name": "source", "type": "training"})["id"])
+    bad = _string_container(client, embedded_server, source)
+    assert client.tasks.get_by_id(bad)["container"] == "docker://alpine"
+    client.send("tasks.enqueue", {"task": bad, "queue": qid})
+    good = rig.task("good one", qid, container={"image": "docker://alpine"})
+    template = TEMPLATES / "slurm.singularity.template"
+    s = rig.submitter([QueueRef(qid, "bad-records", template)], container_mode="singularity")
+    for _ in range(3):  # the same bad task never comes back; the good one is served
+        s.cycle()
+    failed = rig.get(bad)
+    assert failed["status"] == "failed"
+    assert failed["status_reason"] == "invalid task"
+    assert "container field is a str" in failed["status_message"]
+    entry = s.ledger.get(good)
+    assert entry is not None
+    assert entry.state == SUBMITTED
+    queue = client.send("queues.get_by_id", {"queue": qid})["queue"]
+    assert queue["entries"] == []
+    s.scheduler.cancel([str(entry.job_id)])
+    s.shutdown()
 
 
 def test_credentials_never_reach_a_job_environment() -> None:

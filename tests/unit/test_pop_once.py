@@ -178,31 +178,27 @@ def test_submitter_puts_a_stranded_task_back_and_runs_it_once(
 
 
 def test_sweep_leaves_tasks_that_others_hold(
-    tmp_path: Path, client: ApiClient, embedded_server: Any
+    rig: Rig, client: ApiClient, embedded_server: Any
 ) -> None:
     """A popped task with another worker's job record, or one not stranded for the grace
     yet, is left alone."""
-    rig = Rig(tmp_path, client, embedded_server)
-    try:
-        qid = rig.queue("held")
-        held, fresh = rig.task("held", qid), rig.task("fresh", qid)
-        for _ in range(2):
-            client.queues.get_next_task(qid)
-        client.send(
-            "tasks.edit_hyper_params",
-            {
-                "task": held,
-                "hyperparams": [
-                    {"section": "properties", "name": "job-worker", "value": "other:submitter"}
-                ],
-            },
-        )
-        s = rig.submitter([QueueRef(qid, "held", rig.template(TEMPLATE))], stranded_grace_s=3600)
-        assert s.stranded.sweep() == []  # fresh: seen once, not for the grace yet
-        s.stranded.grace_s = 0
-        assert s.stranded.sweep() == [fresh]
-        assert _entries(client, qid) == [fresh]
-        assert rig.get(held)["status"] == "queued"
-        s.shutdown()
-    finally:
-        rig.ledger.close()
+    qid = rig.queue("held")
+    held, fresh = rig.task("held", qid), rig.task("fresh", qid)
+    for _ in range(2):
+        client.queues.get_next_task(qid)
+    client.send(
+        "tasks.edit_hyper_params",
+        {
+            "task": held,
+            "hyperparams": [
+                {"section": "properties", "name": "job-worker", "value": "other:submitter"}
+            ],
+        },
+    )
+    s = rig.submitter([QueueRef(qid, "held", rig.template(TEMPLATE))], stranded_grace_s=3600)
+    assert s.stranded.sweep() == []  # fresh: seen once, not for the grace yet
+    s.stranded.grace_s = 0
+    assert s.stranded.sweep() == [fresh]
+    assert _entries(client, qid) == [fresh]
+    assert rig.get(held)["status"] == "queued"
+    s.shutdown()

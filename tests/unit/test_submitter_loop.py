@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +104,6 @@ class Rig:
                 return
             time.sleep(0.1)
         raise AssertionError(f"still live: {self.ledger.live()}")
-
-
-@pytest.fixture
-def rig(tmp_path: Path, client: ApiClient, embedded_server: Any) -> Iterator[Rig]:
-    r = Rig(tmp_path, client, embedded_server)
-    yield r
-    r.ledger.close()
 
 
 def test_task_runs_to_completion(rig: Rig) -> None:

@@ -11,7 +11,6 @@ real thing).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from test_submitter_loop import TEMPLATE, Rig
@@ -39,33 +38,29 @@ class Away:
 
 
 def test_cached_unknown_never_counts_towards_lost(
-    tmp_path: Path, client: ApiClient, embedded_server: Any
+    rig: Rig, client: ApiClient, embedded_server: Any
 ) -> None:
-    rig = Rig(tmp_path, client, embedded_server)
-    try:
-        qid = rig.queue("cached")
-        tid = rig.task("cached job", qid)
-        rig.pre = "sleep 30"
-        s = rig.submitter([QueueRef(qid, "cached", rig.template(TEMPLATE))], lost_grace_s=0.0)
-        assert s.pull() == 1
-        entry = s.ledger.get(tid)
-        assert entry is not None
-        away = Away(rig.scheduler)
-        s.tracker.scheduler = away  # type: ignore[assignment]
-        for _ in range(5):
-            s.tracker.track()
-        entry = s.ledger.get(tid)
-        assert entry is not None
-        assert entry.state == SUBMITTED
-        assert rig.get(tid)["status"] != "failed"
-        away.answer = "none"  # the scheduler answers again: the job is not found
-        s.tracker.track()  # the lost clock starts
-        s.tracker.track()  # lost_grace_s is 0: LOST
-        task = rig.get(tid)
-        assert task["status"] == "failed"
-        assert "LOST" in task["status_reason"]
-        s.tracker.scheduler = rig.scheduler
-        rig.scheduler.cancel([str(entry.job_id)])
-        s.shutdown()
-    finally:
-        rig.ledger.close()
+    qid = rig.queue("cached")
+    tid = rig.task("cached job", qid)
+    rig.pre = "sleep 30"
+    s = rig.submitter([QueueRef(qid, "cached", rig.template(TEMPLATE))], lost_grace_s=0.0)
+    assert s.pull() == 1
+    entry = s.ledger.get(tid)
+    assert entry is not None
+    away = Away(rig.scheduler)
+    s.tracker.scheduler = away  # type: ignore[assignment]
+    for _ in range(5):
+        s.tracker.track()
+    entry = s.ledger.get(tid)
+    assert entry is not None
+    assert entry.state == SUBMITTED
+    assert rig.get(tid)["status"] != "failed"
+    away.answer = "none"  # the scheduler answers again: the job is not found
+    s.tracker.track()  # the lost clock starts
+    s.tracker.track()  # lost_grace_s is 0: LOST
+    task = rig.get(tid)
+    assert task["status"] == "failed"
+    assert "LOST" in task["status_reason"]
+    s.tracker.scheduler = rig.scheduler
+    rig.scheduler.cancel([str(entry.job_id)])
+    s.shutdown()
