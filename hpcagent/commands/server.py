@@ -108,6 +108,14 @@ from hpcagent.server.runner import (
     help="Longest lifetime of a token from auth.login; clients sign in again with their keys.",
 )
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port and the database (use the cores of one machine; "
+    "docs/server.md).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -129,6 +137,7 @@ def server_cmd(
     header_timeout: float,
     body_timeout: float,
     token_lifetime_days: float,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR).
@@ -176,6 +185,7 @@ def server_cmd(
                 max_connections=max_connections or None,
             ),
             token_lifetime_s=max(60, int(token_lifetime_days * 86400)),
+            workers=workers,
         )
     )
 

@@ -7,8 +7,10 @@ envelope with HTTP status == ``meta.result_code``. Client mistakes never produce
 ClearML SDK retries those forever); an unexpected bug answers 500.
 
 Handlers are plain synchronous functions ``(ctx, body) -> data``. They run one at a time in the
-server's one database thread (:meth:`ServerApp.in_db`), so the single SQLite connection is used
-serially and each request is atomic, while the event loop stays free: it keeps accepting
+process's one database thread (:meth:`ServerApp.in_db`), so its SQLite connection is used
+serially, and every request that writes is one ``BEGIN IMMEDIATE`` transaction (:func:`atomic`),
+so it is atomic also against the other worker processes of ``--workers N``; the event loop
+stays free: it keeps accepting
 connections, reading bodies, answering ``debug.ping`` and ``auth.login`` and enforcing the
 connection limits (:mod:`hpcagent.server.connections`) however long a query takes.
 """
@@ -16,6 +18,7 @@ connection limits (:mod:`hpcagent.server.connections`) however long a query take
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import threading
@@ -60,6 +63,16 @@ FILE_SWEEP_INTERVAL_S = 2.0
 RAW_BODY_ENDPOINTS = frozenset({"events.add_batch"})
 # Endpoints that need no Bearer token.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "debug.ping"})
+# Endpoints that only read but whose action does not start with "get" (see reads_only).
+READ_ONLY_ENDPOINTS = frozenset(
+    {
+        *PUBLIC_ENDPOINTS,
+        "events.debug_images",
+        "events.next_debug_image_sample",
+        "events.scalar_metrics_iter_histogram",
+        "events.multi_task_scalar_metrics_iter_histogram",
+    }
+)
 
 
 @dataclass
@@ -117,7 +130,34 @@ def all_routes() -> dict[str, Handler]:
         table.update(module.ROUTES)
     table["debug.ping"] = lambda ctx, body: {"msg": "hpcagent embedded server"}
     table["auth.login"] = lambda ctx, body: {}  # answered by ServerApp._dispatch itself
-    return {endpoint: strict(endpoint, handler) for endpoint, handler in table.items()}
+    return {
+        endpoint: strict(endpoint, atomic(endpoint, handler)) for endpoint, handler in table.items()
+    }
+
+
+def reads_only(endpoint: str) -> bool:
+    """Whether ``endpoint`` never writes: the ``get*`` actions (but the pop,
+    ``queues.get_next_task``), the events' chart reads, ``debug.ping`` and ``auth.login``."""
+    action = endpoint.partition(".")[2]
+    if endpoint == "queues.get_next_task":
+        return False
+    return action.startswith("get") or endpoint in READ_ONLY_ENDPOINTS
+
+
+def atomic(endpoint: str, handler: Handler) -> Handler:
+    """``handler`` run as one write transaction (``BEGIN IMMEDIATE``) unless the endpoint
+    only reads. Everything a writing request reads and checks (a status, a queue entry, a pop
+    id) is read inside the transaction that writes, so it holds when several processes share
+    the database (``hpcagent server --workers N``): SQLite lets one writer in at a time."""
+    if reads_only(endpoint):
+        return handler
+
+    @functools.wraps(handler)
+    def run(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+        with ctx.store.write():
+            return handler(ctx, body)
+
+    return run
 
 
 def _envelope(

@@ -40,6 +40,7 @@ from hpcagent.server.fields import (
 )
 from hpcagent.server.files import FILES_PREFIX
 from hpcagent.server.keys import KeyFile, KeyPair, write_private
+from hpcagent.server.shared import SharedState
 
 API_VERSION = "2.23"
 SERVER_VERSION = "1.17.0"
@@ -117,28 +118,40 @@ def clearml_conf_snippet(api_server: str, creds: Credentials) -> str:
     )
 
 
+def own_credentials(keys: KeyFile) -> Credentials:
+    """A stored pair for the server's own children (``--services-agent``): the preset pair if
+    there is one, else the first."""
+    pairs = keys.current().pairs
+    pair = next((p for p in pairs if p.origin == "preset"), pairs[0] if pairs else None)
+    if pair is None:
+        return Credentials("", "")
+    return Credentials(pair.access_key, pair.secret_key)
+
+
 class SignInThrottle:
     """Failed sign-ins per source address: after :attr:`FREE_FAILURES` failures the source
     must wait ``2 ** (n - FREE_FAILURES - 1)`` seconds (at most :attr:`MAX_DELAY_S`) before its
     next try is even checked; meanwhile every try is ``429`` at once. A success forgets the
-    source; so does :attr:`FORGET_AFTER_S` without a failure."""
+    source; so does :attr:`FORGET_AFTER_S` without a failure. The counts live in
+    :class:`~hpcagent.server.shared.SharedState`, so every worker process of a server sees the
+    same ones."""
 
     FREE_FAILURES = 5
     MAX_DELAY_S = 300.0
     FORGET_AFTER_S = 3600.0
     MAX_SOURCES = 10_000
 
-    def __init__(self) -> None:
-        self._failures: dict[str, tuple[int, float, float]] = {}  # failures, until, last
+    def __init__(self, shared: SharedState) -> None:
+        self._shared = shared
 
     def check(self, source: str, now: float) -> None:
         """``429`` while ``source`` must wait."""
-        entry = self._failures.get(source)
+        entry = self._shared.failures(source)
         if entry is None:
             return
         _, until, last = entry
         if now - last > self.FORGET_AFTER_S:
-            del self._failures[source]
+            self._shared.forget_failures(source)
         elif now < until:
             wait = math.ceil(until - now)
             raise ApiFault(
@@ -148,16 +161,14 @@ class SignInThrottle:
             )
 
     def failed(self, source: str, now: float) -> None:
-        if len(self._failures) >= self.MAX_SOURCES and source not in self._failures:
-            oldest = min(self._failures, key=lambda k: self._failures[k][2])
-            del self._failures[oldest]
-        failures = self._failures.get(source, (0, 0.0, 0.0))[0] + 1
+        entry = self._shared.failures(source)
+        failures = (entry[0] if entry is not None else 0) + 1
         extra = failures - self.FREE_FAILURES
         delay = min(2.0 ** (extra - 1), self.MAX_DELAY_S) if extra > 0 else 0.0
-        self._failures[source] = (failures, now + delay, now)
+        self._shared.set_failures(source, failures, now + delay, now, self.MAX_SOURCES)
 
     def succeeded(self, source: str) -> None:
-        self._failures.pop(source, None)
+        self._shared.forget_failures(source)
 
 
 class Authenticator:
@@ -170,11 +181,14 @@ class Authenticator:
         secret: bytes,
         *,
         token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S,
+        shared: SharedState | None = None,
     ) -> None:
         self.keys = keys
         self._secret = secret
         self.token_lifetime_s = token_lifetime_s
-        self.throttle = SignInThrottle()
+        #: State the server's worker processes share (sign-in failures, signed-out sessions).
+        self.shared = shared if shared is not None else SharedState()
+        self.throttle = SignInThrottle(self.shared)
         self._cache: dict[str, tuple[float, str, dict[str, Any]]] = {}
 
     def login(self, authorization: str | None, expiration_sec: int | None, source: str = "") -> str:
@@ -225,13 +239,8 @@ class Authenticator:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def own_credentials(self) -> Credentials:
-        """A stored pair for the server's own children (``--services-agent``): the preset
-        pair if there is one, else the first."""
-        pairs = self.keys.current().pairs
-        pair = next((p for p in pairs if p.origin == "preset"), pairs[0] if pairs else None)
-        if pair is None:
-            return Credentials("", "")
-        return Credentials(pair.access_key, pair.secret_key)
+        """A stored pair for the server's own children (``--services-agent``)."""
+        return own_credentials(self.keys)
 
     @property
     def user_id(self) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from hpcagent.server.auth import (
     Credentials,
     clearml_conf_snippet,
     load_or_create_jwt_secret,
+    own_credentials,
     prepare_keys,
 )
 from hpcagent.server.connections import (
@@ -37,12 +40,16 @@ from hpcagent.server.connections import (
     raise_descriptor_limit,
 )
 from hpcagent.server.files import FilesLimits, FileStore
-from hpcagent.server.keys import KeyFileError
+from hpcagent.server.keys import KeyFile, KeyFileError
+from hpcagent.server.shared import SharedState
 from hpcagent.server.store import Store
+from hpcagent.server.supervisor import Supervisor
 
 DEFAULT_DATA_DIR = Path("~/.hpcagent/server")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8008
+#: The database file in the data dir.
+DATABASE = "server.db"
 
 log = logging.getLogger("hpcagent.server")
 
@@ -73,9 +80,12 @@ class ServerOptions:
     companions: Sequence[Companion] = ()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S
+    #: Server processes (``--workers``): 1 serves in this process; more are forked children
+    #: sharing the listening socket and the database (:mod:`hpcagent.server.supervisor`).
+    workers: int = 1
 
 
-class _Server(uvicorn.Server):
+class ServerProcess(uvicorn.Server):
     """uvicorn's server, but a SIGTERM/SIGINT that led to a graceful shutdown ends the process
     with status 0 (uvicorn re-raises the signal after shutdown, which reads as a crash).
 
@@ -84,11 +94,14 @@ class _Server(uvicorn.Server):
     shuts down; a second signal shuts the server down at once."""
 
     def __init__(self, config: uvicorn.Config, companions: Sequence[Companion], url: str,
-                 creds: Credentials) -> None:  # fmt: skip
+                 creds: Credentials, *, ignore_interrupt: bool = False) -> None:  # fmt: skip
         super().__init__(config)
         self.companions = list(companions)
         self._companion_args = (url, creds)
         self._stopping = False
+        #: A worker of ``--workers N`` leaves SIGINT (a terminal's Ctrl-C reaches the whole
+        #: process group) to its supervisor, which stops the workers in order with SIGTERM.
+        self.ignore_interrupt = ignore_interrupt
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -97,6 +110,8 @@ class _Server(uvicorn.Server):
                 companion.start(*self._companion_args)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.ignore_interrupt and sig == signal.SIGINT:
+            return
         if self.companions and not self._stopping:
             self._stopping = True
             threading.Thread(
@@ -113,6 +128,11 @@ class _Server(uvicorn.Server):
         self.handle_exit(sig, frame)
 
 
+def start_companions(companions: Sequence[Companion], url: str, creds: Credentials) -> None:
+    for companion in companions:
+        companion.start(url, creds)
+
+
 def stop_companions(companions: Sequence[Companion]) -> None:
     """Stop each companion, logging (never raising) what goes wrong."""
     for companion in companions:
@@ -125,21 +145,42 @@ def stop_companions(companions: Sequence[Companion]) -> None:
 def prepare(options: ServerOptions) -> tuple[ServerApp, Credentials | None]:
     """Create the data dir (0700), store preset keys or make the first pair, open the store
     and the files. The second value is a pair generated now (to print once), else None."""
+    generated = prepare_data_dir(options)
+    return open_app(options), generated
+
+
+def prepare_data_dir(options: ServerOptions) -> Credentials | None:
+    """What happens once per start, before any worker opens the data dir: the folder (0700),
+    the key pairs (preset ones stored, else a first one made: returned, to print once), the
+    token secret, and the database schema (made or migrated)."""
     data_dir = options.data_dir.expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
-        keyfile, generated = prepare_keys(data_dir, options.access_key, options.secret_key)
-        secret = load_or_create_jwt_secret(data_dir)
-        store = Store(data_dir / "server.db")
-        files = FileStore(data_dir / "files", options.files_limits)
+        _, generated = prepare_keys(data_dir, options.access_key, options.secret_key)
+        load_or_create_jwt_secret(data_dir)
+        Store(data_dir / DATABASE).close()
     except KeyFileError as exc:
         raise ServerError(f"cannot start the server: {exc}") from exc
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
         raise ServerError(f"cannot prepare the server data dir {data_dir}: {exc}") from exc
-    auth = Authenticator(keyfile, secret, token_lifetime_s=options.token_lifetime_s)
-    app = create_app(store, auth, files=files, max_body=options.max_body)
-    return app, generated
+    return generated
+
+
+def open_app(options: ServerOptions) -> ServerApp:
+    """The application of one server process over a prepared data dir: its own connections
+    to the database, the key file and token secret (read, never written), the files."""
+    data_dir = options.data_dir.expanduser()
+    try:
+        keyfile = KeyFile(data_dir)
+        secret = load_or_create_jwt_secret(data_dir)
+        store = Store(data_dir / DATABASE)
+        shared = SharedState(data_dir / DATABASE)
+        files = FileStore(data_dir / "files", options.files_limits)
+    except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
+        raise ServerError(f"cannot open the server data dir {data_dir}: {exc}") from exc
+    auth = Authenticator(keyfile, secret, token_lifetime_s=options.token_lifetime_s, shared=shared)
+    return create_app(store, auth, files=files, max_body=options.max_body)
 
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (recognised, not bound)
@@ -201,39 +242,75 @@ def local_url(host: str, port: int) -> str:
     return public_url(host, port)
 
 
+def _worker(options: ServerOptions, sock: socket.socket, cap: int) -> int:
+    """One worker process of ``--workers N`` (forked by the supervisor): a whole server on the
+    shared socket, leaving SIGINT and the companions to the supervisor; its exit status."""
+    app = open_app(options)
+    server = ServerProcess(
+        uvicorn_config(app, options, cap), (), "", Credentials("", ""), ignore_interrupt=True
+    )
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def uvicorn_config(app: ServerApp, options: ServerOptions, cap: int) -> uvicorn.Config:
+    """uvicorn's settings for one server process serving ``app`` (``cap``: its connection cap)."""
+    return uvicorn.Config(
+        app.asgi,
+        http=guarded_protocol(options.limits, cap),
+        log_level=options.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=30,
+    )
+
+
 def serve(options: ServerOptions, out: TextIO | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM."""
+    """Run the server until SIGINT/SIGTERM: in this process, or with ``options.workers`` > 1
+    as that many forked worker processes (:mod:`hpcagent.server.supervisor`)."""
     level = getattr(logging, options.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)  # ``hpcagent server`` configured logging before: obey
     sock = _bind(options.host, options.port)
+    started = True
     try:
-        app, generated = prepare(options)
-        creds = app.auth.own_credentials()
+        generated = prepare_data_dir(options)
         url = public_url(options.host, options.port)
         if generated is not None:
             announce_credentials(generated, url, out or sys.stdout)
         cap = connection_cap(options.limits.max_connections, raise_descriptor_limit())
-        config = uvicorn.Config(
-            app.asgi,
-            http=guarded_protocol(options.limits, cap),
-            log_level=options.log_level.lower(),
-            access_log=False,
-            lifespan="on",
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=30,
-        )
         local = local_url(options.host, options.port)
-        server = _Server(config, options.companions, local, creds)
         log.info(
-            "hpcagent server on %s, data in %s, at most %d connections",
+            "hpcagent server on %s, data in %s, %d worker process%s, at most %d connections%s",
             url,
             options.data_dir.expanduser(),
+            options.workers,
+            "es" if options.workers > 1 else "",
             cap,
+            " each" if options.workers > 1 else "",
+        )
+        if options.workers > 1:
+            keys = KeyFile(options.data_dir.expanduser())
+            Supervisor(
+                options.workers,
+                sock,
+                lambda: _worker(options, sock, cap),
+                (
+                    lambda: start_companions(options.companions, local, own_credentials(keys)),
+                    lambda: stop_companions(options.companions),
+                ),
+                options.data_dir.expanduser() / DATABASE,
+            ).run()
+            return
+        app = open_app(options)
+        server = ServerProcess(
+            uvicorn_config(app, options, cap), options.companions, local, app.auth.own_credentials()
         )
         server.run(sockets=[sock])
+        started = server.started
     finally:
         stop_companions(options.companions)  # when the server ended without a signal
         sock.close()
-    if not server.started:
+    if not started:
         raise ServerError(f"the server did not start on {options.host}:{options.port}")

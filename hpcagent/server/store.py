@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_task ON events(task, type, ts);
 -- One scalar per (task, metric, variant, iteration), as in ClearML: a re-sent scalar (a client
 -- retrying a batch whose reply it lost) replaces the earlier one instead of doubling the point.
+-- Rows written by every process over this database (one write transaction adds its own): the
+-- web UI's live polls tell "something changed" (all) and "a document changed" (documents, all
+-- but events coming in) by them, whichever worker process wrote (ui/live.py).
+CREATE TABLE IF NOT EXISTS changes (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO changes(name, n) VALUES ('all', 0), ('documents', 0);
 CREATE UNIQUE INDEX IF NOT EXISTS events_scalar_point ON events(task, metric, variant, iter)
     WHERE type = 'training_stats_scalar';
 """
@@ -151,8 +156,8 @@ class Store:
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(SCHEMA)
         self._depth = 0
-        #: Rows that events.add_batch inserted (of ``conn.total_changes``): the web UI's live
-        #: polls tell "a document changed" from "events came in" by it (ui/live.py).
+        #: Rows that events.add_batch inserted (of ``conn.total_changes``): each write
+        #: transaction adds its rows to the shared ``changes`` counters, events apart.
         self.event_changes = 0
         self._add_task_columns()
         self._add_event_values()
@@ -237,14 +242,28 @@ class Store:
             return
         self.conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
+        rows, events = self.conn.total_changes, self.event_changes
         try:
             yield self.conn
+            rows = self.conn.total_changes - rows
+            if rows:
+                documents = rows - (self.event_changes - events)
+                self.conn.execute(
+                    "UPDATE changes SET n = n + (CASE name WHEN 'all' THEN ? ELSE ? END)",
+                    (rows, documents),
+                )
         except BaseException:
             self._depth = 0
             self.conn.execute("ROLLBACK")
             raise
         self._depth = 0
         self.conn.execute("COMMIT")
+
+    def change_counts(self) -> tuple[int, int]:
+        """``(rows, document rows)`` written so far by every process over this database (rows
+        of events.add_batch count in the first only); they only grow."""
+        counts = dict(self.conn.execute("SELECT name, n FROM changes").fetchall())
+        return int(counts.get("all", 0)), int(counts.get("documents", 0))
 
     # ---- generic documents -------------------------------------------------------------------
 

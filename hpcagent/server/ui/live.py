@@ -4,14 +4,14 @@ The protocol is one conditional GET of the page's own URL, at most once a second
 
 * ``static/live.js`` asks for ``location.pathname + location.search`` with the request header
   ``X-Hpcagent-Live: TOKEN`` (``-`` the first time);
-* :func:`answer` compares the token with the database's change counters (the server's one
-  SQLite connection's ``total_changes``, which every write moves, and the part of it that is
-  not events coming in, ``Store.event_changes``): no document written since the token was
+* :func:`answer` compares the token with the database's change counters
+  (``Store.change_counts``: rows written by any worker process, and the part of them that is
+  not events coming in): no document written since the token was
   issued, and the token younger than :data:`REFRESH_S`, is a ``204`` at once, without running
   the page (the pages render documents; console lines and points are read by their scripts).
   Otherwise the page is rendered as for a normal GET and hashed; the same HTML as the token's
   is again a ``204``, different HTML is a ``200`` with the page. Both carry the new token in
-  the ``X-Hpcagent-Live`` reply header, whose first part (``total_changes``) tells live.js
+  the ``X-Hpcagent-Live`` reply header, whose first part (all rows written) tells live.js
   that something, events included, was written;
 * live.js swaps the elements of the page marked ``data-live`` (each with an ``id``) for their
   new versions, keeps what the user did there (ticked boxes, typed values, the focused field),
@@ -70,9 +70,8 @@ async def answer(ui: Ui, request: Request, identity: dict[str, Any], handler: Ha
     """live.js's poll of a page: ``204`` when it did not change since the request's token,
     else the page (``200``); either way the new token in the ``X-Hpcagent-Live`` header.
     A page that is not ``200`` (an error, a redirect) is answered as it is."""
-    store = ui.app.store
-    changes = store.conn.total_changes
-    documents = changes - store.event_changes
+    with ui.app.db_lock:  # the database thread may be inside a transaction on the connection
+        changes, documents = ui.app.store.change_counts()
     now = time.time()
     old = _parse(request.headers.get(HEADER, ""))
     if old is not None and old[1] == documents and now - old[2] < REFRESH_S:

@@ -9,7 +9,8 @@
   neither read the cookie nor compute the token, and a missing or wrong token is a 403.
   The sign-in form itself has a pre-session double-submit token (a random cookie that the form
   repeats), so nobody can sign a browser in with someone else's keys.
-* Sign-out forgets the session's id (in memory) and clears the cookie.
+* Sign-out records the session as signed out (in the server's shared state, so every worker
+  process refuses it, also after a restart, until its token ends) and clears the cookie.
 * Every UI response has a Content-Security-Policy without inline script (scripts only from
   ``/static``), ``frame-ancestors 'none'``, ``nosniff`` and ``no-referrer``.
 """
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -72,7 +74,6 @@ class UiSessions:
 
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
-        self._signed_out: set[str] = set()
 
     def sign_in(self, access_key: str, secret_key: str, source: str) -> str:
         """A session token for the key pair; :class:`ApiFault` 401 when they are wrong, 429
@@ -83,7 +84,7 @@ class UiSessions:
     def identity(self, request: Request) -> dict[str, Any] | None:
         """The identity of the request's session, or None (no, bad, expired or signed-out)."""
         token = request.cookies.get(SESSION_COOKIE)
-        if not token or self._fingerprint(token) in self._signed_out:
+        if not token or self.auth.shared.signed_out(self._fingerprint(token)):
             return None
         try:
             return self.auth.verify(f"Bearer {token}")
@@ -93,7 +94,8 @@ class UiSessions:
     def sign_out(self, request: Request, response: Response) -> None:
         token = request.cookies.get(SESSION_COOKIE)
         if token:
-            self._signed_out.add(self._fingerprint(token))
+            now = time.time()
+            self.auth.shared.sign_out(self._fingerprint(token), now + SESSION_LIFETIME_S, now)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
 
     @staticmethod
