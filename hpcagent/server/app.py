@@ -10,9 +10,10 @@ Handlers are plain synchronous functions ``(ctx, body) -> data``. They run one a
 process's one database thread (:meth:`ServerApp.in_db`), so its SQLite connection is used
 serially, and every request that writes is one ``BEGIN IMMEDIATE`` transaction (:func:`atomic`),
 so it is atomic also against the other worker processes of ``--workers N``; the event loop
-stays free: it keeps accepting
-connections, reading bodies, answering ``debug.ping`` and ``auth.login`` and enforcing the
-connection limits (:mod:`hpcagent.server.connections`) however long a query takes.
+stays free: it keeps accepting connections, reading bodies, answering ``debug.ping`` and
+``auth.login`` and enforcing the connection limits (:mod:`hpcagent.server.connections`) however
+long a query takes. The web UI's reads and actions take the same path
+(``hpcagent.server.ui.core.Ui.call``): nothing uses the store from the loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import asyncio
 import functools
 import logging
 import re
-import threading
 import time
 import traceback
 import uuid
@@ -57,6 +57,7 @@ T = TypeVar("T")
 
 _PATH_RE = re.compile(r"^/?(v(?P<ver>\d+\.?\d+)/)?(?P<ep>[A-Za-z_]\w+\.[A-Za-z_]\w+)/?$")
 DEFAULT_MAX_BODY = 15 * 1024 * 1024
+DB_THREAD_PREFIX = "hpcagent-db"
 FILE_SWEEP_INTERVAL_S = 2.0
 
 # Endpoints whose body is not a JSON object (json-lines or a JSON list); they parse ctx.raw.
@@ -272,9 +273,8 @@ class ServerApp:
         self.max_body = max_body
         self.debug_errors = debug_errors
         self.routes = all_routes()
-        # The store's one thread; db_lock also serialises the web UI's in-process calls.
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpcagent-db")
-        self.db_lock = threading.Lock()
+        # The store's one thread: every use of the SQLite connection, REST and web UI alike.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=DB_THREAD_PREFIX)
         files_routes = FilesHttp(files, auth).routes() if files is not None else []
         from hpcagent.server.ui import ui_routes  # the web UI, on the same port
 
@@ -306,13 +306,11 @@ class ServerApp:
         return _internal_error(match.group("ep") if match else "", API_VERSION, exc, None)
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the database thread (under :attr:`db_lock`), awaited from the loop."""
+        """``fn(*args)`` in the database thread, awaited from the loop. One thread, so calls
+        run one at a time in the order they were made (FIFO): a REST request and a web page's
+        read queue behind each other, never beside each other."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread, self._locked, fn, *args)
-
-    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
-        with self.db_lock:
-            return fn(*args)
+        return await loop.run_in_executor(self._db_thread, fn, *args)
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -23,33 +23,33 @@ _HP_FIELD = re.compile(r"^hp\.(\d{1,4})\.(section|name|value)$")
 MAX_NEW_PARAMS = 50
 
 
-def run_action(
+async def run_action(
     ui: Ui, identity: Identity, task_id: str, action: str, form: FormData
 ) -> dict[str, Any]:
     """Run one named action on one task through the REST endpoints."""
     if action == "abort":
-        return ui.call(
+        return await ui.call(
             identity, "tasks.stop", {"task": task_id, "status_reason": "aborted (web UI)"}
         )
     if action == "enqueue":
         queue = form_str(form, "queue")
         if not queue:
             raise bad_request("Choose a queue to enqueue to.")
-        return ui.call(identity, "tasks.enqueue", {"task": task_id, "queue": queue})
+        return await ui.call(identity, "tasks.enqueue", {"task": task_id, "queue": queue})
     if action == "dequeue":
-        return ui.call(identity, "tasks.dequeue", {"task": task_id})
+        return await ui.call(identity, "tasks.dequeue", {"task": task_id})
     if action == "reset":
-        return ui.call(identity, "tasks.reset", {"task": task_id})
+        return await ui.call(identity, "tasks.reset", {"task": task_id})
     if action in ("archive", "unarchive"):
-        task = ui.call(
+        task = await ui.call(
             identity, "tasks.get_by_id", {"task": task_id, "only_fields": ["system_tags"]}
         )
         tags = [t for t in task["task"].get("system_tags") or [] if t != "archived"]
         if action == "archive":
             tags.append("archived")
-        return ui.call(identity, "tasks.update", {"task": task_id, "system_tags": tags})
+        return await ui.call(identity, "tasks.update", {"task": task_id, "system_tags": tags})
     if action == "delete":
-        return ui.call(identity, "tasks.delete", {"task": task_id})
+        return await ui.call(identity, "tasks.delete", {"task": task_id})
     raise bad_request(f"Unknown action: {action}")
 
 
@@ -114,7 +114,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         task_id = request.path_params["task_id"]
         form = await read_form(request)
         action = form_str(form, "action")
-        run_action(ui, identity, task_id, action, form)
+        await run_action(ui, identity, task_id, action, form)
         if action == "delete":
             return ui.redirect("/tasks")
         return ui.redirect(f"/tasks/{task_id}?tab={_tab(form)}")
@@ -126,7 +126,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         if action not in ACTIONS or not ids:
             raise bad_request("Select tasks and an action.")
         for task_id in ids:
-            run_action(ui, identity, task_id, action, form)
+            await run_action(ui, identity, task_id, action, form)
         return ui.redirect(safe_next(form_str(form, "next")))
 
     async def clone(request: Request, identity: Identity) -> Response:
@@ -136,14 +136,14 @@ def routes(ui: Ui) -> list[BaseRoute]:
         name = form_str(form, "name").strip()
         if name:
             body["new_task_name"] = name
-        new_id = ui.call(identity, "tasks.clone", body)["id"]
+        new_id = (await ui.call(identity, "tasks.clone", body))["id"]
         return ui.redirect(f"/tasks/{new_id}/edit")
 
     async def edit(request: Request, identity: Identity) -> Response:
         task_id = request.path_params["task_id"]
         form = await read_form(request)
-        task = ui.call(identity, "tasks.get_by_id", {"task": task_id})["task"]
-        ui.call(identity, "tasks.edit", edit_body(task, form))
+        task = (await ui.call(identity, "tasks.get_by_id", {"task": task_id}))["task"]
+        await ui.call(identity, "tasks.edit", edit_body(task, form))
         return ui.redirect(f"/tasks/{task_id}?tab=configuration")
 
     return [

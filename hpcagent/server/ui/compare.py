@@ -149,13 +149,13 @@ def routes(ui: Ui) -> list[BaseRoute]:
     async def compare(request: Request, identity: Identity) -> Response:
         ids = task_ids(request)
         body = {"id": ids, "only_fields": list(FIELDS), "search_hidden": True}
-        found = {str(t["id"]): t for t in ui.call(identity, "tasks.get_all", body)["tasks"]}
+        found = {str(t["id"]): t for t in (await ui.call(identity, "tasks.get_all", body))["tasks"]}
         missing = [i for i in ids if i not in found]
         if missing:
             raise bad_request(f"Unknown task ids: {', '.join(missing)}")
         tasks = [found[i] for i in ids]
         rows = param_rows(tasks)
-        return ui.render(
+        return await ui.render(
             request,
             "compare.html",
             tasks=tasks,
@@ -173,7 +173,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         ids = task_ids(request)
         key = "timestamp" if request.query_params.get("x") == "time" else "iter"
         body = {"tasks": ids, "key": key, "samples": SCALAR_SAMPLES}
-        data = ui.call(identity, "events.multi_task_scalar_metrics_iter_histogram", body)
+        data = await ui.call(identity, "events.multi_task_scalar_metrics_iter_histogram", body)
         return ui.json(data["metrics"])
 
     return [

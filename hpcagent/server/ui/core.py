@@ -5,6 +5,13 @@ the one way the UI reads or changes anything.
 the signed-in identity, so an action from a web page goes through exactly the code, state
 machine and errors of the same call over the wire; the UI never opens a second path into the
 database.
+
+Nothing that blocks runs on the event loop: each :meth:`Ui.call` is one hop into the server's
+database thread (:meth:`ServerApp.in_db`, the same queue as the REST requests) and
+:meth:`Ui.render` runs Jinja in a worker thread. So a page of 500 tasks, a comparison of ten
+tasks or a long console never delays a ping, a pop or a heartbeat of another client: the loop
+keeps answering while the page is built, and the database thread serves the other clients'
+requests between the page's reads (a page never holds it for its whole build).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -55,14 +63,14 @@ class Ui:
 
     # ---- the one way in ----------------------------------------------------------------------
 
-    def call(self, identity: Identity, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Run the REST endpoint ``endpoint`` with ``body`` as ``identity``; raises ApiFault."""
+    async def call(self, identity: Identity, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run the REST endpoint ``endpoint`` with ``body`` as ``identity`` in the database
+        thread, awaited from the loop; raises ApiFault."""
         from hpcagent.server.app import Ctx
 
         handler = self.app.routes[endpoint]
-        ctx = Ctx(store=self.app.store, endpoint=endpoint, identity=identity)
-        with self.app.db_lock:  # the database thread may be running a REST request
-            return handler(ctx, body)
+        ctx = Ctx(store=self.app.store, endpoint=endpoint, files=self.app.files, identity=identity)
+        return await self.app.in_db(handler, ctx, body)
 
     def has(self, endpoint: str) -> bool:
         """Whether the server implements ``endpoint`` (models, files: other modules add them)."""
@@ -70,18 +78,25 @@ class Ui:
 
     # ---- responses ---------------------------------------------------------------------------
 
-    def render(
+    async def render(
         self, request: Request, template: str, status_code: int = 200, **values: Any
     ) -> Response:
+        """``template`` rendered with ``values`` (in a worker thread: a large table is
+        milliseconds of CPU the loop does not wait for)."""
         values.setdefault("csrf", self.sessions.csrf_token(request))
         values.setdefault("request_path", request.url.path)
-        html = self.env.get_template(template).render(**values)
+        html = await run_in_threadpool(self._html, template, values)
         return secure_headers(HTMLResponse(html, status_code=status_code))
 
-    def error(
+    def _html(self, template: str, values: dict[str, Any]) -> str:
+        return self.env.get_template(template).render(**values)
+
+    async def error(
         self, request: Request, status_code: int, message: str, *, signed_in: bool = True
     ) -> Response:
-        return self.render(request, "error.html", status_code, message=message, signed_in=signed_in)
+        return await self.render(
+            request, "error.html", status_code, message=message, signed_in=signed_in
+        )
 
     @staticmethod
     def json(data: Any, status_code: int = 200) -> Response:
@@ -131,7 +146,7 @@ class Ui:
         async def endpoint(request: Request) -> Response:
             identity = self.sessions.identity(request)
             if identity is None:
-                return self.error(request, 401, "Sign in first.", signed_in=False)
+                return await self.error(request, 401, "Sign in first.", signed_in=False)
             refused = await self.refuse_form(request, self.sessions.check_csrf)
             if refused is not None:
                 return refused
@@ -152,10 +167,10 @@ class Ui:
             form = await read_form(request)
             check(request, form_str(form, "csrf") or form_str(form, "nonce") or None)
         except ApiFault as fault:
-            return self.error(request, fault.code, fault.message, signed_in=signed_in)
+            return await self.error(request, fault.code, fault.message, signed_in=signed_in)
         except CsrfError as exc:
             log.warning("refused %s %s: %s", request.method, request.url.path, exc)
-            return self.error(request, 403, f"Refused: {exc}.", signed_in=signed_in)
+            return await self.error(request, 403, f"Refused: {exc}.", signed_in=signed_in)
         return None
 
     def _guarded_handler(self, handler: PageHandler) -> PageHandler:
@@ -172,7 +187,7 @@ class Ui:
         except ApiFault as fault:
             # The API's own error (unknown task, forbidden status change, bad value): a 4xx
             # page with its message, exactly what the REST call would have answered.
-            return self.error(request, fault.code, fault.message)
+            return await self.error(request, fault.code, fault.message)
 
 
 MAX_FORM_BYTES = 4 * 1024 * 1024

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
             body.update(navigate_earlier=False, from_timestamp=after - 1, batch_size=size + skip)
         elif before is not None:
             body.update(navigate_earlier=True, from_timestamp=before + 1, batch_size=size + skip)
-        data = ui.call(identity, "events.get_task_log", body)
+        data = await ui.call(identity, "events.get_task_log", body)
         events = data["events"]
         if after is not None:
             events = events[skip:]
@@ -93,7 +94,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
     async def download(request: Request, identity: Identity) -> Response:
         """The whole console as a text file, streamed in pages of the events API."""
         task_id = request.path_params["task_id"]
-        ui.call(identity, "tasks.get_by_id", {"task": task_id, "only_fields": ["id"]})
+        await ui.call(identity, "tasks.get_by_id", {"task": task_id, "only_fields": ["id"]})
 
         async def lines() -> AsyncIterator[bytes]:
             scroll = ""
@@ -101,7 +102,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
                 body = {"task": task_id, "event_type": "log", "batch_size": 10000}
                 if scroll:
                     body["scroll_id"] = scroll
-                data = ui.call(identity, "events.get_task_events", body)
+                data = await ui.call(identity, "events.get_task_events", body)
                 if not data["events"]:
                     return
                 yield "".join(
@@ -121,8 +122,10 @@ def routes(ui: Ui) -> list[BaseRoute]:
         average of a bucket hides still shows."""
         task_id = request.path_params["task_id"]
         key = "timestamp" if request.query_params.get("x") == "time" else "iter"
-        ui.call(identity, "tasks.get_by_id", {"task": task_id, "only_fields": ["id"]})
-        found = scalar_histogram(ui.app.store, task_id, key, SCALAR_SAMPLES, None, envelope=True)
+        await ui.call(identity, "tasks.get_by_id", {"task": task_id, "only_fields": ["id"]})
+        # Not an endpoint (the UI's min/max band), but a read all the same: the database thread.
+        sample = partial(scalar_histogram, envelope=True)
+        found = await ui.app.in_db(sample, ui.app.store, task_id, key, SCALAR_SAMPLES, None)
         return ui.json(found)
 
     async def events(request: Request, identity: Identity) -> Response:
@@ -140,7 +143,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         scroll = request.query_params.get("scroll") or ""
         if scroll.isdigit():
             body["scroll_id"] = scroll
-        data = ui.call(identity, "events.get_task_events", body)
+        data = await ui.call(identity, "events.get_task_events", body)
         out = []
         for ev in data["events"]:
             item = {

@@ -70,8 +70,8 @@ async def answer(ui: Ui, request: Request, identity: dict[str, Any], handler: Ha
     """live.js's poll of a page: ``204`` when it did not change since the request's token,
     else the page (``200``); either way the new token in the ``X-Hpcagent-Live`` header.
     A page that is not ``200`` (an error, a redirect) is answered as it is."""
-    with ui.app.db_lock:  # the database thread may be inside a transaction on the connection
-        changes, documents = ui.app.store.change_counts()
+    # A read like any other: in the database thread, which may be inside a transaction.
+    changes, documents = await ui.app.in_db(ui.app.store.change_counts)
     now = time.time()
     old = _parse(request.headers.get(HEADER, ""))
     if old is not None and old[1] == documents and now - old[2] < REFRESH_S:

@@ -61,15 +61,15 @@ def age(value: Any, now: float | None = None) -> str:
     return f"{days}d {hours}h"
 
 
-def _task_docs(ui: Ui, identity: Identity, ids: set[str]) -> dict[str, dict[str, Any]]:
+async def _task_docs(ui: Ui, identity: Identity, ids: set[str]) -> dict[str, dict[str, Any]]:
     if not ids:
         return {}
     body = {"id": sorted(ids), "only_fields": ["id", "name", "status"], "search_hidden": True}
-    return {str(t["id"]): t for t in ui.call(identity, "tasks.get_all", body)["tasks"]}
+    return {str(t["id"]): t for t in (await ui.call(identity, "tasks.get_all", body))["tasks"]}
 
 
-def worker_props(ui: Ui, identity: Identity, worker_id: str) -> dict[str, str]:
-    reply = ui.call(identity, "workers.get_runtime_properties", {"worker": worker_id})
+async def worker_props(ui: Ui, identity: Identity, worker_id: str) -> dict[str, str]:
+    reply = await ui.call(identity, "workers.get_runtime_properties", {"worker": worker_id})
     return {str(p["key"]): str(p.get("value") or "") for p in reply["runtime_properties"]}
 
 
@@ -85,13 +85,13 @@ def held_jobs(props: dict[str, str]) -> list[dict[str, str]]:
     return [{k: str(r.get(k) or "") for k in keys} for r in rows if isinstance(r, dict)]
 
 
-def describe_workers(ui: Ui, identity: Identity) -> list[dict[str, Any]]:
+async def describe_workers(ui: Ui, identity: Identity) -> list[dict[str, Any]]:
     """Every active worker with ``role``, ``host``, ``jobs`` (submitters, daemons) and ``held``
     (the tasks it holds: an executor's task, a submitter's jobs' tasks)."""
     out = []
-    for worker in ui.call(identity, "workers.get_all", {})["workers"]:
+    for worker in (await ui.call(identity, "workers.get_all", {}))["workers"]:
         wid = str(worker["id"])
-        props = worker_props(ui, identity, wid)
+        props = await worker_props(ui, identity, wid)
         jobs = held_jobs(props)
         task = worker.get("task") or {}
         role = props.get("hpcagent_role") or ("executor" if task.get("id") else "worker")
@@ -127,13 +127,13 @@ def _state(role: str, task: dict[str, Any], jobs: list[dict[str, str]]) -> str:
     return "idle"
 
 
-def queue_view(ui: Ui, identity: Identity) -> list[dict[str, Any]]:
+async def queue_view(ui: Ui, identity: Identity) -> list[dict[str, Any]]:
     """Every queue (by name) with its entries in order (task doc, waited) and its workers."""
-    queues: list[dict[str, Any]] = ui.call(identity, "queues.get_all", {})["queues"]
+    queues: list[dict[str, Any]] = (await ui.call(identity, "queues.get_all", {}))["queues"]
     queues.sort(key=lambda q: str(q.get("name") or "").lower())
     ids = {str(e["task"]) for q in queues for e in q.get("entries") or []}
-    tasks = _task_docs(ui, identity, ids)
-    workers = ui.call(identity, "workers.get_all", {})["workers"]
+    tasks = await _task_docs(ui, identity, ids)
+    workers = (await ui.call(identity, "workers.get_all", {}))["workers"]
     now = time.time()
     for queue in queues:
         queue["rows"] = [
@@ -155,34 +155,21 @@ def queue_view(ui: Ui, identity: Identity) -> list[dict[str, Any]]:
     return queues
 
 
-def home_view(ui: Ui, identity: Identity) -> dict[str, Any]:
+async def home_view(ui: Ui, identity: Identity) -> dict[str, Any]:
     """The figures of the home page."""
-    queues = ui.call(identity, "queues.get_all", {"only_fields": ["id", "name", "entries"]})
-    workers = describe_workers(ui, identity)
-    running = ui.call(
-        identity,
-        "tasks.get_all",
-        {"status": ["in_progress"], "only_fields": ["id", "name"], "order_by": ["-started"]},
-    )["tasks"]
+    queues = await ui.call(identity, "queues.get_all", {"only_fields": ["id", "name", "entries"]})
+    workers = await describe_workers(ui, identity)
+    body: dict[str, Any] = {
+        "status": ["in_progress"], "only_fields": ["id", "name"], "order_by": ["-started"]
+    }  # fmt: skip
+    running = (await ui.call(identity, "tasks.get_all", body))["tasks"]
     since = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=FAILURE_WINDOW_S)
-    failed = ui.call(
-        identity,
-        "tasks.get_all",
-        {
-            "status": ["failed"],
-            "order_by": ["-last_update"],
-            "page": 0,
-            "page_size": MAX_FAILURES,
-            "only_fields": [
-                "id",
-                "name",
-                "status_reason",
-                "status_message",
-                "status_changed",
-                "last_update",
-            ],
-        },
-    )["tasks"]
+    body = {
+        "status": ["failed"], "order_by": ["-last_update"], "page": 0, "page_size": MAX_FAILURES,
+        "only_fields": ["id", "name", "status_reason", "status_message", "status_changed",
+                        "last_update"],
+    }  # fmt: skip
+    failed = (await ui.call(identity, "tasks.get_all", body))["tasks"]
     recent = []
     for task in failed:
         changed = present.parse_time(task.get("status_changed") or task.get("last_update"))
@@ -207,7 +194,9 @@ def home_view(ui: Ui, identity: Identity) -> dict[str, Any]:
     }
 
 
-def stats_series(ui: Ui, identity: Identity, worker_ids: list[str], range_s: int) -> dict[str, Any]:
+async def stats_series(
+    ui: Ui, identity: Identity, worker_ids: list[str], range_s: int
+) -> dict[str, Any]:
     """One ``workers.get_stats`` for the charts of ``worker_ids``: ``{workers: {id: {metric:
     {dates, values}}}}`` (avg per interval; per-core or per-GPU lists averaged; metrics a worker
     never reported left out)."""
@@ -220,7 +209,7 @@ def stats_series(ui: Ui, identity: Identity, worker_ids: list[str], range_s: int
         "items": [{"key": key, "category": "avg"} for key in CHART_KEYS],
     }
     out: dict[str, dict[str, Any]] = {wid: {} for wid in worker_ids}
-    for worker in ui.call(identity, "workers.get_stats", body)["workers"]:
+    for worker in (await ui.call(identity, "workers.get_stats", body))["workers"]:
         series = out.setdefault(str(worker["worker"]), {})
         for metric in worker["metrics"]:
             values = metric["stats"][0]["values"] if metric["stats"] else []
@@ -230,27 +219,31 @@ def stats_series(ui: Ui, identity: Identity, worker_ids: list[str], range_s: int
 
 def routes(ui: Ui) -> list[BaseRoute]:
     async def home(request: Request, identity: Identity) -> Response:
-        return ui.render(request, "home.html", signed_in=True, **home_view(ui, identity))
+        return await ui.render(
+            request, "home.html", signed_in=True, **await home_view(ui, identity)
+        )
 
     async def queues(request: Request, identity: Identity) -> Response:
-        return ui.render(request, "queues.html", queues=queue_view(ui, identity), signed_in=True)
+        return await ui.render(
+            request, "queues.html", queues=await queue_view(ui, identity), signed_in=True
+        )
 
     async def workers(request: Request, identity: Identity) -> Response:
-        found = describe_workers(ui, identity)
-        tasks = _task_docs(ui, identity, {t for w in found for t in w["held"]})
-        return ui.render(
+        found = await describe_workers(ui, identity)
+        tasks = await _task_docs(ui, identity, {t for w in found for t in w["held"]})
+        return await ui.render(
             request, "workers.html", workers=found, tasks=tasks, ranges=RANGES, signed_in=True
         )
 
     async def create_queue(request: Request, identity: Identity) -> Response:
         form = await read_form(request)
-        created = ui.call(identity, "queues.create", {"name": form_str(form, "name")})
+        created = await ui.call(identity, "queues.create", {"name": form_str(form, "name")})
         return ui.redirect(f"/queues#queue-{created['id']}")
 
     async def delete_queue(request: Request, identity: Identity) -> Response:
         form = await read_form(request)
         body = {"queue": request.path_params["queue_id"], "force": form_str(form, "force") == "1"}
-        ui.call(identity, "queues.delete", body)
+        await ui.call(identity, "queues.delete", body)
         return ui.redirect("/queues")
 
     async def entry(request: Request, identity: Identity) -> Response:
@@ -262,7 +255,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         body: dict[str, Any] = {"queue": queue_id, "task": form_str(form, "task")}
         if op == "remove":
             body["update_task_status"] = True  # back to draft, as ClearML's UI does
-        ui.call(identity, ENTRY_OPS[op], body)
+        await ui.call(identity, ENTRY_OPS[op], body)
         return ui.redirect(f"/queues#queue-{queue_id}")
 
     async def worker_stats(request: Request, identity: Identity) -> Response:
@@ -272,7 +265,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         value = request.query_params.get("range") or "3600"
         range_s = int(value) if value.isdigit() and len(value) <= 6 else 3600
         range_s = range_s if range_s in RANGES else 3600  # only the ranges the page offers
-        return ui.json(stats_series(ui, identity, worker_ids, range_s))
+        return ui.json(await stats_series(ui, identity, worker_ids, range_s))
 
     return [
         Route("/home", ui.page(home), methods=["GET"]),

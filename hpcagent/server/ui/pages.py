@@ -32,14 +32,14 @@ STATUS_ORDER = sorted(STATUSES - {"unknown"})
 LIVE_TABS = ("info", "execution", "configuration", "artifacts")
 
 
-def queue_names(ui: Ui, identity: Identity) -> dict[str, str]:
-    queues = ui.call(identity, "queues.get_all", {"only_fields": ["id", "name"]})["queues"]
+async def queue_names(ui: Ui, identity: Identity) -> dict[str, str]:
+    queues = (await ui.call(identity, "queues.get_all", {"only_fields": ["id", "name"]}))["queues"]
     return {str(q["id"]): str(q.get("name") or q["id"]) for q in queues}
 
 
-def project_names(ui: Ui, identity: Identity) -> dict[str, str]:
+async def project_names(ui: Ui, identity: Identity) -> dict[str, str]:
     body = {"only_fields": ["id", "name"], "search_hidden": True}
-    projects = ui.call(identity, "projects.get_all", body)["projects"]
+    projects = (await ui.call(identity, "projects.get_all", body))["projects"]
     return {str(p["id"]): str(p.get("name") or p["id"]) for p in projects}
 
 
@@ -49,7 +49,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
 
     async def login_form(request: Request) -> Response:
         nonce = ui.sessions.login_nonce(request)
-        response = ui.render(
+        response = await ui.render(
             request,
             "login.html",
             nonce=nonce,
@@ -72,7 +72,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
             )
         except ApiFault as fault:
             nonce = ui.sessions.login_nonce(request)
-            return ui.render(
+            return await ui.render(
                 request,
                 "login.html",
                 fault.code,
@@ -97,23 +97,23 @@ def routes(ui: Ui) -> list[BaseRoute]:
 
     async def projects(request: Request, identity: Identity) -> Response:
         body = {"include_stats": True, "search_hidden": False}
-        found = ui.call(identity, "projects.get_all", body)["projects"]
+        found = (await ui.call(identity, "projects.get_all", body))["projects"]
         found.sort(key=lambda p: str(p.get("name") or "").lower())
-        return ui.render(
+        return await ui.render(
             request, "projects.html", projects=found, statuses=STATUS_ORDER, signed_in=True
         )
 
     async def tasks(request: Request, identity: Identity) -> Response:
         view = TableView.from_query(request.query_params)
-        rows = ui.call(identity, "tasks.get_all", view.body())["tasks"]
-        queues = queue_names(ui, identity)
-        return ui.render(
+        rows = (await ui.call(identity, "tasks.get_all", view.body()))["tasks"]
+        queues = await queue_names(ui, identity)
+        return await ui.render(
             request,
             "tasks.html",
             view=view,
             rows=rows,
             queues=queues,
-            projects=project_names(ui, identity),
+            projects=await project_names(ui, identity),
             metric_names=sorted(set(present.metric_names(rows)) | set(view.cols)),
             statuses=STATUS_ORDER,
             sorts=SORTS,
@@ -128,12 +128,12 @@ def routes(ui: Ui) -> list[BaseRoute]:
         tab = request.query_params.get("tab") or "info"
         if tab not in dict(TABS):
             tab = "info"
-        task = ui.call(identity, "tasks.get_by_id", {"task": task_id})["task"]
-        queues = queue_names(ui, identity)
+        task = (await ui.call(identity, "tasks.get_by_id", {"task": task_id}))["task"]
+        queues = await queue_names(ui, identity)
         project = ""
         if task.get("project"):
-            project = project_names(ui, identity).get(str(task["project"]), "")
-        return ui.render(
+            project = (await project_names(ui, identity)).get(str(task["project"]), "")
+        return await ui.render(
             request,
             "task.html",
             task=task,
@@ -145,15 +145,15 @@ def routes(ui: Ui) -> list[BaseRoute]:
             slurm=present.slurm_info(task),
             sections=present.hyper_sections(task),
             requirements=present.requirements_text(task),
-            models=_models(ui, identity, task) if tab == "artifacts" else [],
+            models=await _models(ui, identity, task) if tab == "artifacts" else [],
             console_page=_console_page(request),
             signed_in=True,
         )
 
     async def edit_page(request: Request, identity: Identity) -> Response:
         task_id = request.path_params["task_id"]
-        task = ui.call(identity, "tasks.get_by_id", {"task": task_id})["task"]
-        return ui.render(
+        task = (await ui.call(identity, "tasks.get_by_id", {"task": task_id}))["task"]
+        return await ui.render(
             request,
             "edit.html",
             task=task,
@@ -187,7 +187,7 @@ def _console_page(request: Request) -> int:
     return 1000
 
 
-def _models(ui: Ui, identity: Identity, task: dict[str, Any]) -> list[dict[str, Any]]:
+async def _models(ui: Ui, identity: Identity, task: dict[str, Any]) -> list[dict[str, Any]]:
     """The task's input and output models, with their documents when the server has them."""
     refs = [
         {"role": role, "name": str(ref.get("name") or ""), "id": str(ref.get("model") or "")}
@@ -197,7 +197,7 @@ def _models(ui: Ui, identity: Identity, task: dict[str, Any]) -> list[dict[str, 
     ]
     if refs and ui.has("models.get_all"):
         ids = [ref["id"] for ref in refs if ref["id"]]
-        found = ui.call(identity, "models.get_all", {"id": ids}).get("models") or []
+        found = (await ui.call(identity, "models.get_all", {"id": ids})).get("models") or []
         docs = {str(m.get("id")): m for m in found if isinstance(m, dict)}
         for ref in refs:
             doc = docs.get(ref["id"]) or {}
