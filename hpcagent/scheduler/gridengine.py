@@ -3,10 +3,16 @@
 Grid Engine (Son of Grid Engine 8.1, as Debian ships it in ``gridengine-*``). One module: the
 argv builders, the parsers of what the commands print, the state table and the backend.
 
-* submit: ``qsub -terse -N NAME [qsub_args] SCRIPT`` (the script's ``#$`` lines apply; options on
-  the command line win). ``-terse`` prints the job id (``123``, or ``123.1-5:1`` for an array).
-  Transient failures (qmaster unreachable) are retried; before a retry the job is looked up by
-  name, so a qsub whose answer was lost does not create a second job.
+* submit: ``qsub -terse -N NAME [qsub_args]`` with the script on stdin (its ``#$`` lines apply;
+  options on the command line win), preceded by :data:`PRIVATE_OUTPUT` right after its ``#!``
+  line. ``-terse`` prints the job id (``123``, or ``123.1-5:1`` for an array). Transient failures
+  (qmaster unreachable) are retried; before a retry the job is looked up by name, so a qsub whose
+  answer was lost does not create a second job.
+* private output: sge_shepherd opens the job's output files itself, with ``umask(022)`` and mode
+  0644, whatever the submitter's umask (Son of Grid Engine's ``builtin_starter.c``); qsub has no
+  option for it. So the job's first lines (:data:`PRIVATE_OUTPUT`) set ``umask 077`` and move
+  each output file to a new 0600 file at the same path, then write there: anyone who opened the
+  0644 file in the moment before keeps an empty, unlinked file.
 * status: one ``qstat -u USER -xml`` for every job not yet known to be finished; a job that has
   left qstat is looked up once with ``qacct -j ID`` (its accounting record). The record is written
   when the execution daemon reports the end and qmaster flushes (``reporting_params
@@ -76,6 +82,29 @@ _DIRECTIVE = re.compile(r"^#\$\s*(.*)$", re.MULTILINE)
 
 _NAME_UNSAFE = re.compile(r"[\s/:@\\*?]")
 
+#: The first lines of every job (POSIX sh, after the script's ``#!`` line): owner-only output.
+#: ``umask 077`` for all the job creates; ``SGE_STDOUT_PATH``/``SGE_STDERR_PATH`` (the files
+#: sge_shepherd opened as 0644, the same path under ``-j y``) are copied to a 0600 file that
+#: replaces them (content of earlier runs kept, as Grid Engine appends) and the job's stdout and
+#: stderr reopened there. Not a regular file (``/dev/null``), a link or no copy possible: left
+#: as it is.
+PRIVATE_OUTPUT = """\
+# hpcagent: this job's output is readable by its user only (Grid Engine creates it 0644).
+umask 077
+hpcagent_private() {
+  [ -f "$1" ] && [ ! -L "$1" ] || return 1
+  { cat -- "$1" >"$1.$$.private" && mv -f -- "$1.$$.private" "$1"; } 2>/dev/null && return 0
+  rm -f -- "$1.$$.private"; return 1
+}
+if hpcagent_private "${SGE_STDOUT_PATH:-}"; then
+  exec >>"$SGE_STDOUT_PATH"
+  if [ "${SGE_STDERR_PATH:-}" = "$SGE_STDOUT_PATH" ]; then exec 2>&1; fi
+fi
+if [ "${SGE_STDERR_PATH:-}" != "${SGE_STDOUT_PATH:-}" ] && hpcagent_private "$SGE_STDERR_PATH"
+then exec 2>>"$SGE_STDERR_PATH"; fi
+unset -f hpcagent_private
+"""
+
 
 def ge_job_name(name: str) -> str:
     """The Grid Engine name for the submitter's job ``name``: Grid Engine refuses a name that
@@ -84,6 +113,15 @@ def ge_job_name(name: str) -> str:
     the same Grid Engine name (submit, find by name and the output file agree)."""
     safe = _NAME_UNSAFE.sub("_", name)
     return f"t{safe}" if safe[:1].isdigit() or not safe else safe
+
+
+def private_script(text: str) -> str:
+    """The job script ``text`` with :data:`PRIVATE_OUTPUT` after its ``#!`` line (first without
+    one). qsub reads ``#$`` lines anywhere in a script, so they still apply."""
+    first, _, rest = text.partition("\n")
+    if first.startswith("#!"):
+        return f"{first}\n{PRIVATE_OUTPUT}{rest}"
+    return PRIVATE_OUTPUT + text
 
 
 def is_transient(stderr: str) -> bool:
@@ -322,9 +360,9 @@ class GridEngineScheduler(Scheduler):
         return path / default if path.is_dir() else path
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, argv: Sequence[str]) -> CommandResult:
+    def _run(self, argv: Sequence[str], stdin: str | None = None) -> CommandResult:
         try:
-            return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env)
+            return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env, input=stdin)
         except SchedulerError:
             raise
         except CommandTimeout as exc:
@@ -355,9 +393,14 @@ class GridEngineScheduler(Scheduler):
 
     # ------------------------------------------------------------------ submit
     def submit(self, script_path: Path, *, job_name: str) -> str:
-        """``qsub`` under :func:`ge_job_name` of ``job_name`` (see the module docstring)."""
+        """``qsub`` of the script under :func:`ge_job_name` of ``job_name``, its output made
+        private by :func:`private_script` (see the module docstring)."""
         job_name = ge_job_name(job_name)
-        argv = ["qsub", "-terse", "-N", job_name, *self.qsub_args, str(script_path)]
+        try:
+            script = private_script(script_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SubmitError(f"cannot read the job script {script_path}: {exc}") from exc
+        argv = ["qsub", "-terse", "-N", job_name, *self.qsub_args]  # no script: stdin
         retrying = Retrying(
             stop=stop_after_attempt(self.submit_attempts),
             wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
@@ -373,11 +416,11 @@ class GridEngineScheduler(Scheduler):
                             "qsub for %s failed transiently; adopting job %s", job_name, live[-1]
                         )
                         return live[-1]
-                return self._qsub_once(argv)
+                return self._qsub_once(argv, script)
         raise AssertionError("unreachable")  # pragma: no cover - Retrying reraises
 
-    def _qsub_once(self, argv: Sequence[str]) -> str:
-        res = self._run(argv)
+    def _qsub_once(self, argv: Sequence[str], script: str) -> str:
+        res = self._run(argv, script)
         job = parse_qsub_terse(res.stdout)
         if res.ok and job is not None:
             return job

@@ -1,9 +1,11 @@
 """GridEngineScheduler against the real one-host cell: submit, status (qstat, then qacct),
-output file, the job identity the executor sees, cancel, find by name, time limit, rejection."""
+output file (private: 0600), the job identity the executor sees, cancel, find by name, time
+limit, rejection."""
 
 from __future__ import annotations
 
 import json
+import stat
 import sys
 import time
 import uuid
@@ -68,6 +70,41 @@ def test_job_completes_with_its_output_and_identity(ge_dir: Path) -> None:
     assert lines[0] == "hello from ge"
     identity = json.loads(lines[1])
     assert identity == {"scheduler": "gridengine", "job_id": job, "nodes": st.nodes, "rank": None}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_job_output_is_private(ge_dir: Path) -> None:
+    """sge_shepherd creates a job's output 0644 (umask 022, whatever qsub's umask); the job's
+    first lines (gridengine.PRIVATE_OUTPUT) leave it 0600, stdout and stderr in it in order,
+    and what the job creates 0600 too (umask 077). Separate -o/-e files that exist already
+    (Grid Engine appends) become 0600 with their earlier lines kept."""
+    s = GridEngineScheduler()
+    body = "echo to out; echo to err >&2; umask; touch made-by-job; echo last"
+    merged = s.submit(script(ge_dir, "merged", body), job_name=unique("merged"))
+    out, err = ge_dir / "sep.out", ge_dir / "sep.err"
+    for path in (out, err):
+        path.write_text("earlier\n")
+        path.chmod(0o644)
+    separate = ge_dir / "separate.sh"
+    separate.write_text(
+        f"#!/bin/bash\n#$ -S /bin/bash\n#$ -wd {ge_dir}\n#$ -o {out}\n#$ -e {err}\n"
+        "echo to out; echo to err >&2\n"
+    )
+    apart = s.submit(separate, job_name=unique("separate"))
+    assert wait_terminal(s, merged).state is JobState.COMPLETED
+    assert wait_terminal(s, apart).state is JobState.COMPLETED
+
+    merged_out = ge_dir / f"merged-{merged}.out"
+    assert _mode(merged_out) == 0o600
+    assert merged_out.read_text().splitlines() == ["to out", "to err", "0077", "last"]
+    assert _mode(ge_dir / "made-by-job") == 0o600
+    assert (_mode(out), _mode(err)) == (0o600, 0o600)
+    assert out.read_text().splitlines() == ["earlier", "to out"]
+    assert err.read_text().splitlines() == ["earlier", "to err"]
+    assert not list(ge_dir.glob("*.private"))  # no copy left behind
 
 
 def test_failed_job_reports_its_exit_code(ge_dir: Path) -> None:

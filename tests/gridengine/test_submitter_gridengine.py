@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -125,8 +126,13 @@ def test_task_completes_under_grid_engine(e2e: GeE2E) -> None:
     assert runtime["job_nodes"]
     assert runtime["hpcagent_worker"].endswith(f":gridengine-{job}")
     assert any("mark=patched" in line for line in h.task_log_lines(e2e.server, tid))
-    out = (e2e.work / f"task-{tid}-{job}.log").read_text()  # the template's -cwd and -o
-    assert "whoami root" in out
+    out = e2e.work / f"task-{tid}-{job}.log"  # the template's -cwd and -o
+    assert "whoami root" in out.read_text()
+    # Private by default (issue 14 item 6): the job's output and the rendered script.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    rendered = list((e2e.work / "state" / "scripts").glob(f"*{tid}*.sh"))
+    assert rendered, sorted(p.name for p in (e2e.work / "state" / "scripts").iterdir())
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in rendered)
 
 
 def test_abort_while_running_deletes_the_job(e2e: GeE2E) -> None:

@@ -19,11 +19,13 @@ from hpcagent.errors import (
 from hpcagent.process import CommandResult
 from hpcagent.scheduler.base import JobState
 from hpcagent.scheduler.gridengine import (
+    PRIVATE_OUTPUT,
     GridEngineScheduler,
     ge_job_name,
     parse_qacct,
     parse_qstat_xml,
     parse_qsub_terse,
+    private_script,
     qstat_state,
 )
 
@@ -45,6 +47,7 @@ class FakeGridEngine:
     def __init__(self, **answers: list[Answer]) -> None:
         self.answers = answers
         self.calls: list[list[str]] = []
+        self.stdin: list[str | None] = []
 
     def __call__(
         self,
@@ -56,6 +59,7 @@ class FakeGridEngine:
         input: str | None = None,
     ) -> CommandResult:
         self.calls.append(list(argv))
+        self.stdin.append(input)
         item = self.answers[argv[0]].pop(0)
         if isinstance(item, Exception):
             raise item
@@ -65,6 +69,12 @@ class FakeGridEngine:
 
     def count(self, program: str) -> int:
         return sum(1 for c in self.calls if c[0] == program)
+
+
+def job_script(folder: Path, body: str = "#!/bin/bash\n#$ -j y\necho hi\n") -> Path:
+    path = folder / "j.sh"
+    path.write_text(body)
+    return path
 
 
 def sched(fake: FakeGridEngine, **kw: object) -> GridEngineScheduler:
@@ -147,7 +157,7 @@ def test_qsub_terse_ids() -> None:
     assert parse_qsub_terse("Your job 3 has been submitted\n") is None
 
 
-def test_job_names_grid_engine_accepts() -> None:
+def test_job_names_grid_engine_accepts(tmp_path: Path) -> None:
     """Grid Engine refuses names that start with a digit (the submitter's ``<id8>-clearml_task_
     <id>``): they get a ``t`` in front; the mapping is the same for submit and find_by_name."""
     assert ge_job_name("4f6c0a8e-clearml_task_4f6c") == "t4f6c0a8e-clearml_task_4f6c"
@@ -155,7 +165,7 @@ def test_job_names_grid_engine_accepts() -> None:
     assert ge_job_name("a b/c:d@e*f?g") == "a_b_c_d_e_f_g"
     fake = FakeGridEngine(qsub=[res("42\n")], qstat=[res(fx("qstat_mixed.xml"))], qacct=[res()])
     s = sched(fake)
-    assert s.submit(Path("/s/j.sh"), job_name="15-run") == "42"
+    assert s.submit(job_script(tmp_path), job_name="15-run") == "42"
     assert fake.calls[0][:4] == ["qsub", "-terse", "-N", "t15-run"]
     s.find_by_name("15-run")
     assert fake.calls[2] == ["qacct", "-o", "root", "-j", "t15-run"]
@@ -166,17 +176,37 @@ def test_job_names_grid_engine_accepts() -> None:
 def test_submit_passes_name_and_args_and_returns_the_id(tmp_path: Path) -> None:
     fake = FakeGridEngine(qsub=[res("42\n")])
     s = sched(fake, qsub_args=["-q", "all.q"])
-    assert s.submit(tmp_path / "j.sh", job_name="clearml_task_a") == "42"
-    assert fake.calls == [
-        ["qsub", "-terse", "-N", "clearml_task_a", "-q", "all.q", str(tmp_path / "j.sh")]
-    ]
+    path = job_script(tmp_path)
+    assert s.submit(path, job_name="clearml_task_a") == "42"
+    assert fake.calls == [["qsub", "-terse", "-N", "clearml_task_a", "-q", "all.q"]]
+    assert fake.stdin == [private_script(path.read_text())]
+
+
+def test_the_job_script_gets_the_private_output_lines_after_its_shebang() -> None:
+    """The prologue comes right after ``#!`` (qsub reads ``#$`` lines anywhere); a script
+    without ``#!`` gets it first. What it does is tested in a real job
+    (tests/gridengine/test_gridengine_scheduler.py::test_job_output_is_private)."""
+    script = "#!/bin/bash\n#$ -S /bin/bash\n#$ -j y\necho hi\n"
+    lines = private_script(script).splitlines()
+    assert lines[0] == "#!/bin/bash"
+    assert lines[1 : 1 + len(PRIVATE_OUTPUT.splitlines())] == PRIVATE_OUTPUT.splitlines()
+    assert lines[-3:] == ["#$ -S /bin/bash", "#$ -j y", "echo hi"]
+    assert private_script("echo hi\n") == PRIVATE_OUTPUT + "echo hi\n"
+    assert "umask 077" in PRIVATE_OUTPUT.splitlines()
+
+
+def test_an_unreadable_script_is_a_submit_error(tmp_path: Path) -> None:
+    fake = FakeGridEngine()
+    with pytest.raises(SubmitError, match="cannot read the job script"):
+        sched(fake).submit(tmp_path / "missing.sh", job_name="n")
+    assert fake.calls == []
 
 
 def test_submit_rejection_keeps_qsubs_words(tmp_path: Path) -> None:
     err = 'Unable to run job: unknown resource "nosuchres"\nExiting.\n'
     fake = FakeGridEngine(qsub=[res(stderr=err, rc=1)])
     with pytest.raises(SubmitError, match='unknown resource "nosuchres"') as info:
-        sched(fake).submit(tmp_path / "j.sh", job_name="n")
+        sched(fake).submit(job_script(tmp_path), job_name="n")
     assert not isinstance(info.value, TransientSchedulerError)
     assert info.value.returncode == 1
 
@@ -187,7 +217,7 @@ def test_submit_limit(tmp_path: Path) -> None:
     )
     fake = FakeGridEngine(qsub=[res(stderr=err, rc=1)])
     with pytest.raises(SubmitLimitError):
-        sched(fake).submit(tmp_path / "j.sh", job_name="n")
+        sched(fake).submit(job_script(tmp_path), job_name="n")
 
 
 def test_transient_qsub_is_retried_and_an_accepted_job_is_adopted(tmp_path: Path) -> None:
@@ -205,7 +235,7 @@ def test_transient_qsub_is_retried_and_an_accepted_job_is_adopted(tmp_path: Path
             res(fx("qstat_mixed.xml").replace("cap_held", "clearml_task_b")),
         ],
     )
-    assert sched(fake).submit(tmp_path / "j.sh", job_name="clearml_task_b") == "17"
+    assert sched(fake).submit(job_script(tmp_path), job_name="clearml_task_b") == "17"
     assert [c[0] for c in fake.calls] == ["qsub", "qstat", "qsub", "qstat"]
 
 
@@ -213,7 +243,7 @@ def test_transient_gives_up(tmp_path: Path) -> None:
     down = 'error: unable to contact qmaster using port 6444 on host "vm"\n'
     fake = FakeGridEngine(qsub=[res(stderr=down, rc=1)] * 3, qstat=[res(fx("qstat_mixed.xml"))] * 2)
     with pytest.raises(TransientSchedulerError):
-        sched(fake, submit_attempts=3).submit(tmp_path / "j.sh", job_name="n")
+        sched(fake, submit_attempts=3).submit(job_script(tmp_path), job_name="n")
     assert fake.count("qsub") == 3
 
 
