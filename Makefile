@@ -13,7 +13,7 @@ help:
 	@echo "make test    install, start the local one-host Slurm and Grid Engine, run lint and every test"
 	@echo "make lint    ruff + mypy --strict + lint-imports (the layering of docs/structure.md)"
 	@echo "make bench   run the benchmarks and print their figures"
-	@echo "make chaos   the fault suite: kill -9, SIGSTOP, a full disk, hostile task records (root; CHAOS_ARGS='--seed N --tasks N')"
+	@echo "make chaos   the fault suite: kill -9, SIGSTOP, a full disk, slurmctld/slurmdbd of a private Slurm stopped 120 s, hostile task records (root; CHAOS_ARGS='--seed N --tasks N --slurm-outage S')"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

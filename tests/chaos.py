@@ -20,6 +20,12 @@ Faults (each on its own queue, with a fresh daemon state folder, one server for 
 * ``disk-full`` — the daemon's state folder and the executors' work folder (log spool) on a
   tmpfs of a few MiB, filled to the last byte while tasks arrive and run, then freed (root
   only: without root this fault is reported as not run, never as passed);
+* ``submitter-kill9`` — kill -9 of ``hpcagent-slurm`` at random points (its exact crash
+  points among them), started again each time: it re-adopts its jobs (tests/chaos_slurm.py);
+* ``slurm-outage`` — slurmctld and slurmdbd stopped for 120 s (``--slurm-outage``) while
+  tasks run and more are submitted, then started again; the submitter waits, one log line per
+  state change, and reconciles (tests/chaos_slurm.py). Both Slurm faults run on a private
+  Slurm of their own (tests/private_slurm.py), never on the shared one-host cluster;
 * ``hostile-records`` — the task-record corpus (tests/hostile_tasks.py) planted in the
   server's database and run through the daemon; then the server-side corpus
   (tests/hostile_corpus.py, :func:`server_corpus`): bad payloads through every endpoint of the
@@ -54,6 +60,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from chaos_slurm import slurm_outage, submitter_kill9  # noqa: E402
 from embedded import EmbeddedServer  # noqa: E402
 from hostile_corpus import run_corpus  # noqa: E402
 from hostile_tasks import CORPUS, plant  # noqa: E402
@@ -69,14 +76,14 @@ class Tally:
     failed: int = 0  # failed or stopped, with a reason
     lost: int = 0
     duplicated: int = 0
-    errors: int = 0  # server answers that broke the rule (5xx, no envelope, failed read)
+    errors: int = 0  # broken rules: 5xx, no envelope, failed read; a log line per attempt
     notes: list[str] = field(default_factory=list)
 
     def row(self) -> str:
         return (
             f"{self.fault:16} submitted {self.submitted:3}  completed {self.completed:3}  "
             f"failed-with-reason {self.failed:3}  lost {self.lost}  duplicated {self.duplicated}"
-            + (f"  server errors {self.errors}" if self.errors else "")
+            + (f"  errors {self.errors}" if self.errors else "")
             + (f"  ({'; '.join(self.notes)})" if self.notes else "")
         )
 
@@ -105,12 +112,16 @@ def _script(runs: Path, label: str, seconds: float) -> dict[str, Any]:
 class Rig:
     """One server for the suite; per fault a queue, a daemon state folder and tasks."""
 
-    def __init__(self, root: Path, seed: int, log: Callable[[str], None] = print) -> None:
+    def __init__(self, root: Path, seed: int, log: Callable[[str], None] = print,
+                 slurm_outage_s: float = 120.0) -> None:  # fmt: skip
         self.root = root
         self.seed = seed
         self.log = log
         self.runs = root / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
+        #: the private Slurm of the submitter's faults (tests/chaos_slurm.py), once started
+        self.slurm: Any = None
+        self.slurm_outage_s = slurm_outage_s
         self.server = EmbeddedServer(root / "server-data")
         self.server.start()
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -164,11 +175,14 @@ class Rig:
         )
         return {str(t["id"]): t for t in data["tasks"]}
 
-    def settle(self, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    def settle(self, ids: list[str], timeout: float,
+               keep: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+        """Wait until every task of ``ids`` ended; ``keep`` (the daemon's by default) starts
+        again a worker that exited by itself."""
         deadline = time.monotonic() + timeout
         states: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline:
-            self.keep_daemon()
+            (keep or self.keep_daemon)()
             with contextlib.suppress(Exception):
                 states = self.statuses(ids)
                 if len(states) == len(ids) and all(s["status"] in FINAL for s in states.values()):
@@ -243,6 +257,8 @@ class Rig:
 
     def close(self) -> None:
         self.stop_daemon()
+        if self.slurm is not None:
+            self.slurm.close()
         if self.server.proc is not None:  # never leave it paused
             with contextlib.suppress(OSError):
                 self.server.proc.send_signal(signal.SIGCONT)
@@ -465,16 +481,20 @@ FAULTS: dict[str, Callable[[Rig, int, random.Random], Tally]] = {
     "executor-kill9": executor_kill9,
     "server-sigstop": server_sigstop,
     "disk-full": disk_full,
+    "submitter-kill9": submitter_kill9,
+    "slurm-outage": slurm_outage,
     "hostile-records": hostile_records,
 }
 
 
 def run_suite(root: Path, seed: int, tasks: int, faults: list[str],
-              log: Callable[[str], None] = print) -> list[Tally]:  # fmt: skip
-    """Run ``faults`` with ``tasks`` tasks each; the tallies in order."""
+              log: Callable[[str], None] = print,
+              slurm_outage_s: float = 120.0) -> list[Tally]:  # fmt: skip
+    """Run ``faults`` with ``tasks`` tasks each (slurmctld and slurmdbd down for
+    ``slurm_outage_s`` in ``slurm-outage``); the tallies in order."""
     log(f"chaos: seed {seed} (repeat with --seed {seed}); {tasks} tasks per fault; "
         f"host {socket.gethostname()}, {os.cpu_count()} CPUs")  # fmt: skip
-    rig = Rig(root, seed, log)
+    rig = Rig(root, seed, log, slurm_outage_s)
     out = []
     try:
         for i, name in enumerate(faults):
@@ -493,12 +513,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--tasks", type=int, default=6, help="tasks per fault")
     ap.add_argument("--faults", nargs="*", default=list(FAULTS), choices=list(FAULTS))
+    ap.add_argument("--slurm-outage", type=float, default=120.0, metavar="SECONDS",
+                    help="how long slurmctld and slurmdbd stay stopped")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     root = Path(tempfile.mkdtemp(prefix="hpcagent-chaos-"))
     try:
-        tallies = run_suite(root, seed, args.tasks, args.faults)
+        tallies = run_suite(root, seed, args.tasks, args.faults,
+                            slurm_outage_s=args.slurm_outage)  # fmt: skip
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
