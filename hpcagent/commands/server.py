@@ -116,6 +116,13 @@ from hpcagent.server.runner import (
     "docs/server.md).",
 )
 @click.option(
+    "--event-retention-days",
+    default=None,
+    type=float,
+    help="Delete events older than this many days (0: keep all). "
+    "Default: server.event_retention_days of the configuration (0).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -138,6 +145,7 @@ def server_cmd(
     body_timeout: float,
     token_lifetime_days: float,
     workers: int,
+    event_retention_days: float | None,
     log_level: str,
 ) -> None:
     """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR).
@@ -162,6 +170,13 @@ def server_cmd(
         )
     if not 0 < token_lifetime_days <= 366:
         raise click.UsageError("--token-lifetime-days must be above 0 and at most 366")
+    if event_retention_days is None:
+        from hpcagent.config import load_settings  # only when not given on the command line
+
+        settings = load_settings(config_file=(ctx.find_object(dict) or {}).get("config_file"))
+        event_retention_days = settings.server.event_retention_days
+    if event_retention_days < 0:
+        raise click.UsageError("--event-retention-days must not be negative")
     companions = []
     if services_agent is not None:
         companions.append(_services_agent(data_dir, services_queue, services_agent))
@@ -186,6 +201,7 @@ def server_cmd(
             ),
             token_lifetime_s=max(60, int(token_lifetime_days * 86400)),
             workers=workers,
+            event_retention_days=event_retention_days,
         )
     )
 

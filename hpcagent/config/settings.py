@@ -177,6 +177,8 @@ class ServerSettings:
     host: str
     port: int
     max_body_mb: float
+    #: Events older than this many days are deleted (0: kept forever); docs/server.md.
+    event_retention_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ def build_settings(layered: Layered) -> Settings:
         host=r.get_str("server.host", "127.0.0.1"),
         port=r.get_int("server.port", 8008),
         max_body_mb=r.get_float("server.max_body_mb", 15.0),
+        event_retention_days=r.get_float("server.event_retention_days", 0.0),
     )
     return Settings(
         api=api,

@@ -49,6 +49,7 @@ from hpcagent.server.fields import (
 )
 from hpcagent.server.files import FileStore
 from hpcagent.server.files_http import FilesHttp
+from hpcagent.server.retention import EventRetention
 from hpcagent.server.store import Store
 from hpcagent.server.validation import check_depth
 
@@ -266,8 +267,10 @@ class ServerApp:
         files: FileStore | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         debug_errors: bool = False,
+        event_retention_days: float = 0.0,
     ) -> None:
         self.store = store
+        self.retention = EventRetention(store, event_retention_days)
         self.auth = auth
         self.files = files
         self.max_body = max_body
@@ -315,9 +318,11 @@ class ServerApp:
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(self._sweep_files()) if self.files is not None else None
+        retention = self.retention.start(self.in_db)
         yield
-        if sweeper is not None:
-            sweeper.cancel()
+        for task in (sweeper, retention):
+            if task is not None:
+                task.cancel()
         # Graceful shutdown: every request committed already; checkpoint and close.
         await self.in_db(self.store.close)
         self._db_thread.shutdown(wait=True)
@@ -447,7 +452,10 @@ def create_app(
     *,
     files: FileStore | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    event_retention_days: float = 0.0,
 ) -> ServerApp:
     """Build the server application around an open store, an authenticator and (optionally)
     the files store served under ``/files``."""
-    return ServerApp(store, auth, files=files, max_body=max_body)
+    return ServerApp(
+        store, auth, files=files, max_body=max_body, event_retention_days=event_retention_days
+    )

@@ -83,6 +83,8 @@ class ServerOptions:
     #: Server processes (``--workers``): 1 serves in this process; more are forked children
     #: sharing the listening socket and the database (:mod:`hpcagent.server.supervisor`).
     workers: int = 1
+    #: Events older than this many days are deleted while the server runs (0: never).
+    event_retention_days: float = 0.0
 
 
 class ServerProcess(uvicorn.Server):
@@ -180,7 +182,13 @@ def open_app(options: ServerOptions) -> ServerApp:
     except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
         raise ServerError(f"cannot open the server data dir {data_dir}: {exc}") from exc
     auth = Authenticator(keyfile, secret, token_lifetime_s=options.token_lifetime_s, shared=shared)
-    return create_app(store, auth, files=files, max_body=options.max_body)
+    return create_app(
+        store,
+        auth,
+        files=files,
+        max_body=options.max_body,
+        event_retention_days=options.event_retention_days,
+    )
 
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (recognised, not bound)

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from hpcagent.server import task_query
 from hpcagent.server.fields import (
     INVALID_MODEL_ID,
     INVALID_PROJECT_ID,
@@ -29,6 +30,8 @@ from hpcagent.server.fields import (
     INVALID_TASK_ID,
     ApiFault,
 )
+from hpcagent.server.task_query import TASK_SORT_COLUMNS as TASK_SORT_COLUMNS
+from hpcagent.server.task_query import where_in
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -37,7 +40,7 @@ CREATE INDEX IF NOT EXISTS projects_name ON projects(name);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT, status TEXT NOT NULL,
     created TEXT NOT NULL, doc BLOB NOT NULL, started TEXT, last_update TEXT);
-CREATE INDEX IF NOT EXISTS tasks_project ON tasks(project);
+-- (tasks_project(project) was a prefix of tasks_project_status; Store drops it.)
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
@@ -79,6 +82,8 @@ CREATE TABLE IF NOT EXISTS events (
     ts INTEGER NOT NULL, iter INTEGER, metric TEXT, variant TEXT, doc BLOB NOT NULL,
     value REAL);
 CREATE INDEX IF NOT EXISTS events_task ON events(task, type, ts);
+-- The retention sweep's oldest-first reads (server.event_retention_days, delete_events_before).
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 -- One scalar per (task, metric, variant, iteration), as in ClearML: a re-sent scalar (a client
 -- retrying a batch whose reply it lost) replaces the earlier one instead of doubling the point.
 -- Rows written by every process over this database (one write transaction adds its own): the
@@ -90,13 +95,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_scalar_point ON events(task, metric, va
     WHERE type = 'training_stats_scalar';
 """
 
+#: Each task's number of log events, kept by triggers (Store._add_log_counts). A log event is
+#: never replaced (only scalars have a unique key), so counting inserts and deletes is exact.
+LOG_COUNTS = (
+    "CREATE TABLE log_counts (task TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER log_counts_add AFTER INSERT ON events WHEN new.type = 'log' BEGIN "
+    "INSERT INTO log_counts(task, n) VALUES (new.task, 1) "
+    "ON CONFLICT(task) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER log_counts_remove AFTER DELETE ON events WHEN old.type = 'log' BEGIN "
+    "UPDATE log_counts SET n = n - 1 WHERE task = old.task; END",
+)
 CHECKPOINT_INTERVAL_S = 0.5
 #: How long a pop id is remembered (a client repeats a pop within minutes; a day is plenty).
 POP_ID_KEEP_S = 24 * 3600.0
-#: Task fields that are columns, so tasks.get_all can sort and page them in SQL.
-TASK_SORT_COLUMNS = frozenset(
-    {"id", "name", "project", "status", "created", "started", "last_update"}
-)
 #: Task columns added after the first schema (Store._add_task_columns); they may be NULL.
 LATER_TASK_COLUMNS = ("started", "last_update")
 
@@ -109,21 +120,31 @@ def _later_columns(doc: dict[str, Any]) -> tuple[str | None, str | None]:
     )
 
 
-def _order_term(column: str, descending: bool) -> str:
-    # NULL sorts first ascending, last descending: as "" does in tasks.get_all's Python sort
-    # (str(value or "")), so both orders agree, and the bare column keeps its index usable.
-    return f"{column} {'DESC' if descending else 'ASC'}"
+#: The one statement that stores a task document with its columns (:func:`task_row`); the
+#: benchmarks' data generator inserts with it too, so its databases never drift from the server's.
+TASK_INSERT = (
+    "INSERT OR REPLACE INTO tasks(id, name, project, status, created, doc, started, last_update) "
+    "VALUES (?,?,?,?,?,?,?,?)"
+)
+#: The one statement that stores events (``events.add_batch`` and the data generator).
+#: OR REPLACE: only scalars have a unique key (events_scalar_point).
+EVENT_INSERT = (
+    "INSERT OR REPLACE INTO events(task, type, ts, iter, metric, variant, doc, value) "
+    "VALUES (?,?,?,?,?,?,?,?)"
+)
 
 
-def _where(filters: tuple[tuple[str, list[str] | None], ...]) -> tuple[str, list[Any]]:
-    """``WHERE column IN (...) AND ...`` for every filter whose values are not None."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    for column, values in filters:
-        if values is not None:
-            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-            args.extend(values)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+def task_row(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """The :data:`TASK_INSERT` parameters of a task document."""
+    return (
+        doc["id"],
+        doc.get("name") or "",
+        doc.get("project"),
+        doc["status"],
+        doc["created"],
+        dumps(doc),
+        *_later_columns(doc),
+    )
 
 
 def scalar_value(event: dict[str, Any]) -> float | None:
@@ -161,6 +182,7 @@ class Store:
         self.event_changes = 0
         self._add_task_columns()
         self._add_event_values()
+        self._add_log_counts()
         # WAL checkpoints run in a background thread (own connection; sqlite releases the GIL
         # during I/O), so a request never pays for copying the WAL into the database file.
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -186,6 +208,18 @@ class Store:
                 )
         for column in LATER_TASK_COLUMNS:
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS tasks_{column} ON tasks({column})")
+        # A listing filtered by project or status and sorted by creation or last update reads
+        # these in order, one cursor per project/status (task_query.py); status rides in the
+        # project ones so a status filter is checked without reading the row.
+        for column in task_query.MERGED_ORDERS:
+            self.conn.execute(
+                f"CREATE INDEX IF NOT EXISTS tasks_project_{column} "
+                f"ON tasks(project, {column}, status)"
+            )
+        self.conn.execute(
+            "CREATE INDEX IF NOT EXISTS tasks_status_last_update ON tasks(status, last_update)"
+        )
+        self.conn.execute("DROP INDEX IF EXISTS tasks_project")
 
     def _add_event_values(self) -> None:
         """Give a database made before scalar values were a column that column (filled from
@@ -208,6 +242,28 @@ class Store:
             "ON events(task, metric, variant, iter, ts, value, type) "
             "WHERE type = 'training_stats_scalar'"
         )
+
+    def _add_log_counts(self) -> None:
+        """Keep each task's number of console-log events in ``log_counts`` (triggers on
+        ``events``), so ``events.get_task_log``'s ``total`` is one row, not a count of a log
+        that may have millions of lines; a database made before gets them counted once."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='log_counts'"
+        ).fetchone()
+        if row is not None:
+            return
+        with self.write() as conn:
+            for statement in LOG_COUNTS:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO log_counts(task, n) "
+                "SELECT task, COUNT(*) FROM events WHERE type='log' GROUP BY task"
+            )
+
+    def log_count(self, task_id: str) -> int:
+        """How many console-log events the task has."""
+        row = self.conn.execute("SELECT n FROM log_counts WHERE task=?", (task_id,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -284,7 +340,7 @@ class Store:
         self, table: str, filters: tuple[tuple[str, list[str] | None], ...]
     ) -> list[dict[str, Any]]:
         """Documents whose ``column IN values`` for every filter whose values are not None."""
-        where, args = _where(filters)
+        where, args = where_in(filters)
         return self._all_docs(table, where, tuple(args))
 
     # ---- tasks -------------------------------------------------------------------------------
@@ -301,24 +357,13 @@ class Store:
         return row is not None
 
     def put_task(self, doc: dict[str, Any]) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO tasks(id, name, project, status, created, doc, started, "
-            "last_update) VALUES (?,?,?,?,?,?,?,?)",
-            (
-                doc["id"],
-                doc.get("name") or "",
-                doc.get("project"),
-                doc["status"],
-                doc["created"],
-                dumps(doc),
-                *_later_columns(doc),
-            ),
-        )
+        self.conn.execute(TASK_INSERT, task_row(doc))
 
     def delete_task(self, task_id: str) -> int:
         self.conn.execute("DELETE FROM queue_entries WHERE task=?", (task_id,))
         deleted = self.conn.execute("DELETE FROM events WHERE task=?", (task_id,)).rowcount
         self.conn.execute("DELETE FROM tasks WHERE id=?", (task_id,))
+        self.conn.execute("DELETE FROM log_counts WHERE task=?", (task_id,))
         return int(deleted)
 
     def query_tasks(
@@ -339,12 +384,9 @@ class Store:
     ) -> Iterator[dict[str, Any]]:
         """Tasks filtered in SQL by id/project/status (other filters are the caller's), streamed
         in ``order`` (``(column, descending)`` pairs over :data:`TASK_SORT_COLUMNS`, then
-        ``created``), so a caller that wants one page reads only as many documents as it needs."""
-        where, args = _where((("id", ids), ("project", projects), ("status", statuses)))
-        keys = [_order_term(column, desc) for column, desc in order if column in TASK_SORT_COLUMNS]
-        sql = f"SELECT doc FROM tasks {where} ORDER BY {', '.join([*keys, 'created'])}"  # noqa: S608
-        for row in self.conn.execute(sql, args):
-            yield orjson.loads(row[0])
+        ``created``) from in-order indexes (:mod:`~hpcagent.server.task_query`), so a caller
+        that wants one page reads about as many documents as it needs."""
+        return task_query.stream(self.conn, ids, projects, statuses, order)
 
     def task_status_counts(self) -> dict[str | None, dict[str, int]]:
         """``{project id (None: no project): {status: tasks}}`` over every task."""
@@ -353,6 +395,18 @@ class Store:
         for project, status, count in rows:
             counts.setdefault(project, {})[str(status)] = int(count)
         return counts
+
+    def delete_events_before(self, cutoff_ms: int, limit: int) -> int:
+        """Delete at most ``limit`` events whose timestamp (ms) is before ``cutoff_ms``, oldest
+        first, in one short transaction; returns how many went (``limit``: maybe more left).
+        Tasks keep their documents (``last_metrics`` included): only the event rows go."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "DELETE FROM events WHERE seq IN "
+                "(SELECT seq FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (cutoff_ms, limit),
+            )
+        return int(cur.rowcount)
 
     # ---- models ------------------------------------------------------------------------------
 

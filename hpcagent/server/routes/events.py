@@ -26,7 +26,7 @@ from hpcagent.server.fields import (
     req_str,
 )
 from hpcagent.server.routes.event_reads import clean, metric_filter, wanted
-from hpcagent.server.store import dumps, scalar_value
+from hpcagent.server.store import EVENT_INSERT, dumps, scalar_value
 from hpcagent.server.validation import check_depth
 
 if TYPE_CHECKING:
@@ -170,12 +170,7 @@ def add_batch(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             rows = [r for r in rows if r[0] in known]
             errors_info["Invalid task id"] = before - len(rows)
         changes = conn.total_changes
-        conn.executemany(
-            # OR REPLACE: only scalars have a unique key (events_scalar_point), see store.py.
-            "INSERT OR REPLACE INTO events(task, type, ts, iter, metric, variant, doc, value) "
-            "VALUES (?,?,?,?,?,?,?,?)",
-            rows,
-        )
+        conn.executemany(EVENT_INSERT, rows)
         ctx.store.event_changes += conn.total_changes - changes
         for task_id, evs in scalars.items():
             if task_id in known:
@@ -215,10 +210,8 @@ def get_task_log(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     events = [clean(r[0]) for r in ctx.store.conn.execute(sql, args)]
     if (order == "asc" and earlier) or (order == "desc" and not earlier):
         events.reverse()
-    total = ctx.store.conn.execute(
-        "SELECT COUNT(*) FROM events WHERE task=? AND type=?", (task_id, LOG)
-    ).fetchone()[0]
-    return {"events": events, "returned": len(events), "total": int(total)}
+    total = ctx.store.log_count(task_id)
+    return {"events": events, "returned": len(events), "total": total}
 
 
 def get_task_events(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:

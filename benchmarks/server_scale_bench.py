@@ -1,0 +1,195 @@
+"""The embedded server at lab scale: read latencies on a database from ``datagen.py``.
+
+    python benchmarks/datagen.py --db /var/tmp/lab.db --tasks 1000000 --events 100000000
+    python benchmarks/server_scale_bench.py --db /var/tmp/lab.db [--repeat 50]
+
+Starts the real ``hpcagent server`` (a subprocess, its data dir a temporary folder whose
+``server.db`` links to ``--db``) and times, over HTTP on one keep-alive connection, the calls a
+lab's clients make against a large history; prints p50/p95 (ms) of each:
+
+* ``tasks.get_all`` as the web UI's task table asks its first page (project, ``-archived``,
+  ``order_by -last_update``, 15 rows of the table's fields; with and without a status filter),
+  as the ClearML SDK's ``Task.get_tasks`` asks it (``page_size`` 500, id/name/last_update/
+  system_tags) and a deeper page (page 20 of 50);
+* ``events.get_task_log`` (a page of 500 lines, newest first) of a typical task and of one of
+  the very long logs;
+* ``queues.get_next_task`` (a pop) on a queue with ``datagen``'s entries.
+
+The database is not changed except by the pops (each takes one entry). The first
+``--warmup`` calls of each kind are not counted (the OS page cache is warm after them, as on a
+server that has been up a while).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ACCESS_KEY = "BENCHACCESSKEY"
+SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 characters
+#: What the web UI's task table asks (ui/table.py ROW_FIELDS, a few more).
+UI_FIELDS = [
+    *("name", "status", "status_message", "type", "project", "execution.queue"),
+    *("hyperparams.properties", "runtime.job_id", "user", "started", "last_update"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=ACCESS_KEY,
+               HPCAGENT_SERVER_SECRET_KEY=SECRET_KEY)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
+         "--data-dir", str(data_dir), "--log-level", "warning"],
+        env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if requests.get(f"{url}/debug.ping", timeout=1).status_code == 200:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+class Client:
+    """One keep-alive connection with a token."""
+
+    def __init__(self, port: int) -> None:
+        url = f"http://127.0.0.1:{port}"
+        reply = requests.get(f"{url}/auth.login", auth=(ACCESS_KEY, SECRET_KEY), timeout=30)
+        self.headers = {
+            "Authorization": f"Bearer {reply.json()['data']['token']}",
+            "Content-Type": "application/json",
+        }
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def call(self, endpoint: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """``(seconds, data)`` of one call, timed from request to parsed reply."""
+        began = time.perf_counter()
+        self.conn.request("POST", f"/{endpoint}", body=json.dumps(body), headers=self.headers)
+        reply = self.conn.getresponse()
+        raw = reply.read()
+        data: dict[str, Any] = json.loads(raw)["data"]
+        seconds = time.perf_counter() - began
+        if reply.status != 200:
+            raise RuntimeError(f"{endpoint}: {reply.status} {raw[:300]!r}")
+        return seconds, data
+
+
+def measure(
+    client: Client, endpoint: str, body: dict[str, Any], repeat: int, warmup: int
+) -> tuple[float, float, dict[str, Any]]:
+    """p50 and p95 in ms over ``repeat`` calls after ``warmup`` uncounted ones; the last reply."""
+    times: list[float] = []
+    data: dict[str, Any] = {}
+    for index in range(warmup + repeat):
+        seconds, data = client.call(endpoint, body)
+        if index >= warmup:
+            times.append(seconds * 1000)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.95))], data
+
+
+def cases(info: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
+    """``(label, endpoint, body, what the reply holds)`` of each timed call."""
+    project = info["sample_project"]
+    ui = {"project": [project], "order_by": ["-last_update"], "page": 0, "page_size": 15,
+          "only_fields": UI_FIELDS, "system_tags": ["-archived"]}  # fmt: skip
+    sdk = {"project": [project], "status": ["completed"], "order_by": ["-last_update"],
+           "only_fields": ["id", "name", "last_update", "system_tags"], "page": 0,
+           "page_size": 500, "system_tags": ["-archived"]}  # fmt: skip
+    log = {"batch_size": 500, "navigate_earlier": True}
+    return [
+        ("tasks.get_all UI page 0 (project)", "tasks.get_all", ui, "tasks"),
+        (
+            "tasks.get_all UI page 0 (project, status)",
+            "tasks.get_all",
+            dict(ui, status=["completed", "failed", "stopped"]),
+            "tasks",
+        ),
+        (
+            "tasks.get_all UI page 0 (all projects)",
+            "tasks.get_all",
+            {k: v for k, v in ui.items() if k != "project"},
+            "tasks",
+        ),
+        ("tasks.get_all SDK page 0 (500, project, status)", "tasks.get_all", sdk, "tasks"),
+        (
+            "tasks.get_all UI page 20 of 50 (project)",
+            "tasks.get_all",
+            dict(ui, page=20, page_size=50),
+            "tasks",
+        ),
+        (
+            f"events.get_task_log typical ({info['typical_task_lines']} lines)",
+            "events.get_task_log",
+            dict(log, task=info["typical_task"]),
+            "events",
+        ),
+        (
+            f"events.get_task_log long ({info['long_task_lines']:,} lines)",
+            "events.get_task_log",
+            dict(log, task=info["long_task"]),
+            "events",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, required=True, help="a database from datagen.py")
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    info = json.loads(Path(f"{args.db}.json").read_text())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}, {when}")  # fmt: skip
+    print(f"# database: {info['tasks']:,} tasks, {info['events']:,} log events, "
+          f"{info['db_bytes'] / 1e9:.2f} GB ({info['bytes_per_million_log_events'] / 1e6:.0f} MB "
+          "per million log events, tasks included)")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+        data_dir = Path(tmp)
+        (data_dir / "server.db").symlink_to(args.db.resolve())
+        port = _free_port()
+        began = time.monotonic()
+        proc = _start_server(data_dir, port)
+        print(f"# server up in {time.monotonic() - began:.1f} s")
+        try:
+            client = Client(port)
+            for label, endpoint, body, key in cases(info):
+                p50, p95, data = measure(client, endpoint, body, args.repeat, args.warmup)
+                print(f"{label:52s} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  ({len(data[key])} {key})")
+            pops = min(args.repeat, max(info["queued"] - args.warmup, 1))
+            p50, p95, data = measure(client, "queues.get_next_task", {"queue": info["queue"]},
+                                     pops, args.warmup)  # fmt: skip
+            print(f"{'queues.get_next_task (pop)':52s} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
+                  f"({'an entry' if data.get('entry') else 'empty'})")  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+
+if __name__ == "__main__":
+    main()
