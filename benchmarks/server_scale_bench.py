@@ -15,7 +15,9 @@ lab's clients make against a large history; prints p50/p95 (ms) of each:
   the very long logs;
 * ``queues.get_next_task`` (a pop) on a queue with ``datagen``'s entries.
 
-The database is not changed except by the pops (each takes one entry). The first
+The database is not changed except by the pops (each takes one entry) and, with
+``--retention-batches N``, N batches of the retention sweep (the oldest events, timed in
+process after the server stopped). The first
 ``--warmup`` calls of each kind are not counted (the OS page cache is warm after them, as on a
 server that has been up a while).
 """
@@ -161,6 +163,12 @@ def main() -> None:
     parser.add_argument("--db", type=Path, required=True, help="a database from datagen.py")
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--retention-batches",
+        type=int,
+        default=0,
+        help="also time N retention batches (deletes N x 5000 of the oldest events)",
+    )
     args = parser.parse_args()
     info = json.loads(Path(f"{args.db}.json").read_text())
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -189,6 +197,30 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=120)
+    if args.retention_batches:
+        retention_batches(args.db, args.retention_batches)
+
+
+def retention_batches(db: Path, batches: int) -> None:
+    """Time the retention sweep's unit of work, one batch of the oldest events deleted in one
+    transaction: how long it holds the database thread. Deletes ``batches`` x BATCH events."""
+    from hpcagent.server.retention import BATCH
+    from hpcagent.server.store import Store
+
+    store = Store(db)
+    try:
+        oldest = store.conn.execute("SELECT MIN(ts) FROM events").fetchone()[0]
+        cutoff = int(oldest) + 365 * 86_400_000
+        times = []
+        for _ in range(batches):
+            began = time.perf_counter()
+            deleted = store.delete_events_before(cutoff, BATCH)
+            times.append((time.perf_counter() - began) * 1000)
+        times.sort()
+        print(f"{f'retention batch ({deleted} events, in-process)':52s} "
+              f"p50 {statistics.median(times):7.1f} ms  max {times[-1]:7.1f} ms")  # fmt: skip
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -115,8 +115,12 @@ def stream(
     if split is None:
         where, args = where_in((("id", ids), ("project", projects), ("status", statuses)))
         sql = f"SELECT doc FROM tasks {where} ORDER BY {_order_by(order)}"  # noqa: S608
-        for (doc,) in conn.execute(sql, args):
-            yield orjson.loads(doc)
+        cursor = conn.execute(sql, args)
+        try:
+            for (doc,) in cursor:
+                yield orjson.loads(doc)
+        finally:
+            cursor.close()
         return
     column, values, others = split
     merged = order or [("created", False)]
@@ -127,5 +131,9 @@ def stream(
         sql = f"SELECT {selected} FROM tasks {where} ORDER BY {_order_by(merged)}"  # noqa: S608
         cursors.append(conn.execute(sql, args))
     rows = cursors[0] if len(cursors) == 1 else heapq.merge(*cursors, key=_merge_key(merged))
-    for row in rows:
-        yield orjson.loads(row[-1])
+    try:
+        for row in rows:
+            yield orjson.loads(row[-1])
+    finally:  # a caller that stops early ends every statement (no read lock left behind)
+        for cursor in cursors:
+            cursor.close()

@@ -217,8 +217,9 @@ GET_ALL_FILTERS = (
 
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Filter, sort and page tasks. When every ``order_by`` key is a column
-    (:data:`TASK_SORT_COLUMNS`) the tasks stream from SQL in that order and reading stops once
-    the page is full, so the first page of a large database costs a page, not the database."""
+    (:data:`TASK_SORT_COLUMNS`) the tasks stream from SQL in that order, from in-order indexes
+    (``server/task_query.py``), and reading stops once the page is full, so the first page of
+    a large database costs a page, not the database."""
     wanted = ListFilter.from_body(body, also=GET_ALL_FILTERS)
     projects = opt_str_list(body, "project")
     statuses = opt_str_list(body, "status")
