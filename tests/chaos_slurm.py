@@ -45,7 +45,8 @@ CRASH_POINTS = ["after_pop", "after_render", "after_sbatch", "tracking", "writin
 def private_slurm(rig: Any) -> PrivateSlurm:
     """The rig's private Slurm, started on first use (closed by ``rig.close``)."""
     if rig.slurm is None:
-        rig.slurm = PrivateSlurm(rig.log).start()
+        rig.slurm = PrivateSlurm(rig.log)  # set first: rig.close removes a half-started one
+        rig.slurm.start()
     slurm: PrivateSlurm = rig.slurm
     return slurm
 

@@ -70,21 +70,28 @@ class PrivateSlurm:
     commands; :meth:`stop_controllers` / :meth:`start_controllers` stop and start its
     slurmctld and slurmdbd (slurmd and the running jobs stay)."""
 
-    def __init__(self, log: Callable[[str], None] = print) -> None:
+    def __init__(self, log: Callable[[str], None] = print, base: Path | None = None) -> None:
         self.log = log
-        self.base = Path(tempfile.mkdtemp(prefix="hpcs-", dir="/var/tmp"))
-        self.base.chmod(0o755)
         token = secrets.token_hex(4)
         self.cluster = f"chaos{token}"
         self.db = f"hpcagent_chaos_{token}"
         self.db_user = f"hpcchaos_{token}"
+        self._db_made = False
+        if base is None:
+            self.base = Path(tempfile.mkdtemp(prefix="hpcs-", dir="/var/tmp"))
+            self.base.chmod(0o755)
+            # who owns it and what to drop, for reap_stale() after a run that was killed
+            (self.base / "owner").write_text(f"{os.getpid()} {self.db} {self.db_user}\n")
+        else:  # a left-over one (reap_stale)
+            self.base = base
+            _, self.db, self.db_user = (base / "owner").read_text().split()
+            self._db_made = True
         self.node = socket.gethostname().split(".")[0]
         self.ctld_port, self.slurmd_port, self.dbd_port = _free_ports(3)
         self.etc = self.base / "etc"
         self.logs = self.base / "logs"
         self.run = self.base / "run"
         self.env = {"SLURM_CONF": str(self.etc / "slurm.conf")}
-        self._db_made = False
 
     # -- commands ----------------------------------------------------------------------------
     def cmd(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -105,8 +112,17 @@ class PrivateSlurm:
         _wait(f"{name} pid file", lambda: (self.run / f"{name}.pid").exists(), 30, self.logs)
 
     def _pid(self, name: str) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.run / f"{name}.pid").read_text().split()[0])
+        """The pid of this cluster's ``name`` daemon while it runs (never another process
+        that got its pid: the daemon's own name and this cluster's SLURM_CONF must match)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.run / f"{name}.pid").read_text().split()[0])
+            proc = Path(f"/proc/{pid}")
+            argv0 = proc.joinpath("cmdline").read_bytes().split(b"\0")[0]
+            conf = f"SLURM_CONF={self.env['SLURM_CONF']}".encode()
+            if Path(argv0.decode()).name == name and conf in proc.joinpath(
+                "environ"
+            ).read_bytes().split(b"\0"):
+                return pid
         return None
 
     def _stop(self, name: str) -> None:
@@ -124,6 +140,9 @@ class PrivateSlurm:
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> PrivateSlurm:
+        """Start the three daemons (after removing what runs killed before their end left);
+        on failure, :meth:`close` still removes what was made."""
+        reap_stale(self.log)
         if not _shared_parts_up():  # a clean machine: install and start munge and MariaDB
             res = subprocess.run(["bash", str(CLUSTER_SH), "up"], capture_output=True,
                                  text=True, timeout=900)  # fmt: skip
@@ -238,6 +257,19 @@ class PrivateSlurm:
             f"PartitionName=chaos Nodes={self.node} Default=YES MaxTime=INFINITE "
             "OverSubscribe=FORCE:8 State=UP\n"
         )
+
+
+def reap_stale(log: Callable[[str], None] = print) -> None:
+    """Remove the private clusters whose owning process is gone (a run killed before its
+    end): their daemons, database and folder."""
+    for base in Path("/var/tmp").glob("hpcs-*"):
+        with contextlib.suppress(OSError, ValueError):
+            owner = int((base / "owner").read_text().split()[0])
+            with contextlib.suppress(OSError):
+                if "\nState:\tZ" not in Path(f"/proc/{owner}/status").read_text():
+                    continue  # its owner runs (a zombie does not)
+            log(f"  removing the private Slurm left by process {owner}: {base}")
+            PrivateSlurm(log, base).close()
 
 
 if __name__ == "__main__":  # a quick look: start, submit one job, stop and start the controllers
