@@ -11,9 +11,11 @@ process's one database thread (:meth:`ServerApp.in_db`), so its SQLite connectio
 serially, and every request that writes is one ``BEGIN IMMEDIATE`` transaction (:func:`atomic`),
 so it is atomic also against the other worker processes of ``--workers N``; the event loop
 stays free: it keeps accepting connections, reading bodies, answering ``debug.ping`` and
-``auth.login`` and enforcing the connection limits (:mod:`hpcagent.server.connections`) however
-long a query takes. The web UI's reads and actions take the same path
-(``hpcagent.server.ui.core.Ui.call``): nothing uses the store from the loop.
+enforcing the connection limits (:mod:`hpcagent.server.connections`) however long a query
+takes. The web UI's reads and actions take the same path (``hpcagent.server.ui.core.Ui.call``):
+nothing uses the store from the loop. ``auth.login`` (and the UI's sign-in and sign-out) run in
+a worker thread: the sign-in throttle's state shares the database file, so they may wait for a
+write transaction, but never in the database thread's queue nor on the loop.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -384,8 +387,15 @@ class ServerApp:
             )
         try:
             raw = await self._read_body(request)
-            if endpoint in PUBLIC_ENDPOINTS:  # no database: answered by the loop itself
+            if endpoint == "debug.ping":  # nothing to wait for: answered by the loop itself
                 return self._dispatch(request, endpoint, requested, handler, raw)
+            if endpoint in PUBLIC_ENDPOINTS:
+                # auth.login: the sign-in throttle's state is in the database file (shared by the
+                # worker processes), so a sign-in may wait for a write transaction. In a worker
+                # thread, not the database thread: a slow query does not delay a sign-in.
+                return await run_in_threadpool(
+                    self._dispatch, request, endpoint, requested, handler, raw
+                )
             return await self.in_db(self._dispatch, request, endpoint, requested, handler, raw)
         except ApiFault as fault:
             return _fault_envelope(endpoint, requested, fault)

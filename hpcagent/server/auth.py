@@ -168,7 +168,9 @@ class SignInThrottle:
         self._shared.set_failures(source, failures, now + delay, now, self.MAX_SOURCES)
 
     def succeeded(self, source: str) -> None:
-        self._shared.forget_failures(source)
+        # Read first: a sign-in without earlier failures (nearly all) writes nothing.
+        if self._shared.failures(source) is not None:
+            self._shared.forget_failures(source)
 
 
 class Authenticator:

@@ -3,7 +3,8 @@
 A page reads through the REST handlers (``Ui.call``); like every REST request they run in the
 server's one database thread (``ServerApp.in_db``), one hop per read, and Jinja renders in a
 worker thread. So while a page's read is in progress other clients' pings are answered at once,
-and their pops run between the page's reads.
+and their pops run between the page's reads. Sign-ins (``auth.login``, the UI's form), which
+may wait for the database's write lock, wait in a worker thread too.
 
 The server runs in this process (uvicorn in a thread, real sockets, real HTTP clients) so that a
 test can hold a handler with an Event at the one seam, the route table: the tests assert what
@@ -35,7 +36,7 @@ from starlette.routing import Route
 from hpcagent.server.app import DB_THREAD_PREFIX, Ctx, ServerApp
 from hpcagent.server.runner import ServerOptions, prepare, uvicorn_config
 from hpcagent.server.ui import ui_routes
-from hpcagent.server.ui.session import SESSION_COOKIE, UiSessions
+from hpcagent.server.ui.session import LOGIN_COOKIE, SESSION_COOKIE, UiSessions
 
 KEY = "UILOOPACCESSKEY01234"
 SECRET = "uiloop-secret-key-0123456789abcdefghijklmnop"
@@ -60,6 +61,14 @@ class Served:
         assert reply.status_code == 200, reply.text
         result: dict[str, Any] = reply.json()["data"]
         return result
+
+    def ui_sign_in(self, access_key: str, secret_key: str) -> requests.Response:
+        """The UI's sign-in form, filled in and sent as a browser does (nonce cookie and all)."""
+        with requests.Session() as browser:
+            page = browser.get(f"{self.url}/login", timeout=HOLD_S)
+            nonce = page.cookies.get(LOGIN_COOKIE) or ""
+            form = {"nonce": nonce, "access_key": access_key, "secret_key": secret_key}
+            return browser.post(f"{self.url}/login", data=form, timeout=HOLD_S)
 
     def ui(self, path: str, *, form: dict[str, Any] | None = None, **kw: Any) -> requests.Response:
         """A signed-in UI GET, or a POST of ``form`` with the session's CSRF token."""
@@ -293,3 +302,52 @@ def test_every_ui_route_uses_the_database_only_from_the_database_thread(
     routes = {(method, route.path) for route in ui_routes(served.app) if isinstance(route, Route)
               for method in route.methods or () if method != "HEAD"}  # fmt: skip
     assert routes - no_database - visited == set()
+
+
+def test_sign_ins_wait_for_the_database_off_the_loop(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong sign-in writes the shared sign-in state (its failures, per source) in the
+    store's database file, so it may wait for a write transaction of the database thread. It
+    waits in a worker thread: while a write transaction is held open (an Event in a writing
+    handler), a wrong ``auth.login`` and a wrong sign-in on the UI's form wait for it, a ping is
+    answered, and both then answer 401. (Before, the sign-in waited on the event loop, which
+    stood still until SQLite gave up, and answered 500 "database is locked".)"""
+    app = served.app
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+    real_create = app.routes["tasks.create"]
+
+    def held_create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+        with ctx.store.write():  # the handler's own transaction joins this one
+            order.append("write transaction open")
+            holding.set()
+            order.append("write transaction ends" if release.wait(HOLD_S) else "never let go")
+            return real_create(ctx, body)
+
+    monkeypatch.setitem(app.routes, "tasks.create", held_create)
+    writers = threading.Semaphore(0)
+    real_set = app.auth.shared.set_failures
+
+    def counting_set(*args: Any) -> None:
+        writers.release()  # this sign-in's write is about to wait for the database
+        real_set(*args)
+
+    monkeypatch.setattr(app.auth.shared, "set_failures", counting_set)
+    wrong = (KEY, "wrong-" + SECRET)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        create = pool.submit(served.send, "tasks.create", {"name": "held", "type": "training"})
+        assert holding.wait(HOLD_S), "the write transaction never started"
+        login = pool.submit(requests.get, f"{served.url}/auth.login", auth=wrong, timeout=HOLD_S)
+        form = pool.submit(served.ui_sign_in, *wrong)
+        # One of them is waiting to write (the other waits for it: SharedState's lock).
+        assert writers.acquire(timeout=HOLD_S), "no wrong sign-in got to record its failure"
+        ping = requests.post(f"{served.url}/debug.ping", json={}, timeout=HOLD_S)
+        order.append("ping answered")
+        release.set()
+        login_reply, form_reply, _ = login.result(), form.result(), create.result()
+    assert ping.status_code == 200
+    assert order == ["write transaction open", "ping answered", "write transaction ends"]
+    assert login_reply.status_code == 401, login_reply.text
+    assert form_reply.status_code == 401, form_reply.text[:500]
+    assert "Unknown access key or wrong secret key" in form_reply.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -67,8 +68,12 @@ def routes(ui: Ui) -> list[BaseRoute]:
         target = safe_next(form_str(form, "next"))
         source = request.client.host if request.client else ""
         try:
-            token = ui.sessions.sign_in(
-                form_str(form, "access_key"), form_str(form, "secret_key"), source
+            # In a worker thread: the sign-in throttle's state may wait for the database.
+            token = await run_in_threadpool(
+                ui.sessions.sign_in,
+                form_str(form, "access_key"),
+                form_str(form, "secret_key"),
+                source,
             )
         except ApiFault as fault:
             nonce = ui.sessions.login_nonce(request)
@@ -92,7 +97,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         if refused is not None:
             return refused
         response = ui.redirect("/login")
-        ui.sessions.sign_out(request, response)
+        await run_in_threadpool(ui.sessions.sign_out, request, response)
         return response
 
     async def projects(request: Request, identity: Identity) -> Response:
