@@ -13,6 +13,8 @@ Three shapes, all argv lists (never a shell), all logged at debug level:
 * :func:`detach`: a daemon that outlives this process (``--detached``), output appended to a file.
 * :func:`replace_with`: this process becomes ``argv`` (``exec``; the container shim), so signals
   sent to it reach the new program.
+* :func:`fork_worker`: a copy of this process that runs one function and exits with its status
+  (the server's worker processes share the listening socket they inherit).
 
 Tests replace :func:`run_command` (or hand a fake :class:`CommandRunner` to a scheduler) to feed
 captured outputs; the real behaviour is tested against tiny real processes
@@ -25,8 +27,9 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn, Protocol
@@ -224,6 +227,27 @@ def replace_with(argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
         os.execvpe(args[0], args, dict(env))  # noqa: S606 - argv list, no shell
     except OSError as exc:
         raise CommandError(f"cannot run {args[0]}: {exc}", argv=args) from exc
+
+
+def fork_worker(body: Callable[[], int]) -> int:
+    """Fork; the child runs ``body`` and exits with its return value (1 when it raises), never
+    returning here. The parent gets the child's pid and reaps it (``os.waitpid``).
+
+    Output buffers are flushed first so nothing is written twice."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        code = body()
+    except BaseException as exc:  # the parent sees the exit status; one line here
+        log.error("worker process %d failed: %r", os.getpid(), exc)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def counting(runner: CommandRunner) -> tuple[CommandRunner, list[tuple[str, ...]]]:

@@ -32,7 +32,6 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 
 from hpcagent.errors import ServerError
+from hpcagent.process import fork_worker
 
 log = logging.getLogger("hpcagent.server")
 
@@ -101,23 +101,15 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
 
     def _spawn(self, index: int) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                code = self.worker()
-            except BaseException as exc:  # the parent sees the exit status; one line here
-                log.error("server worker %d failed: %r", os.getpid(), exc)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        pid = fork_worker(self._worker_body)
         self.children[pid] = (index, time.monotonic())
         log.debug("worker %d is process %d", index, pid)
+
+    def _worker_body(self) -> int:
+        """A worker's life in the forked process: SIGTERM ends it, SIGINT is the supervisor's."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self.worker()
 
     def _reap(self, *, restart: bool) -> None:
         while self.children:
