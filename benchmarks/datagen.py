@@ -263,14 +263,15 @@ def main() -> None:
     conn.close()
     seconds = time.monotonic() - began
     size = args.db.stat().st_size
-    typical = sorted(range(len(tasks)), key=lambda i: counts[i])[len(tasks) // 2]
+    logged = sorted((i for i in range(len(tasks)) if counts[i]), key=lambda i: counts[i])
+    typical = logged[len(logged) // 2] if logged else 0  # the median log (of tasks with one)
+    page_task = min(range(len(tasks)), key=lambda i: abs(counts[i] - 1000))
     summary = {
         "tasks": len(tasks),
         "events": args.events,
         "projects": args.projects,
         "build_s": round(seconds, 1),
         "db_bytes": size,
-        "bytes_per_million_log_events": round(size / max(args.events / 1e6, 1e-9)),
         "queue": queue_id,
         "queued": len(queued),
         # the biggest project (the long tail's head): the hard case of a filtered first page
@@ -278,6 +279,9 @@ def main() -> None:
         "small_project": projects[len(projects) // 2],
         "typical_task": tasks[typical][0],
         "typical_task_lines": counts[typical],
+        # a log of about a thousand lines: a full page and then some
+        "page_task": tasks[page_task][0],
+        "page_task_lines": counts[page_task],
         "long_task": tasks[long_ids[0]][0] if long_ids else tasks[0][0],
         "long_task_lines": counts[long_ids[0]] if long_ids else counts[0],
     }

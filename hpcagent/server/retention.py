@@ -24,8 +24,8 @@ log = logging.getLogger("hpcagent.server")
 
 #: Seconds between two sweeps (a day's worth of events is cleared in one).
 SWEEP_INTERVAL_S = 300.0
-#: Events deleted per transaction: a few tens of milliseconds of the database thread.
-BATCH = 5000
+#: Events deleted per transaction: tens of milliseconds of the database thread (performance.md).
+BATCH = 1000
 DAY_MS = 86_400_000
 
 InDb = Callable[..., Awaitable[Any]]
