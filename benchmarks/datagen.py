@@ -218,6 +218,42 @@ def make_events(
     conn.commit()
 
 
+def append_events(args: argparse.Namespace) -> None:
+    """Add ``args.events`` log events, spread as a new database's are (the same long logs for
+    the same seed), to the tasks of the database ``args.db`` built before; update its summary."""
+    began = time.monotonic()
+    conn = sqlite3.connect(str(args.db))
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-1000000")
+    rows = conn.execute("SELECT id, created, last_update FROM tasks ORDER BY created, id")
+    tasks = [
+        (task_id, dt.datetime.fromisoformat(created).timestamp(),
+         dt.datetime.fromisoformat(last_update or created).timestamp())
+        for task_id, created, last_update in rows
+    ]  # fmt: skip
+    rng = random.Random(args.seed)
+    counts, _ = log_counts(tasks, args, rng)
+    make_events(conn, tasks, counts, rng)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    summary_path = Path(f"{args.db}.json")
+    summary = json.loads(summary_path.read_text())
+    summary["events"] += args.events
+    summary["db_bytes"] = args.db.stat().st_size
+    summary["append_s"] = round(time.monotonic() - began, 1)
+    for key, sql in (
+        ("page_task", "SELECT task, n FROM log_counts ORDER BY abs(n - 1000) LIMIT 1"),
+        ("long_task", "SELECT task, n FROM log_counts ORDER BY n DESC LIMIT 1"),
+    ):
+        task_id, lines = conn.execute(sql).fetchone()
+        summary[key], summary[f"{key}_lines"] = task_id, lines
+    summary["typical_task_lines"] = conn.execute(
+        "SELECT n FROM log_counts WHERE task=?", (summary["typical_task"],)
+    ).fetchone()[0]
+    conn.close()
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, required=True, help="database file to create")
@@ -231,7 +267,15 @@ def main() -> None:
                         help="share of all events in the very long logs")  # fmt: skip
     parser.add_argument("--queued", type=int, default=2000, help="entries in the bench queue")
     parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add --events log events to the tasks of an existing database",
+    )
     args = parser.parse_args()
+    if args.append:
+        append_events(args)
+        return
     if args.db.exists():
         parser.error(f"{args.db} exists; give a new path")
     rng = random.Random(args.seed)
