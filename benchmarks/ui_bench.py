@@ -16,11 +16,16 @@ each page over loopback (so every figure includes HTTP; the server-side time is 
   process on the same database); with ``--draw`` also the Scalars tab in headless Chromium,
   from navigation until Plotly drew the chart.
 
-Prints p50/p90 per item. Goals (issue 16): table first page <= 100 ms p50, console opens in
-<= 1 s and pages, the 100,000-point series drawn sampled.
+* pings while pages load (issue 14 item 3: no request stalls the server): ``debug.ping``
+  round trips of a second client, first on the idle server, then while a third client loads
+  the heavy pages above (table page 100, projects, console, scalars) one after another.
+
+Prints p50/p90 per item (and p99/max for the pings). Goals (issue 16): table first page
+<= 100 ms p50, console opens in <= 1 s and pages, the 100,000-point series drawn sampled; a
+ping is not held up by a page being built.
 
     .venv/bin/python benchmarks/ui_bench.py [--tasks 100000] [--lines 1000000] [--repeat 30]
-        [--draw]
+        [--draw] [--pings 200]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -205,6 +211,49 @@ def draw_times(url: str, task: str, repeat: int) -> list[float]:
         driver.quit()
 
 
+def ping_times(url: str, count: int) -> list[float]:
+    """``count`` ``debug.ping`` round trips (ms), 20 ms apart, on one kept-alive connection."""
+    times = []
+    with requests.Session() as session:
+        session.get(f"{url}/debug.ping", timeout=300).raise_for_status()
+        for _ in range(count):
+            t0 = time.perf_counter()
+            session.get(f"{url}/debug.ping", timeout=300).raise_for_status()
+            times.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+    return times
+
+
+def pings_while_loading(url: str, paths: list[str], count: int) -> tuple[list[float], int]:
+    """:func:`ping_times` while another signed-in client loads ``paths`` in turn, without
+    pause; also how many pages it loaded meanwhile."""
+    stop = threading.Event()
+    loaded = [0]
+    loader = sign_in(url)
+
+    def load() -> None:
+        while not stop.is_set():
+            for path in paths:
+                loader.get(url + path, timeout=300).raise_for_status()
+                loaded[0] += 1
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=load, name="page-loader")
+    thread.start()
+    try:
+        return ping_times(url, count), loaded[0]
+    finally:
+        stop.set()
+        thread.join()
+
+
+def report_pings(label: str, times: list[float], extra: str = "") -> None:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    report(label, times, f"p99 {p99:8.1f} ms   max {ordered[-1]:8.1f} ms   {extra}")
+
+
 def report(label: str, times: list[float], extra: str = "") -> None:
     ordered = sorted(times)
     p50 = statistics.median(ordered)
@@ -221,6 +270,7 @@ def main() -> int:
     parser.add_argument(
         "--draw", action="store_true", help="also time the Scalars tab in headless Chromium"
     )
+    parser.add_argument("--pings", type=int, default=200, help="pings per ping item (0: none)")
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()} nproc={os.cpu_count()} "
           f"python {platform.python_version()}", flush=True)  # fmt: skip
@@ -272,6 +322,18 @@ def main() -> int:
             if args.draw:
                 report(f"scalars: {args.points}-point series, Scalars tab drawn in Chromium",
                        draw_times(url, scalars, 5))  # fmt: skip
+            if args.pings:
+                report_pings("debug.ping, idle server", ping_times(url, args.pings))
+                heavy = [
+                    "/tasks?page=100",
+                    "/projects",
+                    f"/tasks/{console}?tab=console",
+                    f"/data/tasks/{console}/console",
+                    f"/data/tasks/{scalars}/scalars",
+                ]
+                times, loaded = pings_while_loading(url, heavy, args.pings)
+                report_pings("debug.ping while another client loads heavy pages", times,
+                             f"({loaded} pages loaded meanwhile)")  # fmt: skip
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

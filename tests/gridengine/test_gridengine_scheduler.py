@@ -5,6 +5,7 @@ limit, rejection."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import time
@@ -80,9 +81,18 @@ def test_job_output_is_private(ge_dir: Path) -> None:
     """sge_shepherd creates a job's output 0644 (umask 022, whatever qsub's umask); the job's
     first lines (gridengine.PRIVATE_OUTPUT) leave it 0600, stdout and stderr in it in order,
     and what the job creates 0600 too (umask 077). Separate -o/-e files that exist already
-    (Grid Engine appends) become 0600 with their earlier lines kept."""
-    s = GridEngineScheduler()
-    body = "echo to out; echo to err >&2; umask; touch made-by-job; echo last"
+    (Grid Engine appends) become 0600 with their earlier lines kept. No credential of qsub's
+    environment reaches the job, nor Grid Engine's stored copy of its environment (``-V``)."""
+    secret = "SECRET_VALUE_" + uuid.uuid4().hex
+    env = {**os.environ, "CLEARML_API_SECRET_KEY": secret,
+           "CLEARML_AGENT__API__CREDENTIALS__SECRET_KEY": secret}  # fmt: skip
+    s = GridEngineScheduler(env=env, qsub_args=["-V"])  # -V: the job gets qsub's environment
+    body = (
+        "echo to out; echo to err >&2; umask; touch made-by-job\n"
+        f"env | grep -c {secret} || true\n"  # the job's environment, and Grid Engine's copy
+        f'grep -c {secret} "$SGE_JOB_SPOOL_DIR/environment" || true\n'
+        "echo last"
+    )
     merged = s.submit(script(ge_dir, "merged", body), job_name=unique("merged"))
     out, err = ge_dir / "sep.out", ge_dir / "sep.err"
     for path in (out, err):
@@ -99,7 +109,7 @@ def test_job_output_is_private(ge_dir: Path) -> None:
 
     merged_out = ge_dir / f"merged-{merged}.out"
     assert _mode(merged_out) == 0o600
-    assert merged_out.read_text().splitlines() == ["to out", "to err", "0077", "last"]
+    assert merged_out.read_text().splitlines() == ["to out", "to err", "0077", "0", "0", "last"]
     assert _mode(ge_dir / "made-by-job") == 0o600
     assert (_mode(out), _mode(err)) == (0o600, 0o600)
     assert out.read_text().splitlines() == ["earlier", "to out"]
