@@ -271,6 +271,8 @@ def test_every_ui_route_uses_the_database_only_from_the_database_thread(
     for kind in ("plot", "debug"):
         events = get("/data/tasks/{task_id:str}/events", f"/data/tasks/{a}/events?kind={kind}")
         assert events.json()["events"], kind
+        if kind == "plot":  # parsed (in a worker thread) into the figure the page draws
+            assert events.json()["events"][0]["figure"]["data"][0]["type"] == "bar"
     stats = get("/data/worker-stats", f"/data/worker-stats?worker={worker}").json()
     assert worker in stats["workers"]
 
