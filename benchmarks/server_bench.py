@@ -1,7 +1,16 @@
-"""Benchmark of the embedded server: queue pops/s and log events/s (events.add_batch).
+"""Benchmark of the embedded server: mixed load, queue pops/s and log events/s.
 
-Starts a real ``hpcagent server`` subprocess (fresh temporary data dir) unless ``--url`` is
-given, then, for each client count (default 1 and 8 processes):
+For each ``--workers`` value (default 1 and 2: ``hpcagent server --workers N``) starts a real
+server subprocess (fresh temporary data dir; or uses ``--url``), then:
+
+* mixed: ``--mixed-clients`` processes (default 8), after ``--history`` tasks were created (not
+  timed), each repeat for ``--duration`` seconds the calls of a lab's day: tasks.create,
+  tasks.enqueue, queues.get_next_task, tasks.get_by_id, tasks.get_all (first page of 50 by
+  status, newest update first: the web UI's table), events.add_batch (20 log lines),
+  events.get_task_log (100 lines), workers.status_report; figure = requests/s. With two or
+  more ``--workers`` values the ratio to the first is printed.
+
+and for each client count (default 1 and 8 processes):
 
 * pops: fills one queue with ``--tasks`` tasks (tasks.create + tasks.enqueue, not timed), then
   the clients pop it empty with ``queues.get_next_task``; figure = pops / wall time.
@@ -11,7 +20,7 @@ given, then, for each client count (default 1 and 8 processes):
 Every client uses one keep-alive ``http.client`` connection (``--client requests`` uses a
 ``requests.Session`` instead, as the ClearML SDK and agent do). Prints one line per figure.
 
-    .venv/bin/python benchmarks/server_bench.py [--clients 1 8] [--tasks 3000] [--batches 40]
+    .venv/bin/python benchmarks/server_bench.py [--workers 1 2] [--figures mixed pops events]
 """
 
 from __future__ import annotations
@@ -39,10 +48,27 @@ SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 characters
 USE_REQUESTS = False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds of the server process and its children (the workers), from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _session(url: str) -> requests.Session:
@@ -177,12 +203,72 @@ def bench_events(url: str, clients: int, batches: int, size: int) -> float:
     return added / elapsed
 
 
-def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _mixed_client(url: str, queue: str, duration: float, start: Any, out: Any) -> None:
+    client = _Client(url)
+    worker = f"bench:{os.getpid()}"
+    requests_done = 0
+    start.wait()
+    end = time.perf_counter() + duration
+    i = 0
+    while time.perf_counter() < end:
+        i += 1
+        task = client.post("tasks.create", _dump({"name": f"mixed {worker} {i}",
+                                                   "type": "training"}))["id"]  # fmt: skip
+        client.post("tasks.enqueue", _dump({"task": task, "queue": queue}))
+        popped = client.post("queues.get_next_task", _dump({"queue": queue}))
+        target = popped["entry"]["task"] if popped else task
+        client.post("tasks.get_by_id", _dump({"task": target}))
+        client.post("tasks.get_all", _dump({"status": ["queued", "created"], "page": 0,
+                    "page_size": 50, "order_by": ["-last_update"],
+                    "only_fields": ["id", "name", "status", "last_update"]}))  # fmt: skip
+        base = int(time.time() * 1000)
+        lines = "\n".join(json.dumps({"type": "log", "level": "info", "task": target,
+                                      "worker": worker, "msg": f"step {i}.{n} loss=0.{n:04d}",
+                                      "timestamp": base + n}) for n in range(20))  # fmt: skip
+        client.post("events.add_batch", lines.encode(), "application/json-lines")
+        client.post("events.get_task_log", _dump({"task": target, "batch_size": 100}))
+        client.post("workers.status_report", _dump({"worker": worker, "task": target,
+                    "timestamp": base, "machine_stats": {"cpu_usage": [50.0]}}))  # fmt: skip
+        requests_done += 8
+    out.put((requests_done, time.perf_counter()))
+
+
+def _dump(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def bench_mixed(
+    url: str, clients: int, duration: float, history: int, pid: int
+) -> tuple[float, int, float]:
+    """Requests/s of the mixed load, the requests made and the server's CPU seconds for them
+    (``pid``: the server's process, 0 when unknown)."""
+    session = _session(url)
+    queue = _call(session, url, "queues.create", {"name": f"bench-mixed-{time.time()}"})["id"]
+    ctx = mp.get_context("fork")
+    fillers = [ctx.Process(target=_fill_history, args=(url, history // 4)) for _ in range(4)]
+    for proc in fillers:
+        proc.start()
+    for proc in fillers:
+        proc.join()
+    cpu = server_cpu(pid) if pid else 0.0
+    done, elapsed = _run_clients(_mixed_client, [(url, queue, duration)] * clients)
+    cpu = server_cpu(pid) - cpu if pid else 0.0
+    return done / elapsed, done, cpu
+
+
+def _fill_history(url: str, count: int) -> None:
+    client = _Client(url)
+    for i in range(count):
+        client.post("tasks.create", _dump({"name": f"history {os.getpid()} {i}",
+                                           "type": "training"}))  # fmt: skip
+
+
+def start_server(data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=ACCESS_KEY,
                HPCAGENT_SERVER_SECRET_KEY=SECRET_KEY)  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
+         "--data-dir", str(data_dir), "--log-level", "warning", "--workers", str(workers)],
         env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -199,6 +285,12 @@ def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="use a running server (keys BENCHACCESSKEY/...)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--figures", nargs="+", choices=["mixed", "pops", "events"],
+                        default=["mixed", "pops", "events"])  # fmt: skip
+    parser.add_argument("--mixed-clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=20.0, help="mixed load, seconds")
+    parser.add_argument("--history", type=int, default=2000, help="tasks before the mixed load")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tasks", type=int, default=3000, help="tasks to pop per run")
     parser.add_argument("--client", choices=["http.client", "requests"], default="http.client")
@@ -211,26 +303,48 @@ def main() -> None:
           f"python={platform.python_version()}")  # fmt: skip
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    with tempfile.TemporaryDirectory(prefix="hpcagent-bench-") as tmp:
-        proc = None
-        url = args.url
-        if url is None:
-            port = _free_port()
-            proc = _start_server(Path(tmp) / "data", port)
-            url = f"http://127.0.0.1:{port}"
-        try:
-            for clients in args.clients:
-                rate = bench_pops(url, clients, args.tasks)
-                print(f"pops/s          clients={clients}: {rate:10.0f}  ({args.tasks} tasks)")
-            for clients in args.clients:
-                batches = max(1, args.batches // clients) if clients > 1 else args.batches
-                rate = bench_events(url, clients, batches, args.batch_size)
-                print(f"log events/s    clients={clients}: {rate:10.0f}  "
-                      f"({clients}x{batches} batches of {args.batch_size})")  # fmt: skip
-        finally:
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
+    mixed: list[float] = []
+    for workers in [0] if args.url else args.workers:
+        with tempfile.TemporaryDirectory(prefix="hpcagent-bench-") as tmp:
+            proc = None
+            url = args.url
+            if url is None:
+                port = free_port()
+                proc = start_server(Path(tmp) / "data", port, workers)
+                url = f"http://127.0.0.1:{port}"
+            try:
+                _figures(url, workers, args, mixed, proc.pid if proc is not None else 0)
+            finally:
+                if proc is not None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=120)
+    if len(mixed) > 1:
+        print(f"mixed requests/s ratio workers={args.workers[-1]} / workers={args.workers[0]}: "
+              f"{mixed[-1] / mixed[0]:.2f}")  # fmt: skip
+
+
+def _figures(
+    url: str, workers: int, args: argparse.Namespace, mixed: list[float], pid: int
+) -> None:
+    label = f"workers={workers} " if workers else ""
+    if "mixed" in args.figures:
+        load = os.getloadavg()[0]
+        rate, done, cpu = bench_mixed(url, args.mixed_clients, args.duration, args.history, pid)
+        mixed.append(rate)
+        print(f"{label}mixed requests/s clients={args.mixed_clients}: {rate:8.0f}  (server CPU "
+              f"{1000 * cpu / done:.2f} ms/request; load avg before "
+              f"{load:.1f}, after {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
+    if "pops" in args.figures:
+        for clients in args.clients:
+            rate = bench_pops(url, clients, args.tasks)
+            print(f"{label}pops/s          clients={clients}: {rate:10.0f}  ({args.tasks} tasks)",
+                  flush=True)  # fmt: skip
+    if "events" in args.figures:
+        for clients in args.clients:
+            batches = max(1, args.batches // clients) if clients > 1 else args.batches
+            rate = bench_events(url, clients, batches, args.batch_size)
+            print(f"{label}log events/s    clients={clients}: {rate:10.0f}  "
+                  f"({clients}x{batches} batches of {args.batch_size})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -160,11 +160,13 @@ def task_fields(spec: TaskSpec) -> dict[str, Any]:
 
 
 def create_task(client: ApiClient, spec: TaskSpec) -> tuple[str, str]:
-    """Check ``spec``, create its project when missing and the task with its fields; returns
-    the task id and the project id."""
+    """Check ``spec``, create its project when missing and the task with its fields (one
+    ``tasks.create``: ClearML's create takes script, hyperparams and container as edit does);
+    returns the task id and the project id."""
     spec.check()
     fields = task_fields(spec)
     project_id = client.projects.get_or_create(spec.project)
-    task_id = client.tasks.create(spec.name, project_id, type=spec.task_type, comment=spec.comment)
-    client.tasks.edit(task_id, **fields)
+    task_id = client.tasks.create(
+        spec.name, project_id, type=spec.task_type, comment=spec.comment, **fields
+    )
     return task_id, project_id

@@ -13,6 +13,8 @@ filters need copied next to them. Queue entries and events are plain rows.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -106,6 +108,10 @@ LOG_COUNTS = (
     "UPDATE log_counts SET n = n - 1 WHERE task = old.task; END",
 )
 CHECKPOINT_INTERVAL_S = 0.5
+#: The database file is read through a memory map up to this size: a connection whose page
+#: cache another process's write made stale (``--workers N``) reads pages back from the OS's
+#: cache without a system call and a copy each.
+MMAP_BYTES = 1 << 30
 #: How long a pop id is remembered (a client repeats a pop within minutes; a day is plenty).
 POP_ID_KEEP_S = 24 * 3600.0
 #: Task columns added after the first schema (Store._add_task_columns); they may be NULL.
@@ -169,12 +175,17 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The processes of one server (``--workers N``) take turns to write: SQLite's own lock
+        # makes a waiting writer poll with sleeps of 1-100 ms (its busy handler), a flock on
+        # this file hands the turn over as soon as the writer before is done.
+        self._writer_lock = os.open(f"{path}.writer", os.O_RDWR | os.O_CREAT, 0o600)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see write()).
         self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=10000")
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self.conn.executescript(SCHEMA)
         self._depth = 0
         #: Rows that events.add_batch inserted (of ``conn.total_changes``): each write
@@ -285,6 +296,7 @@ class Store:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self.conn.close()
+            os.close(self._writer_lock)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -296,7 +308,12 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        fcntl.flock(self._writer_lock, fcntl.LOCK_EX)  # see __init__: wakes at once, no polling
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+            raise
         self._depth = 1
         rows, events = self.conn.total_changes, self.event_changes
         try:
@@ -310,10 +327,16 @@ class Store:
                 )
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            finally:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
             raise
         self._depth = 0
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        finally:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
 
     def change_counts(self) -> tuple[int, int]:
         """``(rows, document rows)`` written so far by every process over this database (rows
