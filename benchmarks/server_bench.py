@@ -318,9 +318,15 @@ def main() -> None:
                 if proc is not None:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=120)
-    if len(mixed) > 1:
-        print(f"mixed requests/s ratio workers={args.workers[-1]} / workers={args.workers[0]}: "
-              f"{mixed[-1] / mixed[0]:.2f}")  # fmt: skip
+    # Each run against the run of the first --workers value before it (rounds alternate, so a
+    # ratio compares two runs minutes apart on the same machine).
+    base = None
+    for workers, rate in zip(args.workers, mixed, strict=False):
+        if workers == args.workers[0]:
+            base = rate
+        elif base:
+            print(f"mixed requests/s ratio workers={workers} / workers={args.workers[0]}: "
+                  f"{rate / base:.2f}")  # fmt: skip
 
 
 def _figures(

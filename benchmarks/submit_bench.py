@@ -15,7 +15,8 @@ then two phases of ``--duration`` seconds each, ``--submitters`` client processe
   ``tasks.get_all`` of its task every 2 s with a ``tasks.ping``, ``workers.status_report``
   every 10 s; plus one submitter that polls its queue (``queues.get_next_task`` every 0.25 s).
 
-Prints submissions/s per phase and the server's CPU seconds per submission (from /proc).
+Prints submissions/s per phase and the CPU per submission of the server (from /proc; with
+jobs running it includes their requests) and of the submitting clients.
 
     .venv/bin/python benchmarks/submit_bench.py [--workers 1 2] [--submitters 4] [--jobs 8]
 """
@@ -26,6 +27,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
+import resource
 import signal
 import sys
 import tempfile
@@ -51,13 +53,16 @@ def _submitter(url: str, queue: str, index: int, start: Any, stop: Any, out: Any
     client.send("debug.ping", {})
     done = 0
     start.wait()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     while not stop.is_set():
         spec = TaskSpec(project="bench submit", name=f"x2 {index}-{done}", script_text=SCRIPT,
                         script_name="x2.py", args={"x": str(done)})  # fmt: skip
         task_id, _ = create_task(client, spec)
         client.tasks.enqueue(task_id, queue)
         done += 1
-    out.put(done)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((done, usage.ru_utime + usage.ru_stime - cpu0))
 
 
 def _job(url: str, task: str, cpu: float, stop: Any) -> None:
@@ -121,7 +126,9 @@ def _phase(url: str, server_pid: int, queue: str, args: argparse.Namespace, jobs
     start.set()
     time.sleep(args.duration)
     stop.set()
-    done = sum(out.get(timeout=120) for _ in subs)
+    results = [out.get(timeout=120) for _ in subs]
+    done = sum(r[0] for r in results)
+    client_cpu = sum(r[1] for r in results)
     elapsed = time.perf_counter() - t0
     cpu = server_cpu(server_pid) - cpu0
     for proc in subs:
@@ -131,8 +138,9 @@ def _phase(url: str, server_pid: int, queue: str, args: argparse.Namespace, jobs
         proc.join(timeout=30)
     rate = done / elapsed
     what = f"{jobs} jobs running" if jobs else "idle"
-    return (f"submissions/s {what:16s}: {rate:7.1f}  ({done} in {elapsed:.1f} s; server CPU "
-            f"{1000 * cpu / max(done, 1):.1f} ms/submission; load avg {load_avg:.1f})")  # fmt: skip
+    return (f"submissions/s {what:16s}: {rate:7.1f}  ({done} in {elapsed:.1f} s; CPU per "
+            f"submission: server {1000 * cpu / max(done, 1):.1f} ms, client "
+            f"{1000 * client_cpu / max(done, 1):.1f} ms; load avg {load_avg:.1f})")  # fmt: skip
 
 
 def main() -> None:

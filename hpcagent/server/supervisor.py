@@ -50,7 +50,7 @@ FAILED_START_S = 5.0
 #: shutdown is 30 s), before SIGKILL.
 STOP_WAIT_S = 60.0
 LISTEN_BACKLOG = 2048
-_POLL_S = 0.1
+_POLL_S = 0.5
 
 
 class Supervisor:

@@ -69,10 +69,15 @@ def _alive(pid: int) -> bool:
     return not stat.exists() or stat.read_text().split(") ")[-1][:1] not in ("Z", "X")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_services_agent_runs_services_tasks_and_stops_with_the_server(
-    make_embedded_server: Callable[..., Any], tmp_path: Path
+    make_embedded_server: Callable[..., Any], tmp_path: Path, workers: int
 ) -> None:
-    server = make_embedded_server("srv", start=False, extra_args=["--services-agent", "2"])
+    """With ``--workers 2`` the supervisor starts the one agent and stops it before the
+    workers (one daemon pid; the long task still ends ``stopped``)."""
+    server = make_embedded_server(
+        "srv", start=False, extra_args=["--services-agent", "2", "--workers", str(workers)]
+    )
     server.env = {"CLEARML_CONFIG_FILE": str(_conf(tmp_path, server))}
     server.start()
     agent_dir = server.data_dir / "services-agent"
