@@ -328,18 +328,21 @@ class ApiClient:
         items: Iterable[Mapping[str, Any]],
         *,
         max_bytes: int | None = None,
+        repeat: bool = True,
     ) -> list[dict[str, Any]]:
         """POST ``items`` as application/json-lines, split into requests of at most ``max_bytes``.
 
         ``max_bytes`` defaults to 1 MiB for ``events.*`` and to ``max_req_size`` otherwise. An
         item that alone exceeds the limit is sent in a request of its own. Returns the ``data``
-        of each request, in order (empty list when there were no items).
+        of each request, in order (empty list when there were no items). ``repeat=False``: a
+        request whose reply was lost raises :class:`UnconfirmedCall` instead of being sent
+        again (for a caller that checks what the server stored before sending it again).
         """
         if max_bytes is None:
             max_bytes = EVENTS_MAX_REQ_SIZE if endpoint.startswith("events.") else self.max_req_size
         results: list[dict[str, Any]] = []
         for chunk in split_lines((orjson.dumps(dict(item)) for item in items), max_bytes):
-            results.append(self._call(endpoint, chunk, JSON_LINES, "post", None, True))
+            results.append(self._call(endpoint, chunk, JSON_LINES, "post", None, repeat))
         return results
 
     def token_claims(self) -> dict[str, Any]:

@@ -50,7 +50,9 @@ WORKDIR_PREFIX = "task-"
 class Client(Protocol):
     def send(self, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
-    def send_lines(self, endpoint: str, items: Any) -> list[dict[str, Any]]: ...
+    def send_lines(
+        self, endpoint: str, items: Any, *, repeat: bool = True
+    ) -> list[dict[str, Any]]: ...
 
 
 def files(spool_dir: Path) -> list[Path]:
@@ -119,8 +121,10 @@ def make_sender(client: Any) -> Sender:
 
     def send(events: list[dict[str, Any]]) -> None:
         # A reply with fewer ``added`` than sent is not retried: resending would duplicate
-        # the accepted part, and the server reports the rejected ones itself.
-        client.send_lines("events.add_batch", events)
+        # the accepted part, and the server reports the rejected ones itself. A lost reply is
+        # not sent again here either (repeat=False): the caller spools the request and the
+        # verifier asks the server whether it stored it before it is sent again.
+        client.send_lines("events.add_batch", events, repeat=False)
 
     return send
 

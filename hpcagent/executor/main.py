@@ -66,7 +66,9 @@ class Client(Protocol):
 
     def send(self, endpoint: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
-    def send_lines(self, endpoint: str, items: Any) -> list[dict[str, Any]]: ...
+    def send_lines(
+        self, endpoint: str, items: Any, *, repeat: bool = True
+    ) -> list[dict[str, Any]]: ...
 
 
 def merge_runtime(client: Client, task_id: str, keys: Mapping[str, Any]) -> dict[str, Any]:

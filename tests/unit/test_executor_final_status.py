@@ -25,7 +25,7 @@ class _Client:
             return {"tasks": [{"id": "t", "status": self.status}]}
         return {}
 
-    def send_lines(self, endpoint: str, items: Any) -> list[dict[str, Any]]:
+    def send_lines(self, endpoint: str, items: Any, repeat: bool = True) -> list[dict[str, Any]]:
         return []
 
 

@@ -5,6 +5,8 @@
 * Replies lost between client and server (tests/faults.py's proxy: the server popped, the
   client never heard) strand no task: the client repeats a pop that has a pop id, and never
   repeats one that has none (a real ClearML server), nor any other non-repeatable call.
+* A log request whose reply was lost is not sent again blindly: the shipper spools it and
+  sends it again only if the server does not have it (each line stored once).
 * A task stranded anyway (queued with no entry) is put back by the submitter's sweep and runs
   exactly once.
 """
@@ -21,7 +23,9 @@ from faults import LossyProxy
 from test_submitter_loop import TEMPLATE, Rig
 
 from hpcagent.api import ApiClient
+from hpcagent.api.spool import make_sender, make_verifier
 from hpcagent.errors import ApiError, UnconfirmedCall
+from hpcagent.executor.logs import LogShipper
 from hpcagent.submitter.options import QueueRef, job_name
 
 
@@ -123,6 +127,34 @@ def test_other_non_repeatable_calls_are_not_repeated_after_a_lost_reply(
     proxy.lose("tasks.get_all")  # a read is repeated
     assert via.send("tasks.get_all", {"id": [tid]})["tasks"][0]["id"] == tid
     assert proxy.seen["tasks.get_all"] == 2
+
+
+def test_a_log_request_with_a_lost_reply_is_stored_once(
+    tmp_path: Path, client: ApiClient, proxy: LossyProxy, embedded_server: Any
+) -> None:
+    """The server stores an events.add_batch whose reply is lost: the client does not repeat
+    it; the shipper spools it, its verifier finds it stored, and nothing is stored twice."""
+    tid = str(client.send("tasks.create", {"name": "lossy log", "type": "training"})["id"])
+    via = _client(proxy.url, embedded_server)
+    shipper = LogShipper(
+        make_sender(via),
+        task=tid,
+        worker="w",
+        spool_dir=tmp_path / "spool",
+        verifier=make_verifier(via, tid),
+    )
+    proxy.lose("events.add_batch")
+    for i in range(5):
+        shipper.emit(f"first {i}")
+    assert not shipper.flush_once()  # no reply: spooled, not sent again by the client
+    assert proxy.seen["events.add_batch"] == 1
+    for i in range(5):
+        shipper.emit(f"then {i}")
+    assert shipper.close(timeout=30.0)
+    assert proxy.seen["events.add_batch"] == 2  # the verifier found the first one stored
+    log = client.send("events.get_task_log", {"task": tid, "batch_size": 100, "order": "asc"})
+    lines = [x for e in log["events"] for x in str(e["msg"]).split("\n")]
+    assert lines == [f"first {i}" for i in range(5)] + [f"then {i}" for i in range(5)]
 
 
 def test_a_timed_out_pop_is_repeated_with_its_pop_id(

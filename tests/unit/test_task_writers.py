@@ -59,7 +59,7 @@ class Interleaving:
             self.meanwhile()
         return self.client.send(endpoint, dict(body or {}))
 
-    def send_lines(self, endpoint: str, items: Any) -> list[dict[str, Any]]:
+    def send_lines(self, endpoint: str, items: Any, repeat: bool = True) -> list[dict[str, Any]]:
         return self.client.send_lines(endpoint, items)
 
 
