@@ -14,7 +14,17 @@ makes uvicorn's HTTP protocol (httptools) enforce:
 * a **connection cap** below the descriptor limit (:func:`connection_cap`): a connection over
   it is answered ``503`` with a ClearML envelope and ``Retry-After`` as soon as its headers are
   in, then closed, so a flood costs the clients, not the server's descriptors. Reaching the cap
-  and going back under it are logged once each, not per connection.
+  and going back under it are logged once each, not per connection;
+* **one request per connection for the ClearML SDK** (:func:`forked_pool_client`): its reply
+  says ``connection: close`` and the connection is closed after it. The SDK forks its reporting
+  subprocess (``sdk.development.report_use_subprocess``, on by default on Linux; and a user's
+  forked workers through its ``os.fork`` patch) without exec: the child inherits the parent's
+  ``requests`` pool, and a kept-alive socket idle in it is then written by both processes, the
+  headers of one request followed by the headers of the other's (httptools fails: ``400
+  Invalid HTTP request received``), or a reply read by the process that did not ask (seen as
+  lost ``models.edit``/``events.add_batch`` calls, tests/unit/test_server_sdk_fork.py). With
+  no live socket left in the pool, each process connects on its own, as with the ClearML
+  apiserver under gunicorn's sync workers, which close every connection.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from hpcagent.server.files import FILES_PREFIX
+
 log = logging.getLogger("hpcagent.server")
 
 #: Descriptors kept free of connections: SQLite (database, WAL, checkpointer), the files
@@ -37,6 +49,10 @@ RESERVED_DESCRIPTORS = 128
 #: The most descriptors the server asks for (it raises its soft limit up to the hard one).
 WANTED_DESCRIPTORS = 65536
 DEFAULT_MAX_CONNECTIONS = 4096
+#: The headers the ClearML SDK's API session puts on every request (``X-ClearML-Client:
+#: clearml-2.1.12``; ``X-Trains-Client`` from the trains era); clearml-agent and hpcagent send
+#: ``X-ClearML-Agent`` instead.
+SDK_CLIENT_HEADERS = (b"x-clearml-client", b"x-trains-client")
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,16 @@ def _raw_reply(status: int, reason: str, message: str, extra: bytes = b"") -> by
     )
 
 
+def forked_pool_client(headers: list[tuple[bytes, bytes]], path: str) -> bool:
+    """Whether a request (``headers`` lower-cased as uvicorn gives them) may come from a
+    ClearML SDK process, whose connection pool a fork shares: an API request with one of
+    :data:`SDK_CLIENT_HEADERS`, or any request to the files server (the SDK's storage sessions
+    send no client header, only the token)."""
+    if path == FILES_PREFIX or path.startswith(FILES_PREFIX + "/"):
+        return True
+    return any(name in SDK_CLIENT_HEADERS for name, _ in headers)
+
+
 class _GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with deadlines and a cap (see the module docstring)."""
 
@@ -135,6 +161,8 @@ class _GuardedProtocol(HttpToolsProtocol):
             )  # fmt: skip
             return
         super().on_headers_complete()
+        if self.cycle is not None and forked_pool_client(self.headers, self.scope.get("path", "")):
+            self.cycle.keep_alive = False  # uvicorn adds "connection: close" and closes after
         if self.cycle is not None and self.cycle.more_body:
             self._arm(self.limits.body_timeout_s, "body")
 
