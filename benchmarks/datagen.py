@@ -1,6 +1,7 @@
 """Build a lab-sized embedded-server database directly (issue 18, item 4).
 
     python benchmarks/datagen.py --db /var/tmp/lab.db --tasks 1000000 --events 100000000
+    python benchmarks/datagen.py --db /var/tmp/lab.db --events 20000000 --append  # 20M more
 
 The schema is the server's own (``Store`` creates it) and rows go in through the server's own
 insert statements (``store.TASK_INSERT``/``task_row``, ``store.EVENT_INSERT``) and task shape
