@@ -117,7 +117,7 @@ class Supervisor:
             if pid == 0:
                 return
             index, started = self.children.pop(pid, (-1, 0.0))
-            if index < 0 or not restart:
+            if index < 0 or not restart or self.signals:  # stopping: never start again
                 continue
             code = os.waitstatus_to_exitcode(status)
             if code > 0 and time.monotonic() - started < FAILED_START_S:

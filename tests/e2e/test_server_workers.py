@@ -264,3 +264,23 @@ def test_a_worker_that_dies_is_replaced_and_sigterm_stops_all(server: EmbeddedSe
     assert not wal.exists() or wal.stat().st_size == 0
     server.start()
     assert _call(server, "tasks.get_by_id", {"task": task}, _token(server))["task"]["id"] == task
+
+
+def test_sigterm_to_every_process_at_once_stops_cleanly(server: EmbeddedServer) -> None:
+    """systemd's default KillMode signals the parent and the workers together: the workers
+    finish, none is started again, the parent exits 0 and leaves no process behind."""
+    token = _token(server)
+    task = _call(server, "tasks.create", {"name": "kept", "type": "training"}, token)["id"]
+    assert server.proc is not None
+    proc = server.proc
+    workers = _workers(server)
+    for pid in [proc.pid, *workers]:
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    server.proc = None
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists()
+    log = server.log_path.read_text()
+    assert "starting it again" not in log, log[-2000:]
+    server.start()
+    assert _call(server, "tasks.get_by_id", {"task": task}, _token(server))["task"]["id"] == task
