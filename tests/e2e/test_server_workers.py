@@ -284,3 +284,26 @@ def test_sigterm_to_every_process_at_once_stops_cleanly(server: EmbeddedServer) 
     assert "starting it again" not in log, log[-2000:]
     server.start()
     assert _call(server, "tasks.get_by_id", {"task": task}, _token(server))["task"]["id"] == task
+
+
+def test_a_file_uploaded_at_one_worker_is_served_and_deleted_at_the_other(
+    server: EmbeddedServer,
+) -> None:
+    token = _token(server)
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    name = "proj/run ü.abc/artifacts/data/data.bin"
+    payload = os.urandom(300_000)
+    first, second = _workers(server)
+    with _only(server, first):
+        stored = requests.post(f"{server.url}/files", files={name: ("data.bin", payload)},
+                               headers=headers, timeout=60)  # fmt: skip
+        assert stored.status_code == 200, stored.text
+    with _only(server, second):
+        got = requests.get(f"{server.url}/files/{name}", headers=headers, timeout=60)
+        assert got.status_code == 200
+        assert got.content == payload
+        gone = requests.delete(f"{server.url}/files/{name}", headers=headers, timeout=60)
+        assert gone.status_code == 200
+    with _only(server, first):
+        missing = requests.get(f"{server.url}/files/{name}", headers=headers, timeout=60)
+        assert missing.status_code == 404
