@@ -1,11 +1,11 @@
 """SQLite storage of the embedded server.
 
-One long-lived connection (WAL, ``synchronous=NORMAL``) is owned by the server process and used
-only from the event-loop thread, so every request runs its statements serially; write handlers
-additionally wrap their work in :meth:`Store.write` (``BEGIN IMMEDIATE`` ... ``COMMIT``), which
-makes each request one atomic transaction even if several processes ever opened the same file.
-A request's changes are committed before its reply is sent, so a SIGTERM loses nothing that a
-client saw acknowledged.
+Each server process has one long-lived connection (WAL, ``synchronous=NORMAL``), used only from
+its database thread, so its requests run their statements serially; every writing request is
+one :meth:`Store.write` (``BEGIN IMMEDIATE`` ... ``COMMIT``, ``app.atomic``), and the writers of
+all the processes of ``--workers N`` take turns through a flock on ``server.db.writer``, so each
+request is one atomic transaction across processes. A request's changes are committed before
+its reply is sent, so a SIGTERM loses nothing that a client saw acknowledged.
 
 Tasks, projects, queues and workers are stored as JSON documents (orjson) with the columns that
 filters need copied next to them. Queue entries and events are plain rows.
