@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jwt
 import orjson
 import requests
 import urllib3.exceptions
@@ -57,6 +56,7 @@ from hpcagent.api.envelope import (
     error_envelope,
     parse_envelope,
     split_lines,
+    token_claims,
     token_refresh_time,
 )
 from hpcagent.api.events import EventsService
@@ -349,11 +349,7 @@ class ApiClient:
         """The claims of the session token (logging in first if needed), read without
         verifying the signature: ``api_version``, ``server_version``, ``server_build``..."""
         self._bearer()
-        try:
-            claims = jwt.decode(str(self._token), options={"verify_signature": False})
-        except jwt.PyJWTError:
-            return {}
-        return dict(claims)
+        return token_claims(str(self._token)) or {}
 
     # -- internals ---------------------------------------------------------------------------
 

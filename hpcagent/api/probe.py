@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse, urlunparse
 
-import jwt
 import requests
 
+from hpcagent.api.envelope import token_claims
 from hpcagent.errors import ConfigError
 
 EMBEDDED_BUILD = "hpcagent"  # the embedded server's ``server_build`` claim
@@ -65,10 +65,7 @@ def probe_server(url: str, access_key: str, secret_key: str, timeout_s: float = 
             f"API server URL failed: {url} answered auth.login with {code} "
             f"{meta.get('result_msg') or ''}".rstrip()
         )
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        claims = {}
+    claims = token_claims(token) or {}
     return ServerInfo(
         api_version=str(claims.get("api_version") or ""),
         server_version=str(claims.get("server_version") or ""),

@@ -7,17 +7,20 @@ came from. The merged tree is then turned into frozen, typed settings (``setting
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pyhocon import ConfigFactory, ConfigTree
-from pyparsing import ParseBaseException
-
+from hpcagent import __version__
 from hpcagent.errors import ConfigError
 
 #: Environment variables with a fixed meaning, and the config path each one sets.
@@ -86,7 +89,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, ConfigTree):
+    if isinstance(value, Mapping):  # pyhocon's ConfigTree is an OrderedDict
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
@@ -103,14 +106,76 @@ def _canonical(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def packaged_defaults() -> dict[str, Any]:
+def parse_cache_dir(env: Mapping[str, str]) -> Path:
+    """Where parsed configuration files are kept (:func:`parse_hocon`)."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or Path.home(), ".cache")
+    return Path(base) / "hpcagent" / "config"
+
+
+#: A line that makes a parse depend on more than the text: a substitution (``${...}`` reads the
+#: environment) or an include (another file). Comment lines do not count.
+_DYNAMIC = re.compile(r"^(?!\s*(?:#|//)).*(?:\$\{|^\s*include\b)", re.MULTILINE)
+
+#: Cache entries written longer ago than this are removed when a new one is written (one still
+#: in use is written again on its next miss).
+CACHE_MAX_AGE_S = 7 * 86400
+
+
+def parse_hocon(text: str, name: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``text`` (HOCON) flattened into dotted keys, through a per-user cache.
+
+    Parsing with pyhocon costs about 0.2 s of CPU per file (its grammar is built on every
+    parse), which every ``hpcagent execute`` paid twice (the packaged defaults and the user's
+    file) in each job. The flattened result is kept as JSON in :func:`parse_cache_dir`, one file
+    per ``name`` (the file's path: a changed file, e.g. a rotated key, overwrites its entry),
+    valid while the text's SHA-256 and hpcagent's version match; entries older than
+    :data:`CACHE_MAX_AGE_S` go when a new one is written. The cache folder is 0700 and the
+    files 0600 (a user's file holds its keys, as the file itself does). Text with
+    substitutions (``${...}``, which read the environment) or ``include`` outside comments is
+    always parsed. Any failure to read or write the cache falls back to parsing.
+
+    Raises:
+        pyparsing.ParseBaseException, or pyhocon's own errors, when ``text`` is no valid HOCON.
+    """
+    cacheable = _DYNAMIC.search(text) is None
+    digest = hashlib.sha256(f"{__version__}\0{text}".encode()).hexdigest()
+    folder = parse_cache_dir(os.environ if env is None else env)
+    entry = folder / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
+    if cacheable:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            doc = json.loads(entry.read_text("utf-8"))
+            if doc["sha256"] == digest:
+                return dict(doc["values"])
+    from pyhocon import ConfigFactory  # only on a cache miss: ~0.1 s to import
+
+    flat = flatten(ConfigFactory.parse_string(text))
+    if cacheable:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _prune(folder)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")  # created 0600
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"sha256": digest, "values": flat}, fh)
+            os.replace(tmp, entry)
+    return flat
+
+
+def _prune(folder: Path) -> None:
+    cutoff = time.time() - CACHE_MAX_AGE_S
+    for item in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if item.stat().st_mtime < cutoff:
+                item.unlink()
+
+
+def packaged_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The flattened packaged defaults (hpcagent/config/defaults.conf)."""
-    text = resources.files("hpcagent.config").joinpath("defaults.conf").read_text("utf-8")
-    return flatten(ConfigFactory.parse_string(text))
+    source = resources.files("hpcagent.config").joinpath("defaults.conf")
+    return parse_hocon(source.read_text("utf-8"), f"package:{source}", env)
 
 
-def parse_config_file(path: Path) -> dict[str, Any]:
-    """Parse one HOCON file into flat keys.
+def parse_config_file(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Parse one HOCON file into flat keys (:func:`parse_hocon`).
 
     Raises:
         ConfigError: the file cannot be read, or is not valid HOCON; the message names the file,
@@ -121,14 +186,17 @@ def parse_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
-        tree = ConfigFactory.parse_string(text)
-    except ParseBaseException as exc:
-        raise ConfigError(
-            f"{path}:{exc.lineno}:{exc.col}: invalid HOCON: {exc.msg} (line: {exc.line.strip()!r})"
-        ) from exc
+        flat = parse_hocon(text, f"file:{path.resolve()}", env)
     except Exception as exc:  # pyhocon raises its own errors for e.g. bad substitutions
+        from pyparsing import ParseBaseException  # loaded by pyhocon by now
+
+        if isinstance(exc, ParseBaseException):
+            raise ConfigError(
+                f"{path}:{exc.lineno}:{exc.col}: invalid HOCON: {exc.msg} "
+                f"(line: {exc.line.strip()!r})"
+            ) from exc
         raise ConfigError(f"{path}: invalid HOCON: {exc}") from exc
-    return _canonical(flatten(tree))
+    return _canonical(flat)
 
 
 def find_config_file(
@@ -162,6 +230,8 @@ def parse_override_value(text: str) -> Any:
         return _plain(json.loads(stripped))
     except ValueError:
         pass
+    from pyhocon import ConfigFactory
+
     try:
         value = ConfigFactory.parse_string(f"v: {stripped}").get("v")
     except Exception:
@@ -195,11 +265,11 @@ def load_layers(
 ) -> Layered:
     """Merge all layers; later layers win per leaf."""
     environ = os.environ if env is None else env
-    values = packaged_defaults()
+    values = packaged_defaults(environ)
     sources = dict.fromkeys(values, "default")
     path = find_config_file(config_file, environ)
     if path is not None:
-        for key, value in parse_config_file(path).items():
+        for key, value in parse_config_file(path, environ).items():
             values[key] = value
             sources[key] = f"file:{path}"
     for key, (value, source) in env_layer(environ).items():

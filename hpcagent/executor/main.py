@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from hpcagent.api import spool
 from hpcagent.api.compat import dequeue_to_start
@@ -45,7 +45,6 @@ from hpcagent.executor import requirements as requirements_mod
 from hpcagent.executor.abort import AbortRequest, AbortWatcher
 from hpcagent.executor.arguments import args_on_argv, args_to_argv, child_env
 from hpcagent.executor.logs import LogShipper
-from hpcagent.executor.metrics import Monitor
 from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
 from hpcagent.executor.process import ChildProcess, run_streamed
 from hpcagent.executor.task_info import (
@@ -59,6 +58,14 @@ from hpcagent.executor.task_info import (
 )
 from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python
 from hpcagent.scheduler import registry
+
+if TYPE_CHECKING:
+    from hpcagent.executor.metrics import Monitor
+
+#: Seconds the task runs before the metrics thread starts (and psutil and NVML are loaded): a
+#: task that ends sooner would not have had its first report anyway (that comes after
+#: ``min(3 s, metrics interval)``), and a short task saves their ~0.1 s of CPU.
+MONITOR_AFTER_S = 1.0
 
 
 class Client(Protocol):
@@ -119,6 +126,7 @@ class Executor:
         self._log_lock = threading.Lock()
         self._workdir: Path | None = None
         self.ctr: Session | None = None  # container mode (docs/containers.md)
+        self._monitor: Monitor | None = None
         self._prep: PreparedCommand | None = None
 
     # -- output ------------------------------------------------------------------------------
@@ -505,28 +513,39 @@ class Executor:
         self.child = ChildProcess(argv, cwd=cwd, env=env, on_lines=self._task_lines, echo=self.echo)
         if self._signal_num:  # a signal arrived while the child was being started
             self.child.signal_group(self._signal_num)
-        monitor: Monitor | None = None
-        if not self.opts.disable_monitoring:
-            monitor = Monitor(
-                lambda ep, body: self.bg.send(ep, body),
-                lambda ep, items: self.bg.send_lines(ep, items),
-                task_id=self.task_id,
-                worker=self.worker,
-                interval=self.cfg.metrics_interval_s,
-                log=self.note,
-                root_pid=self.child.pid,
-                extra_roots=self._container_roots,
-            ).start()
         try:
             code = self._wait(self.child)
         finally:
-            if monitor is not None:
-                monitor.stop()
+            if self._monitor is not None:
+                self._monitor.stop()
         return self._finish(code, "\n".join(list(self.child.tail)[-10:]))
 
+    def _start_monitor(self, child: ChildProcess) -> None:
+        """The metrics thread, once the task has run for :data:`MONITOR_AFTER_S`; its first
+        report still comes ``min(3 s, interval)`` after the task started."""
+        from hpcagent.executor.metrics import Monitor  # psutil: only for tasks that run
+
+        interval = self.cfg.metrics_interval_s
+        self._monitor = Monitor(
+            lambda ep, body: self.bg.send(ep, body),
+            lambda ep, items: self.bg.send_lines(ep, items),
+            task_id=self.task_id,
+            worker=self.worker,
+            interval=interval,
+            log=self.note,
+            root_pid=child.pid,
+            extra_roots=self._container_roots,
+            first_report_s=max(0.0, min(3.0, interval) - MONITOR_AFTER_S),
+        ).start()
+
     def _wait(self, child: ChildProcess) -> int:
+        monitor_at = time.monotonic() + MONITOR_AFTER_S
+        monitor = not self.opts.disable_monitoring
         while True:
             code = child.wait(0.2)
+            if monitor and code is None and time.monotonic() >= monitor_at:
+                monitor = False
+                self._start_monitor(child)
             if code is not None:
                 child.reap_group()
                 return code

@@ -218,8 +218,13 @@ class Monitor(BackgroundThread):
         root_pid: int | None = None,
         gpu: GpuProbe | None = None,
         extra_roots: Callable[[], list[int]] | None = None,
+        first_report_s: float | None = None,
     ) -> None:
         super().__init__()
+        #: Seconds before the first report (default ``min(3 s, interval)``, like the agent).
+        self.first_report_s = (
+            min(3.0, max(0.5, interval)) if first_report_s is None else first_report_s
+        )
         self._send = send
         self._send_lines = send_lines
         self.task_id = task_id
@@ -234,8 +239,7 @@ class Monitor(BackgroundThread):
         self.reports = 0
 
     def _loop(self) -> None:
-        first = min(3.0, self.interval)  # like the agent: a first report soon after start
-        if self._stop.wait(first):
+        if self._stop.wait(self.first_report_s):  # like the agent: a first report soon
             return
         while True:
             self.report_once()

@@ -26,8 +26,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from hpcagent.errors import CommandError, RepositoryError
 from hpcagent.executor.options import ExecutorConfig
 from hpcagent.executor.task_info import ScriptInfo
@@ -138,6 +136,8 @@ def mirror_path(cache_dir: Path, url: str) -> Path:
 
 def update_mirror(cache_dir: Path, url: str, git_env: GitEnv, log: Logger) -> Path:
     """Create or fetch the bare mirror of ``url`` under its file lock; return its path."""
+    from filelock import FileLock, Timeout  # here: a task without a repository never needs it
+
     cache_dir.mkdir(parents=True, exist_ok=True)
     mirror = mirror_path(cache_dir, url)
     lock = FileLock(str(mirror) + ".lock")

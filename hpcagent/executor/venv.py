@@ -40,8 +40,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from hpcagent.errors import CommandError, EnvironmentSetupError
 from hpcagent.process import CommandResult, run_command
 
@@ -211,6 +209,8 @@ class VenvBuilder:
         hit = self._hit(entry, key)
         if hit is not None:
             return hit
+        from filelock import FileLock, Timeout  # a miss only: ~0.04 s to import
+
         lock = FileLock(str(self.cache_dir / f"{key}.lock"))
         try:
             with lock.acquire(timeout=LOCK_TIMEOUT_S):
@@ -238,6 +238,8 @@ class VenvBuilder:
         """Remove least-recently-used entries beyond ``max_entries``; return removed keys."""
         if self.cache_dir is None:
             return []
+        from filelock import FileLock
+
         removed: list[str] = []
         with FileLock(str(self.cache_dir / ".evict.lock")):
             entries = self._entries()
@@ -291,6 +293,8 @@ class VenvBuilder:
     def _ensure_space(self) -> bool:
         if self._free_gb() >= self.free_space_threshold_gb:
             return True
+        from filelock import FileLock
+
         with FileLock(str(self.cache_dir / ".evict.lock")):  # type: ignore[operator]
             for entry in self._entries():
                 self.log(f"venv cache: evicting {entry.name[:16]} (free space below threshold)")
