@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import requests
-import urllib3.exceptions
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -63,6 +61,7 @@ from hpcagent.api.events import EventsService
 from hpcagent.api.projects import ProjectsService
 from hpcagent.api.queues import QueuesService
 from hpcagent.api.tasks import TasksService
+from hpcagent.api.transport import Reply, classify, open_transport
 from hpcagent.api.workers import WorkersService
 from hpcagent.errors import ApiError, ConfigError, ServerUnreachable, UnconfirmedCall
 from hpcagent.outage import Outage
@@ -113,9 +112,7 @@ class _Transient(Exception):
     ``sent`` is False when the request surely never reached the server (no connection was
     made, or HTTP 429: refused before it was handled)."""
 
-    def __init__(
-        self, reason: str, response: requests.Response | None = None, *, sent: bool = True
-    ) -> None:
+    def __init__(self, reason: str, response: Reply | None = None, *, sent: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         self.response = response
@@ -213,13 +210,13 @@ class ApiClient:
         self.worker = worker or socket.gethostname()
         self.max_req_size = max_req_size
         self.method = method.lower()
-        self._session = requests.Session()
-        self._session.headers.update(
+        self._session = open_transport(
+            self.host,
             {
                 "X-ClearML-Worker": self.worker,
                 "X-ClearML-Agent": f"hpcagent-{__version__}",
                 "User-Agent": f"hpcagent/{__version__}",
-            }
+            },
         )
         # requests reads the environment's proxy variables and ~/.netrc again on every request
         # (about 1 ms of CPU per call with a usual environment, more than the embedded server
@@ -406,7 +403,7 @@ class ApiClient:
 
     def _request(
         self, method: str, url: str, payload: bytes, headers: Mapping[str, str], repeat: bool
-    ) -> requests.Response:
+    ) -> Reply:
         """Send one call, retrying transient failures; a non-transient answer is returned.
 
         ``repeat`` False (:data:`NOT_REPEATABLE`): only a failure that surely never reached the
@@ -415,15 +412,19 @@ class ApiClient:
         name = url.rsplit("/", 1)[-1]
         patience = self._patience
 
-        def attempt() -> requests.Response:
+        def attempt() -> Reply:
             self.requests_sent += 1
             try:
                 resp = self._session.request(
-                    method, url, data=payload, headers=dict(headers), timeout=self.timeout
+                    method, url, data=payload, headers=headers, timeout=self.timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                transient = _Transient(_reason(exc, self.timeout), sent=not _never_sent(exc))
-                transient.read_timeout = isinstance(exc, requests.ReadTimeout)
+            except Exception as exc:
+                failure = classify(exc, self.timeout)
+                if failure is None:
+                    raise
+                reason, never_sent, read_timeout = failure
+                transient = _Transient(reason, sent=not never_sent)
+                transient.read_timeout = read_timeout
                 raise transient from exc
             if _is_transient_status(resp.status_code):
                 raise _Transient(f"HTTP {resp.status_code}", resp, sent=resp.status_code != 429)
@@ -517,32 +518,6 @@ def _sleep_until(event: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
-def _never_sent(exc: BaseException) -> bool:
-    """No connection was made (refused, connect timeout, unknown host): the server never saw
-    the request, so even a non-repeatable call may be sent again."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        cur = todo.pop(0)
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        # urllib3's NewConnectionError (refused, unknown host) is a ConnectTimeoutError.
-        if isinstance(
-            cur,
-            (
-                requests.ConnectTimeout,
-                urllib3.exceptions.ConnectTimeoutError,
-                ConnectionRefusedError,
-                socket.gaierror,
-            ),
-        ):
-            return True
-        nested = [getattr(cur, "reason", None), cur.__cause__, cur.__context__, *cur.args]
-        todo.extend(n for n in nested if isinstance(n, BaseException))
-    return False
-
-
 class _RetryAfterOr:
     """Wait as a 429/503 reply's ``Retry-After`` (seconds, capped) asks, else as ``fallback``."""
 
@@ -558,27 +533,3 @@ class _RetryAfterOr:
             return max(0.0, min(float(header), self.cap))
         except ValueError:  # absent, or an HTTP date: use the jittered backoff
             return self.fallback(state)
-
-
-def _reason(exc: BaseException, timeout: tuple[float, float]) -> str:
-    """A few words on why a request got no answer (never urllib3's long repr, never cut)."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:  # the cause chain and the wrapped reasons (requests wraps urllib3 wraps socket)
-        cur = todo.pop(0)
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, socket.gaierror) or type(cur).__name__ == "NameResolutionError":
-            return "cannot resolve the host name"
-        if isinstance(cur, ConnectionRefusedError) or "Connection refused" in str(cur):
-            return "connection refused"
-        if isinstance(cur, requests.ConnectTimeout) or type(cur).__name__ == "ConnectTimeoutError":
-            return f"no connection within {timeout[0]:g} s"
-        if isinstance(cur, requests.ReadTimeout) or type(cur).__name__ == "ReadTimeoutError":
-            return f"no answer within {timeout[1]:g} s"
-        nested = [getattr(cur, "reason", None), cur.__cause__, cur.__context__, *cur.args]
-        todo.extend(n for n in nested if isinstance(n, BaseException))
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
-    return type(exc).__name__

@@ -17,19 +17,21 @@ import base64
 import binascii
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import requests
 
 from hpcagent.errors import ApiError, AuthError
+
+if TYPE_CHECKING:
+    from hpcagent.api.transport import Reply
 
 #: Renew the token when it has less than this left (the agent's threshold), but never later than
 #: half-way through its lifetime, so that short-lived tokens do not cause a login per call.
 TOKEN_REFRESH_THRESHOLD_S = 12 * 3600.0
 
 
-def error_envelope(resp: requests.Response | None) -> bool:
+def error_envelope(resp: Reply | None) -> bool:
     """An HTTP 500 that carries a ClearML error envelope (the server answered)."""
     if resp is None or resp.status_code != 500:
         return False
@@ -79,7 +81,7 @@ def token_refresh_time(token: str, now: float | None = None) -> float:
     return float(exp) - threshold
 
 
-def parse_envelope(endpoint: str, resp: requests.Response) -> dict[str, Any]:
+def parse_envelope(endpoint: str, resp: Reply) -> dict[str, Any]:
     """Return the ``data`` dict of a ClearML reply, or raise ApiError/AuthError from ``meta``."""
     status = resp.status_code
     try:

@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse, urlunparse
 
-import requests
-
 from hpcagent.api.envelope import token_claims
 from hpcagent.errors import ConfigError
 
@@ -35,6 +33,8 @@ class ServerInfo:
 def probe_server(url: str, access_key: str, secret_key: str, timeout_s: float = 15.0) -> ServerInfo:
     """Log in to ``url`` with the key pair; :class:`ConfigError` says whether the URL or the
     keys failed."""
+    import requests  # here: the client that imports this module uses http.client
+
     try:
         resp = requests.post(
             f"{url.rstrip('/')}/auth.login",

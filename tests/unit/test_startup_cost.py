@@ -18,7 +18,8 @@ from hpcagent.config import load_settings
 from hpcagent.config.loader import parse_cache_dir, parse_hocon
 
 #: Never imported by ``hpcagent execute`` for a task without a container or a repository that
-#: ends quickly: the server, the UI's stack, HOCON parsing (on a cache hit), PyJWT/cryptography,
+#: ends quickly: the server, the UI's stack, HOCON parsing (on a cache hit), requests (plain
+#: http:// goes through http.client), PyJWT/cryptography,
 #: psutil/NVML (metrics start after a moment), the image cache's locks.
 NOT_FOR_EXECUTE = (
     "hpcagent.server",
@@ -27,6 +28,8 @@ NOT_FOR_EXECUTE = (
     "jinja2",
     "rich",
     "pyhocon",
+    "requests",
+    "urllib3",
     "pyparsing",
     "jwt",
     "cryptography",

@@ -1,0 +1,116 @@
+"""The client's two HTTP transports (hpcagent/api/transport.py): which one a server gets, the
+same answers and the same failure classification from both, kept connections the server
+closed meanwhile."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hpcagent.api.transport import PlainHttp, RequestsHttp, classify, open_transport
+
+TIMEOUT = (2.0, 2.0)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive unless the handler closes
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        reply = b'{"got": "' + body + b'", "worker": "' + self.headers["X-W"].encode() + b'"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(reply)))
+        self.send_header("Retry-After", "3")
+        self.end_headers()
+        self.wfile.write(reply)
+        # Close without saying so: the client keeps the connection and must notice.
+        self.close_connection = self.path == "/drop"
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_transport_a_server_gets() -> None:
+    plain = open_transport("http://10.1.2.3:8008", {}, env={})
+    assert isinstance(plain, PlainHttp)
+    assert (plain.host, plain.port) == ("10.1.2.3", 8008)
+    assert isinstance(open_transport("https://api.example", {}, env={}), RequestsHttp)
+    proxied = {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "localhost,.site.internal"}
+    assert isinstance(open_transport("http://api.example:8008", {}, env=proxied), RequestsHttp)
+    assert isinstance(open_transport("http://x.site.internal:8008", {}, env=proxied), PlainHttp)
+    assert isinstance(open_transport("http://api:8008", {}, env={"all_proxy": "p"}), RequestsHttp)
+
+
+@pytest.mark.parametrize("kind", ["plain", "requests"])
+def test_both_transports_answer_alike(server: tuple[str, int], kind: str) -> None:
+    host, port = server
+    base = f"http://{host}:{port}"
+    transport = PlainHttp(host, port, {"X-W": "w ü".encode().decode("latin-1")})
+    if kind == "requests":
+        transport = RequestsHttp({"X-W": "w ü".encode().decode("latin-1")})  # type: ignore[assignment]
+    for path in ("/a", "/drop", "/b", "/drop", "/drop", "/c"):
+        reply = transport.request("post", base + path, data=b"x", headers={}, timeout=TIMEOUT)
+        assert reply.status_code == 200
+        assert reply.json()["got"] == "x"
+        assert reply.text.startswith('{"got"')
+        assert reply.headers.get("retry-after") == "3"  # case-insensitive, as requests'
+        if path == "/drop":
+            time.sleep(0.2)  # the server closed it meanwhile (both notice before reuse)
+    transport.close()
+
+
+def test_plain_keeps_one_connection_while_the_server_keeps_it(server: tuple[str, int]) -> None:
+    host, port = server
+    transport = PlainHttp(host, port, {"X-W": "w"})
+    for _ in range(5):
+        transport.request("post", f"http://{host}:{port}/a", data=b"", headers={}, timeout=TIMEOUT)
+    assert len(transport._idle) == 1
+    first = transport._idle[0]
+    transport.request("post", f"http://{host}:{port}/a", data=b"", headers={}, timeout=TIMEOUT)
+    assert transport._idle == [first]
+
+
+@pytest.mark.parametrize("kind", ["plain", "requests"])
+def test_refused_is_classified_alike(kind: str) -> None:
+    port = _closed_port()
+    transport = PlainHttp("127.0.0.1", port, {}) if kind == "plain" else RequestsHttp({})
+    with pytest.raises(OSError, match=r"refused|Connection") as info:
+        transport.request(
+            "post", f"http://127.0.0.1:{port}/x", data=b"", headers={}, timeout=TIMEOUT
+        )
+    assert classify(info.value, TIMEOUT) == ("connection refused", True, False)
+    assert classify(ValueError("not a transport failure"), TIMEOUT) is None
+
+
+def test_plain_read_timeout_is_sent_and_classified() -> None:
+    with socket.socket() as listener:  # accepts, reads, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        transport = PlainHttp("127.0.0.1", port, {})
+        with pytest.raises(OSError, match="timed out") as info:
+            transport.request(
+                "post", f"http://127.0.0.1:{port}/x", data=b"", headers={}, timeout=(2.0, 0.3)
+            )
+    assert classify(info.value, (2.0, 0.3)) == ("no answer within 0.3 s", False, True)
