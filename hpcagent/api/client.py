@@ -342,6 +342,12 @@ class ApiClient:
             results.append(self._call(endpoint, chunk, JSON_LINES, "post", None, repeat))
         return results
 
+    def session_token(self) -> str:
+        """The session token, logging in first if needed (another client of the same key pair
+        may start with it: ``ApiClient(..., token=...)``)."""
+        self._bearer()
+        return str(self._token)
+
     def token_claims(self) -> dict[str, Any]:
         """The claims of the session token (logging in first if needed), read without
         verifying the signature: ``api_version``, ``server_version``, ``server_build``..."""

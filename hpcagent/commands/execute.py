@@ -90,8 +90,11 @@ def execute_cmd(
     cfg = ExecutorConfig.from_settings(settings)
     wid = worker_id(os.environ, cfg.worker_id, registry.job_identity(os.environ))
     client = ApiClient.from_settings(settings, worker=wid)
-    # Background threads (logs, abort poll, metrics) fail fast so they can spool and retry.
-    bg_client = ApiClient.from_settings(settings, worker=wid, retries=1, timeout_s=15.0)
+    # Background threads (logs, abort poll, metrics) fail fast so they can spool and retry;
+    # they use the session token of the first client (one login per run, not two).
+    bg_client = ApiClient.from_settings(
+        settings, worker=wid, retries=1, timeout_s=15.0, token=client.session_token()
+    )
     opts = ExecuteOptions(
         task_id=task_id,
         worker_id=wid,

@@ -62,9 +62,8 @@ from hpcagent.scheduler import registry
 if TYPE_CHECKING:
     from hpcagent.executor.metrics import Monitor
 
-#: Seconds the task runs before the metrics thread starts (and psutil and NVML are loaded): a
-#: task that ends sooner would not have had its first report anyway (that comes after
-#: ``min(3 s, metrics interval)``), and a short task saves their ~0.1 s of CPU.
+#: Seconds the task runs before the metrics thread starts (psutil, NVML: ~0.1 s of CPU); its
+#: first report still comes ``min(3 s, interval)`` after the start, which a shorter task never had.
 MONITOR_AFTER_S = 1.0
 
 
@@ -78,18 +77,23 @@ class Client(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
-def merge_runtime(client: Client, task_id: str, keys: Mapping[str, Any]) -> dict[str, Any]:
+def merge_runtime(
+    client: Client,
+    task_id: str,
+    keys: Mapping[str, Any],
+    current: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Set ``keys`` in the task's ``runtime`` and keep every other key; returns the map sent.
 
-    ``tasks.edit`` replaces the map whole, so the current map is read right before the edit
-    (the window is two calls). The only other writer while the job runs is the SDK inside the
-    task, which starts after this; the submitter never writes ``runtime`` (it records the job
-    in the ``properties`` section, item-wise).
+    ``tasks.edit`` replaces the map whole, so it is read right before the edit, unless the
+    caller read it moments ago (``current``: the executor's fetch at start, a few calls
+    earlier). The only other writer while the job runs is the SDK inside the task, which starts
+    after this; the submitter never writes ``runtime`` (it records the job in ``properties``).
     """
-    data = client.send("tasks.get_all", {"id": [task_id], "only_fields": ["id", "runtime"]})
-    tasks = data.get("tasks") or [{}]
-    runtime = dict((tasks[0] or {}).get("runtime") or {})
-    runtime.update(keys)
+    if current is None:
+        data = client.send("tasks.get_all", {"id": [task_id], "only_fields": ["id", "runtime"]})
+        current = ((data.get("tasks") or [{}])[0] or {}).get("runtime") or {}
+    runtime = {**current, **keys}
     client.send("tasks.edit", {"task": task_id, "force": True, "runtime": runtime})
     return runtime
 
@@ -235,7 +239,7 @@ class Executor:
         orphans.start()
         previous = self._install_signal_handlers()
         watcher = AbortWatcher(
-            lambda ep, body: self.bg.send(ep, body),
+            self.bg.send,
             self.task_id,
             interval=self.cfg.abort_poll_interval_s,
             ping_interval=self.cfg.task_ping_interval_s,
@@ -265,16 +269,12 @@ class Executor:
             self.note(f"left-behind logs of earlier runs not delivered: {exc}", "WARNING")
             return
         if report.files:
-            self.note(
-                f"delivered {report.files} left-behind log request(s) of earlier runs "
-                f"({report.events} events)",
-                "DEBUG",
-            )
+            msg = f"delivered {report.files} left-behind log request(s) ({report.events} events)"
+            self.note(msg, "DEBUG")
 
     def _unregister(self) -> None:
-        """Remove this run's worker entry, when the id is this run's own (derived from host and
-        Slurm job or pid); an id given by CLEARML_WORKER_ID or the config may belong to a daemon
-        that lives on."""
+        """Remove this run's worker entry when the id is its own (from host and job or pid), not
+        one given by CLEARML_WORKER_ID or the config (a daemon's, which lives on)."""
         if self.rank != 0 or self.env.get("CLEARML_WORKER_ID") or self.cfg.worker_id:
             return
         with contextlib.suppress(Exception):
@@ -313,7 +313,7 @@ class Executor:
         self._status("started", "worker started execution", f"Changed by hpcagent {self.worker}")
         try:
             keys = runtime_record(self.job, self.worker, socket.gethostname())
-            merge_runtime(self.client, self.task_id, keys)
+            merge_runtime(self.client, self.task_id, keys, current=task.runtime)
             self.client.send(
                 "workers.status_report",
                 {"worker": self.worker, "task": self.task_id, "timestamp": int(time.time() * 1000)},
@@ -520,15 +520,13 @@ class Executor:
                 self._monitor.stop()
         return self._finish(code, "\n".join(list(self.child.tail)[-10:]))
 
-    def _start_monitor(self, child: ChildProcess) -> None:
-        """The metrics thread, once the task has run for :data:`MONITOR_AFTER_S`; its first
-        report still comes ``min(3 s, interval)`` after the task started."""
-        from hpcagent.executor.metrics import Monitor  # psutil: only for tasks that run
+    def _start_monitor(self, child: ChildProcess) -> None:  # after MONITOR_AFTER_S
+        from hpcagent.executor.metrics import Monitor
 
         interval = self.cfg.metrics_interval_s
         self._monitor = Monitor(
-            lambda ep, body: self.bg.send(ep, body),
-            lambda ep, items: self.bg.send_lines(ep, items),
+            self.bg.send,
+            self.bg.send_lines,
             task_id=self.task_id,
             worker=self.worker,
             interval=interval,
