@@ -83,9 +83,9 @@ class Tracker:
         self.last_status: dict[str, JobStatus] = {}
         self.commands = 0  # scheduler calls made (for the benchmark)
         self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpcagent-record")
-        self._pending: list[Future[None]] = []
+        self._pending: list[Future[object]] = []
 
-    def defer(self, fn: Callable[..., None], *args: Any) -> None:
+    def defer(self, fn: Callable[..., object], *args: Any) -> None:
         """Run a server write in the background (see :meth:`flush`)."""
         self._pending.append(self._writer.submit(fn, *args))
 
@@ -227,24 +227,32 @@ class Tracker:
         status = str(task.get("status")) if task else "deleted"
         state = "LOST" if lost else js.state.value
         self._forget(tid)
-        out = self._record_end(entry, js, state) if task is not None else ""
-        if task is None or status in taskops.FINAL_STATUSES or status == "created":
-            if task is not None and js.state in KILLED_BY_SCHEDULER and _signalled(task):
-                # The executor saw only a signal (and may have said "stopped"); Slurm killed
-                # the job (TIMEOUT, OUT_OF_MEMORY, ...): the task failed, and says why.
-                label = f"{self.scheduler.job_label} {job} {state}"
-                old = str(task.get("status_message") or "")
-                message = self._failure_message(
-                    entry, js, state, out, lead=f"{label} (the job was ended by Slurm)"
-                )
-                if old:
-                    message += f"\nexecutor: {old}"
-                taskops.fail(self.client, tid, label, message)
-                status = "failed"
+        settled = task is None or status in taskops.FINAL_STATUSES or status == "created"
+        killed = task is not None and js.state in KILLED_BY_SCHEDULER and _signalled(task)
+        if settled and not killed:
+            # The task reported its own end (the usual case): how the job ended and its
+            # output's tail are written beside the loop, which goes on submitting.
+            if task is not None:
+                self.defer(self._record_end, entry, js, state)
             self.ledger.mark_finished(tid, f"job {state}; task {status}")
             log.info(
                 "task %s queue %s job %s: %s (task %s)", tid, entry.queue_name, job, state, status
             )
+            return
+        out = self._record_end(entry, js, state) if task is not None else ""
+        if settled and task is not None:
+            # Killed: the executor saw only a signal (and may have said "stopped"); Slurm killed
+            # the job (TIMEOUT, OUT_OF_MEMORY, ...): the task failed, and says why.
+            label = f"{self.scheduler.job_label} {job} {state}"
+            old = str(task.get("status_message") or "")
+            message = self._failure_message(
+                entry, js, state, out, lead=f"{label} (the job was ended by Slurm)"
+            )
+            if old:
+                message += f"\nexecutor: {old}"
+            taskops.fail(self.client, tid, label, message)
+            self.ledger.mark_finished(tid, f"job {state}; task failed")
+            log.info("task %s queue %s job %s: %s (task failed)", tid, entry.queue_name, job, state)
             return
         if tid in self._cancelled:
             reason = self._cancelled.pop(tid)
