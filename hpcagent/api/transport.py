@@ -170,11 +170,20 @@ class PlainHttp:
 class RequestsHttp:
     """A ``requests`` session (TLS with its CA bundle, proxies from the environment)."""
 
-    def __init__(self, headers: Mapping[str, str]) -> None:
+    def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
         import requests
 
         self._session = requests.Session()
         self._session.headers.update(headers)
+        # requests reads the environment's proxy variables and ~/.netrc again on every request
+        # (about 1 ms of CPU per call with a usual environment, more than the embedded server
+        # spends answering it); the API server's proxy (NO_PROXY honoured) and a CA bundle
+        # (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE) are read once here instead, as requests would.
+        self._session.proxies.update(requests.utils.get_environ_proxies(base_url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self._session.verify = bundle
+        self._session.trust_env = False
 
     def request(
         self,
@@ -212,7 +221,7 @@ def open_transport(
     environ = os.environ if env is None else env
     if parts.scheme == "http" and parts.hostname and not _proxied(parts.hostname, environ):
         return PlainHttp(parts.hostname, parts.port or 80, headers)
-    return RequestsHttp(headers)
+    return RequestsHttp(base_url, headers)
 
 
 def classify(exc: BaseException, timeout: tuple[float, float]) -> tuple[str, bool, bool] | None:

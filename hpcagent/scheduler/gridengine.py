@@ -41,8 +41,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
-
 from hpcagent.errors import (
     CommandError,
     CommandTimeout,
@@ -401,6 +399,13 @@ class GridEngineScheduler(Scheduler):
         except (OSError, UnicodeDecodeError) as exc:
             raise SubmitError(f"cannot read the job script {script_path}: {exc}") from exc
         argv = ["qsub", "-terse", "-N", job_name, *self.qsub_args]  # no script: stdin
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
         retrying = Retrying(
             stop=stop_after_attempt(self.submit_attempts),
             wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),

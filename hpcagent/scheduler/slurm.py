@@ -19,13 +19,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from typing import TYPE_CHECKING
 
 from hpcagent.errors import (
     CommandError,
@@ -63,6 +57,9 @@ from hpcagent.scheduler.slurm_parse import (
     split_job_id,
     squeue_argv,
 )
+
+if TYPE_CHECKING:
+    from tenacity import Retrying
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +196,14 @@ class SlurmScheduler(Scheduler):
             raise SchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
 
     def _retrying(self, attempts: int | None = None) -> Retrying:
+        # Imported here: the executor loads this backend for its job identity only.
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
         return Retrying(
             stop=stop_after_attempt(attempts or self.submit_attempts),
             wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),

@@ -403,20 +403,23 @@ def test_threads_share_one_login(stub: Stub) -> None:
 
 def test_retry_after_header_drives_the_wait() -> None:
     import requests
-    from tenacity import RetryCallState, Retrying
 
-    from hpcagent.api.client import _RetryAfterOr, _Transient
+    from hpcagent.api.client import _Transient, retry_wait
 
-    def state_with(headers: dict[str, str]) -> RetryCallState:
-        resp = requests.Response()
-        resp.status_code = 429
-        resp.headers.update(headers)
-        state = RetryCallState(Retrying(), None, (), {})
-        state.set_exception((_Transient, _Transient("HTTP 429", resp), None))
-        return state
+    def wait(headers: dict[str, str] | None, tries: int = 1) -> float:
+        resp = None
+        if headers is not None:
+            resp = requests.Response()
+            resp.status_code = 429
+            resp.headers.update(headers)
+        return retry_wait(_Transient("HTTP 429", resp), tries, backoff_s=0.5, cap=10.0)
 
-    wait = _RetryAfterOr(lambda _s: 1.5, cap=10.0)
-    assert wait(state_with({"Retry-After": "3"})) == 3.0
-    assert wait(state_with({"Retry-After": "999"})) == 10.0
-    assert wait(state_with({})) == 1.5
-    assert wait(state_with({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 1.5
+    assert wait({"Retry-After": "3"}) == 3.0
+    assert wait({"Retry-After": "999"}) == 10.0
+    # no header, or an HTTP date: full-jitter exponential backoff, capped
+    for tries, high in ((1, 0.5), (2, 1.0), (3, 2.0), (6, 10.0), (40, 10.0)):
+        waits = [wait({}, tries) for _ in range(200)] + [wait(None, tries) for _ in range(50)]
+        assert all(0.0 <= w <= high for w in waits)
+        assert max(waits) > high / 2
+    dated = wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1)
+    assert 0.0 <= dated <= 0.5

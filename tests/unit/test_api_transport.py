@@ -68,7 +68,7 @@ def test_both_transports_answer_alike(server: tuple[str, int], kind: str) -> Non
     base = f"http://{host}:{port}"
     transport = PlainHttp(host, port, {"X-W": "w ü".encode().decode("latin-1")})
     if kind == "requests":
-        transport = RequestsHttp({"X-W": "w ü".encode().decode("latin-1")})  # type: ignore[assignment]
+        transport = RequestsHttp(base, {"X-W": "w ü".encode().decode("latin-1")})  # type: ignore[assignment]
     for path in ("/a", "/drop", "/b", "/drop", "/drop", "/c"):
         reply = transport.request("post", base + path, data=b"x", headers={}, timeout=TIMEOUT)
         assert reply.status_code == 200
@@ -94,7 +94,8 @@ def test_plain_keeps_one_connection_while_the_server_keeps_it(server: tuple[str,
 @pytest.mark.parametrize("kind", ["plain", "requests"])
 def test_refused_is_classified_alike(kind: str) -> None:
     port = _closed_port()
-    transport = PlainHttp("127.0.0.1", port, {}) if kind == "plain" else RequestsHttp({})
+    url = f"http://127.0.0.1:{port}"
+    transport = PlainHttp("127.0.0.1", port, {}) if kind == "plain" else RequestsHttp(url, {})
     with pytest.raises(OSError, match=r"refused|Connection") as info:
         transport.request(
             "post", f"http://127.0.0.1:{port}/x", data=b"", headers={}, timeout=TIMEOUT

@@ -30,6 +30,8 @@ NOT_FOR_EXECUTE = (
     "pyhocon",
     "requests",
     "urllib3",
+    "tenacity",
+    "asyncio",
     "pyparsing",
     "jwt",
     "cryptography",
