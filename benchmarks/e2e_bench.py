@@ -202,15 +202,15 @@ def write_conf(path: Path, url: str, work: Path) -> None:
 class Hpcagent:
     """A server, a queue and a running hpcagent-slurm, and the calls the benchmark makes."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, python: str) -> None:
         self.work = work
-        self.server, url = start_server(work / "server")
+        self.server, url = start_server(work / "server", python)
         self.client = ApiClient(url, KEY, SECRET)
         self.queue = str(self.client.send("queues.create", {"name": "e2e-bench"})["id"])
         self.conf = work / "clearml.conf"
         write_conf(self.conf, url, work)
         env = dict(os.environ, CLEARML_CONFIG_FILE=str(self.conf))
-        argv = [str(Path(sys.executable).parent / "hpcagent-slurm"),
+        argv = [str(Path(python).parent / "hpcagent-slurm"),
                 "--template-files", str(TEMPLATE), "--queue", "e2e-bench"]  # fmt: skip
         self.log = open(work / "submitter.log", "wb")  # noqa: SIM115
         self.submitter = subprocess.Popen(
@@ -288,8 +288,8 @@ def proc_cpu(pid: int) -> float:
     return float(t.user + t.system + t.children_user + t.children_system)
 
 
-def run_hpcagent(work: Path, n: int) -> dict[str, Any]:
-    rig = Hpcagent(work)
+def run_hpcagent(work: Path, n: int, python: str) -> dict[str, Any]:
+    rig = Hpcagent(work, python)
     try:
         warm = rig.make(-1)
         rig.wait_final([warm])
@@ -332,6 +332,14 @@ def main() -> None:
     ap.add_argument("--only", choices=["submitit", "hpcagent"], default=None)
     ap.add_argument("--partition", default="debug")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/hpcagent-e2e-bench"))
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="VENV",
+        help="also run hpcagent from this venv (another version, installed there) in the same "
+        "run, after this one: a before/after comparison under the same load",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"# e2e_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -344,11 +352,17 @@ def main() -> None:
     if args.only in (None, "hpcagent"):
         compile_bytecode()
         run = Path(tempfile.mkdtemp(prefix="hpcagent-", dir=args.work))
-        results["hpcagent"] = run_hpcagent(run, args.tasks)
+        results["hpcagent"] = run_hpcagent(run, args.tasks, sys.executable)
         report("hpcagent", results["hpcagent"], args.tasks)
-    if len(results) == 2:
-        ratio = results["hpcagent"]["final_s"] / results["submitit"]["final_s"]
-        print(f"\nratio all final hpcagent / submitit: {ratio:.2f} (goal <= 0.5)")
+    if args.before is not None:
+        python = str(args.before / "bin" / "python")
+        run = Path(tempfile.mkdtemp(prefix="hpcagent-before-", dir=args.work))
+        results["before"] = run_hpcagent(run, args.tasks, python)
+        report(f"hpcagent from {args.before}", results["before"], args.tasks)
+    for name in ("hpcagent", "before"):
+        if name in results and "submitit" in results:
+            ratio = results[name]["final_s"] / results["submitit"]["final_s"]
+            print(f"ratio all final {name} / submitit: {ratio:.2f} (goal <= 0.5)")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -55,10 +55,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data: Path, python: str = sys.executable) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=KEY, HPCAGENT_SERVER_SECRET_KEY=SECRET)
-    argv = [sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
+    argv = [python, "-m", "hpcagent.commands.server", "--port", str(port),
             "--data-dir", str(data), "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
