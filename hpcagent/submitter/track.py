@@ -216,9 +216,14 @@ class Tracker:
             )
         message = f"{self.scheduler.job_label} {job}: {text}"
         if status == "queued" and self._last_message.get(tid) != message:
-            crashpoint("writing_status")
-            if taskops.set_queued_message(self.client, tid, message):
-                self._last_message[tid] = message
+            # Beside the loop (two calls per task and state change: with a hundred pending
+            # jobs a round held up submissions for seconds); the next round waits for it.
+            self.defer(self._queued_message, tid, message)
+
+    def _queued_message(self, tid: str, message: str) -> None:
+        crashpoint("writing_status")
+        if taskops.set_queued_message(self.client, tid, message):
+            self._last_message[tid] = message
 
     def _finish(
         self, entry: Entry, js: JobStatus, task: dict[str, Any] | None, *, lost: bool = False
