@@ -16,6 +16,7 @@ import jwt
 import pytest
 
 from hpcagent.api.client import ApiClient
+from hpcagent.api.transport import RequestsHttp
 from hpcagent.errors import ServerUnreachable
 
 
@@ -86,7 +87,10 @@ def test_the_ca_bundle_of_the_environment_verifies(
     bundle.write_text("-----BEGIN CERTIFICATE-----\n")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     client = ApiClient("https://api.hpcagent.invalid", "AK", "SK", retries=0)
-    assert client._session.verify == str(bundle)
+    assert isinstance(client._session, RequestsHttp)  # https: requests, with the bundle
+    assert client._session._session.verify == str(bundle)
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    assert ApiClient("https://api.hpcagent.invalid", "AK", "SK")._session.verify is True
+    default = ApiClient("https://api.hpcagent.invalid", "AK", "SK")._session
+    assert isinstance(default, RequestsHttp)
+    assert default._session.verify is True
