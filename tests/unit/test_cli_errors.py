@@ -1,8 +1,8 @@
 """How the interactive commands fail: a dead or wrong server URL, missing credentials, unknown
 names, usage errors, ``--json`` errors, a task created but not enqueued.
 
-Attempts are counted at the client's one network seam (``requests.Session.request``, the real
-call underneath); the time bound follows from the policy's arithmetic, never from a clock.
+Attempts are counted at the client's network seam (``request`` of ``api.transport``'s two
+transports, the real call underneath); the time bound follows from the policy's arithmetic, never from a clock.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import requests
 from cli_helpers import Invoke, ok, one_error_line, write_conf
 
-from hpcagent.api import ApiClient
+from hpcagent.api import ApiClient, transport
 from hpcagent.api.client import INTERACTIVE
 from hpcagent.cli import main_group, run
 from hpcagent.config import load_settings
@@ -26,15 +26,19 @@ from hpcagent.errors import ApiError
 
 @pytest.fixture
 def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """URLs of every HTTP request sent, through the real ``requests`` call."""
+    """URLs of every HTTP request sent, through the real call of either transport
+    (``http.client`` for a plain http server, ``requests`` otherwise)."""
     sent: list[str] = []
-    real = requests.Session.request
+    for cls in (transport.PlainHttp, transport.RequestsHttp):
+        real = cls.request
 
-    def counting(self: requests.Session, method: str, url: str, **kw: Any) -> Any:
-        sent.append(url)
-        return real(self, method, url, **kw)
+        def counting(
+            self: Any, method: str, url: str, *a: Any, _real: Any = real, **kw: Any
+        ) -> Any:
+            sent.append(url)
+            return _real(self, method, url, *a, **kw)
 
-    monkeypatch.setattr(requests.Session, "request", counting)
+        monkeypatch.setattr(cls, "request", counting)
     return sent
 
 
