@@ -2,7 +2,8 @@
 names, usage errors, ``--json`` errors, a task created but not enqueued.
 
 Attempts are counted at the client's network seam (``request`` of ``api.transport``'s two
-transports, the real call underneath); the time bound follows from the policy's arithmetic, never from a clock.
+transports, the real call underneath); the time bound follows from the policy's arithmetic,
+never from a clock.
 """
 
 from __future__ import annotations
