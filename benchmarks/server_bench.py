@@ -263,7 +263,11 @@ def _fill_history(url: str, count: int) -> None:
                                            "type": "training"}))  # fmt: skip
 
 
-def start_server(data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+def start_server(
+    data_dir: Path, port: int, workers: int = 1, wait_s: float = 30.0
+) -> subprocess.Popen[bytes]:
+    """Start the server on ``port`` and wait up to ``wait_s`` for its ping (a big database
+    adds its indexes on first open)."""
     env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=ACCESS_KEY,
                HPCAGENT_SERVER_SECRET_KEY=SECRET_KEY)  # fmt: skip
     proc = subprocess.Popen(
@@ -272,7 +276,7 @@ def start_server(data_dir: Path, port: int, workers: int = 1) -> subprocess.Pope
         env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(int(wait_s * 10)):
         try:
             if requests.get(f"{url}/debug.ping", timeout=1).status_code == 200:
                 return proc

@@ -29,49 +29,20 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
+from server_bench import ACCESS_KEY, SECRET_KEY, free_port, start_server
 
-ACCESS_KEY = "BENCHACCESSKEY"
-SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 characters
 #: What the web UI's task table asks (ui/table.py ROW_FIELDS, a few more).
 UI_FIELDS = [
     *("name", "status", "status_message", "type", "project", "execution.queue"),
     *("hyperparams.properties", "runtime.job_id", "user", "started", "last_update"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=ACCESS_KEY,
-               HPCAGENT_SERVER_SECRET_KEY=SECRET_KEY)  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
-        env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if requests.get(f"{url}/debug.ping", timeout=1).status_code == 200:
-                return proc
-        except requests.RequestException:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 class Client:
@@ -185,9 +156,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         data_dir = Path(tmp)
         (data_dir / "server.db").symlink_to(args.db.resolve())
-        port = _free_port()
+        port = free_port()
         began = time.monotonic()
-        proc = _start_server(data_dir, port)
+        proc = start_server(data_dir, port, wait_s=120.0)
         print(f"# server up in {time.monotonic() - began:.1f} s")
         try:
             client = Client(port)
