@@ -12,8 +12,15 @@ finished tasks with a few queued/running, some tags, a few archived, creation ti
 with a long tail and ``--long-logs`` tasks holding one in ``--long-share`` of all lines; events
 of neighbouring tasks interleave as they would when tasks run side by side.
 
-Bulk loading runs without a journal (``journal_mode=OFF``, ``synchronous=OFF``) in large
-transactions; the database is switched back to WAL at the end, as the server opens it. It prints
+Bulk loading runs without a journal (``journal_mode=OFF``, ``synchronous=OFF``) in
+transactions of a million rows, with the indexes and triggers of ``tasks`` and ``events``
+dropped: each is created again afterwards from the very statement ``Store`` created it with
+(``sqlite_master.sql``), one sort per index instead of a B-tree insert per row and index, and
+``log_counts`` (which the dropped trigger keeps) is written from the generated counts. Event
+documents are formatted from a pool of messages, one ``%`` per line. So a new database is built at
+4-6 million events a minute on one core (1M tasks + 100M events: see docs/performance.md);
+``--append`` inserts with the indexes and the trigger in place. The database is
+switched back to WAL at the end, as the server opens it. It prints
 what it built and the file's size per million log events, and writes a JSON summary next to the
 database (``<db>.json``) that ``server_scale_bench.py`` reads (a queue with entries, sample ids).
 """
@@ -25,10 +32,13 @@ import bisect
 import datetime as dt
 import itertools
 import json
+import os
 import random
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -55,7 +65,9 @@ WORDS = [
     *("eval", "GPU", "memory", "throughput", "samples/s", "INFO", "WARNING", "DEBUG"),
     *("model", "layer", "attention", "tokens", "shard", "worker", "rank", "done"),
 ]
-CHUNK = 200_000  # rows per executemany / transaction
+CHUNK = 1_000_000  # event rows per executemany / transaction
+TASK_CHUNK = 100_000  # task rows (documents of ~1.3 KB) held before an executemany
+WINDOW = 64  # neighbouring tasks whose log lines interleave
 
 
 def zipf_weights(n: int, s: float = 1.1) -> list[float]:
@@ -145,7 +157,7 @@ def make_tasks(
         doc["execution"]["queue"] = "q" + "0" * 31 if status == "queued" else None
         rows.append(task_row(doc))
         out.append((doc["id"], created, last_update))
-        if len(rows) >= CHUNK:
+        if len(rows) >= TASK_CHUNK:
             conn.executemany(TASK_INSERT, rows)
             conn.commit()
             rows.clear()
@@ -155,11 +167,19 @@ def make_tasks(
     return out
 
 
-def log_doc(task_id: str, ts_ms: int, line: int, rng: random.Random) -> bytes:
-    msg = " ".join(rng.choices(WORDS, k=rng.randint(4, 16)))
+MESSAGES = 1 << 12  # distinct log messages, drawn per line (making one per line cost 5 µs)
+
+
+def message_pool(rng: random.Random) -> list[bytes]:
+    """``MESSAGES`` log messages of 4-16 of :data:`WORDS` each."""
+    return [" ".join(rng.choices(WORDS, k=rng.randint(4, 16))).encode() for _ in range(MESSAGES)]
+
+
+def log_doc(task_id: bytes, ts_ms: int, line: int, msg: bytes) -> bytes:
+    """A console-log event's document as ``events.add_batch`` stores it."""
     return (
         b'{"timestamp":%d,"type":"log","task":"%s","level":"info","worker":"node%02d:gpu0",'
-        b'"msg":"%d %s"}' % (ts_ms, task_id.encode(), line % 40, line, msg.encode())
+        b'"msg":"%d %s"}' % (ts_ms, task_id, line % 40, line, msg)
     )
 
 
@@ -183,40 +203,77 @@ def log_counts(
     return counts, long_ids
 
 
+def event_rows(
+    tasks: list[tuple[str, float, float]], counts: list[int], rng: random.Random
+) -> Iterator[tuple[Any, ...]]:
+    """:data:`EVENT_INSERT` rows: each task's lines spread between its creation and last
+    update; the tasks of one window of ``WINDOW`` neighbours interleave (sorted by time), as
+    tasks running side by side do."""
+    pool = message_pool(rng)
+    bits = MESSAGES.bit_length() - 1
+    draw = rng.getrandbits
+    for base in range(0, len(tasks), WINDOW):
+        window = range(base, min(base + WINDOW, len(tasks)))
+        keys: list[int] = []
+        for slot, index in enumerate(window):
+            _, created, last_update = tasks[index]
+            n = counts[index]
+            if n:
+                t0, span = int(created * 1000), max(int((last_update - created) * 1000), n)
+                step = span / n  # >= 1: a task's timestamps strictly increase with its lines
+                keys.extend((t0 + int(k * step)) * WINDOW + slot for k in range(n))
+        keys.sort()  # by time, then task: so each task's lines come in line order
+        ids = [tasks[index][0] for index in window]
+        raw = [task_id.encode() for task_id in ids]
+        line = [0] * len(ids)
+        for key in keys:
+            ts_ms, slot = divmod(key, WINDOW)
+            k = line[slot]
+            line[slot] = k + 1
+            doc = log_doc(raw[slot], ts_ms, k, pool[draw(bits)])
+            yield ids[slot], "log", ts_ms, None, None, None, doc, None
+
+
 def make_events(
     conn: sqlite3.Connection,
     tasks: list[tuple[str, float, float]],
     counts: list[int],
     rng: random.Random,
 ) -> None:
-    """Insert each task's lines between its creation and last update; tasks of one window of
-    64 neighbours interleave (sorted by time), as tasks running side by side do."""
-    rows: list[tuple[Any, ...]] = []
-    done = 0
-    window = 64
-    for base in range(0, len(tasks), window):
-        batch: list[tuple[int, str, int]] = []
-        for index in range(base, min(base + window, len(tasks))):
-            task_id, created, last_update = tasks[index]
-            n = counts[index]
-            if not n:
-                continue
-            t0, span = int(created * 1000), max(int((last_update - created) * 1000), n)
-            step = span / n
-            batch.extend((t0 + int(k * step), task_id, k) for k in range(n))
-        batch.sort()
-        for ts_ms, task_id, line in batch:
-            rows.append(
-                (task_id, "log", ts_ms, None, None, None, log_doc(task_id, ts_ms, line, rng), None)
-            )
-        if len(rows) >= CHUNK:
-            conn.executemany(EVENT_INSERT, rows)
-            conn.commit()
-            done += len(rows)
-            rows.clear()
-            print(f"  events: {done:,}", file=sys.stderr, flush=True)
-    conn.executemany(EVENT_INSERT, rows)
+    """Insert the :func:`event_rows` with :data:`EVENT_INSERT`, ``CHUNK`` rows a transaction."""
+    rows = event_rows(tasks, counts, rng)
+    done, total = 0, sum(counts)
+    began = time.monotonic()
+    while done < total:
+        with conn:
+            added = conn.executemany(EVENT_INSERT, itertools.islice(rows, CHUNK)).rowcount
+        if added <= 0:
+            raise RuntimeError(f"the event rows ended after {done:,} of {total:,}")
+        done += added
+        rate = done / max(time.monotonic() - began, 1e-9) * 60
+        print(f"  events: {done:,} ({rate / 1e6:.2f} M/min)", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def bulk_load(conn: sqlite3.Connection, tables: tuple[str, ...]) -> Iterator[None]:
+    """Drop the indexes and triggers on ``tables`` for the body, then create them again from
+    the very statements the server's ``Store`` created them with (``sqlite_master.sql``):
+    one sort per index instead of a B-tree insert per row and index."""
+    marks = ",".join("?" * len(tables))
+    saved = conn.execute(
+        f"SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') "
+        f"AND tbl_name IN ({marks}) AND sql IS NOT NULL ORDER BY type, name",
+        tables,
+    ).fetchall()
+    for kind, name, _ in saved:
+        conn.execute(f'DROP {kind.upper()} "{name}"')
     conn.commit()
+    yield
+    for kind, name, sql in saved:
+        began = time.monotonic()
+        conn.execute(sql)
+        conn.commit()
+        print(f"  {kind} {name}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
 
 
 def append_events(args: argparse.Namespace) -> None:
@@ -279,6 +336,8 @@ def main() -> None:
         return
     if args.db.exists():
         parser.error(f"{args.db} exists; give a new path")
+    # the index sorts' temporary files (GBs at 100M events) beside the database, not in /tmp
+    os.environ.setdefault("SQLITE_TMPDIR", str(args.db.resolve().parent))
     rng = random.Random(args.seed)
     began = time.monotonic()
     store = Store(args.db)  # the server's schema, indexes and migrations
@@ -292,10 +351,17 @@ def main() -> None:
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-1000000")  # 1 GB of page cache while loading
-    tasks = make_tasks(conn, args, projects, rng)
-    print(f"tasks: {len(tasks):,} in {time.monotonic() - began:.0f} s", file=sys.stderr)
-    counts, long_ids = log_counts(tasks, args, rng)
-    make_events(conn, tasks, counts, rng)
+    with bulk_load(conn, ("tasks", "events")):
+        tasks = make_tasks(conn, args, projects, rng)
+        print(f"tasks: {len(tasks):,} in {time.monotonic() - began:.0f} s", file=sys.stderr)
+        counts, long_ids = log_counts(tasks, args, rng)
+        make_events(conn, tasks, counts, rng)
+        # what the log_counts_add trigger (dropped while loading) would have counted
+        conn.executemany(
+            "INSERT INTO log_counts(task, n) VALUES (?,?)",
+            ((task[0], n) for task, n in zip(tasks, counts, strict=True) if n),
+        )
+        conn.commit()
     queued = [tasks[i][0] for i in rng.sample(range(len(tasks)), min(args.queued, len(tasks)))]
     added = iso(time.time())
     conn.executemany(
