@@ -114,4 +114,5 @@ def test_datagen_and_scale_bench_run(
     figures = [line for line in out.splitlines() if " p50 " in line]
     assert len(figures) == 10, out  # 5 task listings, 3 logs, the pop, the retention batch
     assert "(15 tasks)" in out
+    assert all(" first " in line for line in figures[:-1])  # not the retention line
     assert "(an entry)" in out
