@@ -31,6 +31,7 @@ DEQUEUE_NEW_STATUS_API = (2, 26)
 #: The token claim listing the embedded server's extensions, and the pop-id extension's name.
 FEATURES_CLAIM = "hpcagent_features"
 POP_ID = "pop_id"
+UPDATE_IF_STATUS = "update_if_status"
 RUNTIME_PROPERTY_ENDPOINTS = ("workers.get_runtime_properties", "workers.set_runtime_properties")
 
 
@@ -98,6 +99,17 @@ class ServerCompat:
             "no-pop-id",
             "the server keeps no pop ids: a pop whose reply is lost is not sent again; a task it "
             "took is found by the stranded-task sweep",
+        )
+        return False
+
+    def conditional_update(self) -> bool:
+        """May ``tasks.update`` carry ``if_status``? (Otherwise logged once.)"""
+        if self.has_feature(UPDATE_IF_STATUS):
+            return True
+        self.once(
+            "no-update-if-status",
+            "the server has no conditional tasks.update: a job-state message is written after "
+            "reading the task's status, one round trip apart",
         )
         return False
 

@@ -117,6 +117,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "tasks.update": (
         *("task", "name", "comment", "tags", "system_tags", "project"),
         *("status_message", "status_reason"),
+        "if_status",  # hpcagent's conditional update (declared in the token's hpcagent_features)
     ),
     "tasks.set_requirements": ("task", "requirements", "force"),
     "tasks.clone": (

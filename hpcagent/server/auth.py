@@ -51,8 +51,9 @@ DEFAULT_TOKEN_LIFETIME_S = 3 * 24 * 3600
 #: refreshes a token 12 h before it ends, so a shorter one would mean a login before every call.
 MIN_TOKEN_LIFETIME_S = 24 * 3600
 #: Extensions of the ClearML API this server has (claim ``hpcagent_features``): ``pop_id``,
-#: a repeatable ``queues.get_next_task`` (routes/queues.py).
-FEATURES = ("pop_id",)
+#: a repeatable ``queues.get_next_task`` (routes/queues.py); ``update_if_status``, a
+#: ``tasks.update`` made only in the listed statuses (routes/tasks.py).
+FEATURES = ("pop_id", "update_if_status")
 _CACHE_MAX = 4096
 
 ENV_ACCESS_KEY = "HPCAGENT_SERVER_ACCESS_KEY"

@@ -73,14 +73,19 @@ def set_queued_message(client: ApiClient, task_id: str, message: str) -> bool:
 
     The status read before is the caller's, from the start of a tracking cycle: in between, the
     executor may have ended the task with a message of its own (an invalid record fails within
-    a second of the job starting), which the job state must not overwrite. ``tasks.update`` has
-    no condition in the ClearML API, so the status is read again right before the write; the
-    window left is one round trip, not a tracking cycle.
+    a second of the job starting), which the job state must not overwrite. The embedded server
+    makes the write conditional on the status in the same transaction (``if_status``); the
+    ClearML API has no such condition, so against other servers the status is read again right
+    before the write, leaving a window of one round trip (api/compat.py).
     """
+    body = {"task": task_id, "status_message": message[:MAX_MESSAGE]}
+    if client.compat.conditional_update():
+        reply = client.send("tasks.update", {**body, "if_status": ["queued"]})
+        return bool(reply.get("updated"))
     now = get_statuses(client, [task_id]).get(task_id)
     if now is None or now.get("status") != "queued":
         return False
-    set_message(client, task_id, message)
+    client.send("tasks.update", body)
     return True
 
 

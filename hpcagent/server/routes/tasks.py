@@ -281,8 +281,17 @@ def edit(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    """Fields that may change in any status: name, comment, tags, status_message, ..."""
+    """Fields that may change in any status: name, comment, tags, status_message, ...
+
+    ``if_status`` (hpcagent's extension ``update_if_status``): a list of statuses; when the
+    task's status is not one of them nothing is written and the reply is ``updated: 0``. The
+    check and the write are one transaction, so a submitter's "job pending" message cannot
+    land on a task its executor ended meanwhile.
+    """
     task = ctx.store.get_task(req_str(body, "task"))
+    only_in = opt_str_list(body, "if_status")
+    if only_in is not None and task.get("status") not in only_in:
+        return {"updated": 0, "fields": {}}
     now = now_iso()
     fields: dict[str, Any] = {}
     with ctx.store.write():
