@@ -451,7 +451,8 @@ class Submitter:
                 queue_name=queue_name,
                 worker_id=self.opts.worker_id,
             )
-            taskops.set_message(
+            # Beside the loop, so the job may have run and ended already: only while queued.
+            taskops.set_queued_message(
                 self.client, task_id, f"{self.scheduler.job_label} {job_id}: PENDING"
             )
         except ApiError as exc:

@@ -285,3 +285,30 @@ def test_planted_records_read_back(make_embedded_server: Any) -> None:
     result = read_everything(srv.url, srv.access_key, srv.secret_key)
     assert result.reads > len(CORPUS) * 5
     assert result.failed_reads == 0, "\n".join(result.failures)
+
+
+def test_planted_records_take_item_wise_writes(make_embedded_server: Any) -> None:
+    """The writes every task gets whatever its record holds — the submitter's job properties
+    (``tasks.edit_hyper_params``), their deletion, and a status message — answer 200 on every
+    planted record (a CI run showed 500s for a section stored as a list, text or number), and a
+    section that was no object is replaced by the items written into it."""
+    srv = make_embedded_server("planted-writes")
+    ids = [
+        srv.send("tasks.create", {"name": f"planted {i}", "type": "training"})["id"]
+        for i in range(len(CORPUS))
+    ]
+    srv.stop()
+    plant(srv.data_dir, {tid: patch for tid, (_, patch, _) in zip(ids, CORPUS, strict=True)})
+    srv.start()
+    srv._token = None
+    job = {"section": "properties", "name": "job-id", "value": "29", "type": "str"}
+    args = {"section": "Args", "name": "lr", "value": "0.1"}
+    for tid, (label, _, _) in zip(ids, CORPUS, strict=True):
+        srv.send("tasks.edit_hyper_params", {"task": tid, "hyperparams": [job]})
+        srv.send("tasks.edit_hyper_params", {"task": tid, "hyperparams": [args], "force": True})
+        srv.send("tasks.delete_hyper_params", {"task": tid, "hyperparams": [{"section": "Args",
+                 "name": "lr"}], "force": True})  # fmt: skip
+        srv.send("tasks.update", {"task": tid, "status_message": "x", "if_status": ["created"]})
+        stored = srv.send("tasks.get_by_id", {"task": tid})["task"]["hyperparams"]
+        assert stored["properties"]["job-id"]["value"] == "29", label
+        assert stored["Args"] == {}, label

@@ -452,6 +452,14 @@ def _param_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _stored_sections(task: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the task's hyperparams to edit: ``{}`` when the stored value is no object (a
+    record written before validation, or by a database edit, may hold anything: an edit must
+    repair it, never fail with a 500)."""
+    stored = task.get("hyperparams")
+    return copy.deepcopy(stored) if isinstance(stored, dict) else {}
+
+
 def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """Upsert hyperparam items; ``replace_hyperparams`` none|section|all. As clearml-server:
     items only of the ``properties`` section may change a task in any status; others need a
@@ -469,7 +477,7 @@ def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         task = ctx.store.get_task(task_id)
     else:
         task = task_for_update(ctx.store, task_id, opt_bool(body, "force"))
-    hyperparams: dict[str, Any] = copy.deepcopy(task.get("hyperparams") or {})
+    hyperparams = _stored_sections(task)
     if replace == "all":
         hyperparams = {}
     elif replace == "section":
@@ -483,7 +491,10 @@ def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             "type": item.get("type") or "",
             "description": item.get("description") or "",
         }
-        hyperparams.setdefault(item["section"], {})[item["name"]] = entry
+        section = hyperparams.get(item["section"])
+        if not isinstance(section, dict):  # a stored record may hold anything there
+            section = hyperparams[item["section"]] = {}
+        section[item["name"]] = entry
     now = now_iso()
     with ctx.store.write():
         task["hyperparams"] = hyperparams
@@ -512,13 +523,14 @@ def delete_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         task = ctx.store.get_task(task_id)
     else:
         task = task_for_update(ctx.store, task_id, opt_bool(body, "force"))
-    hyperparams: dict[str, Any] = copy.deepcopy(task.get("hyperparams") or {})
+    hyperparams = _stored_sections(task)
     deleted = 0
     for section, name in keys:
+        stored = hyperparams.get(section)
         if name is None:
             deleted += 1 if hyperparams.pop(section, None) is not None else 0
-        elif name in (hyperparams.get(section) or {}):
-            del hyperparams[section][name]
+        elif isinstance(stored, dict) and name in stored:
+            del stored[name]
             deleted += 1
     with ctx.store.write():
         task["hyperparams"] = hyperparams
