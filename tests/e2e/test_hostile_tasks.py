@@ -90,6 +90,9 @@ def test_hostile_records_fail_with_a_reason_and_the_queue_goes_on(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert states[good]["status"] == "completed", states[good]
+    # no call about these records was answered with a 5xx (hostile input: a clear 4xx at most)
+    daemon_log = (tmp_path / "daemon.out").read_text()
+    assert " 500/" not in daemon_log, daemon_log[-4000:]
     report = []
     for tid, (label, _, _end) in bad.items():
         s = states[tid]

@@ -269,11 +269,9 @@ def test_hostile_corpus_through_every_endpoint(make_embedded_server: Any) -> Non
     assert srv.request("tasks.get_all", {}).status_code == 200
 
 
-def test_planted_records_read_back(make_embedded_server: Any) -> None:
-    """Records that reached the database without the write checks (the daemon's corpus,
-    tests/hostile_tasks.py, planted in SQLite) still read back: every read endpoint answers
-    200 for every task."""
-    srv = make_embedded_server("planted-data")
+def _planted(make_embedded_server: Any, name: str) -> tuple[Any, list[str]]:
+    """A restarted embedded server holding one task per corpus entry, planted in SQLite."""
+    srv = make_embedded_server(name)
     ids = [
         srv.send("tasks.create", {"name": f"planted {i}", "type": "training"})["id"]
         for i in range(len(CORPUS))
@@ -282,33 +280,53 @@ def test_planted_records_read_back(make_embedded_server: Any) -> None:
     plant(srv.data_dir, {tid: patch for tid, (_, patch, _) in zip(ids, CORPUS, strict=True)})
     srv.start()
     srv._token = None
+    return srv, ids
+
+
+def test_planted_records_read_back(make_embedded_server: Any) -> None:
+    """Records that reached the database without the write checks (the daemon's corpus,
+    tests/hostile_tasks.py, planted in SQLite) still read back: every read endpoint answers
+    200 for every task."""
+    srv, _ = _planted(make_embedded_server, "planted-data")
     result = read_everything(srv.url, srv.access_key, srv.secret_key)
     assert result.reads > len(CORPUS) * 5
     assert result.failed_reads == 0, "\n".join(result.failures)
 
 
-def test_planted_records_take_item_wise_writes(make_embedded_server: Any) -> None:
+def test_planted_records_take_item_wise_writes_or_a_clear_400(make_embedded_server: Any) -> None:
     """The writes every task gets whatever its record holds — the submitter's job properties
-    (``tasks.edit_hyper_params``), their deletion, and a status message — answer 200 on every
-    planted record (a CI run showed 500s for a section stored as a list, text or number), and a
-    section that was no object is replaced by the items written into it."""
-    srv = make_embedded_server("planted-writes")
-    ids = [
-        srv.send("tasks.create", {"name": f"planted {i}", "type": "training"})["id"]
-        for i in range(len(CORPUS))
-    ]
-    srv.stop()
-    plant(srv.data_dir, {tid: patch for tid, (_, patch, _) in zip(ids, CORPUS, strict=True)})
-    srv.start()
-    srv._token = None
+    (``tasks.edit_hyper_params``), their deletion, a status message — never answer 5xx (a CI
+    run showed 500s for a section stored as a list, text or number): they succeed, or, where the
+    stored hyperparams or the addressed section is no object, answer 400/12 naming it and leave
+    the record for the executor to refuse with its reason."""
+    srv, ids = _planted(make_embedded_server, "planted-writes")
     job = {"section": "properties", "name": "job-id", "value": "29", "type": "str"}
     args = {"section": "Args", "name": "lr", "value": "0.1"}
+    refused: dict[str, set[str]] = {}
     for tid, (label, _, _) in zip(ids, CORPUS, strict=True):
-        srv.send("tasks.edit_hyper_params", {"task": tid, "hyperparams": [job]})
-        srv.send("tasks.edit_hyper_params", {"task": tid, "hyperparams": [args], "force": True})
-        srv.send("tasks.delete_hyper_params", {"task": tid, "hyperparams": [{"section": "Args",
-                 "name": "lr"}], "force": True})  # fmt: skip
-        srv.send("tasks.update", {"task": tid, "status_message": "x", "if_status": ["created"]})
-        stored = srv.send("tasks.get_by_id", {"task": tid})["task"]["hyperparams"]
-        assert stored["properties"]["job-id"]["value"] == "29", label
-        assert stored["Args"] == {}, label
+        before = srv.send("tasks.get_by_id", {"task": tid})["task"].get("hyperparams")
+        for endpoint, body in (
+            ("tasks.edit_hyper_params", {"task": tid, "hyperparams": [job]}),
+            ("tasks.edit_hyper_params", {"task": tid, "hyperparams": [args], "force": True}),
+            ("tasks.delete_hyper_params",
+             {"task": tid, "hyperparams": [{"section": "Args", "name": "lr"}], "force": True}),
+            ("tasks.update", {"task": tid, "status_message": "x", "if_status": ["created"]}),
+        ):  # fmt: skip
+            reply = srv.request(endpoint, body)
+            meta = reply.json()["meta"]
+            if reply.status_code != 200:
+                assert (reply.status_code, meta["result_subcode"]) == (400, 12), (label, meta)
+                refused.setdefault(label, set()).add(meta["error_data"]["field"])
+        after = srv.send("tasks.get_by_id", {"task": tid})["task"].get("hyperparams")
+        for field in refused.get(label, ()):  # left as it was, for the executor to refuse
+            section = field.partition(".")[2]
+            assert (after[section] if section else after) == (
+                before[section] if section else before), label  # fmt: skip
+        if label not in refused:
+            assert after["properties"]["job-id"]["value"] == "29", label
+    assert refused == {
+        "hyperparams is a string": {"hyperparams"},
+        "hyperparams is a list": {"hyperparams"},
+        "properties is a number": {"hyperparams.properties"},
+        "Args is a list": {"hyperparams.Args"},
+    }

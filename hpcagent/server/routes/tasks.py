@@ -452,12 +452,29 @@ def _param_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _stored_sections(task: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the task's hyperparams to edit: ``{}`` when the stored value is no object (a
-    record written before validation, or by a database edit, may hold anything: an edit must
-    repair it, never fail with a 500)."""
+def _stored_sections(task: dict[str, Any], sections: list[str]) -> dict[str, Any]:
+    """A copy of the task's hyperparams to edit. A record written before validation, or by a
+    database edit, may hold anything: when the stored hyperparams, or one of the ``sections``
+    an edit addresses, is no object the edit is refused with 400/12 naming it (never a 500),
+    and the record stays as it is for the executor to refuse with its reason."""
     stored = task.get("hyperparams")
-    return copy.deepcopy(stored) if isinstance(stored, dict) else {}
+    if stored is None:
+        return {}
+    bad = (
+        "hyperparams"
+        if not isinstance(stored, dict)
+        else next(
+            (f"hyperparams.{s}" for s in sections if not isinstance(stored.get(s, {}), dict)), ""
+        )
+    )
+    if bad:
+        raise ApiFault(
+            VALIDATION,
+            f"Validation error: the task's stored {bad} is no object and cannot take items; "
+            "replace it with tasks.edit (force) first",
+            {"field": bad},
+        )
+    return copy.deepcopy(stored)
 
 
 def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
@@ -477,7 +494,7 @@ def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         task = ctx.store.get_task(task_id)
     else:
         task = task_for_update(ctx.store, task_id, opt_bool(body, "force"))
-    hyperparams = _stored_sections(task)
+    hyperparams = _stored_sections(task, [] if replace == "all" else [i["section"] for i in items])
     if replace == "all":
         hyperparams = {}
     elif replace == "section":
@@ -491,10 +508,7 @@ def edit_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             "type": item.get("type") or "",
             "description": item.get("description") or "",
         }
-        section = hyperparams.get(item["section"])
-        if not isinstance(section, dict):  # a stored record may hold anything there
-            section = hyperparams[item["section"]] = {}
-        section[item["name"]] = entry
+        hyperparams.setdefault(item["section"], {})[item["name"]] = entry
     now = now_iso()
     with ctx.store.write():
         task["hyperparams"] = hyperparams
@@ -523,14 +537,13 @@ def delete_hyper_params(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         task = ctx.store.get_task(task_id)
     else:
         task = task_for_update(ctx.store, task_id, opt_bool(body, "force"))
-    hyperparams = _stored_sections(task)
+    hyperparams = _stored_sections(task, [section for section, name in keys if name is not None])
     deleted = 0
     for section, name in keys:
-        stored = hyperparams.get(section)
         if name is None:
             deleted += 1 if hyperparams.pop(section, None) is not None else 0
-        elif isinstance(stored, dict) and name in stored:
-            del stored[name]
+        elif name in hyperparams.get(section, {}):
+            del hyperparams[section][name]
             deleted += 1
     with ctx.store.write():
         task["hyperparams"] = hyperparams
