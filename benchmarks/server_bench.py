@@ -54,15 +54,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_cpu(pid: int) -> float:
-    """CPU seconds of the server process and its children (the workers), from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
+def server_pids(pid: int) -> list[int]:
+    """The server process and its children (the workers of ``--workers N``), from /proc."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
         pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
+    return pids
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds of the server process and its children (the workers), from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in server_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -264,16 +269,24 @@ def _fill_history(url: str, count: int) -> None:
 
 
 def start_server(
-    data_dir: Path, port: int, workers: int = 1, wait_s: float = 30.0
+    data_dir: Path,
+    port: int,
+    workers: int = 1,
+    wait_s: float = 30.0,
+    nice: int = 0,
+    session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start the server on ``port`` and wait up to ``wait_s`` for its ping (a big database
-    adds its indexes on first open)."""
+    adds its indexes on first open). ``nice``: its niceness, set before it starts as systemd's
+    ``Nice=`` does (below 0 needs root or CAP_SYS_NICE); ``session``: in a session of its own,
+    as systemd starts every service."""
     env = dict(os.environ, HPCAGENT_SERVER_ACCESS_KEY=ACCESS_KEY,
                HPCAGENT_SERVER_SECRET_KEY=SECRET_KEY)  # fmt: skip
+    prefix = ["nice", "-n", str(nice)] if nice else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
+        [*prefix, sys.executable, "-m", "hpcagent.commands.server", "--port", str(port),
          "--data-dir", str(data_dir), "--log-level", "warning", "--workers", str(workers)],
-        env=env,
+        env=env, start_new_session=session,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(int(wait_s * 10)):

@@ -4,12 +4,14 @@ options it gives (hpcagent's own click commands, nothing run)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +19,7 @@ from hpcagent.cli import main_group
 from hpcagent.commands.slurm import slurm_cmd
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+BENCHMARKS = DOC.parents[1] / "benchmarks"
 VENV_BIN = "/opt/hpcagent/venv/bin/"
 
 
@@ -63,3 +66,27 @@ def test_exec_start_parses(name: str) -> None:
         params = slurm_cmd.make_context(program, list(args)).params
         assert params["queues"] == ("gpu", "cpu")
         assert len(params["templates"]) == 2
+
+
+def _submit_bench() -> ModuleType:
+    """benchmarks/submit_bench.py as a module (the benchmarks import each other by name)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("submit_bench", BENCHMARKS / "submit_bench.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["submit_bench"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_server_unit_puts_it_ahead_of_batch_work_as_benchmarked() -> None:
+    """The server's unit raises its CPU priority (``Nice=`` below 0: ahead of jobs that share
+    the host), and that very value is what benchmarks/submit_bench.py applies for the figures
+    docs/performance.md gives "with the documented setting"."""
+    unit = units()["hpcagent-server.service"].splitlines()
+    nice = [int(line.removeprefix("Nice=")) for line in unit if line.startswith("Nice=")]
+    assert len(nice) == 1
+    assert nice[0] < 0
+    assert _submit_bench().documented_nice() == nice[0]
