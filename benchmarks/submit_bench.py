@@ -16,9 +16,10 @@ then two phases of ``--duration`` seconds each, ``--submitters`` client processe
   every 10 s; plus one submitter that polls its queue (``queues.get_next_task`` every 0.25 s).
 
 Each server runs once per ``--nice`` value, niceness set before it starts as systemd's
-``Nice=`` does (``nice -n``); ``deploy`` is the ``Nice=`` of the server's unit in
-docs/deploy.md, so the figures "with the documented setting" are those of that very value, and
-the default ``--nice 0 deploy`` prints both in the same run.
+``Nice=`` does (``nice -n``), and with ``--session`` also written to its session's
+``/proc/PID/autogroup`` as the unit's ``ExecStartPost=`` does; ``deploy`` is the value of the
+server's unit in docs/deploy.md, so the figures "with the documented setting" are those of that
+very value, and the default ``--nice 0 deploy`` prints both in the same run.
 
 Prints submissions/s per phase and, per submission, what the kernel counted (/proc, per
 thread: ``schedstat`` and ``status``) for the submitting clients and for the server's loop
@@ -28,12 +29,14 @@ went to another process). With jobs running, the server's figures include their 
 
     .venv/bin/python benchmarks/submit_bench.py [--workers 1 2] [--nice 0 deploy]
         [--submitters 4] [--jobs 8] [--job-cpu 0.25] [--duration 20] [--others 0] [--session]
+        [--job-sessions]
 
 ``--others N`` adds N processes that each compute a full core, each in its own session, for the
 whole run: the load other users put on a shared host (the load average this work was first
 measured at, 10-12 on two cores, came from other engineers' test suites); ``--session`` starts
-the server in a session of its own, as systemd starts a service (with the kernel's autogroup
-on, each session is a scheduling group of its own).
+the server in a session of its own, as systemd starts a service, and ``--job-sessions`` each job
+in one, as Slurm's slurmstepd runs a job (on this host's Slurm a batch script's session is its
+slurmstepd's): with the kernel's autogroup on, each session is a scheduling group of its own.
 """
 
 from __future__ import annotations
@@ -124,9 +127,11 @@ def documented_nice() -> int:
     """The ``Nice=`` of the server's systemd unit in docs/deploy.md: what the benchmark applies
     for ``--nice deploy``, so the figure is that of the documented setting."""
     unit = DEPLOY_DOC.read_text().split("hpcagent-server.service`:", 1)[1].split("```ini", 1)[1]
-    match = re.search(r"^Nice=(-?\d+)$", unit.split("```", 1)[0], re.MULTILINE)
-    if match is None:
-        raise SystemExit(f"no Nice= in the server unit of {DEPLOY_DOC}")
+    unit = unit.split("```", 1)[0]
+    match = re.search(r"^Nice=(-?\d+)$", unit, re.MULTILINE)
+    autogroup = re.search(r"^ExecStartPost=.*echo (-?\d+) > /proc/\$MAINPID/autogroup", unit, re.M)
+    if match is None or autogroup is None or autogroup.group(1) != match.group(1):
+        raise SystemExit(f"{DEPLOY_DOC}: the server unit's Nice= and autogroup line differ")
     return int(match.group(1))
 
 
@@ -149,8 +154,11 @@ def _submitter(url: str, queue: str, index: int, start: Any, stop: Any, out: Any
     out.put((done, _own_sched() - sched0))
 
 
-def _job(url: str, task: str, cpu: float, stop: Any) -> None:
-    """One running job: its compute and its executor's traffic."""
+def _job(url: str, task: str, cpu: float, stop: Any, session: bool) -> None:
+    """One running job: its compute and its executor's traffic; with ``session``, in a session
+    of its own, as Slurm's slurmstepd runs each job."""
+    if session:
+        os.setsid()
     client = _client(url)
     worker = f"bench:{task[:8]}"
     tick = 0
@@ -205,7 +213,11 @@ def _phase(url: str, server_pid: int, queue: str, args: argparse.Namespace, jobs
         idle_queue = client.queues.create(f"bench poll {time.time()}")
         for i in range(jobs):
             task = client.tasks.create(f"running job {i}")
-            load.append(ctx.Process(target=_job, args=(url, task, args.job_cpu, load_stop)))
+            load.append(
+                ctx.Process(
+                    target=_job, args=(url, task, args.job_cpu, load_stop, args.job_sessions)
+                )
+            )
         load.append(ctx.Process(target=_poller, args=(url, idle_queue, load_stop)))
         for proc in load:
             proc.start()
@@ -269,6 +281,8 @@ def main() -> None:
                         help="other users' processes computing a full core each, in their own "
                              "sessions, through every phase")  # fmt: skip
     parser.add_argument("--session", action="store_true", help="the server in its own session")
+    parser.add_argument("--job-sessions", action="store_true",
+                        help="each job in its own session, as slurmstepd runs it")  # fmt: skip
     args = parser.parse_args()
     print(f"# machine: nproc={os.cpu_count()} {platform.platform()} "
           f"python={platform.python_version()}")  # fmt: skip
@@ -295,6 +309,8 @@ def _run(args: argparse.Namespace, nices: list[int]) -> None:
             port = free_port()
             proc = start_server(Path(tmp) / "data", port, workers, nice=nice,
                                 session=args.session)  # fmt: skip
+            if args.session and nice:  # the unit's ExecStartPost= (docs/deploy.md)
+                Path(f"/proc/{proc.pid}/autogroup").write_text(f"{nice}\n")
             url = f"http://127.0.0.1:{port}"
             try:
                 client = _client(url)

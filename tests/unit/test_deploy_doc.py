@@ -83,8 +83,9 @@ def _submit_bench() -> ModuleType:
 
 def test_the_server_unit_puts_it_ahead_of_batch_work_as_benchmarked() -> None:
     """The server's unit raises its CPU priority (``Nice=`` below 0: ahead of jobs that share
-    the host), and that very value is what benchmarks/submit_bench.py applies for the figures
-    docs/performance.md gives "with the documented setting"."""
+    the host; its ``ExecStartPost=`` gives its session's autogroup the same value), and that
+    very value is what benchmarks/submit_bench.py applies for the figures docs/performance.md
+    gives "with the documented setting" (it refuses a unit whose two values differ)."""
     unit = units()["hpcagent-server.service"].splitlines()
     nice = [int(line.removeprefix("Nice=")) for line in unit if line.startswith("Nice=")]
     assert len(nice) == 1
