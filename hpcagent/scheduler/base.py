@@ -42,12 +42,19 @@ from __future__ import annotations
 
 import abc
 import enum
+import getpass
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from hpcagent.errors import CommandError, CommandTimeout, SchedulerError, TransientSchedulerError
+from hpcagent.process import CommandResult, CommandRunner, run_command
+
+if TYPE_CHECKING:
+    from tenacity import Retrying
 
 log = logging.getLogger(__name__)
 
@@ -336,3 +343,104 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def find_by_name(self, name: str) -> list[str]:
         """Ids of the jobs named ``name`` (oldest first)."""
+
+
+class CommandScheduler(Scheduler):
+    """A backend driven by command-line tools (Slurm, Grid Engine): the one place that runs
+    them through ``runner`` (the subprocess seam), says which failures are transient, retries
+    a submit and remembers the states it saw.
+
+    ``submit_attempts`` / ``backoff_*`` bound the retries of transient failures; ``user`` is
+    whose jobs the status commands list; ``env`` (default: this process's) is cleaned by
+    :meth:`Scheduler.clean_env` before the commands get it.
+    """
+
+    def __init__(
+        self,
+        *,
+        runner: CommandRunner = run_command,
+        command_timeout_s: float = 60.0,
+        submit_attempts: int = 5,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._run_cmd = runner
+        self.command_timeout_s = command_timeout_s
+        self.submit_attempts = max(1, submit_attempts)
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.user = user or getpass.getuser()
+        self._env = self.clean_env(env)
+        #: Terminal states (never asked again) and the last state seen of every job.
+        self._final: dict[str, JobStatus] = {}
+        self._last: dict[str, JobStatus] = {}
+
+    def _call(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: str | None = None
+    ) -> CommandResult:
+        """One command; a timeout is transient, a command that cannot start a
+        :class:`SchedulerError` (the scheduler's callers classify only those)."""
+        try:
+            return self._run_cmd(
+                argv, timeout=self.command_timeout_s, env=env or self._env, input=stdin
+            )
+        except SchedulerError:
+            raise
+        except CommandTimeout as exc:
+            raise TransientSchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
+        except CommandError as exc:
+            raise SchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
+
+    def _retrying(self, attempts: int | None = None) -> Retrying:
+        """Retries of :class:`TransientSchedulerError` only (default ``submit_attempts``), with
+        random exponential backoff between ``backoff_initial_s`` and ``backoff_max_s``."""
+        # Imported here: the executor loads the backends for their job identity only.
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
+        return Retrying(
+            stop=stop_after_attempt(attempts or self.submit_attempts),
+            wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
+            retry=retry_if_exception_type(TransientSchedulerError),
+            reraise=True,
+        )
+
+    def _submit_adopting(
+        self,
+        command: str,
+        job_name: str,
+        once: Callable[[], str],
+        live_ids: Callable[[], list[str]],
+        attempts: int | None = None,
+    ) -> str:
+        """``once()`` (one submit, returning the job id) with retries of transient failures;
+        before every retry the job is looked up by name (``live_ids()``, oldest first), so a
+        submit whose answer was lost after the scheduler accepted the job does not create a
+        second job: the newest such job is adopted."""
+        for attempt in self._retrying(attempts):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    live = live_ids()
+                    if live:
+                        log.warning(
+                            "%s for %s failed transiently but job %s exists; adopting it",
+                            command,
+                            job_name,
+                            live[-1],
+                        )
+                        return live[-1]
+                return once()
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying reraises
+
+    def _remember(self, result: dict[str, JobStatus], st: JobStatus) -> None:
+        """Put ``st`` in ``result`` and remember it (for good once terminal)."""
+        result[st.job_id] = st
+        self._last[st.job_id] = st
+        if st.is_terminal:
+            self._final[st.job_id] = st

@@ -30,7 +30,6 @@ the signal + 128). A job deleted while pending has no accounting record (UNKNOWN
 
 from __future__ import annotations
 
-import getpass
 import logging
 import re
 import shlex
@@ -41,20 +40,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hpcagent.errors import (
-    CommandError,
-    CommandTimeout,
-    SchedulerError,
-    SubmitError,
-    SubmitLimitError,
-    TransientSchedulerError,
-)
+from hpcagent.errors import SchedulerError, SubmitError, SubmitLimitError, TransientSchedulerError
 from hpcagent.process import CommandResult, CommandRunner, run_command
 from hpcagent.scheduler.base import (
+    CommandScheduler,
     JobIdentity,
     JobState,
     JobStatus,
-    Scheduler,
     status_from_row,
     unknown_status,
 )
@@ -252,7 +244,7 @@ def _directives(script: str) -> list[str]:
     return words
 
 
-class GridEngineScheduler(Scheduler):
+class GridEngineScheduler(CommandScheduler):
     """Grid Engine through qsub/qstat/qacct/qdel, all run via ``runner`` (hpcagent.process)."""
 
     name = "gridengine"
@@ -288,17 +280,17 @@ class GridEngineScheduler(Scheduler):
         accounting_grace_s: float = 120.0,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self._run_cmd = runner
-        self.command_timeout_s = command_timeout_s
-        self.submit_attempts = max(1, submit_attempts)
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        super().__init__(
+            runner=runner,
+            command_timeout_s=command_timeout_s,
+            submit_attempts=submit_attempts,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            user=user,
+            env=env,
+        )
         self.qsub_args = list(qsub_args)
-        self.user = user or getpass.getuser()
         self.accounting_grace_s = accounting_grace_s
-        self._env = self.clean_env(env)
-        self._final: dict[str, JobStatus] = {}
-        self._last: dict[str, JobStatus] = {}
         self._departed: dict[str, float] = {}
 
     # ------------------------------------------------------------------ the backend
@@ -359,14 +351,7 @@ class GridEngineScheduler(Scheduler):
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: Sequence[str], stdin: str | None = None) -> CommandResult:
-        try:
-            return self._run_cmd(argv, timeout=self.command_timeout_s, env=self._env, input=stdin)
-        except SchedulerError:
-            raise
-        except CommandTimeout as exc:
-            raise TransientSchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
-        except CommandError as exc:
-            raise SchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
+        return self._call(argv, stdin=stdin)
 
     def _qstat(self) -> list[GeRow]:
         res = self._run(["qstat", "-u", self.user, "-xml"])
@@ -399,30 +384,12 @@ class GridEngineScheduler(Scheduler):
         except (OSError, UnicodeDecodeError) as exc:
             raise SubmitError(f"cannot read the job script {script_path}: {exc}") from exc
         argv = ["qsub", "-terse", "-N", job_name, *self.qsub_args]  # no script: stdin
-        from tenacity import (
-            Retrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_random_exponential,
+        return self._submit_adopting(
+            "qsub",
+            job_name,
+            lambda: self._qsub_once(argv, script),
+            lambda: [r.job_id for r in self._qstat() if r.name == job_name],
         )
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self.submit_attempts),
-            wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
-            retry=retry_if_exception_type(TransientSchedulerError),
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    live = [r.job_id for r in self._qstat() if r.name == job_name]
-                    if live:
-                        log.warning(
-                            "qsub for %s failed transiently; adopting job %s", job_name, live[-1]
-                        )
-                        return live[-1]
-                return self._qsub_once(argv, script)
-        raise AssertionError("unreachable")  # pragma: no cover - Retrying reraises
 
     def _qsub_once(self, argv: Sequence[str], script: str) -> str:
         res = self._run(argv, script)
@@ -502,12 +469,6 @@ class GridEngineScheduler(Scheduler):
         if last is not None:
             return replace(last, source="cache")
         return unknown_status(job, reason or "no state known yet", "cache")
-
-    def _remember(self, result: dict[str, JobStatus], st: JobStatus) -> None:
-        result[st.job_id] = st
-        self._last[st.job_id] = st
-        if st.is_terminal:
-            self._final[st.job_id] = st
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, job_ids: Sequence[str]) -> None:

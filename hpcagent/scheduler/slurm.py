@@ -19,11 +19,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hpcagent.errors import (
-    CommandError,
-    CommandTimeout,
     SchedulerError,
     SubmitError,
     SubmitLimitError,
@@ -32,10 +29,10 @@ from hpcagent.errors import (
 from hpcagent.outage import Outage
 from hpcagent.process import CommandResult, CommandRunner, run_command
 from hpcagent.scheduler.base import (
+    CommandScheduler,
     JobIdentity,
     JobState,
     JobStatus,
-    Scheduler,
     env_int,
     unknown_status,
 )
@@ -58,9 +55,6 @@ from hpcagent.scheduler.slurm_parse import (
     squeue_argv,
 )
 
-if TYPE_CHECKING:
-    from tenacity import Retrying
-
 log = logging.getLogger(__name__)
 
 _ACCOUNTING_DISABLED = "accounting storage is disabled"
@@ -75,7 +69,7 @@ def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-class SlurmScheduler(Scheduler):
+class SlurmScheduler(CommandScheduler):
     """Slurm through its command-line tools, all run via ``runner`` (the subprocess seam).
 
     ``submit_attempts`` / ``backoff_*`` bound the retries of transient sbatch failures;
@@ -153,19 +147,19 @@ class SlurmScheduler(Scheduler):
         cancel_chunk: int = 500,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self._run_cmd = runner
-        self.command_timeout_s = command_timeout_s
-        self.submit_attempts = max(1, submit_attempts)
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        super().__init__(
+            runner=runner,
+            command_timeout_s=command_timeout_s,
+            submit_attempts=submit_attempts,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            user=user,
+            env=env,
+        )
         self.rate_limiter = rate_limiter
         self.sbatch_args = list(sbatch_args)
-        self.user = user or getpass.getuser()
         self.squeue_chunk = squeue_chunk
         self.cancel_chunk = cancel_chunk
-        self._env = self.clean_env(env)
-        self._final: dict[str, JobStatus] = {}
-        self._last: dict[str, JobStatus] = {}
         self._gone_noacct: set[str] = set()
         #: None until probed; False once sacct reported that accounting is disabled.
         self.accounting: bool | None = None
@@ -186,30 +180,7 @@ class SlurmScheduler(Scheduler):
         :class:`SchedulerError` (the scheduler's callers classify only those)."""
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
-        try:
-            return self._run_cmd(argv, timeout=self.command_timeout_s, env=env or self._env)
-        except SchedulerError:
-            raise
-        except CommandTimeout as exc:
-            raise TransientSchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
-        except CommandError as exc:
-            raise SchedulerError(str(exc), stderr=exc.stderr, argv=exc.argv) from exc
-
-    def _retrying(self, attempts: int | None = None) -> Retrying:
-        # Imported here: the executor loads this backend for its job identity only.
-        from tenacity import (
-            Retrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_random_exponential,
-        )
-
-        return Retrying(
-            stop=stop_after_attempt(attempts or self.submit_attempts),
-            wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
-            retry=retry_if_exception_type(TransientSchedulerError),
-            reraise=True,
-        )
+        return self._call(argv, env)
 
     # ------------------------------------------------------------------ submit
     def submit(self, script_path: Path, *, job_name: str) -> str:
@@ -222,19 +193,13 @@ class SlurmScheduler(Scheduler):
         argv.append(str(script_path))
         # While slurmctld is known to be away one attempt will do: the submitter puts the task
         # back and pauses, instead of spending minutes in retries that cannot succeed.
-        for attempt in self._retrying(1 if self.controller.is_down else None):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    existing = self._live_ids_by_name(job_name)
-                    if existing:
-                        log.warning(
-                            "sbatch for %s failed transiently but job %s exists; adopting it",
-                            job_name,
-                            existing[-1],
-                        )
-                        return existing[-1]
-                return self._sbatch_once(argv)
-        raise AssertionError("unreachable")  # pragma: no cover - Retrying reraises
+        return self._submit_adopting(
+            "sbatch",
+            job_name,
+            lambda: self._sbatch_once(argv),
+            lambda: self._live_ids_by_name(job_name),
+            1 if self.controller.is_down else None,
+        )
 
     def _sbatch_once(self, argv: Sequence[str]) -> str:
         # SLURM_UMASK: the umask slurmstepd creates the job's --output/--error files with
@@ -350,12 +315,6 @@ class SlurmScheduler(Scheduler):
         if missing:
             self._status_of_departed(missing, result)
         return {j: result[j] for j in wanted}
-
-    def _remember(self, result: dict[str, JobStatus], st: JobStatus) -> None:
-        result[st.job_id] = st
-        self._last[st.job_id] = st
-        if st.is_terminal:
-            self._final[st.job_id] = st
 
     def _squeue_rows(self, job_ids: Sequence[str]) -> list[SlurmRow]:
         rows: list[SlurmRow] = []
