@@ -24,40 +24,9 @@ COMMON=$SGE_ROOT/$SGE_CELL/common
 PACKAGES=(gridengine-master gridengine-exec gridengine-client)
 HOST=$(hostname)
 
-log() { echo "cell.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-    local secs=$1 what=$2; shift 2
-    local i
-    for ((i = 0; i < secs * 2; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.5
-    done
-    log "timed out after ${secs}s waiting for $what"
-    return 1
-}
-
-need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (installs packages, starts daemons)"; }
-
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} by hand"
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # The master's postinst creates the cell (spool, global configuration, sgeadmin manager).
-    if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" \
-        >"$BASE/apt.log" 2>&1; then
-        apt-get -o DPkg::Lock::Timeout=600 update -q >>"$BASE/apt.log" 2>&1
-        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" \
-            >>"$BASE/apt.log" 2>&1 || die "apt-get install failed, see $BASE/apt.log"
-    fi
-}
+APT_LOG=$BASE/apt.log
+# shellcheck source=tests/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../services.sh"
 
 name_this_host() {
     # Grid Engine compares the name a client claims with the reverse lookup of its address.
@@ -147,6 +116,7 @@ probe() {
 up() {
     need_root
     mkdir -p "$BASE" "$RUN"
+    # The master's postinst creates the cell (spool, global configuration, sgeadmin manager).
     install_packages
     name_this_host
     start_qmaster

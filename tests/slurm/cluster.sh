@@ -31,40 +31,12 @@ MYSQL_SOCK=/run/mysqld/mysqld.sock
 # systemd: systemd-analyze checks the unit files of docs/deploy.md (tests/unit/test_deploy_doc.py)
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server systemd)
 
-log() { echo "cluster.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+APT_LOG=$LOGS/apt.log
+# shellcheck source=tests/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../services.sh"
 started_pid() { cat "$RUN/started-$1.pid" 2>/dev/null || true; }
 # A daemon counts as ours when `up` recorded its pid and that pid still runs.
 ours_running() { pid_alive "$(started_pid "$1")"; }
-
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-    local secs=$1 what=$2; shift 2
-    local i
-    for ((i = 0; i < secs * 2; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.5
-    done
-    log "timed out after ${secs}s waiting for $what"
-    return 1
-}
-
-need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (installs packages, starts daemons)"; }
-
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} by hand"
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >"$LOGS/apt.log" 2>&1
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$LOGS/apt.log" 2>&1 \
-        || die "apt-get install failed, see $LOGS/apt.log"
-}
 
 make_dirs() {
     mkdir -p "$LOGS" "$STATE/ctld" "$STATE/spool" "$RUN" "$ETC"
