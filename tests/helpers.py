@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,71 @@ def wait_status(
         raise AssertionError(
             f"task {task_id}: {get_task(server, task_id)}\n--- submitter log ---\n{tail}"
         ) from None
+
+
+#: A task that prints ``sleeping`` and sleeps 400 s (to abort it while it runs).
+SLEEPER: dict[str, Any] = {
+    "entry_point": "sleeper.py",
+    "binary": "python3",
+    "diff": "import time\nprint('sleeping', flush=True)\ntime.sleep(400)\n",
+    "requirements": {"pip": ""},
+}
+
+
+class SubmitterRig:
+    """Base of the tests' rigs around one real ``hpcagent-slurm``: a subclass makes its queues
+    (``qids``: its own key → queue id) and templates, then calls :meth:`start`."""
+
+    work: Path
+    server: Any
+    conf: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    qids: dict[str, str]
+
+    def start(
+        self,
+        work: Path,
+        server: Any,
+        *,
+        scheduler: str,
+        templates: Sequence[str],
+        queues: Sequence[str],
+        extra: Sequence[str] = (),
+    ) -> None:
+        """``hpcagent-slurm --scheduler SCHEDULER`` as a user runs it, in ``work`` against
+        ``server``: a clearml.conf with the test wheelhouse and the submitter's state in
+        ``work/state``, polling every second, ``extra`` options, then ``--template-files
+        TEMPLATES --queue QUEUES`` (names); its output in ``work/submitter.log``."""
+        self.work, self.server = work, server
+        conf = write_conf(work / "clearml.conf", server, work, make_wheelhouse(work / "wheels"))
+        data = json.loads(conf.read_text())
+        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
+        conf.write_text(json.dumps(data))
+        self.conf, self.log = conf, work / "submitter.log"
+        argv = [
+            *SLURM_MAIN,
+            "--config-file", str(conf), "--scheduler", scheduler, "--poll-interval", "1", *extra,
+            "--template-files", *templates, "--queue", *queues,
+        ]  # fmt: skip
+        self.proc = start_logged(argv, self.log, cwd=work, env=clean_env())
+
+    def enqueue(self, queue: str, name: str, script: dict[str, Any] | None = None) -> str:
+        """A new task ``name`` (``script``, default a no-op) in the queue ``qids[queue]``."""
+        body: dict[str, Any] = {"name": name, "type": "training"}
+        body["script"] = script or {"binary": "python3", "diff": "print('noop')\n"}
+        tid = str(self.server.send("tasks.create", body)["id"])
+        self.server.send("tasks.enqueue", {"task": tid, "queue": self.qids[queue]})
+        return tid
+
+    def task(self, tid: str) -> dict[str, Any]:
+        return get_task(self.server, tid)
+
+    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
+        wait_status(self.server, tid, statuses, log=self.log, timeout=timeout)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import signal
 import stat
 import subprocess
 import uuid
@@ -29,25 +27,12 @@ pytestmark = [pytest.mark.gridengine, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_TEMPLATE = "#!/bin/bash\n#$ -l nosuchresource=1\n${CLEARML_AGENT_EXECUTE}\n"
-SLEEPER = {
-    "entry_point": "sleeper.py",
-    "binary": "python3",
-    "diff": "import time\nprint('sleeping', flush=True)\ntime.sleep(400)\n",
-    "requirements": {"pip": ""},
-}
 
 
-class GeE2E:
+class GeE2E(h.SubmitterRig):
     def __init__(self, work: Path, server: Any) -> None:
-        self.work = work
-        self.server = server
         bare, sha, diff = h.make_repo(work / "git")
         self.repo = {"bare": bare, "sha": sha, "diff": diff, "tmp": work}
-        wheels = h.make_wheelhouse(work / "wheels")
-        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
-        data = json.loads(conf.read_text())
-        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
-        conf.write_text(json.dumps(data))
         suffix = work.name
         self.qids = {
             q: str(server.send("queues.create", {"name": f"{q}-{suffix}"})["id"])
@@ -57,41 +42,13 @@ class GeE2E:
         shutil.copy(ROOT / "templates" / "gridengine.example.template", run)
         bad = work / "bad.template"
         bad.write_text(BAD_TEMPLATE)
-        self.log = work / "submitter.log"
-        argv = [
-            *h.SLURM_MAIN,
-            "--config-file", str(conf), "--scheduler", "gridengine", "--poll-interval", "1",
-            "--template-files", str(run), str(bad),
-            "--queue", f"ge-run-{suffix}", f"ge-bad-{suffix}",
-        ]  # fmt: skip
-        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
-
-    def enqueue(self, queue: str, name: str, script: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"name": name, "type": "training"}
-        body["script"] = script or {"binary": "python3", "diff": "print('noop')\n"}
-        tid = str(self.server.send("tasks.create", body)["id"])
-        self.server.send("tasks.enqueue", {"task": tid, "queue": self.qids[queue]})
-        return tid
-
-    def task(self, tid: str) -> dict[str, Any]:
-        return dict(h.get_task(self.server, tid))
-
-    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
-        try:
-            h.wait_for(lambda: self.task(tid)["status"] in statuses, timeout=timeout, interval=0.5)
-        except AssertionError:
-            log = self.log.read_text()[-4000:]
-            raise AssertionError(
-                f"task {tid}: {self.task(tid)}\n--- submitter log ---\n{log}"
-            ) from None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.start(
+            work,
+            server,
+            scheduler="gridengine",
+            templates=[str(run), str(bad)],
+            queues=[f"ge-run-{suffix}", f"ge-bad-{suffix}"],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +93,7 @@ def test_task_completes_under_grid_engine(e2e: GeE2E) -> None:
 
 
 def test_abort_while_running_deletes_the_job(e2e: GeE2E) -> None:
-    tid = e2e.enqueue("ge-run", "ge-abort", SLEEPER)
+    tid = e2e.enqueue("ge-run", "ge-abort", h.SLEEPER)
     h.wait_for(
         lambda: any("sleeping" in line for line in h.task_log_lines(e2e.server, tid)),
         timeout=180,

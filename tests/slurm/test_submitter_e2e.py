@@ -14,7 +14,6 @@ One submitter serves five queues, each with its own template:
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -56,27 +55,13 @@ SHORT_TEMPLATE = (
     "${CLEARML_AGENT_EXECUTE}\n"
 )
 QUEUES = ("run", "later", "badpart", "missing", "limited", "short")
-SLEEPER = {
-    "entry_point": "sleeper.py",
-    "binary": "python3",
-    "diff": "import time\nprint('sleeping', flush=True)\ntime.sleep(400)\n",
-    "requirements": {"pip": ""},
-}
 
 
-class E2E:
+class E2E(h.SubmitterRig):
     def __init__(self, work: Path, server: Any) -> None:
-        self.work = work
-        self.server = server
         self.suffix = work.name
         bare, sha, diff = h.make_repo(work / "git")
         self.repo = {"bare": bare, "sha": sha, "diff": diff, "tmp": work}
-        wheels = h.make_wheelhouse(work / "wheels")
-        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
-        data = json.loads(conf.read_text())
-        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
-        conf.write_text(json.dumps(data))
-        self.conf = conf
         self.qids = {
             q: str(server.send("queues.create", {"name": f"{q}-{self.suffix}"})["id"])
             for q in QUEUES
@@ -97,30 +82,17 @@ class E2E:
             path = work / f"{q}.template"
             path.write_text(text)
             templates.append(str(path))
-        self.log = work / "submitter.log"
-        argv = [
-            *h.SLURM_MAIN,
-            "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "1",
-            "--max-jobs", "2", "--template-files", *templates,
-            "--queue", *(f"{q}-{self.suffix}" for q in QUEUES),
-        ]  # fmt: skip
-        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
-
-    def enqueue(self, queue: str, name: str, script: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"name": name, "type": "training"}
-        body["script"] = script or {"binary": "python3", "diff": "print('noop')\n"}
-        tid = str(self.server.send("tasks.create", body)["id"])
-        self.server.send("tasks.enqueue", {"task": tid, "queue": self.qids[queue]})
-        return tid
-
-    def task(self, tid: str) -> dict[str, Any]:
-        return dict(h.get_task(self.server, tid))
-
-    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
-        h.wait_status(self.server, tid, statuses, log=self.log, timeout=timeout)
+        self.start(
+            work,
+            server,
+            scheduler="slurm",
+            templates=templates,
+            queues=[f"{q}-{self.suffix}" for q in QUEUES],
+            extra=["--max-jobs", "2"],
+        )
 
     def stop(self) -> None:
-        h.stop_process(self.proc)
+        super().stop()
         subprocess.run(["scancel", "--name", "xx"], capture_output=True, timeout=30)
 
 
@@ -223,7 +195,7 @@ def test_max_jobs_never_exceeded(e2e: E2E) -> None:
 
 
 def test_abort_while_running_stops(e2e: E2E) -> None:
-    tid = e2e.enqueue("short", "e2e-abort-running", SLEEPER)
+    tid = e2e.enqueue("short", "e2e-abort-running", h.SLEEPER)
     h.wait_for(
         lambda: any("sleeping" in line for line in h.task_log_lines(e2e.server, tid)),
         timeout=120,
@@ -242,7 +214,7 @@ def test_abort_while_running_stops(e2e: E2E) -> None:
 
 
 def test_time_limit_fails_task_naming_timeout(e2e: E2E) -> None:
-    tid = e2e.enqueue("short", "e2e-timeout", SLEEPER)
+    tid = e2e.enqueue("short", "e2e-timeout", h.SLEEPER)
     e2e.wait_status(tid, ("stopped", "failed", "completed"), timeout=200)
     job = e2e.task(tid)["runtime"]["job_id"]
     h.wait_for(lambda: _sacct(job) == "TIMEOUT", timeout=60, interval=0.5)

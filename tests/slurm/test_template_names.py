@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,26 +137,15 @@ def test_numeric_option_with_text_fails_before_sbatch() -> None:
     )
 
 
-class SeedRig:
+class SeedRig(h.SubmitterRig):
     """Embedded server + hpcagent-slurm with the built-in ``example`` template + executor."""
 
     def __init__(self, work: Path, server: Any) -> None:
-        self.work, self.server = work, server
-        wheels = h.make_wheelhouse(work / "wheels")
-        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
-        data = json.loads(conf.read_text())
-        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
-        conf.write_text(json.dumps(data))
         self.queue = f"seed-{work.name}"
         self.qid = str(server.send("queues.create", {"name": self.queue})["id"])
-        self.log = work / "submitter.log"
-        argv = [
-            *h.SLURM_MAIN, "--config-file", str(conf), "--scheduler", "slurm",
-            "--poll-interval", "1", "--template-files", "example", "--queue", self.queue,
-        ]  # fmt: skip
-        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
+        self.start(work, server, scheduler="slurm", templates=["example"], queues=[self.queue])
 
-    def enqueue(self, name: str, props: dict[str, str] | None) -> str:
+    def enqueue_with_props(self, name: str, props: dict[str, str] | None) -> str:
         body: dict[str, Any] = {
             "name": name,
             "type": "training",
@@ -178,14 +166,6 @@ class SeedRig:
         self.server.send("tasks.enqueue", {"task": tid, "queue": self.qid})
         return tid
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
 
 @pytest.fixture
 def seed(embedded_server: Any) -> Iterator[SeedRig]:
@@ -199,9 +179,10 @@ def seed(embedded_server: Any) -> Iterator[SeedRig]:
 @pytest.mark.e2e
 def test_seed_template_runs_real_names(seed: SeedRig) -> None:
     tasks = {
-        name: seed.enqueue(name, {"num_nodes": "1", "user_key": f"key of {name}"}) for name in NAMES
+        name: seed.enqueue_with_props(name, {"num_nodes": "1", "user_key": f"key of {name}"})
+        for name in NAMES
     }
-    tasks["no properties"] = seed.enqueue("no properties", None)
+    tasks["no properties"] = seed.enqueue_with_props("no properties", None)
     for name, tid in tasks.items():
         try:
             h.wait_for(

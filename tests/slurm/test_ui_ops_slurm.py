@@ -46,17 +46,10 @@ print("ran", os.environ.get("SLURM_JOB_ID"), flush=True)
 """
 
 
-class Rig:
+class Rig(h.SubmitterRig):
     """The server, three queues, ``hpcagent-slurm`` (two of them, --max-jobs 1) and a daemon."""
 
     def __init__(self, work: Path, server: Any) -> None:
-        self.work = work
-        self.server = server
-        wheels = h.make_wheelhouse(work / "wheels")
-        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
-        data = json.loads(conf.read_text())
-        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
-        conf.write_text(json.dumps(data))
         tag = work.name[-6:]
         self.names = {k: f"ops {k} {tag}" for k in ("slurm", "later", "local")}
         self.queues = {
@@ -65,15 +58,14 @@ class Rig:
         plain, later = work / "plain.template", work / "later.template"
         plain.write_text(TEMPLATE)
         later.write_text(LATER)
-        self.log = work / "submitter.log"
-        argv = [
-            *h.SLURM_MAIN,
-            "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "1",
-            "--max-jobs", "1",
-            "--template-files", str(plain), str(later),
-            "--queue", self.names["slurm"], self.names["later"],
-        ]  # fmt: skip
-        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
+        self.start(
+            work,
+            server,
+            scheduler="slurm",
+            templates=[str(plain), str(later)],
+            queues=[self.names["slurm"], self.names["later"]],
+            extra=["--max-jobs", "1"],
+        )
         daemon_conf = work / "daemon.conf"
         daemon_conf.write_text(json.dumps({"api": h.api_section(server)}))
         env = {k: v for k, v in h.clean_env().items() if not k.startswith("CUDA")}
@@ -106,7 +98,7 @@ class Rig:
             }  # fmt: skip
         return str(self.server.send("tasks.create", body)["id"])
 
-    def enqueue(self, task: str, queue: str) -> None:
+    def enqueue_task(self, task: str, queue: str) -> None:
         self.server.send("tasks.enqueue", {"task": task, "queue": self.queues[queue]})
 
     def worker_serving(self, queue: str) -> str:
@@ -125,11 +117,8 @@ class Rig:
         props = h.get_task(self.server, task)["hyperparams"].get("properties") or {}
         return str((props.get("job-id") or {}).get("value") or "")
 
-    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
-        h.wait_status(self.server, tid, statuses, log=self.log, timeout=timeout)
-
     def stop(self) -> None:
-        h.stop_process(self.proc)
+        super().stop()
         h.stop_process(self.daemon)
 
 
@@ -172,7 +161,7 @@ def test_queues_workers_and_moving_to_the_top_in_the_ui(rig: Rig, ui: UiBrowser)
     assert submitter != daemon
     # a task held an hour by the "later" template: PENDING (BeginTime) on the workers page
     held = rig.create("ops held by --begin")
-    rig.enqueue(held, "later")
+    rig.enqueue_task(held, "later")
     job = h.wait_for(lambda: rig.job(held), timeout=120)
     ui.wait_until(lambda: _job_cell(ui, job) == "PENDING (BeginTime)", 60, "BeginTime")
     row = ui.find(f"tr.job[data-job='{job}']")
@@ -196,14 +185,14 @@ def test_queues_workers_and_moving_to_the_top_in_the_ui(rig: Rig, ui: UiBrowser)
     # the slot of the "slurm" queue (--max-jobs 1) is held by a task waiting for a file
     flag = rig.work / "go"
     first = rig.create("ops first (holds the slot)", flag)
-    rig.enqueue(first, "slurm")
+    rig.enqueue_task(first, "slurm")
     h.wait_for(lambda: rig.job(first), timeout=120)
     # its executor (hpcagent execute in the job) is a worker of its own, holding the task
     rig.wait_status(first, ("in_progress",), timeout=180)
     ui.wait_until(lambda: _executor_holds(ui, first), 60, "executor row")
     b, c = rig.create("ops b"), rig.create("ops c")
-    rig.enqueue(b, "slurm")
-    rig.enqueue(c, "slurm")
+    rig.enqueue_task(b, "slurm")
+    rig.enqueue_task(c, "slurm")
     ui.open("/queues")
     _loaded(ui)
     for key, worker in (("slurm", submitter), ("later", submitter), ("local", daemon)):
@@ -236,11 +225,11 @@ def test_queues_workers_and_moving_to_the_top_in_the_ui(rig: Rig, ui: UiBrowser)
 def test_home_figures_on_the_cluster(rig: Rig, ui: UiBrowser) -> None:
     flag = rig.work / "home-go"
     running = rig.create("ops running for home", flag)
-    rig.enqueue(running, "slurm")
+    rig.enqueue_task(running, "slurm")
     rig.wait_status(running, ("in_progress",), timeout=180)
     h.wait_for(lambda: rig.executor_of(running), timeout=60)
     waiting = rig.create("ops waiting for home")
-    rig.enqueue(waiting, "slurm")  # --max-jobs 1: it waits behind the running one
+    rig.enqueue_task(waiting, "slurm")  # --max-jobs 1: it waits behind the running one
     try:
         ui.open("/home")
         ui.wait("#figures")

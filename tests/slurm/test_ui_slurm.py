@@ -13,7 +13,6 @@ server, ``tasks.add_or_update_artifacts``), with its Args on argv (user property
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,28 +79,17 @@ for i in range(a.sleep):
 """
 
 
-class Rig:
+class Rig(h.SubmitterRig):
     """The server, one queue with TEMPLATE and a running ``hpcagent-slurm``."""
 
     def __init__(self, work: Path, server: Any) -> None:
-        self.work = work
-        self.server = server
-        wheels = h.make_wheelhouse(work / "wheels")
-        conf = h.write_conf(work / "clearml.conf", server, work, wheels)
-        data = json.loads(conf.read_text())
-        data["slurm"] = {"state_dir": str(work / "state"), "poll_interval_sec": 1}
-        conf.write_text(json.dumps(data))
         self.queue_name = f"ui-run-{work.name}"
         self.queue = str(server.send("queues.create", {"name": self.queue_name})["id"])
         template = work / "run.template"
         template.write_text(TEMPLATE)
-        self.log = work / "submitter.log"
-        argv = [
-            *h.SLURM_MAIN,
-            "--config-file", str(conf), "--scheduler", "slurm", "--poll-interval", "1",
-            "--template-files", str(template), "--queue", self.queue_name,
-        ]  # fmt: skip
-        self.proc = h.start_logged(argv, self.log, cwd=work, env=h.clean_env())
+        self.start(
+            work, server, scheduler="slurm", templates=[str(template)], queues=[self.queue_name]
+        )
 
     def create(self, name: str, lr: str, sleep: int = 0) -> str:
         args = {"lr": lr, "sleep": str(sleep)} if sleep else {"lr": lr}
@@ -126,15 +114,6 @@ class Rig:
             },
         }
         return str(self.server.send("tasks.create", body)["id"])
-
-    def task(self, tid: str) -> dict[str, Any]:
-        return h.get_task(self.server, tid)
-
-    def wait_status(self, tid: str, statuses: tuple[str, ...], timeout: float = 300) -> None:
-        h.wait_status(self.server, tid, statuses, log=self.log, timeout=timeout)
-
-    def stop(self) -> None:
-        h.stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
