@@ -4,10 +4,10 @@ a fake runner. The same behaviour runs against the real cell in tests/gridengine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from fake_commands import FakeCommands, res
 
 from hpcagent.errors import (
     CommandTimeout,
@@ -16,7 +16,6 @@ from hpcagent.errors import (
     SubmitLimitError,
     TransientSchedulerError,
 )
-from hpcagent.process import CommandResult
 from hpcagent.scheduler.base import JobState
 from hpcagent.scheduler.gridengine import (
     PRIVATE_OUTPUT,
@@ -30,45 +29,10 @@ from hpcagent.scheduler.gridengine import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "gridengine" / "fixtures"
-Answer = CommandResult | Exception | Callable[[list[str]], CommandResult]
 
 
 def fx(name: str) -> str:
     return (FIXTURES / name).read_text()
-
-
-def res(stdout: str = "", stderr: str = "", rc: int = 0) -> CommandResult:
-    return CommandResult(("x",), rc, stdout, stderr)
-
-
-class FakeGridEngine:
-    """Answers each program from its queue of answers; records every argv."""
-
-    def __init__(self, **answers: list[Answer]) -> None:
-        self.answers = answers
-        self.calls: list[list[str]] = []
-        self.stdin: list[str | None] = []
-
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        env: Mapping[str, str] | None = None,
-        cwd: str | Path | None = None,
-        input: str | None = None,
-    ) -> CommandResult:
-        self.calls.append(list(argv))
-        self.stdin.append(input)
-        item = self.answers[argv[0]].pop(0)
-        if isinstance(item, Exception):
-            raise item
-        if callable(item):
-            return item(list(argv))
-        return item
-
-    def count(self, program: str) -> int:
-        return sum(1 for c in self.calls if c[0] == program)
 
 
 def job_script(folder: Path, body: str = "#!/bin/bash\n#$ -j y\necho hi\n") -> Path:
@@ -77,7 +41,7 @@ def job_script(folder: Path, body: str = "#!/bin/bash\n#$ -j y\necho hi\n") -> P
     return path
 
 
-def sched(fake: FakeGridEngine, **kw: object) -> GridEngineScheduler:
+def sched(fake: FakeCommands, **kw: object) -> GridEngineScheduler:
     return GridEngineScheduler(
         runner=fake,
         backoff_initial_s=0,
@@ -163,7 +127,7 @@ def test_job_names_grid_engine_accepts(tmp_path: Path) -> None:
     assert ge_job_name("4f6c0a8e-clearml_task_4f6c") == "t4f6c0a8e-clearml_task_4f6c"
     assert ge_job_name("clearml_task_4f6c") == "clearml_task_4f6c"
     assert ge_job_name("a b/c:d@e*f?g") == "a_b_c_d_e_f_g"
-    fake = FakeGridEngine(qsub=[res("42\n")], qstat=[res(fx("qstat_mixed.xml"))], qacct=[res()])
+    fake = FakeCommands(qsub=[res("42\n")], qstat=[res(fx("qstat_mixed.xml"))], qacct=[res()])
     s = sched(fake)
     assert s.submit(job_script(tmp_path), job_name="15-run") == "42"
     assert fake.calls[0][:4] == ["qsub", "-terse", "-N", "t15-run"]
@@ -174,7 +138,7 @@ def test_job_names_grid_engine_accepts(tmp_path: Path) -> None:
 
 
 def test_submit_passes_name_and_args_and_returns_the_id(tmp_path: Path) -> None:
-    fake = FakeGridEngine(qsub=[res("42\n")])
+    fake = FakeCommands(qsub=[res("42\n")])
     s = sched(fake, qsub_args=["-q", "all.q"])
     path = job_script(tmp_path)
     assert s.submit(path, job_name="clearml_task_a") == "42"
@@ -196,7 +160,7 @@ def test_the_job_script_gets_the_private_output_lines_after_its_shebang() -> Non
 
 
 def test_an_unreadable_script_is_a_submit_error(tmp_path: Path) -> None:
-    fake = FakeGridEngine()
+    fake = FakeCommands()
     with pytest.raises(SubmitError, match="cannot read the job script"):
         sched(fake).submit(tmp_path / "missing.sh", job_name="n")
     assert fake.calls == []
@@ -204,7 +168,7 @@ def test_an_unreadable_script_is_a_submit_error(tmp_path: Path) -> None:
 
 def test_submit_rejection_keeps_qsubs_words(tmp_path: Path) -> None:
     err = 'Unable to run job: unknown resource "nosuchres"\nExiting.\n'
-    fake = FakeGridEngine(qsub=[res(stderr=err, rc=1)])
+    fake = FakeCommands(qsub=[res(stderr=err, rc=1)])
     with pytest.raises(SubmitError, match='unknown resource "nosuchres"') as info:
         sched(fake).submit(job_script(tmp_path), job_name="n")
     assert not isinstance(info.value, TransientSchedulerError)
@@ -215,7 +179,7 @@ def test_submit_limit(tmp_path: Path) -> None:
     err = (
         "Unable to run job: job rejected: Only 2 jobs are allowed per user (current job count: 2)\n"
     )
-    fake = FakeGridEngine(qsub=[res(stderr=err, rc=1)])
+    fake = FakeCommands(qsub=[res(stderr=err, rc=1)])
     with pytest.raises(SubmitLimitError):
         sched(fake).submit(job_script(tmp_path), job_name="n")
 
@@ -227,7 +191,7 @@ def test_transient_qsub_is_retried_and_an_accepted_job_is_adopted(tmp_path: Path
         'Unable to run job: unable to send message to qmaster using port 1 on host "vm": '
         "got send error\nExiting.\n"
     )
-    fake = FakeGridEngine(
+    fake = FakeCommands(
         qsub=[res(stderr=down, rc=1), CommandTimeout("qsub timed out after 60s")],
         # the first retry finds no job of that name; the second finds the accepted one
         qstat=[
@@ -241,14 +205,14 @@ def test_transient_qsub_is_retried_and_an_accepted_job_is_adopted(tmp_path: Path
 
 def test_transient_gives_up(tmp_path: Path) -> None:
     down = 'error: unable to contact qmaster using port 6444 on host "vm"\n'
-    fake = FakeGridEngine(qsub=[res(stderr=down, rc=1)] * 3, qstat=[res(fx("qstat_mixed.xml"))] * 2)
+    fake = FakeCommands(qsub=[res(stderr=down, rc=1)] * 3, qstat=[res(fx("qstat_mixed.xml"))] * 2)
     with pytest.raises(TransientSchedulerError):
         sched(fake, submit_attempts=3).submit(job_script(tmp_path), job_name="n")
     assert fake.count("qsub") == 3
 
 
 def test_status_one_qstat_then_qacct_once_per_departed_job() -> None:
-    fake = FakeGridEngine(
+    fake = FakeCommands(
         qstat=[res(fx("qstat_mixed.xml"))] * 2,
         qacct=[res(fx("qacct_h_rt.txt"))],
     )
@@ -272,7 +236,7 @@ def test_status_one_qstat_then_qacct_once_per_departed_job() -> None:
 def test_departed_job_without_record_keeps_its_last_state_then_is_unknown() -> None:
     empty = fx("qstat_mixed.xml").split("<queue_info>")[0] + "<queue_info/><job_info/></job_info>"
     not_found = res(stderr="error: job id 15 not found\n", rc=1)
-    fake = FakeGridEngine(
+    fake = FakeCommands(
         qstat=[res(fx("qstat_mixed.xml")), res(empty), res(empty)],
         qacct=[not_found, not_found],
     )
@@ -285,7 +249,7 @@ def test_departed_job_without_record_keeps_its_last_state_then_is_unknown() -> N
 
 
 def test_qmaster_down_keeps_the_last_known_state() -> None:
-    fake = FakeGridEngine(
+    fake = FakeCommands(
         qstat=[res(fx("qstat_mixed.xml")), CommandTimeout("qstat timed out after 60s")]
     )
     s = sched(fake)
@@ -296,7 +260,7 @@ def test_qmaster_down_keeps_the_last_known_state() -> None:
 
 
 def test_cancel_ignores_jobs_that_are_gone() -> None:
-    fake = FakeGridEngine(
+    fake = FakeCommands(
         qdel=[
             res(fx("qdel_mixed.stdout"), fx("qdel_mixed.stderr"), rc=1),
             res(stderr='denied: job "7" belongs to alice\n', rc=1),

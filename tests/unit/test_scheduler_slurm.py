@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_commands import FakeCommands, res
 
 from hpcagent.errors import CommandTimeout, SubmitError, SubmitLimitError, TransientSchedulerError
 from hpcagent.process import CommandResult
@@ -18,56 +19,18 @@ from hpcagent.scheduler.slurm import SlurmScheduler
 FIXTURES = Path(__file__).resolve().parents[1] / "slurm" / "fixtures"
 REAL = sorted(p for p in FIXTURES.glob("slurm-*") if p.is_dir())[-1]
 
-Handler = Callable[[list[str]], CommandResult]
-
 
 def fx(name: str, folder: Path = REAL) -> CommandResult:
     d: dict[str, Any] = json.loads((folder / f"{name}.json").read_text())
     return CommandResult(tuple(d["argv"]), d["returncode"], d["stdout"], d["stderr"])
 
 
-def res(stdout: str = "", stderr: str = "", rc: int = 0) -> CommandResult:
-    return CommandResult(("x",), rc, stdout, stderr)
-
-
-class FakeSlurm:
-    """Answers each command from a per-program queue (or a callable); records every argv."""
-
-    def __init__(self, **answers: list[CommandResult | Exception] | Handler) -> None:
-        self.answers = answers
-        self.calls: list[list[str]] = []
-
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        env: Mapping[str, str] | None = None,
-        cwd: str | Path | None = None,
-        input: str | None = None,
-    ) -> CommandResult:
-        argv = list(argv)
-        self.calls.append(argv)
-        answer = self.answers.get(argv[0])
-        if answer is None:
-            raise AssertionError(f"unexpected command {argv}")
-        if callable(answer):
-            return answer(argv)
-        item = answer.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def count(self, program: str) -> int:
-        return sum(1 for c in self.calls if c[0] == program)
-
-
-def sched(fake: FakeSlurm, **kw: Any) -> SlurmScheduler:
+def sched(fake: FakeCommands, **kw: Any) -> SlurmScheduler:
     return SlurmScheduler(runner=fake, backoff_initial_s=0, backoff_max_s=0, user="tester", **kw)
 
 
 def test_submit_parses_id_and_passes_name(tmp_path: Path) -> None:
-    fake = FakeSlurm(sbatch=[fx("sbatch_ok")])
+    fake = FakeCommands(sbatch=[fx("sbatch_ok")])
     job = sched(fake).submit(tmp_path / "job.sh", job_name="clearml_task_abc")
     assert job == fx("sbatch_ok").stdout.strip()
     argv = fake.calls[0]
@@ -77,12 +40,12 @@ def test_submit_parses_id_and_passes_name(tmp_path: Path) -> None:
 
 
 def test_submit_success_with_stderr_and_banner(tmp_path: Path) -> None:
-    fake = FakeSlurm(sbatch=[fx("sbatch_wrapper_banner", FIXTURES / "handmade")])
+    fake = FakeCommands(sbatch=[fx("sbatch_wrapper_banner", FIXTURES / "handmade")])
     assert sched(fake).submit(tmp_path / "j.sh", job_name="n") == "777"
 
 
 def test_submit_cluster_suffix(tmp_path: Path) -> None:
-    s = sched(FakeSlurm(sbatch=[fx("sbatch_cluster", FIXTURES / "handmade")]))
+    s = sched(FakeCommands(sbatch=[fx("sbatch_cluster", FIXTURES / "handmade")]))
     assert s.submit(tmp_path / "j.sh", job_name="n") == "4242"
     assert s.last_cluster == "gpu_cluster"
 
@@ -91,7 +54,7 @@ def test_submit_cluster_suffix(tmp_path: Path) -> None:
     "fixture", ["sbatch_invalid_partition", "sbatch_invalid_gres", "sbatch_bad_directive"]
 )
 def test_submit_rejection_is_not_retried(tmp_path: Path, fixture: str) -> None:
-    fake = FakeSlurm(sbatch=[fx(fixture)])
+    fake = FakeCommands(sbatch=[fx(fixture)])
     with pytest.raises(SubmitError) as info:
         sched(fake).submit(tmp_path / "j.sh", job_name="n")
     assert not isinstance(info.value, SubmitLimitError)
@@ -100,13 +63,13 @@ def test_submit_rejection_is_not_retried(tmp_path: Path, fixture: str) -> None:
 
 
 def test_submit_limit(tmp_path: Path) -> None:
-    fake = FakeSlurm(sbatch=[fx("sbatch_limit_qos", FIXTURES / "handmade")])
+    fake = FakeCommands(sbatch=[fx("sbatch_limit_qos", FIXTURES / "handmade")])
     with pytest.raises(SubmitLimitError, match="QOSMaxSubmitJobPerUserLimit"):
         sched(fake).submit(tmp_path / "j.sh", job_name="n")
 
 
 def test_transient_then_success(tmp_path: Path) -> None:
-    fake = FakeSlurm(
+    fake = FakeCommands(
         sbatch=[fx("sbatch_socket_timeout", FIXTURES / "handmade"), res("55\n")],
         squeue=[res("")],  # the name lookup before the retry finds nothing
     )
@@ -116,7 +79,7 @@ def test_transient_then_success(tmp_path: Path) -> None:
 
 
 def test_timed_out_sbatch_that_was_accepted_is_not_submitted_twice(tmp_path: Path) -> None:
-    fake = FakeSlurm(
+    fake = FakeCommands(
         sbatch=[CommandTimeout("sbatch timed out after 60s")],
         squeue=[res("91|91|PENDING|Priority|0||clearml_task_x\n")],
     )
@@ -126,7 +89,7 @@ def test_timed_out_sbatch_that_was_accepted_is_not_submitted_twice(tmp_path: Pat
 
 def test_transient_gives_up(tmp_path: Path) -> None:
     err = fx("sbatch_unable_contact", FIXTURES / "handmade")
-    fake = FakeSlurm(sbatch=[err, err, err], squeue=[res(""), res("")])
+    fake = FakeCommands(sbatch=[err, err, err], squeue=[res(""), res("")])
     with pytest.raises(TransientSchedulerError):
         sched(fake, submit_attempts=3).submit(tmp_path / "j.sh", job_name="n")
     assert fake.count("sbatch") == 3
@@ -135,7 +98,7 @@ def test_transient_gives_up(tmp_path: Path) -> None:
 def test_status_one_squeue_for_all_live_jobs() -> None:
     data = json.loads((REAL / "squeue_states.json").read_text())
     live = [j for j, s in data["expect"].items() if JobState(s).is_active]
-    fake = FakeSlurm(squeue=lambda argv: fx("squeue_states"))
+    fake = FakeCommands(squeue=lambda argv: fx("squeue_states"))
     s = sched(fake)
     for _ in range(3):
         out = s.status(live)
@@ -149,7 +112,7 @@ def test_terminal_states_cached_and_departed_jobs_use_sacct() -> None:
     names = json.loads((REAL / "sacct_states.json").read_text())["names"]
     ids = [names["completed"], names["failed3"], names["running"]]
     # squeue knows only the running one; the two others left it.
-    fake = FakeSlurm(
+    fake = FakeCommands(
         squeue=lambda argv: res(f"{ids[2]}|{ids[2]}|RUNNING|None|0|vm|fx_running\n"),
         sacct=lambda argv: fx("sacct_states"),
     )
@@ -169,17 +132,17 @@ def test_terminal_states_cached_and_departed_jobs_use_sacct() -> None:
 
 
 def test_job_found_nowhere_is_unknown_never_success() -> None:
-    fake = FakeSlurm(squeue=[fx("squeue_unknown_single")], sacct=[fx("sacct_unknown")])
+    fake = FakeCommands(squeue=[fx("squeue_unknown_single")], sacct=[fx("sacct_unknown")])
     st = sched(fake).status(["999999"])["999999"]
     assert st.state is JobState.UNKNOWN
     assert not st.state.is_success
     assert "not found" in st.reason
 
 
-def _noacct_fake(scontrol_fixture: str) -> FakeSlurm:
+def _noacct_fake(scontrol_fixture: str) -> FakeCommands:
     """Slurm without accounting: squeue knows no job, sacct is disabled, ``scontrol show job``
     answers with ``scontrol_fixture``."""
-    return FakeSlurm(
+    return FakeCommands(
         squeue=lambda argv: res(""),
         sacct=[fx("sacct_disabled")],
         scontrol=lambda argv: (
@@ -221,7 +184,7 @@ def test_controller_down_keeps_last_known_state(caplog: pytest.LogCaptureFixture
         fx("squeue_unreachable", FIXTURES / "handmade"),
         res("5|5|RUNNING|None|0|vm|a\n"),
     ]
-    s = sched(FakeSlurm(squeue=answers))
+    s = sched(FakeCommands(squeue=answers))
     assert s.status(["5"])["5"].state is JobState.RUNNING
     with caplog.at_level("INFO", logger="hpcagent.scheduler.slurm"):
         for _ in range(3):
@@ -239,7 +202,7 @@ def test_controller_down_keeps_last_known_state(caplog: pytest.LogCaptureFixture
 
 
 def test_cancel_chunks_and_ignores_finished_jobs() -> None:
-    fake = FakeSlurm(
+    fake = FakeCommands(
         scancel=lambda argv: res(
             stderr="scancel: error: Kill job error on job id 3: "
             "Job/step already completing or completed\n",
@@ -251,13 +214,13 @@ def test_cancel_chunks_and_ignores_finished_jobs() -> None:
 
 
 def test_cancel_real_error_raises() -> None:
-    fake = FakeSlurm(scancel=[res(stderr="scancel: error: Access/permission denied\n", rc=1)])
+    fake = FakeCommands(scancel=[res(stderr="scancel: error: Access/permission denied\n", rc=1)])
     with pytest.raises(Exception, match="permission denied"):
         sched(fake).cancel(["1"])
 
 
 def test_find_by_name_squeue_and_sacct() -> None:
-    fake = FakeSlurm(
+    fake = FakeCommands(
         squeue=[res("12|12|RUNNING|None|0|vm|clearml_task_t\n13|13|PENDING|None|0||other\n")],
         sacct=[res("9|9|COMPLETED|0:0|None|vm|clearml_task_t\n")],
     )
@@ -274,7 +237,7 @@ def test_rate_limiter_bounds_commands() -> None:
         now[0] += d
 
     bucket = TokenBucket(6, burst=1, clock=lambda: now[0], sleep=sleep)
-    fake = FakeSlurm(squeue=lambda argv: res(""), sacct=lambda argv: res(""))
+    fake = FakeCommands(squeue=lambda argv: res(""), sacct=lambda argv: res(""))
     s = sched(fake, rate_limiter=bucket)
     for _ in range(5):
         s.status(["1"])
@@ -307,7 +270,7 @@ def test_sacct_failure_keeps_last_known_state(caplog: pytest.LogCaptureFixture) 
         res(stderr="sacct: error: Problem talking to the database: Connection refused\n", rc=1),
         res("8|8|COMPLETED|0:0|None|vm|a\n"),
     ]
-    s = sched(FakeSlurm(squeue=squeue, sacct=sacct))
+    s = sched(FakeCommands(squeue=squeue, sacct=sacct))
     assert s.status(["8"])["8"].state is JobState.RUNNING
     st = s.status(["8"])["8"]
     assert (st.state, st.source) == (JobState.RUNNING, "cache")
