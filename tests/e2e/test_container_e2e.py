@@ -16,7 +16,6 @@ kept out of every process's argv, and an abort that leaves no process behind.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import helpers as h
 import psutil
 import pytest
 from filelock import FileLock
@@ -415,23 +415,13 @@ def test_mode_inside_executor_runs_in_the_image(
     executor sees APPTAINER_CONTAINER, runs the task directly (no nested container) and
     reports logs and the final status from inside (shared network and PIDs)."""
     server = embedded_server
-    conf = tmp_path / "clearml.conf"
-    conf.write_text(
-        json.dumps(
-            {
-                "api": {
-                    "api_server": server.url,
-                    "credentials": {
-                        "access_key": server.access_key,
-                        "secret_key": server.secret_key,
-                    },
-                },
-                "agent": {
-                    "venvs_dir": str(tmp_path / "builds"),
-                    "venvs_cache": {"path": str(tmp_path / "venvs"), "free_space_threshold_gb": 0},
-                },
-            }
-        )
+    conf = h.write_server_conf(
+        tmp_path / "clearml.conf",
+        server,
+        agent={
+            "venvs_dir": str(tmp_path / "builds"),
+            "venvs_cache": {"path": str(tmp_path / "venvs"), "free_space_threshold_gb": 0},
+        },
     )
     script = 'import os\nprint("inside container", os.environ.get("APPTAINER_CONTAINER"))\n'
     task_id = str(
@@ -444,7 +434,7 @@ def test_mode_inside_executor_runs_in_the_image(
             },
         )["id"]
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    env = h.clean_env()
     env.update(CLEARML_CONFIG_FILE=str(conf), PYTHONPATH=str(REPO))
     binds = [str(REPO)]
     if not Path(sys.prefix).is_relative_to(REPO):  # hpcagent's venv lives elsewhere

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import helpers as h
 import psutil
 import pytest
 from test_container_e2e import bwrap, docker_image, rootfs  # noqa: F401 - fixtures
@@ -59,11 +60,7 @@ print("task done", flush=True)
 
 def _conf(path: Path, server: Any, tmp: Path) -> Path:
     conf = {
-        "api": {
-            "api_server": server.url,
-            "credentials": {"access_key": server.access_key, "secret_key": server.secret_key},
-            "http": {"retries": 2, "timeout_sec": 10},
-        },
+        "api": h.api_section(server, http={"retries": 2, "timeout_sec": 10}),
         "agent": {
             "venvs_dir": str(tmp / "builds"),
             "venvs_cache": {"path": str(tmp / "venv-cache"), "free_space_threshold_gb": 0},

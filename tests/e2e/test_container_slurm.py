@@ -8,12 +8,12 @@ so the executor runs on the node inside the step and drives the container.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import helpers as h
 import pytest
 from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 from test_container_submitter import (  # noqa: F401 - helpers and the world fixture
@@ -39,23 +39,12 @@ srun singularity exec --writable-tmpfs ${CLEARML_AGENT_EXECUTE}
 """
 
 
-def _slurm_ready() -> str:
-    if shutil.which("sbatch") is None:
-        return "sbatch not installed (tests/slurm/cluster.sh up installs the one-host Slurm)"
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0 or not res.stdout.strip():
-        return f"Slurm not answering (run tests/slurm/cluster.sh up): {res.stderr.strip()[:200]}"
-    return ""
-
-
 def test_srun_singularity_exec_under_sbatch(
     world: dict[str, Any],  # noqa: F811
     rootfs: Path,  # noqa: F811
     bwrap: str,  # noqa: F811
 ) -> None:
-    why = _slurm_ready()
-    if why:
-        pytest.skip(why)
+    h.require_slurm()
     server = world["server"]
     world["template"].write_text(SRUN_TEMPLATE)
     task_id = _task(server, str(rootfs))

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers as h
 import pytest
 from test_container_e2e import CACHE, _apt_install, bwrap, import_image, make_rootfs  # noqa: F401
 
@@ -127,10 +128,7 @@ def private_repo(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def _conf(tmp_path: Path, server: Any, dotssh: Path) -> Path:
     conf = {
-        "api": {
-            "api_server": server.url,
-            "credentials": {"access_key": server.access_key, "secret_key": server.secret_key},
-        },
+        "api": h.api_section(server),
         "agent": {
             "venvs_dir": str(tmp_path / "builds"),
             "venvs_cache": {"path": str(tmp_path / "venv-cache"), "free_space_threshold_gb": 0},

@@ -11,7 +11,6 @@ pre-pull (``agent.container.pull_on_submit``): one pull, the job uses the cached
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import helpers as h
 import pytest
 from test_container_e2e import bwrap, rootfs  # noqa: F401 - fixtures
 
@@ -51,26 +51,16 @@ print("inside container", os.environ.get("APPTAINER_CONTAINER", "none"), flush=T
 @pytest.fixture
 def world(tmp_path: Path, embedded_server: Any, rootfs: Path) -> dict[str, Any]:  # noqa: F811
     server = embedded_server
-    conf = tmp_path / "clearml.conf"
-    conf.write_text(
-        json.dumps(
-            {
-                "api": {
-                    "api_server": server.url,
-                    "credentials": {
-                        "access_key": server.access_key,
-                        "secret_key": server.secret_key,
-                    },
-                },
-                "agent": {
-                    "venvs_dir": str(tmp_path / "builds"),
-                    "venvs_cache": {"path": str(tmp_path / "venvs"), "free_space_threshold_gb": 0},
-                    "abort_poll_interval_sec": 0.5,
-                    "container": {"binary": str(STANDIN), "cache_dir": str(tmp_path / "images")},
-                },
-                "slurm": {"state_dir": str(tmp_path / "state"), "poll_interval_sec": 0.5},
-            }
-        )
+    conf = h.write_server_conf(
+        tmp_path / "clearml.conf",
+        server,
+        agent={
+            "venvs_dir": str(tmp_path / "builds"),
+            "venvs_cache": {"path": str(tmp_path / "venvs"), "free_space_threshold_gb": 0},
+            "abort_poll_interval_sec": 0.5,
+            "container": {"binary": str(STANDIN), "cache_dir": str(tmp_path / "images")},
+        },
+        slurm={"state_dir": str(tmp_path / "state"), "poll_interval_sec": 0.5},
     )
     template = tmp_path / "seed-singularity.template"
     template.write_text(SEED_TEMPLATE)
@@ -80,7 +70,7 @@ def world(tmp_path: Path, embedded_server: Any, rootfs: Path) -> dict[str, Any]:
     registry = tmp_path / "registry"
     registry.mkdir()
     (registry / "lab_py_3.11").symlink_to(rootfs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    env = h.clean_env()
     env.update(
         PATH=f"{site_bin}:{env['PATH']}",
         PYTHONPATH=str(REPO),
