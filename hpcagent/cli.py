@@ -3,21 +3,29 @@
 This is the only module that exits the process. Commands live in ``hpcagent.commands.*`` and
 raise :class:`~hpcagent.errors.HpcAgentError` subclasses; :func:`run` turns those into one
 clear line on stderr and the error's exit code (see ``hpcagent.errors``).
+
+click is imported on first use (``main_group`` is built then): the command a Slurm job runs,
+``<python> -m hpcagent execute --id TASK``, is read by :func:`job_execute_args` and run
+without it (click and what it imports cost that short-lived process ~0.01-0.02 s of CPU).
+Anything else on the command line goes through click.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from hpcagent import __version__
 from hpcagent.errors import HpcAgentError
+
+if TYPE_CHECKING:
+    import click
 
 #: (name, module, attribute) of each command of the ``hpcagent`` group, imported only when that
 #: command runs (or ``--help`` lists them), so that ``hpcagent task list`` does not pay for the
@@ -42,6 +50,7 @@ SLURM_COMMAND = ("hpcagent.commands.slurm", "slurm_cmd")
 
 
 def _setup_logging(debug: bool) -> None:
+    debug = debug or os.environ.get("CLEARML_SLURM_GLUE_DEBUG") == "1"
     level = logging.DEBUG if debug else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -77,51 +86,121 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
-class _MainGroup(click.Group):
-    """The ``hpcagent`` group: global options anywhere, sub-commands imported on first use."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_global_options(list(args)))
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({name for name, _, _ in COMMANDS} | set(self.commands))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            _register(self, [(n, m, a) for n, m, a in COMMANDS if n == cmd_name])
-        return self.commands.get(cmd_name)
+#: What :func:`job_execute_args` reads: flags and options with a value, by the parameter
+#: names of the click group and command they mirror; the group's own come before ``execute``.
+JOB_FLAGS = {
+    "--debug": "debug",
+    "--force": "force",
+    "--clone": "clone",
+    "--disable-monitoring": "disable_monitoring",
+}
+JOB_VALUES = {"--config-file": "config_file", "--id": "task_id"}
+_GROUP_OPTIONS = frozenset(GLOBAL_FLAGS + GLOBAL_OPTIONS)
 
 
-@click.group(
-    cls=_MainGroup,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.version_option(__version__, prog_name="hpcagent")
-@click.option(
-    "--config-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="clearml.conf-style HOCON file (default: $CLEARML_CONFIG_FILE, else ~/clearml.conf).",
-)
-@click.option("--debug", is_flag=True, help="Verbose logging.")
-@click.pass_context
-def main_group(ctx: click.Context, config_file: str | None, debug: bool) -> None:
-    """hpcagent: run ClearML-style queued ML tasks on Slurm clusters.
+def job_execute_args(args: Sequence[str]) -> dict[str, Any] | None:
+    """A job's ``[--config-file F] [--debug] execute --id TASK [--force] [--clone]
+    [--disable-monitoring]`` (the group's options also after the sub-command, ``--opt=value``
+    forms, each option at most once) as the keyword arguments of ``execute_task`` plus
+    ``debug``; None for any other command line, which click then reads (help, usage errors,
+    the other options, a value that starts with ``-``, a directory as ``--config-file``).
+    tests/unit/test_cli_errors.py checks that click reads the same from what this accepts."""
+    words = hoist_global_options(list(args))
+    if "execute" not in words:
+        return None
+    cut = words.index("execute")
+    out: dict[str, Any] = {"config_file": None, "task_id": None}
+    out.update(dict.fromkeys(JOB_FLAGS.values(), False))
+    seen: set[str] = set()
+    i = 0
+    while i < len(words):
+        if i == cut:
+            i += 1
+            continue
+        name, eq, value = words[i].partition("=")
+        if name in seen or (name in _GROUP_OPTIONS) != (i < cut):
+            return None
+        if name in JOB_FLAGS and not eq:
+            out[JOB_FLAGS[name]] = True
+        elif name in JOB_VALUES:
+            if not eq:
+                i += 1
+                if i >= len(words) or i == cut:
+                    return None
+                value = words[i]
+            if not value or value.startswith("-"):
+                return None
+            out[JOB_VALUES[name]] = value
+        else:
+            return None
+        seen.add(name)
+        i += 1
+    if out["task_id"] is None or (out["config_file"] and os.path.isdir(out["config_file"])):
+        return None
+    return out
 
-    \b
-    Typical use:
-      hpcagent server                      # embedded ClearML-compatible server
-      hpcagent task create ... ; hpcagent task enqueue ID --queue default
-      hpcagent-slurm --template-files t.sbatch --queue default
-      hpcagent execute --id TASK           # inside a Slurm job (rendered by hpcagent-slurm)
-    """
-    _setup_logging(debug or os.environ.get("CLEARML_SLURM_GLUE_DEBUG") == "1")
-    ctx.ensure_object(dict)
-    ctx.obj["config_file"] = config_file
-    ctx.obj["debug"] = debug
+
+@functools.cache
+def _main_group() -> click.Group:
+    """The ``hpcagent`` click group (click imported here, on first use)."""
+    import click
+
+    class _MainGroup(click.Group):
+        """The ``hpcagent`` group: global options anywhere, sub-commands imported on first
+        use."""
+
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, hoist_global_options(list(args)))
+
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted({name for name, _, _ in COMMANDS} | set(self.commands))
+
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            if cmd_name not in self.commands:
+                _register(self, [(n, m, a) for n, m, a in COMMANDS if n == cmd_name])
+            return self.commands.get(cmd_name)
+
+    @click.group(
+        cls=_MainGroup,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
+    @click.version_option(__version__, prog_name="hpcagent")
+    @click.option(
+        "--config-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="clearml.conf-style HOCON file (default: $CLEARML_CONFIG_FILE, else ~/clearml.conf).",
+    )
+    @click.option("--debug", is_flag=True, help="Verbose logging.")
+    @click.pass_context
+    def main_group(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+        """hpcagent: run ClearML-style queued ML tasks on Slurm clusters.
+
+        \b
+        Typical use:
+          hpcagent server                      # embedded ClearML-compatible server
+          hpcagent task create ... ; hpcagent task enqueue ID --queue default
+          hpcagent-slurm --template-files t.sbatch --queue default
+          hpcagent execute --id TASK           # inside a Slurm job (rendered by hpcagent-slurm)
+        """
+        _setup_logging(debug)
+        ctx.ensure_object(dict)
+        ctx.obj["config_file"] = config_file
+        ctx.obj["debug"] = debug
+
+    return main_group
+
+
+def __getattr__(name: str) -> Any:
+    """``main_group``: the ``hpcagent`` click group, built on first use."""
+    if name == "main_group":
+        return _main_group()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _register(group: click.Group, entries: Sequence[tuple[str, str, str]]) -> None:
+    import click
+
     for name, module_name, attr in entries:
         try:
             module = importlib.import_module(module_name)
@@ -136,6 +215,8 @@ def _register(group: click.Group, entries: Sequence[tuple[str, str, str]]) -> No
 
 def _fail(message: str, code: int, kind: str, as_json: bool) -> int:
     """Print one error line on stderr (JSON with ``--json``) and return ``code``."""
+    import click
+
     if as_json:
         doc = {"error": {"message": message, "exit_code": code, "kind": kind}}
         click.echo(json.dumps(doc, sort_keys=True), err=True)
@@ -146,6 +227,8 @@ def _fail(message: str, code: int, kind: str, as_json: bool) -> int:
 
 def _usage_hint(exc: click.ClickException) -> str:
     """Click's usage error as one line, pointing at the command's --help."""
+    import click
+
     message = exc.format_message()
     ctx = getattr(exc, "ctx", None)
     if isinstance(ctx, click.Context):
@@ -163,11 +246,14 @@ def run(
     ``{"error": {"message", "exit_code", "kind"}}`` on stderr instead. ``prog_name`` names the
     program in messages (default: ``hpcagent`` for the main group, else the command's name).
     """
+    import click
+
     argv = list(args) if args is not None else sys.argv[1:]
     as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     try:
         if prog_name is None:
-            prog_name = "hpcagent" if command is main_group else getattr(command, "name", None)
+            named = command is _main_group()
+            prog_name = "hpcagent" if named else getattr(command, "name", None)
         rv = command.main(args=argv, prog_name=prog_name, standalone_mode=False)  # type: ignore[attr-defined]
     except HpcAgentError as exc:
         return _fail(str(exc), exc.exit_code, type(exc).__name__, as_json)
@@ -186,9 +272,26 @@ def run(
     return rv if isinstance(rv, int) else 0  # ctx.exit(n) in non-standalone mode returns n
 
 
+def run_job(job: dict[str, Any]) -> int:
+    """Run what :func:`job_execute_args` read, as the click command would (the same logging
+    set-up, errors reported as :func:`run` reports them)."""
+    job = dict(job)
+    _setup_logging(job.pop("debug"))
+    try:
+        from hpcagent.executor.launch import execute_task
+
+        return execute_task(job.pop("task_id"), **job)
+    except HpcAgentError as exc:
+        return _fail(str(exc), exc.exit_code, type(exc).__name__, False)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Console script ``hpcagent``."""
-    sys.exit(run(main_group, args))
+    """Console script ``hpcagent`` (and ``python -m hpcagent``)."""
+    argv = list(args) if args is not None else sys.argv[1:]
+    job = job_execute_args(argv)
+    sys.exit(run_job(job) if job is not None else run(_main_group(), argv))
 
 
 def slurm_main(args: Sequence[str] | None = None) -> None:

@@ -1,18 +1,18 @@
-"""``hpcagent execute --id TASK``: run one task here (inside a Slurm job or by hand)."""
+"""``hpcagent execute --id TASK``: run one task here (inside a Slurm job or by hand).
+
+The options are read here; a job's plain ``execute --id TASK [--force] [--clone]
+[--disable-monitoring]`` is read by ``hpcagent.cli.job_execute_args`` without importing click
+(the same options; tests/unit/test_cli_errors.py compares both readings). Both run
+:func:`hpcagent.executor.launch.execute_task`.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from hpcagent.api import ApiClient
-from hpcagent.config import load_settings
-from hpcagent.executor.main import Executor
-from hpcagent.executor.options import ExecuteOptions, ExecutorConfig
-from hpcagent.executor.task_info import worker_id
-from hpcagent.scheduler import registry
+from hpcagent.executor.launch import execute_task
 
 
 @click.command("execute")
@@ -86,38 +86,14 @@ def execute_cmd(
     the usual CLEARML_API_*.
     """
     obj = ctx.find_object(dict) or {}
-    settings = load_settings(config_file=obj.get("config_file"), cli_overrides={})
-    cfg = ExecutorConfig.from_settings(settings)
-    wid = worker_id(os.environ, cfg.worker_id, registry.job_identity(os.environ))
-    client = ApiClient.from_settings(settings, worker=wid)
-    # Background threads (logs, abort poll, metrics) fail fast so they can spool and retry;
-    # they use the session token of the first client (one login per run, not two).
-    bg_client = ApiClient.from_settings(
-        settings, worker=wid, retries=1, timeout_s=15.0, token=client.session_token()
-    )
-    opts = ExecuteOptions(
-        task_id=task_id,
-        worker_id=wid,
+    code = execute_task(
+        task_id,
+        config_file=obj.get("config_file"),
         force=force,
         clone=clone,
         log_file=log_file,
         disable_monitoring=disable_monitoring,
         container=container,
         docker=docker,
-        container_settings=settings.container,
     )
-    executor = Executor(cfg, client, opts, bg_client=bg_client)
-    try:
-        code = executor.run()
-    finally:
-        client.close()
-        bg_client.close()
-    if executor.abort is not None and settings.slurm.cancel_job_on_abort:
-        # The task is stopped and reported: end the job as cancelled, not completed.
-        from hpcagent.errors import SchedulerError
-
-        try:
-            registry.cancel_own_job()
-        except SchedulerError as exc:
-            click.echo(f"hpcagent: could not cancel this job after the abort: {exc}", err=True)
     ctx.exit(code)

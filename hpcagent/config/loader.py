@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +105,16 @@ def _canonical(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def cache_root(env: Mapping[str, str]) -> Path:
+    """hpcagent's per-user cache folder: ``$XDG_CACHE_HOME/hpcagent``, else
+    ``~/.cache/hpcagent`` (what a short-lived process keeps instead of computing it again)."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or Path.home(), ".cache")
+    return Path(base) / "hpcagent"
+
+
 def parse_cache_dir(env: Mapping[str, str]) -> Path:
     """Where parsed configuration files are kept (:func:`parse_hocon`)."""
-    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or Path.home(), ".cache")
-    return Path(base) / "hpcagent" / "config"
+    return cache_root(env) / "config"
 
 
 #: A line that makes a parse depend on more than the text: a substitution (``${...}`` reads the
@@ -150,14 +155,27 @@ def parse_hocon(text: str, name: str, env: Mapping[str, str] | None = None) -> d
 
     flat = flatten(ConfigFactory.parse_string(text))
     if cacheable:
-        with contextlib.suppress(OSError, TypeError, ValueError):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _prune(folder)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")  # created 0600
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"sha256": digest, "values": flat}, fh)
-            os.replace(tmp, entry)
+        write_cache_entry(entry, {"sha256": digest, "values": flat})
     return flat
+
+
+def write_cache_entry(entry: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` as JSON to ``entry`` in one of hpcagent's cache folders: the folder 0700,
+    the file 0600, replaced atomically; entries older than :data:`CACHE_MAX_AGE_S` in the same
+    folder are removed first. A failure leaves the cache as it was (it is only a cache)."""
+    folder = entry.parent
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _prune(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")  # created 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+            os.replace(tmp, entry)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _prune(folder: Path) -> None:
@@ -170,7 +188,7 @@ def _prune(folder: Path) -> None:
 
 def packaged_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The flattened packaged defaults (hpcagent/config/defaults.conf)."""
-    source = resources.files("hpcagent.config").joinpath("defaults.conf")
+    source = Path(__file__).with_name("defaults.conf")  # package data, installed beside it
     return parse_hocon(source.read_text("utf-8"), f"package:{source}", env)
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from spython.utils import split_uri
-
 from hpcagent.errors import ContainerError
 
 #: Sources that must be pulled to a SIF before they can run.
@@ -38,6 +36,8 @@ class ImageRef:
         text = image.strip()
         if not text:
             raise ContainerError("no container image given")
+        from spython.utils import split_uri  # not loaded by a run without a container
+
         scheme, name = split_uri(text)
         if scheme == "file":
             return cls("", name)

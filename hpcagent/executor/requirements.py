@@ -24,11 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 Logger = Callable[[str], None]
 
 _PYTHON_HEADER = re.compile(r"^#\s*Python\s+(?P<version>\d+\.\d+)(?:\.\d+)?\b")
@@ -104,16 +99,26 @@ def _lock_line(package: dict[str, Any], root: Path) -> str | None:
     return line
 
 
+def _toml(text: str) -> dict[str, Any]:
+    """Parsed TOML (tomllib, imported here: a task without these files never needs it)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    data: dict[str, Any] = tomllib.loads(text)
+    return data
+
+
 def poetry_lock_lines(lock: Path) -> list[str]:
     """The main-group packages of a ``poetry.lock`` (Poetry 1 and 2 formats), pinned."""
-    data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    data = _toml(lock.read_text(encoding="utf-8"))
     lines = [_lock_line(p, lock.parent) for p in data.get("package") or []]
     return [line for line in lines if line]
 
 
 def pyproject_lines(pyproject: Path) -> list[str]:
     """PEP 621 ``[project] dependencies`` (Poetry's own ``[tool.poetry]`` needs its lock)."""
-    data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    data = _toml(pyproject.read_text(encoding="utf-8"))
     return [str(d) for d in (data.get("project") or {}).get("dependencies") or []]
 
 

@@ -35,7 +35,6 @@ import re
 import shlex
 import shutil
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -165,6 +164,8 @@ def parse_qstat_xml(xml_text: str) -> list[GeRow]:
     """``qstat -xml``: running jobs under ``queue_info``, pending ones under ``job_info``."""
     if not xml_text.strip():
         return []
+    import xml.etree.ElementTree as ET  # here: the executor loads this module, never parses
+
     root = ET.fromstring(xml_text)  # noqa: S314 - qstat's own output, not user input
     rows: list[GeRow] = []
     for job in root.iter("job_list"):
@@ -360,9 +361,11 @@ class GridEngineScheduler(CommandScheduler):
             if is_transient(res.stderr):
                 raise TransientSchedulerError(f"qstat: {err}", stderr=res.stderr)
             raise SchedulerError(f"qstat failed: {err}", stderr=res.stderr)
+        from xml.etree.ElementTree import ParseError
+
         try:
             return parse_qstat_xml(res.stdout)
-        except ET.ParseError as exc:
+        except ParseError as exc:
             raise SchedulerError(f"qstat printed no XML: {exc}", stderr=res.stderr) from exc
 
     def _qacct(self, job: str) -> list[GeRow]:

@@ -5,19 +5,87 @@ distribution adds a backend by declaring its own entry point there, pointing at 
 :class:`~hpcagent.scheduler.base.Scheduler` subclass whose ``name`` is the entry point's name.
 Nothing else in hpcagent names a backend: ``hpcagent-slurm --scheduler`` offers
 :func:`names`, ``auto`` is :func:`choose`, and the executor asks :func:`job_identity`.
+
+Reading entry points (``importlib.metadata``: ~15 ms of CPU to import, then every
+distribution's metadata) is a noticeable part of a short ``hpcagent execute``, which asks
+for its job identity in every job: the group's ``(name, value)`` pairs are kept in a per-user
+cache (:func:`entry_point_pairs`), valid while every ``entry_points.txt`` on ``sys.path``
+keeps its path, size and modification time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import importlib
+import json
 import os
+import sys
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 
+from hpcagent.config.loader import cache_root, write_cache_entry
 from hpcagent.errors import ConfigError, UsageError
 from hpcagent.scheduler.base import JobIdentity, Scheduler
 
 GROUP = "hpcagent.schedulers"
+
+
+def _metadata_key() -> str:
+    """A digest of what ``importlib.metadata`` would read entry points from: each
+    ``*.dist-info``/``*.egg-info`` ``entry_points.txt`` in the ``sys.path`` folders (path, size,
+    mtime), the zip files on ``sys.path``, and the interpreter. Installing, removing or
+    upgrading a distribution changes it."""
+    seen: list[str] = [sys.version, sys.prefix, GROUP]
+    for entry in sys.path:
+        try:
+            listing = os.scandir(entry or ".")
+        except NotADirectoryError:  # a zip on sys.path
+            with contextlib.suppress(OSError):
+                st = os.stat(entry)
+                seen.append(f"{entry}\0{st.st_size}\0{st.st_mtime_ns}")
+            continue
+        except OSError:
+            continue
+        with listing:
+            for item in listing:
+                if not item.name.endswith((".dist-info", ".egg-info")):
+                    continue
+                path = os.path.join(item.path, "entry_points.txt")
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    seen.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(seen).encode()).hexdigest()
+
+
+def entry_point_pairs(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The ``(name, value)`` of every entry point in :data:`GROUP`, as ``importlib.metadata``
+    lists them, through the per-user cache (``<cache_root>/entry-points/``, one file per
+    interpreter prefix, :func:`hpcagent.config.loader.write_cache_entry`). Any failure to read
+    the cache falls back to ``importlib.metadata``."""
+    environ = os.environ if env is None else env
+    name = hashlib.sha256(sys.prefix.encode()).hexdigest()[:32] + ".json"
+    entry = cache_root(environ) / "entry-points" / name
+    key = _metadata_key()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(entry.read_text("utf-8"))
+        if doc["key"] == key:
+            return [(str(name), str(value)) for name, value in doc["pairs"]]
+    from importlib.metadata import entry_points
+
+    pairs = [(ep.name, ep.value) for ep in entry_points(group=GROUP)]
+    write_cache_entry(entry, {"key": key, "pairs": pairs})
+    return pairs
+
+
+def load_entry_point(value: str) -> object:
+    """What ``importlib.metadata.EntryPoint(value=value).load()`` returns: ``module`` or
+    ``module:attr.path`` (extras in brackets ignored)."""
+    module, _, attrs = value.split("[", 1)[0].partition(":")
+    obj: object = importlib.import_module(module.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        obj = getattr(obj, attr)
+    return obj
 
 
 @functools.cache
@@ -28,11 +96,11 @@ def backends() -> dict[str, type[Scheduler]]:
     than its entry points: reinstall it) or an entry point is not a Scheduler of that name.
     """
     found: dict[str, type[Scheduler]] = {}
-    for ep in entry_points(group=GROUP):
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Scheduler)) or cls.name != ep.name:
-            raise ConfigError(f"entry point {GROUP}:{ep.name} = {ep.value} is not its Scheduler")
-        found[ep.name] = cls
+    for name, value in entry_point_pairs():
+        cls = load_entry_point(value)
+        if not (isinstance(cls, type) and issubclass(cls, Scheduler)) or cls.name != name:
+            raise ConfigError(f"entry point {GROUP}:{name} = {value} is not its Scheduler")
+        found[name] = cls
     if not found:
         raise ConfigError(
             f"no scheduler backends registered (entry points {GROUP}); "

@@ -115,3 +115,98 @@ def test_plain_read_timeout_is_sent_and_classified() -> None:
                 "post", f"http://127.0.0.1:{port}/x", data=b"", headers={}, timeout=(2.0, 0.3)
             )
     assert classify(info.value, (2.0, 0.3)) == ("no answer within 0.3 s", False, True)
+
+
+def _canned(answers: list[bytes]) -> tuple[int, list[bytes]]:
+    """A server that reads one request per connection, sends the next canned answer and
+    closes; returns its port and the requests it got."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    got: list[bytes] = []
+
+    def serve() -> None:
+        with listener:
+            for answer in answers:
+                conn, _ = listener.accept()
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    got.append(data)
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1]), got
+
+
+def test_plain_reads_the_body_forms_a_server_may_send() -> None:
+    answers = [
+        # chunked, with a chunk extension and a trailer field
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b'4;ext=1\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\n',
+        # no length: the body ends at the close (HTTP/1.0)
+        b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"b": 2}',
+        # an interim 100 Continue, then the answer; Connection: close
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nConnection: close\r\n"
+        b"Retry-After: 2\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n"
+        b'Content-Length: 8\r\n\r\n{"c": 3}',
+    ]
+    port, got = _canned(answers)
+    transport = PlainHttp("127.0.0.1", port, {"Authorization": "Bearer t"})
+    url = f"http://127.0.0.1:{port}/v2.31/tasks.get_all?x=1"
+    first = transport.request("post", url, data=b'{"q": 1}', headers={"X-W": "w"}, timeout=TIMEOUT)
+    assert (first.status_code, first.json(), first.headers["x-a"]) == (200, {"a": 1}, "1")
+    assert len(transport._idle) == 1  # kept; the server closed it silently: noticed on reuse
+    second = transport.request("post", url, data=b"", headers={}, timeout=TIMEOUT)
+    assert (second.status_code, second.json()) == (200, {"b": 2})
+    third = transport.request("post", url, data=b"", headers={}, timeout=TIMEOUT)
+    assert (third.status_code, third.json(), third.headers.get("RETRY-AFTER")) == (
+        503,
+        {"c": 3},
+        "2",
+    )
+    assert third.headers.get("set-cookie") == "a=1, b=2"
+    assert "Set-Cookie" in third.headers
+    assert "X-None" not in third.headers
+    assert transport._idle == []
+    request = got[0].decode("latin-1")
+    assert request.startswith("POST /v2.31/tasks.get_all?x=1 HTTP/1.1\r\n")
+    for field in (f"Host: 127.0.0.1:{port}", "Content-Length: 8", "Authorization: Bearer t",
+                  "X-W: w", "Accept-Encoding: identity"):  # fmt: skip
+        assert f"\r\n{field}\r\n" in request
+    assert request.endswith('\r\n\r\n{"q": 1}')
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"",  # closed without an answer
+        b"SSH-2.0-OpenSSH\r\n\r\n",  # no HTTP at all
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",  # ended early
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # bad chunk size
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    ],
+)
+def test_plain_refuses_what_is_no_complete_answer(answer: bytes) -> None:
+    port, _ = _canned([answer])
+    transport = PlainHttp("127.0.0.1", port, {})
+    with pytest.raises(OSError, match="failed") as info:
+        transport.request(
+            "post", f"http://127.0.0.1:{port}/x", data=b"", headers={}, timeout=TIMEOUT
+        )
+    assert classify(info.value, TIMEOUT) == ("connection failed", False, False)
+    assert transport._idle == []
+
+
+def test_plain_refuses_header_fields_that_would_split_the_request() -> None:
+    transport = PlainHttp("127.0.0.1", _closed_port(), {})
+    for bad in ({"X-W": "a\r\nX-Evil: 1"}, {"X Evil": "1"}, {"X-Evil:": "1"}):
+        with pytest.raises(ValueError, match="invalid header field"):
+            transport.request("post", "http://127.0.0.1/x", data=b"", headers=bad, timeout=TIMEOUT)
+    with pytest.raises(ValueError, match="invalid request path"):
+        transport.request("post", "http://127.0.0.1/x y", data=b"", headers={}, timeout=TIMEOUT)

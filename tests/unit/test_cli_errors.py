@@ -309,3 +309,90 @@ def test_help_lists_the_lazily_loaded_commands(bare: Any) -> None:
     assert rc == 0
     listed = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()}
     assert listed == {name for name, _, _ in COMMANDS}
+
+
+def _click_reads(argv: list[str]) -> dict[str, Any]:
+    """What click makes of ``hpcagent ARGV`` for the group and the execute command."""
+    import warnings
+
+    import click
+
+    from hpcagent.cli import JOB_FLAGS, JOB_VALUES
+
+    ctx = main_group.make_context("hpcagent", list(argv))
+    with warnings.catch_warnings():  # protected_args: deprecated in click 8.2, the only way in 8.1
+        warnings.simplefilter("ignore", DeprecationWarning)
+        words = [*ctx.protected_args, *ctx.args]
+    _, command, rest = main_group.resolve_command(ctx, words)
+    assert isinstance(command, click.Command)
+    sub = command.make_context("execute", rest, parent=ctx)
+    params = {**ctx.params, **sub.params}
+    return {key: params[key] for key in {*JOB_FLAGS.values(), *JOB_VALUES.values()}}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["execute", "--id", "t1"],
+        ["execute", "--id=t 1 ü"],
+        ["--debug", "execute", "--force", "--id", "t1", "--clone", "--disable-monitoring"],
+        ["execute", "--id", "t1", "--config-file", "c.conf"],
+        ["--config-file=c.conf", "execute", "--disable-monitoring", "--id=t1", "--debug"],
+    ],
+)
+def test_a_jobs_execute_line_is_read_without_click_as_click_reads_it(argv: list[str]) -> None:
+    from hpcagent.cli import job_execute_args
+
+    assert job_execute_args(argv) == _click_reads(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["execute"],  # click: --id is required
+        ["execute", "--id"],
+        ["execute", "--id", ""],
+        ["execute", "--id", "--force"],  # click would take "--force" as the id
+        ["execute", "--id", "a", "--id", "b"],
+        ["execute", "--id", "t1", "--force=1"],
+        ["execute", "--id", "t1", "--help"],
+        ["--help", "execute", "--id", "t1"],
+        ["execute", "--id", "t1", "--docker"],
+        ["execute", "--id", "t1", "--container", "img.sif"],
+        ["execute", "--id", "t1", "--log-file", "x.log"],
+        ["execute", "--id", "t1", "--json"],
+        ["execute", "--id", "t1", "extra"],
+        ["execute", "--id", "t1", "--config-file", "."],  # a directory: click's usage error
+        ["--config-file", "execute", "execute", "--id", "t1"],
+        ["task", "list"],
+        ["--version"],
+        [],
+    ],
+)
+def test_any_other_command_line_goes_to_click(argv: list[str]) -> None:
+    from hpcagent.cli import job_execute_args
+
+    assert job_execute_args(argv) is None
+
+
+def test_a_jobs_execute_fails_alike_with_and_without_click(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(f'api {{ api_server: "http://127.0.0.1:{closed_port()}" }}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    env.update(HOME=str(tmp_path), CLEARML_CONFIG_FILE=str(conf))
+    fast = subprocess.run(
+        [sys.executable, "-c", "from hpcagent.cli import main; main()", "execute", "--id", "t1"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    slow = subprocess.run(
+        [sys.executable, "-c", "import sys; from hpcagent.cli import run, main_group\n"
+         "sys.exit(run(main_group, sys.argv[1:]))", "execute", "--id", "t1"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert fast.returncode == slow.returncode == 3, (fast.stderr, slow.stderr)  # ConfigError
+    assert fast.stderr == slow.stderr
+    assert fast.stderr.startswith("error: no credentials for http://127.0.0.1:")

@@ -3,7 +3,9 @@ picks the available one with the highest priority; an unknown name is a usage er
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import tomllib
 
 from hpcagent.errors import UsageError
 from hpcagent.scheduler import registry
-from hpcagent.scheduler.base import Scheduler
+from hpcagent.scheduler.base import JobIdentity, Scheduler
 from hpcagent.scheduler.gridengine import GridEngineScheduler
 from hpcagent.scheduler.local import LocalScheduler
 from hpcagent.scheduler.slurm import SlurmScheduler
@@ -80,3 +82,50 @@ def test_unknown_name_is_a_usage_error_listing_the_backends(tmp_path: Path) -> N
     )  # fmt: skip
     assert res.returncode == 2, res.stderr
     assert "unknown scheduler 'pbs'; registered: slurm, gridengine, local" in res.stderr
+
+
+def test_entry_points_come_from_a_cache_until_a_distribution_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"HOME": str(tmp_path / "home")}
+    first = registry.entry_point_pairs(env)
+    assert dict(first) == {
+        name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in registry.backends().items()
+    }
+    (entry,) = (tmp_path / "home" / ".cache" / "hpcagent" / "entry-points").iterdir()
+    assert stat.S_IMODE(entry.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    doc = json.loads(entry.read_text())
+    doc["pairs"].append(["marker", "from.the:cache"])  # a hit returns what the cache holds
+    entry.write_text(json.dumps(doc))
+    assert ("marker", "from.the:cache") in registry.entry_point_pairs(env)
+
+    # A distribution installed on sys.path declares another backend: the cache is stale.
+    site = tmp_path / "site"
+    dist = site / "pbs_backend-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pbs-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.GROUP}]\npbs = pbs_backend:Pbs\n")
+    monkeypatch.syspath_prepend(str(site))
+    pairs = registry.entry_point_pairs(env)
+    assert ("pbs", "pbs_backend:Pbs") in pairs
+    assert ("marker", "from.the:cache") not in pairs
+    # ... and its entry points rewritten in place (same folder) are noticed too
+    (dist / "entry_points.txt").write_text(f"[{registry.GROUP}]\npbs = pbs_backend:Pbs2\n")
+    os.utime(dist / "entry_points.txt", ns=(1, 1))
+    assert ("pbs", "pbs_backend:Pbs2") in registry.entry_point_pairs(env)
+    # an unwritable cache only costs the metadata read
+    assert registry.entry_point_pairs(
+        {"XDG_CACHE_HOME": "/proc/none"}
+    ) == registry.entry_point_pairs(env)
+
+
+def test_entry_point_values_load_as_importlib_metadata_loads_them() -> None:
+    assert registry.load_entry_point("hpcagent.scheduler.slurm:SlurmScheduler") is SlurmScheduler
+    assert registry.load_entry_point(" hpcagent.scheduler.local : LocalScheduler [x]") is (
+        LocalScheduler
+    )
+    assert registry.load_entry_point("hpcagent.scheduler.base:JobIdentity.__init__") is (
+        JobIdentity.__init__
+    )
+    assert registry.load_entry_point("hpcagent.scheduler") is sys.modules["hpcagent.scheduler"]

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -18,10 +19,24 @@ from hpcagent.config import load_settings
 from hpcagent.config.loader import parse_cache_dir, parse_hocon
 
 #: Never imported by ``hpcagent execute`` for a task without a container or a repository that
-#: ends quickly: the server, the UI's stack, HOCON parsing (on a cache hit), requests (plain
-#: http:// goes through http.client), PyJWT/cryptography,
-#: psutil/NVML (metrics start after a moment), the image cache's locks.
+#: ends quickly: click (a job's command line is read without it), the server, the UI's stack,
+#: HOCON parsing (on a cache hit), requests and http.client with email and ssl (plain http://
+#: is written on a socket), PyJWT/cryptography, psutil/NVML (metrics start after a moment), the
+#: image cache's locks, importlib.metadata (the scheduler entry points come from their cache),
+#: the Grid Engine XML parser, spython (container images), tomllib (pyproject/poetry
+#: requirements).
 NOT_FOR_EXECUTE = (
+    "click",
+    "http.client",
+    "email",
+    "ssl",
+    "importlib.metadata",
+    "importlib.resources",
+    "zipfile",
+    "xml",
+    "spython",
+    "tomllib",
+    "encodings.idna",
     "hpcagent.server",
     "starlette",
     "uvicorn",
@@ -63,9 +78,16 @@ def test_execute_imports_only_what_it_uses(tmp_path: Path) -> None:
     conf.write_text('api { api_server: "http://127.0.0.1:9", credentials { access_key: "k" } }\n')
     env = dict(os.environ, HOME=str(tmp_path), CLEARML_CONFIG_FILE=str(conf))
     env.pop("XDG_CACHE_HOME", None)
-    load = "from hpcagent.config import load_settings; load_settings()"
-    _modules_after(load, env)  # the first load fills the parse cache
-    code = f"import hpcagent.cli, hpcagent.commands.execute\n{load}"
+    load = (
+        "from hpcagent.config import load_settings; load_settings()\n"
+        "from hpcagent.scheduler import registry; registry.job_identity()\n"
+        "from hpcagent.api.transport import PlainHttp\n"
+        "try: PlainHttp('localhost', 9, {}).request("
+        "'post', 'http://localhost:9/x', data=b'', headers={}, timeout=(1, 1))\n"
+        "except OSError: pass"  # a host name resolved, a request tried
+    )
+    _modules_after(load, env)  # the first load fills the parse and entry point caches
+    code = f"import hpcagent.cli, hpcagent.executor.launch\n{load}"
     modules = _modules_after(code, env)
     assert "hpcagent.executor.main" in modules
     assert "hpcagent.api.client" in modules
@@ -136,3 +158,38 @@ def test_token_claims_read_without_pyjwt() -> None:
     listed = base64.urlsafe_b64encode(b"[1]").decode().rstrip("=")
     assert token_claims(f"h.{listed}.s") is None
     assert token_refresh_time("h.x.s", now=10.0) == 3610.0
+
+
+def test_a_jobs_execute_runs_a_task_without_click(tmp_path: Path, embedded_server: Any) -> None:
+    """``python -m hpcagent execute --id TASK`` (the rendered job command) runs the task, its
+    output and final status reported, with click never imported."""
+    from hpcagent.api import ApiClient
+
+    api = ApiClient(embedded_server.url, embedded_server.access_key, embedded_server.secret_key)
+    script = {"entry_point": "main.py", "binary": "python3", "diff": "print(6 * 7)\n"}
+    body = {"name": "no click", "type": "training", "script": script}
+    task_id = str(api.send("tasks.create", body)["id"])
+    conf = tmp_path / "clearml.conf"
+    keys = {"access_key": embedded_server.access_key, "secret_key": embedded_server.secret_key}
+    conf.write_text(json.dumps({"api": {"api_server": embedded_server.url, "credentials": keys}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "SLURM_"))}
+    env.update(HOME=str(tmp_path), CLEARML_CONFIG_FILE=str(conf))
+    probe = (
+        "import atexit, runpy, sys\n"
+        "def clicks(): print('CLICK', sorted(m for m in sys.modules if m.startswith('click')))\n"
+        "atexit.register(clicks)\n"
+        "sys.argv[0] = 'hpcagent'; runpy.run_module('hpcagent', run_name='__main__')"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe, "execute", "--id", task_id],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert "42" in lines
+    assert "CLICK []" in lines
+    got = api.send("tasks.get_by_id", {"task": task_id})["task"]
+    assert got["status"] == "completed"
+    log = api.send("events.get_task_log", {"task": task_id, "batch_size": 100})["events"]
+    assert "42" in "\n".join(str(e.get("msg", "")) for e in log).splitlines()
+    api.close()
