@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' uv
 	touch $(STAMP)
 
+# The editable install leaves hpcagent's own modules uncompiled, and under
+# PYTHONDONTWRITEBYTECODE every job's `hpcagent execute` would compile them again (~1 s of CPU;
+# docs/performance.md): compile them here, at each make (quick when up to date).
 install: $(STAMP)
+	$(PY) -m compileall -q hpcagent
 
 lint: install
 	$(VENV)/bin/ruff check hpcagent tests benchmarks examples
