@@ -1,6 +1,7 @@
 """End to end on the real Slurm: N trivial tasks through submitit and through hpcagent.
 
     .venv/bin/python benchmarks/e2e_bench.py [--tasks 200] [--only submitit|hpcagent]
+        [--python PY] [--before VENV]
 
 Both sides run on the same one-host cluster (tests/slurm/cluster.sh up, accounting on), one
 after the other in the same run, each task printing ``x*2`` and asking 1 CPU:
@@ -333,6 +334,12 @@ def main() -> None:
     ap.add_argument("--partition", default="debug")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/hpcagent-e2e-bench"))
     ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter of 'this' hpcagent (default: this one; an installed, non-editable "
+        "copy of the checkout is what a site runs: no editable-install finder at each start)",
+    )
+    ap.add_argument(
         "--before",
         type=Path,
         default=None,
@@ -352,7 +359,7 @@ def main() -> None:
     if args.only in (None, "hpcagent"):
         compile_bytecode()
         run = Path(tempfile.mkdtemp(prefix="hpcagent-", dir=args.work))
-        results["hpcagent"] = run_hpcagent(run, args.tasks, sys.executable)
+        results["hpcagent"] = run_hpcagent(run, args.tasks, args.python)
         report("hpcagent", results["hpcagent"], args.tasks)
     if args.before is not None:
         python = str(args.before / "bin" / "python")
