@@ -33,9 +33,8 @@ from hpcagent.container.base import (
     PreparedCommand,
     is_secret_name,
     job_gpus,
-    passthrough_env,
     probe_python,
-    ssh_binds,
+    task_view,
     unique_binds,
 )
 from hpcagent.container.images import image_identity
@@ -200,11 +199,7 @@ class ApptainerSession:
         The runtime process gets the host environment plus the hidden prefixed variables, so
         PATH, APPTAINER_* settings and the like keep working for the runtime itself.
         """
-        ssh, ssh_env = ssh_binds(self.settings, self.host_env)
-        inner = dict(passthrough_env(self.host_env, self.settings.env_passthrough))
-        inner.update(ssh_env)
-        inner.update(task_env or {})
-        binds = [*self.binds, *(Bind.parse(spec) for spec in self.settings.binds), *ssh]
+        binds, inner, ssh_env = task_view(self.settings, self.host_env, self.binds, task_env)
         argv, hidden = build_exec_argv(
             self.runtime,
             self.image_path,

@@ -216,6 +216,29 @@ def passthrough_env(
     }
 
 
+def task_view(
+    settings: ContainerSettings,
+    host_env: Mapping[str, str],
+    binds: Sequence[Bind],
+    task_env: Mapping[str, str] | None,
+    *,
+    ssh_target: str = "",
+    drop: Sequence[str] = (),
+) -> tuple[list[Bind], dict[str, str], dict[str, str]]:
+    """What one wrapped command sees, the same order for every runtime: ``(binds, inner,
+    ssh_env)``. The binds: the session's ``binds``, ``agent.container.binds``, then
+    :func:`ssh_binds` (``~/.ssh`` at ``ssh_target``). ``inner``, the environment inside: the
+    host's :func:`passthrough_env` without ``drop``, then the SSH variables, then ``task_env``
+    (the task's own win). ``ssh_env``: the SSH variables alone."""
+    ssh, ssh_env = ssh_binds(settings, host_env, ssh_target)
+    inner = passthrough_env(host_env, settings.env_passthrough)
+    for name in drop:
+        inner.pop(name, None)
+    inner.update(ssh_env)
+    inner.update(task_env or {})
+    return [*binds, *(Bind.parse(spec) for spec in settings.binds), *ssh], inner, ssh_env
+
+
 def running_inside_container(env: Mapping[str, str] | None = None) -> bool:
     """True when this process already runs in an Apptainer/Singularity container
     (``mode: inside``): then the task runs directly, without nesting a second container."""

@@ -33,9 +33,8 @@ from hpcagent.container.base import (
     PreparedCommand,
     is_secret_name,
     job_gpus,
-    passthrough_env,
     probe_python,
-    ssh_binds,
+    task_view,
     unique_binds,
 )
 from hpcagent.container.images import docker_image_name
@@ -184,14 +183,17 @@ class DockerSession:
         name = container_name(self.task_id, "" if main else f"setup-{self._count}")
         docker([self.docker, "rm", "--force", name])  # absent: harmless non-zero exit
         gpus = gpu_args(self.host_env, self.gpus)
-        # As root inside, ssh looks in /root/.ssh (its passwd home), as clearml-agent maps it.
-        ssh, ssh_env = ssh_binds(self.settings, self.host_env, "" if self._user() else "/root/.ssh")
-        inner = passthrough_env(self.host_env, self.settings.env_passthrough)
-        if gpus[1:2] != ["all"] and gpus:
-            # Docker renumbers the devices it passes from 0: the host's indices are wrong inside.
-            inner.pop("CUDA_VISIBLE_DEVICES", None)
-        inner.update(ssh_env)
-        inner.update(task_env or {})
+        # Docker renumbers the devices it passes from 0: the host's indices are wrong inside.
+        renumbered = ("CUDA_VISIBLE_DEVICES",) if gpus and gpus[1:2] != ["all"] else ()
+        binds, inner, _ = task_view(
+            self.settings,
+            self.host_env,
+            self.binds,
+            task_env,
+            # As root inside, ssh looks in /root/.ssh (its passwd home), as clearml-agent maps it.
+            ssh_target="" if self._user() else "/root/.ssh",
+            drop=renumbered,
+        )
         if self._user():
             inner.setdefault("HOME", str(cwd))  # a writable HOME for pip and friends
         argv, hidden = build_docker_argv(
@@ -200,7 +202,7 @@ class DockerSession:
             command,
             name=name,
             workdir=cwd,
-            binds=[*self.binds, *(Bind.parse(spec) for spec in self.settings.binds), *ssh],
+            binds=binds,
             env=inner,
             gpus=gpus,
             user=self._user(),
