@@ -399,12 +399,62 @@ class ListFilter:
         )
 
 
+#: ClearML's list-filter operators: ``__$all``/``__$and`` and ``__$any``/``__$or`` set how the
+#: values after them join (until the next operator), ``__$not`` excludes the one value after it,
+#: ``__$nop`` goes back to the default (any).
+ALL_OPS = frozenset({"__$all", "__$and"})
+ANY_OPS = frozenset({"__$any", "__$or", "__$nop"})
+NOT_OP = "__$not"
+
+
+@dataclass(frozen=True)
+class ListMatch:
+    """A ClearML filter over a list field (``tags``, ``system_tags``) or a one-value field
+    (``status``, ``type``, ...), as clearml-server reads it: ``["a", "b"]`` any of them;
+    ``["__$all", "a", "b"]`` all of them; ``["__$not", "x"]`` not x; and for tags the older
+    ``"-x"``, not x. The buckets join with AND (the SDK's ``Dataset.get`` and pipeline versions
+    send ``["__$all", tag, "__$not", "archived"]``)."""
+
+    any_of: tuple[str, ...] = ()
+    all_of: tuple[str, ...] = ()
+    none_of: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, values: list[str] | None, *, dash: bool = False) -> ListMatch | None:
+        """The filter ``values`` (None: no filter); ``dash``: a leading ``-`` excludes."""
+        if not values:
+            return None
+        any_of: list[str] = []
+        all_of: list[str] = []
+        none_of: list[str] = []
+        joined, negate = any_of, False
+        for value in values:
+            if value in ALL_OPS or value in ANY_OPS:
+                joined = all_of if value in ALL_OPS else any_of
+            elif value == NOT_OP:
+                negate = True
+            elif negate or (dash and value.startswith("-") and len(value) > 1):
+                none_of.append(value if negate else value[1:])
+                negate = False
+            else:
+                joined.append(value)
+        return cls(tuple(any_of), tuple(all_of), tuple(none_of))
+
+    @property
+    def plain(self) -> list[str] | None:
+        """The values when the filter is a plain "any of" list (one SQL ``IN``), else None."""
+        return list(self.any_of) if self.any_of and not self.all_of and not self.none_of else None
+
+    def admits(self, have: Iterable[Any]) -> bool:
+        present = set(have)
+        return (
+            not any(v in present for v in self.none_of)
+            and all(v in present for v in self.all_of)
+            and (not self.any_of or any(v in present for v in self.any_of))
+        )
+
+
 def match_tags(have: list[str], wanted: list[str] | None) -> bool:
-    """ClearML tag filter: plain names must be present (any of them), ``-name`` must be absent."""
-    if not wanted:
-        return True
-    include = [t for t in wanted if not t.startswith("-")]
-    exclude = [t[1:] for t in wanted if t.startswith("-")]
-    if any(t in have for t in exclude):
-        return False
-    return not include or any(t in have for t in include)
+    """ClearML tag filter (:class:`ListMatch`, with the older ``-name`` exclusion)."""
+    match = ListMatch.parse(wanted, dash=True)
+    return match is None or match.admits(have)

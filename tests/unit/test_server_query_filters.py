@@ -187,3 +187,28 @@ def test_output_dest_lands_in_output_destination(srv: Server) -> None:
     code, subcode, message = _fault(srv, "tasks.create", {"name": "n", "input": {}})
     assert (code, subcode) == (400, 12)
     assert "'input'" in message
+
+
+def test_list_operators_as_the_sdk_and_web_ui_send_them(srv: Server) -> None:
+    """ClearML's list-filter operators: the SDK's ``Dataset.get`` and pipeline versioning send
+    ``system_tags=["__$all", tag, "__$not", "archived"]`` (every listed tag, not archived); the
+    web UI's recent-tasks list sends ``type=["__$not", "annotation", ...]``. They were read as
+    tag and type names (an archived dataset matched; no task matched the type filter)."""
+    project = _project(srv)
+    dataset = _task(srv, project, type="data_processing", system_tags=["dataset"])
+    archived = _task(srv, project, type="data_processing", system_tags=["dataset", "archived"])
+    other = _task(srv, project, system_tags=["pipeline"])
+    annotation = _task(srv, project, type="qc", system_tags=["dataset", "pipeline"])
+    assert _ids(srv, project, system_tags=["__$all", "dataset", "__$not", "archived"]) == {
+        dataset, annotation}  # fmt: skip
+    assert _ids(srv, project, system_tags=["__$all", "dataset", "pipeline"]) == {annotation}
+    assert _ids(srv, project, system_tags=["dataset", "pipeline"]) == {
+        dataset, archived, other, annotation}  # fmt: skip
+    assert _ids(srv, project, system_tags=["-archived", "-pipeline"]) == {dataset}
+    assert _ids(srv, project, type=["__$not", "qc", "__$not", "dataset_import"]) == {
+        dataset, archived, other}  # fmt: skip
+    assert _ids(srv, project, type=["qc", "training"]) == {annotation, other}
+    srv.send("tasks.enqueue", {"task": other, "queue_name": f"q-{uuid.uuid4().hex[:6]}"})
+    assert _ids(srv, project, status=["__$not", "created"]) == {other}
+    assert _ids(srv, project, status=["created"], order_by=["-last_update"]) == {
+        dataset, archived, annotation}  # fmt: skip

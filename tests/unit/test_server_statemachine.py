@@ -8,6 +8,7 @@ import pytest
 
 from hpcagent.server.fields import (
     ApiFault,
+    ListMatch,
     match_tags,
     opt_bool,
     opt_int,
@@ -111,3 +112,20 @@ def test_project_fields_and_tags() -> None:
     assert not match_tags(["a"], ["-a"])
     assert match_tags(["a"], ["a", "z"])
     assert not match_tags([], ["a"])
+    # ClearML's operators: AND context, NOT for the next value, back to OR; "-" only with dash
+    assert match_tags(["a", "b"], ["__$all", "a", "b", "__$not", "c"])
+    assert not match_tags(["a"], ["__$all", "a", "b"])
+    assert not match_tags(["a", "c"], ["__$all", "a", "__$not", "c"])
+    assert match_tags(["z"], ["__$all", "__$or", "y", "z"])
+    assert not match_tags(["x"], ["__$not", "x"])
+    assert not match_tags(["x"], ["-x"])  # tags: "-x" excludes x; other fields: a name
+    match = ListMatch.parse(["-x"])
+    assert match is not None
+    assert match.admits(["-x"])
+    assert match.plain == ["-x"]
+    assert ListMatch.parse([]) is None
+    not_created = ListMatch.parse(["__$not", "created"])
+    assert not_created is not None
+    assert not_created.plain is None
+    assert not not_created.admits(["created"])
+    assert not_created.admits(["queued"])

@@ -14,6 +14,7 @@ from hpcagent.server.fields import (
     VALIDATION,
     ApiFault,
     ListFilter,
+    ListMatch,
     new_id,
     now_iso,
     opt_bool,
@@ -222,12 +223,16 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     a large database costs a page, not the database."""
     wanted = ListFilter.from_body(body, also=GET_ALL_FILTERS)
     projects = opt_str_list(body, "project")
-    statuses = opt_str_list(body, "status")
+    # status/type/parent/user take ClearML's list operators (``["__$not", "x"]``): a plain
+    # status list filters in SQL, any other shape per document
     others = {
-        "type": opt_str_list(body, "type"),
-        "parent": opt_str_list(body, "parent"),
-        "user": opt_str_list(body, "user"),
+        key: match
+        for key in ("status", "type", "parent", "user")
+        if (match := ListMatch.parse(opt_str_list(body, key))) is not None
     }
+    statuses = others["status"].plain if "status" in others else None
+    if statuses is not None:
+        del others["status"]
     queues = opt_str_list(body, "execution.queue")
     order = [_sort_key(o) for o in opt_str_list(body, "order_by") or []]
     page = opt_int(body, "page")
@@ -236,7 +241,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     def admits(task: dict[str, Any]) -> bool:
         if not wanted.admits(task):
             return False
-        if any(values is not None and task.get(k) not in values for k, values in others.items()):
+        if not all(match.admits([task.get(k)]) for k, match in others.items()):
             return False
         return queues is None or (task.get("execution") or {}).get("queue") in queues
 
