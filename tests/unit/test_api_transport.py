@@ -117,13 +117,16 @@ def test_plain_read_timeout_is_sent_and_classified() -> None:
     assert classify(info.value, (2.0, 0.3)) == ("no answer within 0.3 s", False, True)
 
 
-def _canned(answers: list[bytes]) -> tuple[int, list[bytes]]:
+def _canned(answers: list[bytes]) -> tuple[int, list[bytes], threading.Semaphore]:
     """A server that reads one request per connection, sends the next canned answer and
-    closes; returns its port and the requests it got."""
+    closes; returns its port, the requests it got, and a semaphore released after each close
+    (a test that reuses a connection waits for it: the close must be there before the reuse,
+    else the request meets a server about to close without reading it)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     got: list[bytes] = []
+    closed = threading.Semaphore(0)
 
     def serve() -> None:
         with listener:
@@ -139,9 +142,10 @@ def _canned(answers: list[bytes]) -> tuple[int, list[bytes]]:
                         body += conn.recv(65536)
                     got.append(data)
                     conn.sendall(answer)
+                closed.release()
 
     threading.Thread(target=serve, daemon=True).start()
-    return int(listener.getsockname()[1]), got
+    return int(listener.getsockname()[1]), got, closed
 
 
 def test_plain_reads_the_body_forms_a_server_may_send() -> None:
@@ -156,12 +160,13 @@ def test_plain_reads_the_body_forms_a_server_may_send() -> None:
         b"Retry-After: 2\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n"
         b'Content-Length: 8\r\n\r\n{"c": 3}',
     ]
-    port, got = _canned(answers)
+    port, got, closed = _canned(answers)
     transport = PlainHttp("127.0.0.1", port, {"Authorization": "Bearer t"})
     url = f"http://127.0.0.1:{port}/v2.31/tasks.get_all?x=1"
     first = transport.request("post", url, data=b'{"q": 1}', headers={"X-W": "w"}, timeout=TIMEOUT)
     assert (first.status_code, first.json(), first.headers["x-a"]) == (200, {"a": 1}, "1")
     assert len(transport._idle) == 1  # kept; the server closed it silently: noticed on reuse
+    assert closed.acquire(timeout=10)
     second = transport.request("post", url, data=b"", headers={}, timeout=TIMEOUT)
     assert (second.status_code, second.json()) == (200, {"b": 2})
     third = transport.request("post", url, data=b"", headers={}, timeout=TIMEOUT)
@@ -193,7 +198,7 @@ def test_plain_reads_the_body_forms_a_server_may_send() -> None:
     ],
 )
 def test_plain_refuses_what_is_no_complete_answer(answer: bytes) -> None:
-    port, _ = _canned([answer])
+    port, _, _ = _canned([answer])
     transport = PlainHttp("127.0.0.1", port, {})
     with pytest.raises(OSError, match="failed") as info:
         transport.request(
