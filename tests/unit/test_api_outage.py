@@ -157,7 +157,7 @@ def test_a_500_every_time_is_an_answer_not_an_outage() -> None:
     calls: list[str] = []
 
     class Buggy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_POST(self) -> None:
             calls.append(self.path)
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(500)
