@@ -78,14 +78,13 @@ def set_queued_message(client: ApiClient, task_id: str, message: str) -> bool:
     ClearML API has no such condition, so against other servers the status is read again right
     before the write, leaving a window of one round trip (api/compat.py).
     """
-    body = {"task": task_id, "status_message": message[:MAX_MESSAGE]}
     if client.compat.conditional_update():
-        reply = client.send("tasks.update", {**body, "if_status": ["queued"]})
-        return bool(reply.get("updated"))
+        body = {"task": task_id, "status_message": message[:MAX_MESSAGE], "if_status": ["queued"]}
+        return bool(client.send("tasks.update", body).get("updated"))
     now = get_statuses(client, [task_id]).get(task_id)
     if now is None or now.get("status") != "queued":
         return False
-    client.send("tasks.update", body)
+    set_message(client, task_id, message)
     return True
 
 
