@@ -121,8 +121,8 @@ def requeue_front(client: ApiClient, task_id: str, queue_id: str, reason: str) -
             queue_id,
             exc.message or exc,
         )
-    try:
-        set_message(client, task_id, f"back in queue: {reason}")
+    try:  # only while queued: another submitter may pop and start it at once
+        set_queued_message(client, task_id, f"back in queue: {reason}")
     except ApiError:
         log.debug("could not set the status message of %s", task_id, exc_info=True)
     return True
