@@ -313,6 +313,34 @@ def test_retry_budget_exhausted_names_host(stub: Stub) -> None:
     assert len(stub.calls("tasks.ping")) == 3
 
 
+def test_a_500_every_time_is_an_answer_not_an_outage(stub: Stub) -> None:
+    """A server with a bug about one record (a real clearml-server can have one; the embedded
+    server has none left to show, tests/unit/test_server_hostile.py) answers that call 500
+    with its error envelope every time: a client that waits out outages returns the error
+    past its quiet budget instead of waiting forever, so one bad task never holds a daemon
+    (issue 14, item 5; the 400 case against the real server: test_api_outage.py)."""
+    stub.reply("tasks.edit_hyper_params", 500, envelope({}, 500, 0, "General data error"))
+    stop = threading.Event()
+    client = client_for(stub, retries=1)
+    client.wait_out_outages(stop)
+    out: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            client.send("tasks.edit_hyper_params", {"task": "x"})
+        except Exception as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    stop.set()
+    assert not thread.is_alive(), "still waiting: a 500 about one record taken for an outage"
+    assert isinstance(out.get("error"), ApiError), out
+    assert out["error"].result_code == 500
+    assert stub.calls("tasks.edit_hyper_params")
+
+
 def test_connection_refused_is_unreachable() -> None:
     import socket
 

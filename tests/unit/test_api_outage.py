@@ -9,8 +9,6 @@ request never reached the server).
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
 import threading
 import time
@@ -141,47 +139,3 @@ def test_an_error_about_one_record_is_an_answer_not_an_outage(embedded_server: A
     assert not thread.is_alive(), "still waiting: an error about one record taken for an outage"
     assert isinstance(out.get("error"), ApiError), out
     assert (out["error"].result_code, out["error"].subcode) == (400, 12)
-
-
-def test_a_500_every_time_is_an_answer_not_an_outage() -> None:
-    """A server with a bug about one record (a real clearml-server can have one; the embedded
-    server has none left to show, tests/unit/test_server_hostile.py) answers that call 500
-    with its error envelope every time: past its quiet budget the patient client returns the
-    error instead of waiting forever. The server here is a stand-in that answers every call
-    with such an envelope (the login included: the client then goes on without a token)."""
-    from hpcagent.errors import ApiError
-
-    envelope = json.dumps({"meta": {"result_code": 500, "result_subcode": 0,
-                                    "result_msg": "General data error (TypeError)"},
-                           "data": {}}).encode()  # fmt: skip
-    calls: list[str] = []
-
-    class Buggy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            calls.append(self.path)
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(envelope)))
-            self.end_headers()
-            self.wfile.write(envelope)
-
-        do_GET = do_POST
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Buggy) as httpd:
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        stop = threading.Event()
-        client = ApiClient(f"http://127.0.0.1:{httpd.server_address[1]}", "k", "s", retries=1,
-                           backoff_s=0.05, backoff_max_s=0.2, token="t")  # fmt: skip
-        client.wait_out_outages(stop)
-        thread, out = _in_thread(lambda: client.send("tasks.edit_hyper_params", {"task": "x"}))
-        thread.join(timeout=60)
-        stop.set()
-        httpd.shutdown()
-    assert not thread.is_alive(), "still waiting: a 500 about one record taken for an outage"
-    assert isinstance(out.get("error"), ApiError), out
-    assert out["error"].result_code == 500
-    assert any("tasks.edit_hyper_params" in c for c in calls), calls
