@@ -76,6 +76,8 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
     ("configuration is a string", {"configuration": "x"}, "completed"),
     ("tags are numbers", {"tags": [1, 2]}, "completed"),
     ("system_tags is a string", {"system_tags": "x"}, "completed"),
+    ("tags are objects", {"tags": [{"a": 1}, ["b"]]}, "completed"),
+    ("parent is an object", {"parent": {"id": "x"}}, "completed"),
     ("name missing", {"name": DROP}, "completed"),
     ("name is a number", {"name": 5}, "completed"),
     ("type is a number", {"type": 5}, "completed"),

@@ -387,16 +387,28 @@ class ListFilter:
         )
 
     def admits(self, doc: dict[str, Any]) -> bool:
-        system_tags = doc.get("system_tags") or []
+        """Whether stored ``doc`` passes; any stored shape (a planted record, an older server's)
+        is read as clearml-server's Mongo query would read it, never raised on."""
+        system_tags = stored_strings(doc.get("system_tags"))
         if not self.search_hidden and "hidden" in system_tags and self.ids is None:
             return False
-        if self.name_re is not None and not self.name_re.search(doc.get("name") or ""):
-            return False
+        if self.name_re is not None:
+            name = doc.get("name")
+            if not isinstance(name, str) or not self.name_re.search(name):
+                return False  # Mongo's $regex does not match a value that is not a string
         if not all(p.admits(doc) for p in self.patterns):
             return False
-        return match_tags(system_tags, self.system_tags) and match_tags(
-            doc.get("tags") or [], self.tags
-        )
+        return match_tags(system_tags, self.system_tags) and match_tags(doc.get("tags"), self.tags)
+
+
+def stored_strings(value: Any) -> list[str]:
+    """The strings a stored field holds, as a Mongo filter sees them: a string is itself, a list
+    its string elements; anything else (a number, an object, null) holds none."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
 
 
 #: ClearML's list-filter operators: ``__$all``/``__$and`` and ``__$any``/``__$or`` set how the
@@ -445,8 +457,9 @@ class ListMatch:
         """The values when the filter is a plain "any of" list (one SQL ``IN``), else None."""
         return list(self.any_of) if self.any_of and not self.all_of and not self.none_of else None
 
-    def admits(self, have: Iterable[Any]) -> bool:
-        present = set(have)
+    def admits(self, stored: Any) -> bool:
+        """Whether a stored field (a list, or one value) passes; see :func:`stored_strings`."""
+        present = set(stored_strings(stored))
         return (
             not any(v in present for v in self.none_of)
             and all(v in present for v in self.all_of)
@@ -454,7 +467,8 @@ class ListMatch:
         )
 
 
-def match_tags(have: list[str], wanted: list[str] | None) -> bool:
-    """ClearML tag filter (:class:`ListMatch`, with the older ``-name`` exclusion)."""
+def match_tags(stored: Any, wanted: list[str] | None) -> bool:
+    """ClearML tag filter over a stored tags field (:class:`ListMatch`, with the older ``-name``
+    exclusion)."""
     match = ListMatch.parse(wanted, dash=True)
-    return match is None or match.admits(have)
+    return match is None or match.admits(stored)

@@ -241,7 +241,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     def admits(task: dict[str, Any]) -> bool:
         if not wanted.admits(task):
             return False
-        if not all(match.admits([task.get(k)]) for k, match in others.items()):
+        if not all(match.admits(task.get(k)) for k, match in others.items()):
             return False
         return queues is None or (task.get("execution") or {}).get("queue") in queues
 
