@@ -123,6 +123,14 @@ from hpcagent.server.runner import (
     "Default: server.event_retention_days of the configuration (0).",
 )
 @click.option(
+    "--non-responsive-sec",
+    default=None,
+    type=float,
+    help="Stop a running task nothing has updated for this many seconds (its node and runner "
+    "are gone), as clearml-server does; 0: never. Default: server.non_responsive_sec of the "
+    "configuration (7200), checked every server.non_responsive_check_sec (900).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -146,6 +154,7 @@ def server_cmd(
     token_lifetime_days: float,
     workers: int,
     event_retention_days: float | None,
+    non_responsive_sec: float | None,
     log_level: str,
 ) -> None:
     """Run the embedded ClearML-compatible API server (SQLite in DATA_DIR).
@@ -170,13 +179,22 @@ def server_cmd(
         )
     if not 0 < token_lifetime_days <= 366:
         raise click.UsageError("--token-lifetime-days must be above 0 and at most 366")
-    if event_retention_days is None:
-        from hpcagent.config import load_settings  # only when not given on the command line
+    from hpcagent.config import load_settings
 
-        settings = load_settings(config_file=(ctx.find_object(dict) or {}).get("config_file"))
-        event_retention_days = settings.server.event_retention_days
+    settings = load_settings(config_file=(ctx.find_object(dict) or {}).get("config_file")).server
+    if event_retention_days is None:
+        event_retention_days = settings.event_retention_days
     if event_retention_days < 0:
         raise click.UsageError("--event-retention-days must not be negative")
+    if non_responsive_sec is None:
+        non_responsive_sec = settings.non_responsive_s
+    if non_responsive_sec < 0:
+        raise click.UsageError("--non-responsive-sec must not be negative (0 turns it off)")
+    if settings.non_responsive_check_s <= 0:
+        raise click.UsageError(
+            f"server.non_responsive_check_sec must be positive (is "
+            f"{settings.non_responsive_check_s:g}); fix it in the configuration file"
+        )
     companions = []
     if services_agent is not None:
         companions.append(_services_agent(data_dir, services_queue, services_agent))
@@ -202,6 +220,8 @@ def server_cmd(
             token_lifetime_s=max(60, int(token_lifetime_days * 86400)),
             workers=workers,
             event_retention_days=event_retention_days,
+            non_responsive_s=non_responsive_sec,
+            non_responsive_check_s=settings.non_responsive_check_s,
         )
     )
 

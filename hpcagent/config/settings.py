@@ -179,6 +179,10 @@ class ServerSettings:
     max_body_mb: float
     #: Events older than this many days are deleted (0: kept forever); docs/server.md.
     event_retention_days: float = 0.0
+    #: ``in_progress`` tasks not updated for this long are stopped (0: never), checked every
+    #: ``non_responsive_check_s``; clearml-server's defaults (docs/server.md).
+    non_responsive_s: float = 7200.0
+    non_responsive_check_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,8 @@ def build_settings(layered: Layered) -> Settings:
         port=r.get_int("server.port", 8008),
         max_body_mb=r.get_float("server.max_body_mb", 15.0),
         event_retention_days=r.get_float("server.event_retention_days", 0.0),
+        non_responsive_s=r.get_float("server.non_responsive_sec", 7200.0),
+        non_responsive_check_s=r.get_float("server.non_responsive_check_sec", 900.0),
     )
     return Settings(
         api=api,

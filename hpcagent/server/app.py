@@ -52,9 +52,10 @@ from hpcagent.server.fields import (
 )
 from hpcagent.server.files import FileStore
 from hpcagent.server.files_http import FilesHttp
-from hpcagent.server.retention import EventRetention
+from hpcagent.server.retention import EventRetention, run_periodically
 from hpcagent.server.store import Store
 from hpcagent.server.validation import check_depth
+from hpcagent.server.watchdog import NonResponsiveWatchdog
 
 log = logging.getLogger("hpcagent.server")
 T = TypeVar("T")
@@ -271,9 +272,12 @@ class ServerApp:
         max_body: int = DEFAULT_MAX_BODY,
         debug_errors: bool = False,
         event_retention_days: float = 0.0,
+        watchdog: NonResponsiveWatchdog | None = None,
     ) -> None:
         self.store = store
         self.retention = EventRetention(store, event_retention_days)
+        #: Stops tasks left running by a runner that is gone (``server.non_responsive_sec``).
+        self.watchdog = watchdog if watchdog is not None else NonResponsiveWatchdog(store)
         self.auth = auth
         self.files = files
         self.max_body = max_body
@@ -320,26 +324,26 @@ class ServerApp:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(self._sweep_files()) if self.files is not None else None
+        sweeper = None
+        if self.files is not None:
+            sweeper = asyncio.create_task(
+                run_periodically(
+                    FILE_SWEEP_INTERVAL_S,
+                    lambda: self.in_db(self._delete_due_files),
+                    "deleting the files of deleted tasks/models",
+                    first_delay_s=FILE_SWEEP_INTERVAL_S,
+                )
+            )
         retention = self.retention.start(self.in_db)
+        watchdog = self.watchdog.start(self.in_db)
         yield
-        for task in (sweeper, retention):
+        for task in (sweeper, retention, watchdog):
             if task is not None:
                 task.cancel()
         # Graceful shutdown: every request committed already; checkpoint and close.
         await self.in_db(self.store.close)
         self._db_thread.shutdown(wait=True)
         log.info("database closed")
-
-    async def _sweep_files(self) -> None:
-        """Delete the files of deleted tasks and models once their grace period is over."""
-        assert self.files is not None
-        while True:
-            await asyncio.sleep(FILE_SWEEP_INTERVAL_S)
-            try:
-                await self.in_db(self._delete_due_files)
-            except Exception:  # never let the sweeper die; it retries next round
-                log.exception("deleting the files of deleted tasks/models failed")
 
     def _delete_due_files(self) -> None:
         assert self.files is not None
@@ -463,9 +467,9 @@ def create_app(
     files: FileStore | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     event_retention_days: float = 0.0,
+    watchdog: NonResponsiveWatchdog | None = None,
 ) -> ServerApp:
     """Build the server application around an open store, an authenticator and (optionally)
-    the files store served under ``/files``."""
-    return ServerApp(
-        store, auth, files=files, max_body=max_body, event_retention_days=event_retention_days
-    )
+    the files store served under ``/files``; ``watchdog`` None: clearml-server's defaults."""
+    return ServerApp(store, auth, files=files, max_body=max_body,
+                     event_retention_days=event_retention_days, watchdog=watchdog)  # fmt: skip

@@ -62,12 +62,29 @@ class EventRetention:
             await asyncio.sleep(0)  # let the event loop hand the thread queued requests
 
     async def _loop(self, in_db: InDb) -> None:
-        while True:
-            try:
-                deleted = await self.sweep(in_db)
-                if deleted:
-                    log.info("event retention: deleted %d events older than %g days",
-                             deleted, self.days)  # fmt: skip
-            except Exception:  # never let the sweeper die; it retries next round
-                log.exception("event retention sweep failed")
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+        await run_periodically(SWEEP_INTERVAL_S, lambda: self._sweep_logged(in_db),
+                               "event retention sweep")  # fmt: skip
+
+    async def _sweep_logged(self, in_db: InDb) -> None:
+        deleted = await self.sweep(in_db)
+        if deleted:
+            log.info("event retention: deleted %d events older than %g days", deleted, self.days)
+
+
+async def run_periodically(
+    interval_s: float,
+    job: Callable[[], Awaitable[Any]],
+    what: str,
+    *,
+    first_delay_s: float = 0.0,
+) -> None:
+    """Await ``job()`` every ``interval_s`` seconds until cancelled, the first after
+    ``first_delay_s``; a failure is logged with ``what`` and the next round comes as planned
+    (a server's housekeeping never dies of one bad round)."""
+    await asyncio.sleep(first_delay_s)
+    while True:
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed", what)
+        await asyncio.sleep(interval_s)

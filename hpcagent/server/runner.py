@@ -44,6 +44,7 @@ from hpcagent.server.keys import KeyFile, KeyFileError
 from hpcagent.server.shared import SharedState
 from hpcagent.server.store import Store
 from hpcagent.server.supervisor import Supervisor
+from hpcagent.server.watchdog import DEFAULT_INTERVAL_S, DEFAULT_THRESHOLD_S, NonResponsiveWatchdog
 
 DEFAULT_DATA_DIR = Path("~/.hpcagent/server")
 DEFAULT_HOST = "127.0.0.1"
@@ -85,6 +86,10 @@ class ServerOptions:
     workers: int = 1
     #: Events older than this many days are deleted while the server runs (0: never).
     event_retention_days: float = 0.0
+    #: ``in_progress`` tasks not updated for this many seconds are stopped (0: never), checked
+    #: every ``non_responsive_check_s`` (:mod:`hpcagent.server.watchdog`).
+    non_responsive_s: float = DEFAULT_THRESHOLD_S
+    non_responsive_check_s: float = DEFAULT_INTERVAL_S
 
 
 class ServerProcess(uvicorn.Server):
@@ -188,6 +193,9 @@ def open_app(options: ServerOptions) -> ServerApp:
         files=files,
         max_body=options.max_body,
         event_retention_days=options.event_retention_days,
+        watchdog=NonResponsiveWatchdog(
+            store, options.non_responsive_s, options.non_responsive_check_s
+        ),
     )
 
 

@@ -419,6 +419,14 @@ class Store:
             counts.setdefault(project, {})[str(status)] = int(count)
         return counts
 
+    def stale_tasks(self, status: str, before: str) -> list[str]:
+        """Ids of the tasks in ``status`` whose ``last_update`` (ISO-8601 text) is before
+        ``before``, read from the ``(status, last_update)`` index."""
+        rows = self.conn.execute(
+            "SELECT id FROM tasks WHERE status=? AND last_update < ?", (status, before)
+        )
+        return [str(r[0]) for r in rows]
+
     def delete_events_before(self, cutoff_ms: int, limit: int) -> int:
         """Delete at most ``limit`` events whose timestamp (ms) is before ``cutoff_ms``, oldest
         first, in one short transaction; returns how many went (``limit``: maybe more left).
