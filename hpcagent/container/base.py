@@ -239,13 +239,6 @@ def task_view(
     return [*binds, *(Bind.parse(spec) for spec in settings.binds), *ssh], inner, ssh_env
 
 
-def running_inside_container(env: Mapping[str, str] | None = None) -> bool:
-    """True when this process already runs in an Apptainer/Singularity container
-    (``mode: inside``): then the task runs directly, without nesting a second container."""
-    env = os.environ if env is None else env
-    return bool(env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER"))
-
-
 # -- what a session gives the executor -------------------------------------------------------
 
 

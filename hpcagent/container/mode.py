@@ -26,17 +26,14 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hpcagent.config import ContainerSettings
-from hpcagent.container.base import (
-    CONTAINER_PATH,
-    ContainerRequest,
-    Session,
-    request_for_task,
-    running_inside_container,
-)
 from hpcagent.container.shim import request_from_env
 from hpcagent.errors import ContainerError
+
+if TYPE_CHECKING:
+    from hpcagent.config import ContainerSettings
+    from hpcagent.container.base import Session
 
 Logger = Callable[[str], None]
 #: Set by the submitter in ${CLEARML_AGENT_EXECUTE} (hpcagent.submitter.blocks).
@@ -85,6 +82,13 @@ def choose_mode(
     return None
 
 
+def running_inside_container(env: Mapping[str, str] | None = None) -> bool:
+    """True when this process already runs in an Apptainer/Singularity container
+    (``mode: inside``): then the task runs directly, without nesting a second container."""
+    env = os.environ if env is None else env
+    return bool(env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER"))
+
+
 def open_session(
     choice: ContainerChoice,
     *,
@@ -102,8 +106,9 @@ def open_session(
     The image: ``choice.image``, else the task's ``image``, else ``agent.default_docker.image``.
     """
     # Imported here: the runtimes and the image cache (filelock, asyncio) cost every task that
-    # runs without a container ~0.04 s of start-up.
+    # runs without a container ~0.04 s of start-up, hpcagent.container.base a few ms more.
     from hpcagent.container.apptainer import ApptainerSession, resolve_runtime
+    from hpcagent.container.base import ContainerRequest, request_for_task
     from hpcagent.container.cache import ensure_image
     from hpcagent.container.docker import DockerSession, ensure_docker_image, resolve_docker
 
@@ -144,6 +149,8 @@ def inner_env(
     """The task's variables for inside the container: what the executor added to or changed
     in the host environment (CLEARML_*, the task's own, PYTHONPATH ...), with a PATH that
     makes sense inside (the venv's bin, then the image's default)."""
+    from hpcagent.container.base import CONTAINER_PATH  # container mode only
+
     env = {k: v for k, v in child_env.items() if host_env.get(k) != v and k != "PATH"}
     env["PATH"] = f"{venv_bin}:{CONTAINER_PATH}" if venv_bin else CONTAINER_PATH
     return env

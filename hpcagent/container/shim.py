@@ -33,10 +33,12 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcagent import process
-from hpcagent.container.base import ContainerRequest, split_arguments
-from hpcagent.container.images import apptainer_image
+
+if TYPE_CHECKING:
+    from hpcagent.container.base import ContainerRequest
 
 ENV_IMAGE = "HPCAGENT_CONTAINER_IMAGE"
 ENV_ARGS = "HPCAGENT_CONTAINER_ARGS"
@@ -54,6 +56,8 @@ def template_wraps_agent_execute(template_text: str) -> bool:
 def wrapped_execute(image: str, command: str) -> str:
     """``${CLEARML_AGENT_EXECUTE}`` for the seed's form: the image (a bare Docker name gets
     ``docker://``), quoted, in front of ``command`` (already shell text)."""
+    from hpcagent.container.images import apptainer_image  # the submitter's, not every job's
+
     return f"{shlex.quote(apptainer_image(image))} {command}"
 
 
@@ -158,6 +162,9 @@ def request_from_env(env: Mapping[str, str] | None = None) -> tuple[ContainerReq
     image = env.get(ENV_IMAGE, "").strip()
     if not image:
         return None
+    # Imported here: every job asks, few run in a container (hpcagent execute's start-up).
+    from hpcagent.container.base import ContainerRequest, split_arguments
+
     return ContainerRequest(image, split_arguments(env.get(ENV_ARGS, ""))), env.get(ENV_BINARY, "")
 
 

@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hpcagent.executor.options import ExecutorConfig
-from hpcagent.taskbuild import ARGS_ON_ARGV_PROPERTY
 
 #: Names an ``Args/*`` item may have to be put on the command line as an option.
 _OPTION_NAME = re.compile(r"^-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*$")
@@ -51,6 +50,10 @@ def args_on_argv(properties: Mapping[str, str], configured: bool) -> bool:
     The task's property ``args-on-argv`` (``true``/``false``) wins; without it the configured
     ``executor.args_to_cli`` (default ``false``: the agent's contract) decides.
     """
+    if not properties:  # most tasks: no need to import hpcagent.taskbuild (its TaskSpec) at all
+        return configured
+    from hpcagent.taskbuild import ARGS_ON_ARGV_PROPERTY
+
     value = str(properties.get(ARGS_ON_ARGV_PROPERTY, "")).strip().lower()
     if value in _TRUE:
         return True

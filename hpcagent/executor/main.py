@@ -32,7 +32,6 @@ from hpcagent.api import spool
 from hpcagent.api.compat import dequeue_to_start
 from hpcagent.api.spool import make_sender, make_verifier
 from hpcagent.config import ContainerSettings
-from hpcagent.container.base import PreparedCommand, Session
 from hpcagent.container.mode import choose_mode, command_wrapper, inner_env, open_session
 from hpcagent.errors import (
     EnvironmentSetupError,
@@ -60,6 +59,7 @@ from hpcagent.executor.venv import VenvBuilder, VenvSpec, resolve_python
 from hpcagent.scheduler import registry
 
 if TYPE_CHECKING:
+    from hpcagent.container.base import PreparedCommand, Session
     from hpcagent.executor.metrics import Monitor
 
 #: Seconds the task runs before the metrics thread starts (psutil, NVML: ~0.1 s of CPU); its

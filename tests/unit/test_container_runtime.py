@@ -14,10 +14,10 @@ from hpcagent.container.apptainer import parse_version, resolve_runtime
 from hpcagent.container.base import (
     ContainerRequest,
     request_for_task,
-    running_inside_container,
     split_arguments,
 )
 from hpcagent.container.images import normalise_image
+from hpcagent.container.mode import running_inside_container
 from hpcagent.container.shim import (
     ENV_ARGS,
     ENV_BINARY,
