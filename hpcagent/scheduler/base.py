@@ -31,8 +31,11 @@ The backend itself (class attributes and class methods, used without an instance
 * The job's environment: ``job_identity(env) -> JobIdentity | None`` reads the variables the
   scheduler gives a running job (its id, nodes and the process rank); the executor calls it for
   every backend (registry ``job_identity``) to know which job it runs in. ``job_env_prefixes``
-  names those variables; ``clean_env(environ)`` drops them (except ``job_env_keep``), so that a
-  submitter started inside a job does not leak its job's variables into the jobs it submits.
+  names those variables: ``job_identity`` is None for an environment without any of them (the
+  registry asks, and imports, only the backends whose variables are there; a backend without
+  prefixes is always asked). ``clean_env(environ)`` drops them (except ``job_env_keep``), so
+  that a submitter started inside a job does not leak its job's variables into the jobs it
+  submits.
 
 Only ``JobState.COMPLETED`` means success. ``UNKNOWN`` is neither active nor terminal: callers
 decide how long to wait before they call such a job lost.

@@ -129,3 +129,92 @@ def test_entry_point_values_load_as_importlib_metadata_loads_them() -> None:
         JobIdentity.__init__
     )
     assert registry.load_entry_point("hpcagent.scheduler") is sys.modules["hpcagent.scheduler"]
+
+
+_IDENTITY = (
+    "import json, sys; from hpcagent.scheduler import registry; j = registry.job_identity(); "
+    "print(json.dumps([j and j.scheduler, sorted(m for m in sys.modules "
+    "if m.startswith('hpcagent.scheduler.'))]))"
+)
+
+
+def _identity_in_fresh_python(home: Path, **job_env: str) -> tuple[str | None, list[str]]:
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], **job_env}
+    res = subprocess.run(
+        [sys.executable, "-c", _IDENTITY], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    name, modules = json.loads(res.stdout)
+    return name, [m.rsplit(".", 1)[-1] for m in modules]
+
+
+def test_job_identity_imports_only_the_backends_whose_variables_are_set(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # cold cache: every backend is imported once to learn its job_env_prefixes
+    every = ["base", "gridengine", "local", "pacer", "registry", "slurm", "slurm_parse"]
+    assert _identity_in_fresh_python(home) == (None, every)
+    (entry,) = (home / ".cache" / "hpcagent" / "job-env").iterdir()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    # then: outside any job, no backend is imported at all
+    assert _identity_in_fresh_python(home) == (None, ["base", "registry"])
+    # in a job, only the backends whose variables are set are imported and asked
+    name, modules = _identity_in_fresh_python(home, SLURM_JOB_ID="5")
+    assert (name, "gridengine" in modules, "local" in modules) == ("slurm", False, False)
+    name, modules = _identity_in_fresh_python(home, JOB_ID="31", SGE_JOB_SPOOL_DIR="/s")
+    assert (name, "slurm" in modules, "local" in modules) == ("gridengine", False, False)
+    # the innermost scheduler still answers first (a local job inside a Slurm allocation): the
+    # outer one is not even imported
+    name, modules = _identity_in_fresh_python(home, SLURM_JOB_ID="5", HPCAGENT_JOB_ID="2")
+    assert (name, "local" in modules, "slurm" in modules) == ("local", True, False)
+    assert _identity_in_fresh_python(home, JOB_ID="31")[0] is None  # not Grid Engine's alone
+
+
+_PBS = """
+from hpcagent.scheduler.base import JobIdentity
+from hpcagent.scheduler.local import LocalScheduler
+
+class Pbs(LocalScheduler):
+    name = "pbs"
+    job_label = "pbs job"
+    auto_priority = -1
+    job_env_prefixes = ({var!r},)
+
+    @classmethod
+    def job_identity(cls, env):
+        job = env.get({var!r}, "")
+        return JobIdentity("pbs", job, "", None) if job else None
+"""
+
+
+def test_job_env_index_follows_an_edited_backend_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached prefixes are those of the backend's module as it is now (an editable
+    install edited in place), not as it was when the cache was written."""
+    site = tmp_path / "site"
+    dist = site / "pbs_backend-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pbs-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.GROUP}]\npbs = pbs_backend:Pbs\n")
+    module = site / "pbs_backend.py"
+    module.write_text(_PBS.format(var="PBS_JOBID"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.syspath_prepend(str(site))
+
+    def fresh() -> None:
+        registry.backends.cache_clear()
+        registry.job_env_index.cache_clear()
+        sys.modules.pop("pbs_backend", None)
+
+    try:
+        fresh()
+        assert registry.job_identity({"PBS_JOBID": "7"}) == JobIdentity("pbs", "7", "", None)
+        module.write_text(_PBS.format(var="PBS_JOB_ID"))
+        os.utime(module, ns=(1, 1))
+        fresh()
+        assert registry.job_env_index()[0] == ("pbs", "pbs_backend:Pbs", ("PBS_JOB_ID",))
+        assert registry.job_identity({"PBS_JOB_ID": "8"}) == JobIdentity("pbs", "8", "", None)
+    finally:
+        monkeypatch.undo()
+        fresh()
