@@ -45,12 +45,12 @@ ENV_ARGS = "HPCAGENT_CONTAINER_ARGS"
 ENV_BINARY = "HPCAGENT_CONTAINER_BINARY"
 SHIM_NAMES = ("singularity", "apptainer")
 SHIM_MARK = b"# hpcagent shim"
-_WRAPPED = re.compile(r"\b(singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE\}")
+_WRAPPED = r"\b(singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE\}"
 
 
 def template_wraps_agent_execute(template_text: str) -> bool:
     """True when a line runs ``singularity|apptainer exec ... ${CLEARML_AGENT_EXECUTE}``."""
-    return bool(_WRAPPED.search(template_text))
+    return bool(re.search(_WRAPPED, template_text))
 
 
 def wrapped_execute(image: str, command: str) -> str:

@@ -26,9 +26,9 @@ from pathlib import Path
 from hpcagent.executor.options import ExecutorConfig
 
 #: Names an ``Args/*`` item may have to be put on the command line as an option.
-_OPTION_NAME = re.compile(r"^-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*$")
+_OPTION_NAME = r"^-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*$"
 #: ``Args/1``, ``Args/2``, ...: positionals, in their numeric order, before the options.
-_POSITIONAL_NAME = re.compile(r"^[0-9]{1,3}$")
+_POSITIONAL_NAME = r"^[0-9]{1,3}$"
 
 #: SDK variables a child must never inherit from whoever started the executor: with them the
 #: SDK would attach the task's ``Task.init()`` to another process's task (the "process master").
@@ -93,10 +93,10 @@ def args_to_argv(args: tuple[tuple[str, str], ...]) -> list[str]:
     options: list[str] = []
     for name, value in args:
         items = _as_list(value)
-        if _POSITIONAL_NAME.match(name):
+        if re.match(_POSITIONAL_NAME, name):
             positionals.append((int(name), items if items is not None else [value]))
             continue
-        if not _OPTION_NAME.match(name):
+        if not re.match(_OPTION_NAME, name):
             continue
         flag = name if name.startswith("-") else f"--{name}"
         low = value.strip().lower()

@@ -35,17 +35,18 @@ from hpcagent.process import CommandResult, run_command
 GIT_TIMEOUT_S = 1800.0
 LOCK_TIMEOUT_S = 3600.0
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]*@")
-_HTTPS = re.compile(r"^https?://(?:[^/@]*@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$")
-_SCP_SSH = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>[^/].*)$")
-_SSH_URL = re.compile(r"^ssh://(?:[^@/]+@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$")
+# Patterns kept as text: re compiles (and caches) each on first use, not every job at import.
+_USERINFO = r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]*@"
+_HTTPS = r"^https?://(?:[^/@]*@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$"
+_SCP_SSH = r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>[^/].*)$"
+_SSH_URL = r"^ssh://(?:[^@/]+@)?(?P<host>[^/:]+)(?::\d+)?/(?P<path>.+)$"
 
 Logger = Callable[[str], None]
 
 
 def redact_url(text: str) -> str:
     """Replace any ``user:pass@`` in URLs inside ``text`` with ``***@``."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return re.sub(_USERINFO, lambda m: f"{m.group('scheme')}***@", text)
 
 
 def normalise_url(url: str, *, force_ssh: bool, have_credentials: bool) -> str:
@@ -59,12 +60,12 @@ def normalise_url(url: str, *, force_ssh: bool, have_credentials: bool) -> str:
     """
     if url.startswith(("/", "file://", ".")) or os.path.isdir(url):
         return url
-    m = _HTTPS.match(url)
+    m = re.match(_HTTPS, url)
     if m:
         if force_ssh:
             return f"git@{m.group('host')}:{m.group('path')}"
         return re.sub(r"^(https?://)[^/@]*@", r"\1", url)
-    m = _SSH_URL.match(url) or _SCP_SSH.match(url)
+    m = re.match(_SSH_URL, url) or re.match(_SCP_SSH, url)
     if m and have_credentials and not force_ssh:
         return f"https://{m.group('host')}/{m.group('path')}"
     return url
@@ -218,7 +219,7 @@ def checkout(
 
 
 #: Files a diff changes (``--- a/<path>``); the agent creates the missing ones before applying.
-_DIFF_OLD_FILE = re.compile(r"^--- a/(?P<path>.+?)\t?$", re.MULTILINE)
+_DIFF_OLD_FILE = r"(?m)^--- a/(?P<path>.+?)\t?$"
 
 
 def apply_diff(repo_dir: Path, diff: str, git_env: GitEnv, log: Logger) -> None:
@@ -234,7 +235,7 @@ def apply_diff(repo_dir: Path, diff: str, git_env: GitEnv, log: Logger) -> None:
     if not diff.strip():
         return
     root = repo_dir.resolve()
-    for match in _DIFF_OLD_FILE.finditer(diff):
+    for match in re.finditer(_DIFF_OLD_FILE, diff):
         target = (repo_dir / match.group("path")).resolve()
         if root in target.parents and not os.path.lexists(target):
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,9 @@ from typing import Any
 
 Logger = Callable[[str], None]
 
-_PYTHON_HEADER = re.compile(r"^#\s*Python\s+(?P<version>\d+\.\d+)(?:\.\d+)?\b")
-_FILE_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._\-\[\],]*)\s*@\s*file://(?P<path>\S+)")
+# Patterns kept as text: re compiles (and caches) each on first use, not every job at import.
+_PYTHON_HEADER = r"^#\s*Python\s+(?P<version>\d+\.\d+)(?:\.\d+)?\b"
+_FILE_REF = r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._\-\[\],]*)\s*@\s*file://(?P<path>\S+)"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Requirements:
 def recorded_python(text: str | None) -> str:
     """``"3.11"`` from the SDK's ``# Python 3.11.7 (main, ...)`` header, else ""."""
     for raw in (text or "").splitlines():
-        match = _PYTHON_HEADER.match(raw.strip())
+        match = re.match(_PYTHON_HEADER, raw.strip())
         if match:
             return match.group("version")
     return ""
@@ -56,7 +57,7 @@ def recorded_lines(text: str | None, log: Logger) -> list[str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        match = _FILE_REF.match(line)
+        match = re.match(_FILE_REF, line)
         if match and not Path(match.group("path")).exists():
             log(f"requirement {line!r}: the file is not on this node; installing {match['name']}")
             line = match.group("name")
