@@ -150,13 +150,15 @@ def _identity_in_fresh_python(home: Path, **job_env: str) -> tuple[str | None, l
 
 def test_job_identity_imports_only_the_backends_whose_variables_are_set(tmp_path: Path) -> None:
     home = tmp_path / "home"
+    backends = {"slurm", "gridengine", "local"}
     # cold cache: every backend is imported once to learn its job_env_prefixes
-    every = ["base", "gridengine", "local", "pacer", "registry", "slurm", "slurm_parse"]
-    assert _identity_in_fresh_python(home) == (None, every)
+    name, modules = _identity_in_fresh_python(home)
+    assert (name, backends <= set(modules)) == (None, True)
     (entry,) = (home / ".cache" / "hpcagent" / "job-env").iterdir()
     assert stat.S_IMODE(entry.stat().st_mode) == 0o600
     # then: outside any job, no backend is imported at all
-    assert _identity_in_fresh_python(home) == (None, ["base", "registry"])
+    name, modules = _identity_in_fresh_python(home)
+    assert (name, backends & set(modules), "registry" in modules) == (None, set(), True)
     # in a job, only the backends whose variables are set are imported and asked
     name, modules = _identity_in_fresh_python(home, SLURM_JOB_ID="5")
     assert (name, "gridengine" in modules, "local" in modules) == ("slurm", False, False)
