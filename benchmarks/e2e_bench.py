@@ -1,7 +1,7 @@
 """End to end on the real Slurm: N trivial tasks through submitit and through hpcagent.
 
-    .venv/bin/python benchmarks/e2e_bench.py [--tasks 200] [--only submitit|hpcagent]
-        [--python PY] [--before VENV]
+    .venv/bin/python benchmarks/e2e_bench.py [--tasks 200] [--only submitit|hpcagent|floor]
+        [--python PY] [--before VENV] [--floor]
 
 Both sides run on the same one-host cluster (tests/slurm/cluster.sh up, accounting on), one
 after the other in the same run, each task printing ``x*2`` and asking 1 CPU:
@@ -13,6 +13,13 @@ after the other in the same run, each task printing ``x*2`` and asking 1 CPU:
   client (``tasks.create`` + ``tasks.enqueue``), ``hpcagent-slurm`` with the shipped
   ``templates/slurm.example.template``, ``hpcagent execute`` inside each job; every task's
   log must hold its ``x*2`` line and its status must be ``completed``.
+
+* the floor (``--floor``): what any tool that gives each task its own Slurm job pays here. One
+  ``sbatch --wrap "python3 -c 'print(x*2)'"`` per task from a plain loop (the task alone: no
+  tool in the job, no result file), then ``squeue`` polled every 0.2 s until no job is left.
+  Then the same as one job array of N elements (``--array``, one sbatch: each element is still a
+  job to Slurm). If the floor's all-final time is above half of submitit's, no design that gives
+  each task its own Slurm job meets the ``<= 0.5`` goal on this cluster.
 
 Each side starts with one warm-up task (not timed: submitit's first job, hpcagent's venv
 cache). Printed per side: the submit phase (until the last job's Slurm ``Submit`` time; for
@@ -183,6 +190,48 @@ def run_submitit(work: Path, n: int, partition: str) -> dict[str, Any]:
     return res
 
 
+# -- the floor: the bare task, one Slurm job each ----------------------------------------
+
+
+def run_floor(work: Path, n: int, partition: str, *, array: bool = False) -> dict[str, Any]:
+    """The bare task, one Slurm job each: one sbatch per task, or (``array``) one job array of
+    ``n`` elements submitted at once (each element is still a job to Slurm)."""
+    folder = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
+    task = "python3 -c 'import os; print(int(os.environ[\"X\"]) * 2)'"
+
+    def submit(x: int | None) -> str:
+        where = ["-o", str(folder / "%a.out"), f"--array=0-{n - 1}"] if x is None else [
+            "-o", str(folder / f"{x}.out"), f"--export=ALL,X={x}"]  # fmt: skip
+        wrap = task.replace('os.environ["X"]', 'os.environ["SLURM_ARRAY_TASK_ID"]')
+        return subprocess.run(
+            ["sbatch", "--parsable", "-p", partition, "-c", "1", "-t", "10", "-J", "floor",
+             *where, "--wrap", wrap if x is None else task],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().split(";")[0]  # fmt: skip
+
+    def wait(jobs: list[str]) -> None:
+        while subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)],
+                             capture_output=True, text=True).stdout.strip():  # fmt: skip
+            time.sleep(0.2)
+
+    wait([submit(-1)])  # warm-up, not timed
+    r0 = os.times()
+    t0 = time.time()
+    jobs = [submit(None)] if array else [submit(x) for x in range(n)]
+    t_sub = time.time()
+    wait(jobs)
+    t_end = time.time()
+    r1 = os.times()
+    for x in range(n):  # every job printed its line
+        if (folder / f"{x}.out").read_text().strip() != str(2 * x):
+            raise SystemExit(f"floor job {x}: unexpected output")
+    res: dict[str, Any] = {"t0": t0, "loop_s": t_sub - t0, "final_s": t_end - t0,
+                           "client_cpu": r1.children_user + r1.children_system
+                           - r0.children_user - r0.children_system}  # fmt: skip
+    res.update(slurm_view(t0, jobs))
+    return res
+
+
 # -- hpcagent ------------------------------------------------------------------------------
 
 
@@ -330,7 +379,13 @@ def report(name: str, res: dict[str, Any], n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=200)
-    ap.add_argument("--only", choices=["submitit", "hpcagent"], default=None)
+    ap.add_argument("--only", choices=["submitit", "hpcagent", "floor"], default=None)
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the bare task as one Slurm job each (no tool), the bound of any "
+        "one-job-per-task design on this cluster",
+    )
     ap.add_argument("--partition", default="debug")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/hpcagent-e2e-bench"))
     ap.add_argument(
@@ -356,6 +411,11 @@ def main() -> None:
     if args.only in (None, "submitit"):
         results["submitit"] = run_submitit(args.work, args.tasks, args.partition)
         report(f"submitit {results['submitit']['version']}", results["submitit"], args.tasks)
+    if args.floor or args.only == "floor":
+        results["floor"] = run_floor(args.work, args.tasks, args.partition)
+        report("floor: the bare task, one sbatch --wrap job each", results["floor"], args.tasks)
+        results["floor-array"] = run_floor(args.work, args.tasks, args.partition, array=True)
+        report("floor: the bare task as one job array", results["floor-array"], args.tasks)
     if args.only in (None, "hpcagent"):
         compile_bytecode()
         run = Path(tempfile.mkdtemp(prefix="hpcagent-", dir=args.work))
@@ -366,7 +426,7 @@ def main() -> None:
         run = Path(tempfile.mkdtemp(prefix="hpcagent-before-", dir=args.work))
         results["before"] = run_hpcagent(run, args.tasks, python)
         report(f"hpcagent from {args.before}", results["before"], args.tasks)
-    for name in ("hpcagent", "before"):
+    for name in ("hpcagent", "before", "floor", "floor-array"):
         if name in results and "submitit" in results:
             ratio = results[name]["final_s"] / results["submitit"]["final_s"]
             print(f"ratio all final {name} / submitit: {ratio:.2f} (goal <= 0.5)")
