@@ -90,6 +90,8 @@ class NonResponsiveWatchdog:
         stopped = []
         for task_id in candidates:
             with self.store.write():
+                if not self.store.task_exists(task_id):
+                    continue  # deleted since the listing
                 task = self.store.get_task(task_id)
                 if not self._due(task, cutoff):
                     continue  # it reported, or changed status, since the listing

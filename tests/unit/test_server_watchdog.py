@@ -53,14 +53,16 @@ def test_only_in_progress_tasks_past_the_threshold_are_stopped(tmp_path: Path) -
 
 def test_a_task_that_reported_after_the_listing_is_left_alone(tmp_path: Path) -> None:
     """The listing and the stop are separate: each stop checks status and time again in its
-    own transaction (a ping or the executor's end may land in between)."""
+    own transaction (a ping, the executor's end or a tasks.delete may land in between)."""
     store = Store(tmp_path / "server.db")
     try:
         _put(store, "pinged", "in_progress", 60)
         _put(store, "ended", "completed", 9000)
         dog = NonResponsiveWatchdog(store, threshold_s=7200)
-        store.stale_tasks = lambda status, before: ["pinged", "ended"]  # type: ignore[method-assign]
-        assert dog.stop_due(NOW) == []
+        _put(store, "stale", "in_progress", 9000)
+        listed = ["pinged", "ended", "deleted", "stale"]
+        store.stale_tasks = lambda status, before: listed  # type: ignore[method-assign]
+        assert dog.stop_due(NOW) == ["stale"]  # the rest skipped, not the end of the round
         assert store.get_task("pinged")["status"] == "in_progress"
         assert store.get_task("ended")["status"] == "completed"
     finally:
