@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,7 +68,12 @@ def new_id() -> str:
 
 def now_iso() -> str:
     """The current UTC time as an ISO-8601 string with milliseconds."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return epoch_to_iso(time.time())
+
+
+def epoch_to_iso(epoch: float) -> str:
+    """``epoch`` (seconds) as the ISO-8601 UTC text with milliseconds the store keeps."""
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def iso_to_epoch(value: str | None) -> float:

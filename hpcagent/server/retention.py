@@ -44,7 +44,11 @@ class EventRetention:
         """The sweeping task (None when retention is off); cancel it on shutdown."""
         if not self.days:
             return None
-        return asyncio.create_task(self._loop(in_db))
+        return asyncio.create_task(
+            run_periodically(
+                SWEEP_INTERVAL_S, lambda: self._sweep_logged(in_db), "event retention sweep"
+            )
+        )
 
     def cutoff_ms(self, now: float) -> int:
         """Events with a timestamp (ms) before this are due at ``now`` (seconds)."""
@@ -60,10 +64,6 @@ class EventRetention:
             if count < BATCH:
                 return deleted
             await asyncio.sleep(0)  # let the event loop hand the thread queued requests
-
-    async def _loop(self, in_db: InDb) -> None:
-        await run_periodically(SWEEP_INTERVAL_S, lambda: self._sweep_logged(in_db),
-                               "event retention sweep")  # fmt: skip
 
     async def _sweep_logged(self, in_db: InDb) -> None:
         deleted = await self.sweep(in_db)

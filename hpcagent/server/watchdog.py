@@ -15,12 +15,11 @@ in between is left alone.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from typing import Any
 
-from hpcagent.server.fields import iso_to_epoch
+from hpcagent.server.fields import epoch_to_iso, iso_to_epoch
 from hpcagent.server.retention import InDb, run_periodically
 from hpcagent.server.statemachine import IN_PROGRESS, STOPPED, set_status
 from hpcagent.server.store import Store
@@ -32,12 +31,6 @@ FORCED_STOP = "Forced stop (non-responsive)"
 #: clearml-server's defaults (``threshold_sec``, ``watch_interval_sec``).
 DEFAULT_THRESHOLD_S = 7200.0
 DEFAULT_INTERVAL_S = 900.0
-
-
-def iso(epoch: float) -> str:
-    """``epoch`` as the ISO-8601 UTC text the store keeps (``fields.now_iso``'s format)."""
-    moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds")
 
 
 class NonResponsiveWatchdog:
@@ -86,7 +79,7 @@ class NonResponsiveWatchdog:
         """Run in the database thread: stop the due tasks, one transaction each."""
         now = time.time() if now is None else now
         cutoff = now - self.threshold_s
-        candidates = self.store.stale_tasks(IN_PROGRESS, iso(cutoff))
+        candidates = self.store.stale_tasks(IN_PROGRESS, epoch_to_iso(cutoff))
         stopped = []
         for task_id in candidates:
             with self.store.write():
@@ -97,7 +90,7 @@ class NonResponsiveWatchdog:
                     continue  # it reported, or changed status, since the listing
                 log.warning("non-responsive watchdog: stopping task %s (%r), last updated %s",
                             task_id, task.get("name"), task.get("last_update"))  # fmt: skip
-                stamp = iso(now)
+                stamp = epoch_to_iso(now)
                 set_status(task, STOPPED, stamp, reason=FORCED_STOP, message=FORCED_STOP)
                 task["last_change"] = stamp
                 self.store.put_task(task)

@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from hpcagent.cli import main_group
+from hpcagent.server.fields import epoch_to_iso as iso
 from hpcagent.server.store import Store
-from hpcagent.server.watchdog import FORCED_STOP, NonResponsiveWatchdog, iso
+from hpcagent.server.watchdog import FORCED_STOP, NonResponsiveWatchdog
 
 NOW = 1_800_000_000.0  # a fixed clock for the store-level tests
 
